@@ -1,0 +1,53 @@
+use crate::device::{self, WithBackend};
+use crate::CommonArgs;
+use anyhow::Result;
+use rr_core::checkpoint;
+use rr_core::data::Mnist;
+use rr_core::train::{evaluate, DeviceDataset};
+use rr_core::Backend;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// A .safetensors checkpoint written by `train`
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long, default_value_t = 1000)]
+    batch_size: usize,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+pub fn run(args: EvalArgs) -> Result<()> {
+    device::dispatch(args.common.device, args.common.threads, EvalJob(args))
+}
+
+struct EvalJob(EvalArgs);
+
+impl WithBackend for EvalJob {
+    type Output = ();
+
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let args = self.0;
+        let (mut model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
+        let data_dir = device::data_dir(&args.common.data_dir);
+        let data = Mnist::load(&data_dir)?;
+        let test_set = DeviceDataset::upload(backend, &data.test)?;
+        let start = Instant::now();
+        let stats = evaluate(backend, &mut model, &test_set, args.batch_size)?;
+        let seconds = start.elapsed().as_secs_f64();
+        let epoch = ckpt.metadata.get("epoch").map_or(String::new(), |e| format!(", epoch {e}"));
+        println!("{} ({}{epoch}) on {}", args.checkpoint.display(), ckpt.config.name(), backend.name());
+        println!(
+            "test_loss {:.4}  test_acc {:.2}% ({}/{})  {:.2}s  {} img/s",
+            stats.loss,
+            100.0 * stats.accuracy,
+            stats.correct,
+            stats.samples,
+            seconds,
+            crate::train::group_thousands((stats.samples as f64 / seconds) as u64)
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,57 @@
+//! `rusty-recognition`: train, evaluate and checkpoint networks on MNIST-style data.
+
+mod device;
+mod eval;
+mod train;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "rusty-recognition",
+    version,
+    about = "Train and evaluate convolutional networks on MNIST-style data, on the CPU or a GPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model; prints one line per epoch and writes metrics.csv and a checkpoint.
+    Train(train::TrainArgs),
+    /// Evaluate a checkpoint on the test set.
+    Eval(eval::EvalArgs),
+}
+
+/// Options shared by every command that reads data and runs a model.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CommonArgs {
+    /// Folder with the four MNIST IDX files (raw or .gz) [default: the repository's data/mnist]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Device to run on
+    #[arg(long, default_value = "cpu")]
+    pub device: device::DeviceArg,
+    /// CPU worker threads (0 = one per core)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Eval(args) => eval::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

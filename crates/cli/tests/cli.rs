@@ -1,0 +1,74 @@
+//! The binary end to end: train writes metrics and a checkpoint that eval
+//! reproduces exactly; bad input is a clear error and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rusty-recognition"));
+    c.current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."));
+    c
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rr-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn text(o: &Output) -> (String, String) {
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn train_then_eval_reproduces_the_test_accuracy() {
+    let out = tmpdir("train");
+    let o = bin().args(["train", "--model", "mlp", "--mlp-sizes", "784,32,10", "--epochs", "2", "--out"]).arg(&out).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "train failed:\n{stdout}\n{stderr}");
+    // One line per epoch; no progress-bar control characters when not on a terminal.
+    assert_eq!(stdout.lines().filter(|l| l.starts_with("epoch ")).count(), 2, "{stdout}");
+    assert!(!stdout.contains('\r') && !stderr.contains('\r') && !stderr.contains('\x1b'), "{stderr:?}");
+
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_sec");
+    assert_eq!(rows.len(), 3);
+    let last: Vec<f64> = rows[2].split(',').map(|v| v.parse().unwrap()).collect();
+    assert_eq!(last[0], 2.0);
+    let test_correct = (last[4] * 10_000.0).round() as u64;
+    assert!(test_correct > 9000, "a 2-epoch MLP should pass 90%: {csv}");
+    assert!(out.join("config.json").is_file());
+
+    let o = bin().args(["eval", "--checkpoint"]).arg(out.join("model.safetensors")).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "eval failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("({test_correct}/10000)")), "eval must reproduce {test_correct}/10000:\n{stdout}");
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let o = bin().args(args).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(!o.status.success(), "{args:?} should fail:\n{stdout}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+    assert!(stderr.contains(needle), "{args:?}: expected `{needle}` in:\n{stderr}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let dir = tmpdir("bad");
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}").unwrap();
+    let g = garbage.to_str().unwrap();
+    fails_with(&["eval", "--checkpoint", g], g);
+    fails_with(&["eval", "--checkpoint", "/no/such/file.safetensors"], "/no/such/file.safetensors");
+    let out = dir.join("o");
+    let o = out.to_str().unwrap();
+    fails_with(&["train", "--data-dir", "/no/such/dir", "--out", o], "/no/such/dir");
+    fails_with(&["train", "--lr=-1", "--out", o], "--lr");
+    fails_with(&["train", "--momentum", "1.5", "--out", o], "--momentum");
+    fails_with(&["train", "--batch-size", "0", "--out", o], "--batch-size");
+    fails_with(&["train", "--model", "mlp", "--mlp-sizes", "784,10,3", "--out", o], "MLP sizes");
+    fails_with(&["train", "--device", "tpu", "--out", o], "tpu");
+}

@@ -1,0 +1,367 @@
+//! The device contract. A backend owns buffers and runs ops on them.
+//!
+//! Ops are *asynchronous by design*: an op enqueues work and returns; only
+//! [`Backend::download`] (and [`Backend::synchronize`]) wait for the device.
+//! Shapes are explicit in every op (geometry structs below) and a buffer whose
+//! length does not fit is an [`Error::Shape`], never silent garbage.
+//!
+//! All tensors are row-major and contiguous; images are (N, C, H, W).
+
+use crate::error::{check_len, Error, Result};
+use std::fmt::Debug;
+
+/// Element types a buffer can hold.
+pub trait Elem: bytemuck::Pod + Default + Debug + Send + Sync + 'static {
+    const NAME: &'static str;
+}
+impl Elem for f32 {
+    const NAME: &'static str = "f32";
+}
+impl Elem for u32 {
+    const NAME: &'static str = "u32";
+}
+impl Elem for u8 {
+    const NAME: &'static str = "u8";
+}
+
+/// A device buffer knows its length in elements.
+pub trait Storage {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Storage for Vec<T> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+/// A read-only window `[offset, offset + len)` into a backend buffer.
+pub struct View<'a, B: Backend, T: Elem> {
+    pub buf: &'a B::Buf<T>,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl<B: Backend, T: Elem> Clone for View<'_, B, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend, T: Elem> Copy for View<'_, B, T> {}
+
+impl<'a, B: Backend, T: Elem> View<'a, B, T> {
+    /// The whole buffer.
+    pub fn all(buf: &'a B::Buf<T>) -> Self {
+        View { buf, offset: 0, len: buf.len() }
+    }
+    /// The first `len` elements (error if the buffer is shorter).
+    pub fn prefix(buf: &'a B::Buf<T>, len: usize) -> Result<Self> {
+        Self::range(buf, 0, len)
+    }
+    pub fn range(buf: &'a B::Buf<T>, offset: usize, len: usize) -> Result<Self> {
+        check_range(buf.len(), offset, len)?;
+        Ok(View { buf, offset, len })
+    }
+    /// A sub-window relative to this one.
+    pub fn sub(self, offset: usize, len: usize) -> Result<Self> {
+        check_range(self.len, offset, len)?;
+        Ok(View { buf: self.buf, offset: self.offset + offset, len })
+    }
+}
+
+/// A writable window `[offset, offset + len)` into a backend buffer.
+pub struct ViewMut<'a, B: Backend, T: Elem> {
+    pub buf: &'a mut B::Buf<T>,
+    pub offset: usize,
+    pub len: usize,
+}
+
+impl<'a, B: Backend, T: Elem> ViewMut<'a, B, T> {
+    pub fn all(buf: &'a mut B::Buf<T>) -> Self {
+        let len = buf.len();
+        ViewMut { buf, offset: 0, len }
+    }
+    pub fn prefix(buf: &'a mut B::Buf<T>, len: usize) -> Result<Self> {
+        Self::range(buf, 0, len)
+    }
+    pub fn range(buf: &'a mut B::Buf<T>, offset: usize, len: usize) -> Result<Self> {
+        check_range(buf.len(), offset, len)?;
+        Ok(ViewMut { buf, offset, len })
+    }
+    /// Re-borrow for a shorter lifetime (to pass the same window twice in sequence).
+    pub fn reborrow(&mut self) -> ViewMut<'_, B, T> {
+        ViewMut { buf: self.buf, offset: self.offset, len: self.len }
+    }
+    pub fn as_view(&self) -> View<'_, B, T> {
+        View { buf: self.buf, offset: self.offset, len: self.len }
+    }
+}
+
+fn check_range(buf_len: usize, offset: usize, len: usize) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= buf_len => Ok(()),
+        _ => Err(Error::shape("view", "window end", format!("<= {buf_len}"), format!("{offset}+{len}"))),
+    }
+}
+
+/// `C (m, n) = alpha * op(A) * op(B) + beta * C (+ bias broadcast over rows)`.
+/// Row-major: `A` is stored (m, k), or (k, m) when `trans_a`; `B` is stored
+/// (k, n), or (n, k) when `trans_b`; `bias` has length n.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl Gemm {
+    pub fn new(m: usize, n: usize, k: usize) -> Self {
+        Gemm { m, n, k, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0 }
+    }
+    pub fn trans_a(mut self) -> Self {
+        self.trans_a = true;
+        self
+    }
+    pub fn trans_b(mut self) -> Self {
+        self.trans_b = true;
+        self
+    }
+    pub fn alpha(mut self, alpha: f32) -> Self {
+        self.alpha = alpha;
+        self
+    }
+    pub fn beta(mut self, beta: f32) -> Self {
+        self.beta = beta;
+        self
+    }
+    pub fn check(&self, a: usize, b: usize, bias: Option<usize>, c: usize) -> Result<()> {
+        check_len("gemm", "A", self.m * self.k, a)?;
+        check_len("gemm", "B", self.k * self.n, b)?;
+        check_len("gemm", "C", self.m * self.n, c)?;
+        if let Some(bias) = bias {
+            check_len("gemm", "bias", self.n, bias)?;
+        }
+        Ok(())
+    }
+}
+
+/// Geometry of a 2-D convolution: x (n, c_in, h, w) * weight (c_out, c_in, k, k)
+/// -> y (n, c_out, out_h, out_w), zero padding `pad` on every side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeom {
+    pub n: usize,
+    pub c_in: usize,
+    pub h: usize,
+    pub w: usize,
+    pub c_out: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Conv2dGeom {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c_in * self.h * self.w
+    }
+    pub fn y_len(&self) -> usize {
+        self.n * self.c_out * self.out_h() * self.out_w()
+    }
+    pub fn w_len(&self) -> usize {
+        self.c_out * self.c_in * self.k * self.k
+    }
+    /// Rows of the im2col matrix: c_in * k * k.
+    pub fn patch_len(&self) -> usize {
+        self.c_in * self.k * self.k
+    }
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.stride == 0 || self.h + 2 * self.pad < self.k || self.w + 2 * self.pad < self.k {
+            return Err(Error::shape("conv2d", "geometry", "kernel >= 1, stride >= 1, kernel <= padded input", format!("{self:?}")));
+        }
+        Ok(())
+    }
+}
+
+/// Geometry of a 2-D max pool with square window `k`, `stride` and `pad`
+/// (padding counts as -infinity, as in PyTorch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dGeom {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl Pool2dGeom {
+    pub fn out_h(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    pub fn out_w(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    pub fn x_len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn y_len(&self) -> usize {
+        self.n * self.c * self.out_h() * self.out_w()
+    }
+    pub fn validate(&self) -> Result<()> {
+        if self.k == 0 || self.stride == 0 || self.h + 2 * self.pad < self.k || self.w + 2 * self.pad < self.k || 2 * self.pad > self.k {
+            return Err(Error::shape(
+                "maxpool2d",
+                "geometry",
+                "window >= 1, stride >= 1, pad <= window/2, window <= padded input",
+                format!("{self:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// SGD with momentum and weight decay, PyTorch semantics:
+/// `g += weight_decay * p; v = momentum * v + g; p -= lr * v`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdStep {
+    pub lr: f32,
+    pub momentum: f32,
+    pub weight_decay: f32,
+}
+
+/// Turns u8 images + labels and a list of sample indices into a normalized f32 batch:
+/// `x[i] = (images[idx[i]] / 255 - mean) / std`, `y[i] = labels[idx[i]]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Gather {
+    /// Samples in the batch (length of the index window).
+    pub n: usize,
+    /// Bytes per image (e.g. 784).
+    pub sample_len: usize,
+    pub mean: f32,
+    pub std: f32,
+}
+
+/// The contract every device implements. See the module docs.
+pub trait Backend: Send + Sync + Sized + 'static {
+    type Buf<T: Elem>: Storage + Send + Sync;
+
+    /// Human-readable device name ("cpu (2 threads)", "cuda:0 NVIDIA H100 ...").
+    fn name(&self) -> String;
+
+    // ---- memory -------------------------------------------------------------
+    /// A zero-filled buffer of `len` elements.
+    fn alloc<T: Elem>(&self, len: usize) -> Result<Self::Buf<T>>;
+    fn upload<T: Elem>(&self, host: &[T]) -> Result<Self::Buf<T>>;
+    /// Copies `host` into the window (lengths must match).
+    fn write<T: Elem>(&self, dst: ViewMut<'_, Self, T>, host: &[T]) -> Result<()>;
+    /// Copies the window to the host; waits for all queued work.
+    fn download<T: Elem>(&self, src: View<'_, Self, T>) -> Result<Vec<T>>;
+    /// Waits for all queued work.
+    fn synchronize(&self) -> Result<()>;
+    fn fill(&self, dst: ViewMut<'_, Self, f32>, value: f32) -> Result<()>;
+    fn copy(&self, src: View<'_, Self, f32>, dst: ViewMut<'_, Self, f32>) -> Result<()>;
+
+    // ---- dense --------------------------------------------------------------
+    /// See [`Gemm`].
+    fn gemm(
+        &self,
+        spec: &Gemm,
+        a: View<'_, Self, f32>,
+        b: View<'_, Self, f32>,
+        bias: Option<View<'_, Self, f32>>,
+        c: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+    /// Column sums: `db[j] = sum_i dy[i, j]` for dy (rows, cols).
+    fn bias_grad(&self, rows: usize, cols: usize, dy: View<'_, Self, f32>, db: ViewMut<'_, Self, f32>) -> Result<()>;
+
+    // ---- activations --------------------------------------------------------
+    fn relu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// `dx = dy * (y > 0)` (uses the forward output, so it can run in place of x).
+    fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()>;
+
+    // ---- convolution and pooling -------------------------------------------
+    fn conv2d_forward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+    /// Overwrites `dparams` = [dweight (C_out, C_in, K, K) | dbias (C_out)] (one
+    /// window, as the parameter store lays them out) and, when given, dx.
+    fn conv2d_backward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dparams: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+    /// `argmax[o]` is the flat index into x of the maximum of output o.
+    fn maxpool2d_forward(
+        &self,
+        g: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        argmax: ViewMut<'_, Self, u32>,
+    ) -> Result<()>;
+    /// `dx = 0; dx[argmax[o]] += dy[o]`.
+    fn maxpool2d_backward(
+        &self,
+        g: &Pool2dGeom,
+        dy: View<'_, Self, f32>,
+        argmax: View<'_, Self, u32>,
+        dx: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+
+    // ---- loss, optimizer, data ---------------------------------------------
+    /// Fused softmax + cross-entropy over logits (n, classes).
+    /// Adds the summed loss to `stats[0]` and the number of correct argmax
+    /// predictions to `stats[1]` (device-side accumulators, read once per epoch).
+    /// When `dlogits` is given it receives `grad_scale * (softmax - onehot)`.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_cross_entropy(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: View<'_, Self, f32>,
+        labels: View<'_, Self, u32>,
+        grad_scale: f32,
+        dlogits: Option<ViewMut<'_, Self, f32>>,
+        stats: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+    /// One SGD step over every parameter at once (see [`SgdStep`]).
+    fn sgd_step(
+        &self,
+        step: &SgdStep,
+        params: ViewMut<'_, Self, f32>,
+        grads: View<'_, Self, f32>,
+        velocity: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+    /// See [`Gather`].
+    #[allow(clippy::too_many_arguments)]
+    fn gather_batch(
+        &self,
+        spec: &Gather,
+        images: View<'_, Self, u8>,
+        labels: View<'_, Self, u8>,
+        indices: View<'_, Self, u32>,
+        x: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, u32>,
+    ) -> Result<()>;
+}

@@ -1,0 +1,98 @@
+//! Checkpoints as safetensors files with PyTorch's state-dict names and layouts
+//! (`conv1.weight` (6, 1, 5, 5), `fc1.weight` (120, 400), ...), so
+//! `model.load_state_dict(safetensors.torch.load_file(path))` works in PyTorch.
+//! The model config is stored as JSON under the metadata key `model`.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::model::{Model, ModelConfig, NamedTensor};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+/// Metadata key holding the JSON [`ModelConfig`].
+pub const MODEL_KEY: &str = "model";
+
+/// A checkpoint read from disk.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub config: ModelConfig,
+    /// (name, shape, values) in file order.
+    pub tensors: Vec<NamedTensor>,
+    /// Every metadata entry, `model` included.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Writes the model's parameters to `path` (via a temporary file and a rename,
+/// so an interrupted write never leaves a half-written checkpoint). `extra`
+/// metadata (epoch, accuracy, training config...) is stored beside the config.
+pub fn save<B: Backend>(path: &Path, backend: &B, model: &Model<B>, extra: &[(&str, String)]) -> Result<()> {
+    let tensors = model.state_dict(backend)?;
+    let mut metadata: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    metadata.insert("format".into(), "pt".into());
+    metadata.insert(MODEL_KEY.into(), serde_json::to_string(&model.config).expect("config serializes"));
+    metadata.insert("framework".into(), format!("rusty-recognition {}", env!("CARGO_PKG_VERSION")));
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice::<f32, u8>(v).to_vec()).collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            TensorView::new(Dtype::F32, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: format!("tensor `{name}`: {e}") })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: format!("cannot encode: {e}") })?;
+    write_atomic(path, &data)
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// Reads and validates a checkpoint: a well-formed safetensors file whose
+/// tensors are all f32 and whose metadata names a known model.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let err = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let metadata: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let config_json = metadata.get(MODEL_KEY).ok_or_else(|| {
+        err(format!("no `{MODEL_KEY}` entry in the metadata: not written by rusty-recognition, so the architecture is unknown"))
+    })?;
+    let config: ModelConfig = serde_json::from_str(config_json)
+        .map_err(|e| err(format!("metadata `{MODEL_KEY}` is not a known model config ({e}): {config_json}")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let mut tensors = Vec::new();
+    for (name, view) in st.iter() {
+        if view.dtype() != Dtype::F32 {
+            return Err(err(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+        }
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        tensors.push((name.to_string(), view.shape().to_vec(), values));
+    }
+    Ok(Checkpoint { config, tensors, metadata })
+}
+
+/// Loads a checkpoint and builds its model on `backend`.
+pub fn load_model<B: Backend>(path: &Path, backend: &B) -> Result<(Model<B>, Checkpoint)> {
+    let ckpt = load(path)?;
+    let mut model = Model::new(backend, &ckpt.config, 0)?;
+    model.load_state_dict(backend, &ckpt.tensors, path)?;
+    Ok((model, ckpt))
+}

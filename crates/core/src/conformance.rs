@@ -1,0 +1,578 @@
+//! The conformance suite: written once against [`Backend`], instantiated for
+//! every backend with [`backend_conformance_tests!`]. Each op runs on fresh
+//! random inputs of awkward sizes (batch 1, sizes that are multiples of no
+//! tile, padding and stride variants), its outputs poisoned with NaN first,
+//! and is compared with the plain [`crate::reference`] implementation by
+//! norm-wise relative error `max|got - want| / max|want|`. The layer gradient
+//! checks (against central finite differences) live here too, so every backend
+//! runs them.
+//!
+//! Functions panic on failure (they are test bodies).
+
+use crate::backend::{Backend, Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut};
+use crate::layers::{Conv2d, Ctx, Flatten, Layer, Linear, MaxPool2d, Relu};
+use crate::reference;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Instantiates the whole suite for a backend: `$backend` is an expression of
+/// type `&B` (evaluated once per test), `$tol` the relative-error bound, and
+/// any attributes (e.g. `#[ignore = "needs a CUDA device"]`) go on every test.
+#[macro_export]
+macro_rules! backend_conformance_tests {
+    ($backend:expr, $tol:expr $(, #[$meta:meta])*) => {
+        $crate::backend_conformance_tests!(@tests $backend, $tol, [$(#[$meta])*],
+            memory, gemm, bias_grad, relu, conv2d_forward, conv2d_backward, maxpool2d,
+            softmax_cross_entropy, sgd_step, gather_batch,
+            gradcheck_linear, gradcheck_conv2d, gradcheck_maxpool2d, gradcheck_relu,
+            gradcheck_flatten, gradcheck_loss, gradcheck_model);
+    };
+    (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
+        $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*
+    };
+    (@one $backend:expr, $tol:expr, [$(#[$meta:meta])*], $name:ident) => {
+        #[test]
+        $(#[$meta])*
+        fn $name() {
+            $crate::conformance::$name($backend, $tol);
+        }
+    };
+}
+
+fn rng(salt: u64) -> ChaCha8Rng {
+    // Fresh inputs every run, reproducible from the printed seed on failure.
+    let seed = std::env::var("RR_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64));
+    eprintln!("conformance seed {seed} (set RR_TEST_SEED={seed} to repeat)");
+    ChaCha8Rng::seed_from_u64(seed ^ salt)
+}
+
+fn uniform(rng: &mut ChaCha8Rng, len: usize, lo: f32, hi: f32) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(lo..hi)).collect()
+}
+
+/// Norm-wise relative error; asserts it is within `tol` and that nothing is NaN.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        panic!("{what}: non-finite output {} at {i} (poisoned value left unwritten?)", got[i]);
+    }
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let (i, err) =
+        got.iter().zip(want).map(|(g, w)| (g - w).abs()).enumerate().fold((0, 0.0f32), |a, (i, e)| if e > a.1 { (i, e) } else { a });
+    let rel = err / scale;
+    assert!(rel <= tol, "{what}: relative error {rel:.3e} > {tol:.1e} (worst at {i}: got {}, want {})", got[i], want[i]);
+}
+
+fn poisoned<B: Backend>(b: &B, len: usize) -> B::Buf<f32> {
+    b.upload(&vec![f32::NAN; len]).unwrap()
+}
+
+fn down<B: Backend, T: crate::Elem>(b: &B, buf: &B::Buf<T>) -> Vec<T> {
+    b.download(View::all(buf)).unwrap()
+}
+
+pub fn memory<B: Backend>(b: &B, _tol: f32) {
+    let mut r = rng(1);
+    for len in [1usize, 7, 1000, 65_537] {
+        let f = uniform(&mut r, len, -1.0, 1.0);
+        let u: Vec<u32> = (0..len).map(|_| r.random_range(0..u32::MAX)).collect();
+        let bytes: Vec<u8> = (0..len).map(|_| r.random_range(0..=255u8)).collect();
+        assert_eq!(down(b, &b.upload(&f).unwrap()), f);
+        assert_eq!(down(b, &b.upload(&u).unwrap()), u);
+        assert_eq!(down(b, &b.upload(&bytes).unwrap()), bytes);
+        let zeros: B::Buf<f32> = b.alloc(len).unwrap();
+        assert!(down(b, &zeros).iter().all(|&v| v == 0.0), "alloc must zero-fill");
+        // write / fill / copy into windows
+        let mut buf = poisoned(b, len + 3);
+        b.fill(ViewMut::all(&mut buf), 2.5).unwrap();
+        b.write(ViewMut::range(&mut buf, 1, len).unwrap(), &f).unwrap();
+        let got = down(b, &buf);
+        assert_eq!(got[0], 2.5);
+        assert_eq!(&got[1..=len], &f[..]);
+        assert_eq!(&got[len + 1..], &[2.5, 2.5]);
+        let src = b.upload(&f).unwrap();
+        let mut dst = poisoned(b, len + 2);
+        b.copy(View::all(&src), ViewMut::range(&mut dst, 2, len).unwrap()).unwrap();
+        assert_eq!(&down(b, &dst)[2..], &f[..]);
+        assert_eq!(b.download(View::range(&src, len / 2, len - len / 2).unwrap()).unwrap(), f[len / 2..]);
+    }
+    // A window past the end is an error, not a crash.
+    let buf: B::Buf<f32> = b.alloc(4).unwrap();
+    assert!(View::<B, f32>::range(&buf, 2, 3).is_err());
+}
+
+pub fn gemm<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(2);
+    let shapes = [(1, 1, 1), (7, 13, 5), (33, 17, 65), (128, 120, 400), (1, 10, 84), (97, 3, 1)];
+    for &(m, n, k) in &shapes {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for (alpha, beta, with_bias) in [(1.0, 0.0, false), (1.0, 0.0, true), (0.5, 0.7, true), (-1.5, 1.0, false)] {
+                let spec = Gemm { m, n, k, trans_a: ta, trans_b: tb, alpha, beta };
+                let a = uniform(&mut r, m * k, -1.0, 1.0);
+                let bm = uniform(&mut r, k * n, -1.0, 1.0);
+                let bias = uniform(&mut r, n, -1.0, 1.0);
+                let c0 = if beta == 0.0 { vec![f32::NAN; m * n] } else { uniform(&mut r, m * n, -1.0, 1.0) };
+                let mut want = c0.clone();
+                reference::gemm(&spec, &a, &bm, with_bias.then_some(&bias[..]), &mut want);
+                let (da, db, dbias) = (b.upload(&a).unwrap(), b.upload(&bm).unwrap(), b.upload(&bias).unwrap());
+                let mut dc = b.upload(&c0).unwrap();
+                b.gemm(&spec, View::all(&da), View::all(&db), with_bias.then(|| View::all(&dbias)), ViewMut::all(&mut dc)).unwrap();
+                assert_close(&format!("gemm {spec:?} bias={with_bias}"), &down(b, &dc), &want, tol);
+            }
+        }
+    }
+    // A mismatched length is a shape error.
+    let small: B::Buf<f32> = b.alloc(3).unwrap();
+    let mut c: B::Buf<f32> = b.alloc(4).unwrap();
+    let err = b.gemm(&Gemm::new(2, 2, 2), View::all(&small), View::all(&small), None, ViewMut::all(&mut c));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "gemm", .. })), "{err:?}");
+}
+
+pub fn bias_grad<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(3);
+    for (rows, cols) in [(1, 1), (37, 13), (128, 120), (5, 1000)] {
+        let dy = uniform(&mut r, rows * cols, -1.0, 1.0);
+        let mut want = vec![0.0; cols];
+        reference::bias_grad(rows, cols, &dy, &mut want);
+        let ddy = b.upload(&dy).unwrap();
+        let mut db = poisoned(b, cols);
+        b.bias_grad(rows, cols, View::all(&ddy), ViewMut::all(&mut db)).unwrap();
+        assert_close(&format!("bias_grad {rows}x{cols}"), &down(b, &db), &want, tol);
+    }
+}
+
+pub fn relu<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(4);
+    for len in [1usize, 1000, 100_003] {
+        let mut x = uniform(&mut r, len, -1.0, 1.0);
+        x[0] = 0.0;
+        let dy = uniform(&mut r, len, -1.0, 1.0);
+        let mut y = vec![0.0; len];
+        reference::relu_forward(&x, &mut y);
+        let mut dx = vec![0.0; len];
+        reference::relu_backward(&y, &dy, &mut dx);
+        let (dx_, dy_) = (b.upload(&x).unwrap(), b.upload(&dy).unwrap());
+        let mut gy = poisoned(b, len);
+        b.relu_forward(View::all(&dx_), ViewMut::all(&mut gy)).unwrap();
+        assert_close(&format!("relu_forward {len}"), &down(b, &gy), &y, tol);
+        let mut gdx = poisoned(b, len);
+        b.relu_backward(View::all(&gy), View::all(&dy_), ViewMut::all(&mut gdx)).unwrap();
+        assert_close(&format!("relu_backward {len}"), &down(b, &gdx), &dx, tol);
+    }
+}
+
+/// Conv geometries: LeNet's two layers plus odd sizes, strides and paddings.
+pub fn conv_cases() -> Vec<Conv2dGeom> {
+    let g = |n, c_in, h, w, c_out, k, stride, pad| Conv2dGeom { n, c_in, h, w, c_out, k, stride, pad };
+    vec![
+        g(1, 1, 28, 28, 6, 5, 1, 2),
+        g(3, 6, 14, 14, 16, 5, 1, 0),
+        g(2, 3, 9, 11, 5, 3, 2, 1),
+        g(5, 2, 7, 7, 3, 1, 1, 0),
+        g(1, 4, 5, 6, 7, 5, 3, 2),
+        g(17, 1, 28, 28, 6, 5, 1, 2),
+    ]
+}
+
+pub fn conv2d_forward<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(5);
+    for g in conv_cases() {
+        let x = uniform(&mut r, g.x_len(), -1.0, 1.0);
+        let w = uniform(&mut r, g.w_len(), -1.0, 1.0);
+        let bias = uniform(&mut r, g.c_out, -1.0, 1.0);
+        let mut want = vec![0.0; g.y_len()];
+        reference::conv2d_forward(&g, &x, &w, &bias, &mut want);
+        let (dx, dw, dbias) = (b.upload(&x).unwrap(), b.upload(&w).unwrap(), b.upload(&bias).unwrap());
+        let mut y = poisoned(b, g.y_len());
+        b.conv2d_forward(&g, View::all(&dx), View::all(&dw), View::all(&dbias), ViewMut::all(&mut y)).unwrap();
+        assert_close(&format!("conv2d_forward {g:?}"), &down(b, &y), &want, tol);
+    }
+}
+
+pub fn conv2d_backward<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(6);
+    for g in conv_cases() {
+        for with_dx in [true, false] {
+            let x = uniform(&mut r, g.x_len(), -1.0, 1.0);
+            let w = uniform(&mut r, g.w_len(), -1.0, 1.0);
+            let dy = uniform(&mut r, g.y_len(), -1.0, 1.0);
+            let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0; g.x_len()], vec![0.0; g.w_len()], vec![0.0; g.c_out]);
+            reference::conv2d_backward(&g, &x, &w, &dy, Some(&mut want_dx), &mut want_dw, &mut want_db);
+            let (dx_in, dw_in, ddy) = (b.upload(&x).unwrap(), b.upload(&w).unwrap(), b.upload(&dy).unwrap());
+            let mut gdx = poisoned(b, g.x_len());
+            let mut gparams = poisoned(b, g.w_len() + g.c_out + 2);
+            b.conv2d_backward(
+                &g,
+                View::all(&dx_in),
+                View::all(&dw_in),
+                View::all(&ddy),
+                with_dx.then(|| ViewMut::all(&mut gdx)),
+                ViewMut::range(&mut gparams, 1, g.w_len() + g.c_out).unwrap(),
+            )
+            .unwrap();
+            let p = down(b, &gparams);
+            assert!(p[0].is_nan() && p[p.len() - 1].is_nan(), "conv2d_backward wrote outside its window");
+            assert_close(&format!("conv2d_backward dw {g:?}"), &p[1..1 + g.w_len()], &want_dw, tol);
+            assert_close(&format!("conv2d_backward db {g:?}"), &p[1 + g.w_len()..p.len() - 1], &want_db, tol);
+            if with_dx {
+                assert_close(&format!("conv2d_backward dx {g:?}"), &down(b, &gdx), &want_dx, tol);
+            } else {
+                assert!(down(b, &gdx).iter().all(|v| v.is_nan()), "dx written although not requested");
+            }
+        }
+    }
+}
+
+pub fn pool_cases() -> Vec<Pool2dGeom> {
+    let g = |n, c, h, w, k, stride, pad| Pool2dGeom { n, c, h, w, k, stride, pad };
+    vec![
+        g(1, 1, 4, 4, 2, 2, 0),
+        g(3, 6, 28, 28, 2, 2, 0),
+        g(2, 3, 7, 9, 3, 2, 1),
+        g(2, 2, 5, 5, 3, 1, 0),
+        g(1, 16, 10, 10, 2, 2, 0),
+        g(4, 1, 5, 7, 2, 2, 1),
+    ]
+}
+
+pub fn maxpool2d<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(7);
+    for g in pool_cases() {
+        let x = uniform(&mut r, g.x_len(), -1.0, 1.0);
+        let dy = uniform(&mut r, g.y_len(), -1.0, 1.0);
+        let (mut want_y, mut want_arg) = (vec![0.0; g.y_len()], vec![0u32; g.y_len()]);
+        reference::maxpool2d_forward(&g, &x, &mut want_y, &mut want_arg);
+        let mut want_dx = vec![0.0; g.x_len()];
+        reference::maxpool2d_backward(&dy, &want_arg, &mut want_dx);
+        let dxin = b.upload(&x).unwrap();
+        let mut y = poisoned(b, g.y_len());
+        let mut arg = b.upload(&vec![u32::MAX; g.y_len()]).unwrap();
+        b.maxpool2d_forward(&g, View::all(&dxin), ViewMut::all(&mut y), ViewMut::all(&mut arg)).unwrap();
+        assert_close(&format!("maxpool2d_forward y {g:?}"), &down(b, &y), &want_y, tol);
+        assert_eq!(down(b, &arg), want_arg, "maxpool2d_forward argmax {g:?}");
+        let ddy = b.upload(&dy).unwrap();
+        let mut dx = poisoned(b, g.x_len());
+        b.maxpool2d_backward(&g, View::all(&ddy), View::all(&arg), ViewMut::all(&mut dx)).unwrap();
+        assert_close(&format!("maxpool2d_backward {g:?}"), &down(b, &dx), &want_dx, tol);
+    }
+}
+
+pub fn softmax_cross_entropy<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(8);
+    for (n, classes, scale) in [(1, 10, 1.0), (37, 10, 3.0), (128, 10, 1.0), (5, 3, 50.0), (1000, 10, 10.0)] {
+        let logits = uniform(&mut r, n * classes, -scale, scale);
+        let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..classes as u32)).collect();
+        let grad_scale = 1.0 / n as f32;
+        let mut want_d = vec![0.0; n * classes];
+        let mut want_stats = vec![1.5, 2.0];
+        reference::softmax_cross_entropy(n, classes, &logits, &labels, grad_scale, Some(&mut want_d), &mut want_stats).unwrap();
+        let (dl, dlab) = (b.upload(&logits).unwrap(), b.upload(&labels).unwrap());
+        for with_grad in [true, false] {
+            let mut d = poisoned(b, n * classes);
+            let mut stats = b.upload(&[1.5f32, 2.0]).unwrap();
+            b.softmax_cross_entropy(
+                n,
+                classes,
+                View::all(&dl),
+                View::all(&dlab),
+                grad_scale,
+                with_grad.then(|| ViewMut::all(&mut d)),
+                ViewMut::all(&mut stats),
+            )
+            .unwrap();
+            let s = down(b, &stats);
+            assert_close(&format!("softmax_cross_entropy loss n={n}"), &s[..1], &want_stats[..1], tol.max(1e-5));
+            assert_eq!(s[1], want_stats[1], "softmax_cross_entropy correct count n={n}");
+            if with_grad {
+                assert_close(&format!("softmax_cross_entropy dlogits n={n}"), &down(b, &d), &want_d, tol);
+            }
+        }
+    }
+}
+
+pub fn sgd_step<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(9);
+    for (len, momentum, weight_decay) in [(1, 0.9, 0.0), (1000, 0.0, 0.0), (61_706, 0.9, 5e-4), (4099, 0.5, 0.1)] {
+        let step = SgdStep { lr: 0.05, momentum, weight_decay };
+        let p = uniform(&mut r, len, -1.0, 1.0);
+        let g = uniform(&mut r, len, -1.0, 1.0);
+        let v = uniform(&mut r, len, -1.0, 1.0);
+        let (mut wp, mut wv) = (p.clone(), v.clone());
+        reference::sgd_step(&step, &mut wp, &g, &mut wv);
+        let (mut dp, dg, mut dv) = (b.upload(&p).unwrap(), b.upload(&g).unwrap(), b.upload(&v).unwrap());
+        b.sgd_step(&step, ViewMut::all(&mut dp), View::all(&dg), ViewMut::all(&mut dv)).unwrap();
+        assert_close(&format!("sgd_step params {len}"), &down(b, &dp), &wp, tol);
+        assert_close(&format!("sgd_step velocity {len}"), &down(b, &dv), &wv, tol);
+    }
+}
+
+pub fn gather_batch<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(10);
+    let (count, sample_len) = (100usize, 784usize);
+    let images: Vec<u8> = (0..count * sample_len).map(|_| r.random_range(0..=255u8)).collect();
+    let labels: Vec<u8> = (0..count).map(|_| r.random_range(0..10u8)).collect();
+    let (di, dl) = (b.upload(&images).unwrap(), b.upload(&labels).unwrap());
+    for n in [1usize, 37, 100, 128] {
+        let idx: Vec<u32> = (0..n).map(|_| r.random_range(0..count as u32)).collect();
+        let spec = Gather { n, sample_len, mean: 0.1307, std: 0.3081 };
+        let (mut wx, mut wy) = (vec![0.0; n * sample_len], vec![0u32; n]);
+        reference::gather_batch(&spec, &images, &labels, &idx, &mut wx, &mut wy).unwrap();
+        let didx = b.upload(&idx).unwrap();
+        let mut x = poisoned(b, n * sample_len);
+        let mut y = b.upload(&vec![u32::MAX; n]).unwrap();
+        b.gather_batch(&spec, View::all(&di), View::all(&dl), View::all(&didx), ViewMut::all(&mut x), ViewMut::all(&mut y)).unwrap();
+        assert_close(&format!("gather_batch x n={n}"), &down(b, &x), &wx, tol);
+        assert_eq!(down(b, &y), wy, "gather_batch labels n={n}");
+    }
+}
+
+// ---- gradient checks -------------------------------------------------------
+
+/// Checks a layer's backward against central finite differences of
+/// `L = sum(y * r)` for a random upstream gradient `r`, on a sample of input
+/// and parameter elements. `x_gen` makes inputs (kept away from kinks).
+fn gradcheck_layer<B: Backend>(
+    b: &B,
+    what: &str,
+    mut layer: Box<dyn Layer<B>>,
+    n: usize,
+    input: &[usize],
+    x_gen: &mut dyn FnMut(&mut ChaCha8Rng, usize) -> Vec<f32>,
+    eps: f32,
+) {
+    let mut r = rng(11);
+    let out = layer.build(input).unwrap();
+    let (in_len, out_len) = (n * input.iter().product::<usize>(), n * out.iter().product::<usize>());
+    let specs = layer.param_specs();
+    let mut offsets = Vec::new();
+    let mut total = 0;
+    for s in &specs {
+        offsets.push(total);
+        total += s.len();
+    }
+    layer.bind_params(&offsets);
+    layer.reserve(b, n).unwrap();
+    let params = uniform(&mut r, total, -0.5, 0.5);
+    let x = x_gen(&mut r, in_len);
+    let upstream = uniform(&mut r, out_len, -1.0, 1.0);
+
+    let loss = |layer: &mut Box<dyn Layer<B>>, x: &[f32], params: &[f32]| -> f64 {
+        let (dx, dp) = (b.upload(x).unwrap(), b.upload(params).unwrap());
+        let mut y: B::Buf<f32> = b.alloc(out_len).unwrap();
+        let ctx = Ctx { backend: b, n, params: &dp };
+        layer.forward(&ctx, View::all(&dx), ViewMut::all(&mut y)).unwrap();
+        down(b, &y).iter().zip(&upstream).map(|(y, r)| *y as f64 * *r as f64).sum()
+    };
+
+    // Analytic gradients.
+    let (dx_in, dp) = (b.upload(&x).unwrap(), b.upload(&params).unwrap());
+    let mut y: B::Buf<f32> = b.alloc(out_len).unwrap();
+    let ctx = Ctx { backend: b, n, params: &dp };
+    layer.forward(&ctx, View::all(&dx_in), ViewMut::all(&mut y)).unwrap();
+    let dup = b.upload(&upstream).unwrap();
+    let mut grads = poisoned(b, total.max(1));
+    let mut gx = poisoned(b, in_len);
+    layer.backward(&ctx, &mut grads, View::all(&dx_in), View::all(&y), View::all(&dup), Some(ViewMut::all(&mut gx))).unwrap();
+    let (gx, grads) = (down(b, &gx), down(b, &grads));
+
+    let check = |name: &str, i: usize, analytic: f32, numeric: f64| {
+        let err = (analytic as f64 - numeric).abs();
+        let bound = 2e-3 + 1e-2 * numeric.abs().max(analytic.abs() as f64);
+        assert!(err <= bound, "{what}: d{name}[{i}] analytic {analytic} vs finite difference {numeric} (error {err:.2e} > {bound:.2e})");
+    };
+    let sample = |len: usize, r: &mut ChaCha8Rng| -> Vec<usize> {
+        if len <= 40 {
+            (0..len).collect()
+        } else {
+            (0..40).map(|_| r.random_range(0..len)).collect()
+        }
+    };
+    for i in sample(in_len, &mut r) {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp[i] += eps;
+        xm[i] -= eps;
+        let numeric = (loss(&mut layer, &xp, &params) - loss(&mut layer, &xm, &params)) / (2.0 * eps as f64);
+        check("x", i, gx[i], numeric);
+    }
+    for i in sample(total, &mut r) {
+        let (mut pp, mut pm) = (params.clone(), params.clone());
+        pp[i] += eps;
+        pm[i] -= eps;
+        let numeric = (loss(&mut layer, &x, &pp) - loss(&mut layer, &x, &pm)) / (2.0 * eps as f64);
+        check("param", i, grads[i], numeric);
+    }
+}
+
+fn smooth_inputs(r: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    uniform(r, len, -1.0, 1.0)
+}
+
+/// Values at least 0.05 away from 0 so a small step never crosses the ReLU kink.
+fn away_from_zero(r: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| r.random_range(0.05f32..1.0) * if r.random_bool(0.5) { 1.0 } else { -1.0 }).collect()
+}
+
+/// Distinct values spaced 0.01 apart (shuffled) so a small step never changes a window's argmax.
+fn distinct(r: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    let mut v: Vec<f32> = (0..len).map(|i| i as f32 * 0.01 - len as f32 * 0.005).collect();
+    for i in (1..len).rev() {
+        v.swap(i, r.random_range(0..=i));
+    }
+    v
+}
+
+pub fn gradcheck_linear<B: Backend>(b: &B, _tol: f32) {
+    for (n, i, o) in [(1, 1, 1), (3, 7, 5), (8, 400, 120)] {
+        gradcheck_layer(b, &format!("linear n={n} {i}->{o}"), Box::new(Linear::new(i, o)), n, &[i], &mut smooth_inputs, 1e-2);
+    }
+}
+
+pub fn gradcheck_conv2d<B: Backend>(b: &B, _tol: f32) {
+    for g in conv_cases().into_iter().take(5) {
+        let layer = Conv2d::new(g.c_in, g.c_out, g.k, g.stride, g.pad);
+        gradcheck_layer(b, &format!("conv2d {g:?}"), Box::new(layer), g.n.min(3), &[g.c_in, g.h, g.w], &mut smooth_inputs, 1e-2);
+    }
+}
+
+pub fn gradcheck_maxpool2d<B: Backend>(b: &B, _tol: f32) {
+    for g in pool_cases() {
+        gradcheck_layer(
+            b,
+            &format!("maxpool2d {g:?}"),
+            Box::new(MaxPool2d::new(g.k, g.stride, g.pad)),
+            g.n,
+            &[g.c, g.h, g.w],
+            &mut distinct,
+            1e-3,
+        );
+    }
+}
+
+pub fn gradcheck_relu<B: Backend>(b: &B, _tol: f32) {
+    gradcheck_layer(b, "relu", Box::new(Relu), 4, &[3, 5, 5], &mut away_from_zero, 1e-2);
+}
+
+pub fn gradcheck_flatten<B: Backend>(b: &B, _tol: f32) {
+    gradcheck_layer(b, "flatten", Box::new(Flatten), 2, &[3, 4, 5], &mut smooth_inputs, 1e-2);
+}
+
+/// The fused softmax cross-entropy gradient against finite differences of the mean loss.
+pub fn gradcheck_loss<B: Backend>(b: &B, _tol: f32) {
+    let mut r = rng(12);
+    for (n, classes) in [(1, 10), (6, 10), (4, 3)] {
+        let logits = uniform(&mut r, n * classes, -3.0, 3.0);
+        let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..classes as u32)).collect();
+        let dlab = b.upload(&labels).unwrap();
+        let mean_loss = |l: &[f32]| -> f64 {
+            let dl = b.upload(l).unwrap();
+            let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
+            b.softmax_cross_entropy(n, classes, View::all(&dl), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
+            down(b, &stats)[0] as f64 / n as f64
+        };
+        let dl = b.upload(&logits).unwrap();
+        let mut d = poisoned(b, n * classes);
+        let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
+        b.softmax_cross_entropy(
+            n,
+            classes,
+            View::all(&dl),
+            View::all(&dlab),
+            1.0 / n as f32,
+            Some(ViewMut::all(&mut d)),
+            ViewMut::all(&mut stats),
+        )
+        .unwrap();
+        let d = down(b, &d);
+        let eps = 1e-2f32;
+        for i in 0..n * classes {
+            let (mut p, mut m) = (logits.clone(), logits.clone());
+            p[i] += eps;
+            m[i] -= eps;
+            let numeric = (mean_loss(&p) - mean_loss(&m)) / (2.0 * eps as f64);
+            let err = (d[i] as f64 - numeric).abs();
+            assert!(
+                err <= 1e-3 + 1e-2 * numeric.abs(),
+                "softmax_cross_entropy n={n}: dlogits[{i}] {} vs finite difference {numeric}",
+                d[i]
+            );
+        }
+    }
+}
+
+/// End to end through a whole model: LeNet-5's backward (every layer wired
+/// together, loss included) against finite differences of the mean loss.
+pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
+    use crate::model::{Model, ModelConfig};
+    let mut r = rng(13);
+    for config in [ModelConfig::Lenet5, ModelConfig::Mlp { sizes: vec![784, 32, 10] }] {
+        let n = 3;
+        let mut model = Model::new(b, &config, r.random_range(0..1000)).unwrap();
+        let x = uniform(&mut r, n * 784, -1.0, 2.0);
+        let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..10)).collect();
+        let (dx, dlab) = (b.upload(&x).unwrap(), b.upload(&labels).unwrap());
+        let loss_of = |model: &mut Model<B>| -> f64 {
+            model.forward(b, n, View::all(&dx)).unwrap();
+            let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
+            b.softmax_cross_entropy(n, 10, model.logits(n).unwrap(), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
+            down(b, &stats)[0] as f64 / n as f64
+        };
+        loss_of(&mut model);
+        let mut dlogits: B::Buf<f32> = b.alloc(n * 10).unwrap();
+        let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
+        b.softmax_cross_entropy(
+            n,
+            10,
+            model.logits(n).unwrap(),
+            View::all(&dlab),
+            1.0 / n as f32,
+            Some(ViewMut::all(&mut dlogits)),
+            ViewMut::all(&mut stats),
+        )
+        .unwrap();
+        model.backward(b, n, View::all(&dx), View::all(&dlogits)).unwrap();
+        let grads = down(b, &model.params.grads);
+        let params = down(b, &model.params.data);
+        // Small steps: a larger one crosses ReLU / max-pool kinks somewhere in the net.
+        let eps = 1e-3f32;
+        for e in model.params.entries.clone() {
+            // The largest-gradient elements of each tensor plus random ones.
+            let mut idx: Vec<usize> = (0..e.len()).collect();
+            idx.sort_by(|&i, &j| grads[e.offset + j].abs().total_cmp(&grads[e.offset + i].abs()));
+            idx.truncate(4);
+            idx.extend((0..8).map(|_| r.random_range(0..e.len())));
+            let base = loss_of(&mut model);
+            let mut checked = 0;
+            for i in idx {
+                let at = e.offset + i;
+                let mut p = params.clone();
+                p[at] += eps;
+                b.write(ViewMut::all(&mut model.params.data), &p).unwrap();
+                let plus = loss_of(&mut model);
+                p[at] -= 2.0 * eps;
+                b.write(ViewMut::all(&mut model.params.data), &p).unwrap();
+                let minus = loss_of(&mut model);
+                b.write(ViewMut::all(&mut model.params.data), &params).unwrap();
+                let numeric = (plus - minus) / (2.0 * eps as f64);
+                // One-sided slopes that disagree mean the step crossed a ReLU or
+                // max-pool kink: the loss is not differentiable there; skip it.
+                let (left, right) = ((base - minus) / eps as f64, (plus - base) / eps as f64);
+                if (left - right).abs() > 1e-3 + 5e-2 * numeric.abs() {
+                    continue;
+                }
+                checked += 1;
+                let err = (grads[at] as f64 - numeric).abs();
+                assert!(
+                    err <= 1e-3 + 2e-2 * numeric.abs(),
+                    "{} model: d{}[{i}] analytic {} vs finite difference {numeric}",
+                    config.name(),
+                    e.name,
+                    grads[at]
+                );
+            }
+            assert!(checked >= 4, "{} model: only {checked} elements of {} were away from kinks", config.name(), e.name);
+        }
+    }
+}

@@ -1,0 +1,486 @@
+//! The CPU backend: buffers are `Vec`s, dense work goes through the `gemm`
+//! crate, and loops over the batch run on a rayon pool of `threads` threads.
+//! Convolution is im2col + GEMM per sample; scratch space is per thread and
+//! reused, so a training step allocates nothing once warmed up.
+
+use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut};
+use crate::error::{check_len, Error, Result};
+use crate::reference;
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::cell::RefCell;
+use std::sync::Mutex;
+
+pub struct CpuBackend {
+    pool: rayon::ThreadPool,
+    threads: usize,
+    /// Per-chunk partial weight gradients for conv backward.
+    partials: Mutex<Vec<f32>>,
+}
+
+thread_local! {
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl CpuBackend {
+    /// `threads == 0` means one per available core.
+    pub fn new(threads: usize) -> Result<Self> {
+        let threads = if threads == 0 { std::thread::available_parallelism().map_or(1, |n| n.get()) } else { threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("rr-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::Device { backend: "cpu", msg: format!("cannot start {threads} worker threads: {e}") })?;
+        Ok(CpuBackend { pool, threads, partials: Mutex::new(Vec::new()) })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn par(&self) -> Parallelism {
+        if self.threads > 1 {
+            Parallelism::Rayon(self.threads)
+        } else {
+            Parallelism::None
+        }
+    }
+}
+
+fn s<'a, T: Elem>(v: View<'a, CpuBackend, T>) -> &'a [T] {
+    &v.buf[v.offset..v.offset + v.len]
+}
+
+fn sm<'a, T: Elem>(v: ViewMut<'a, CpuBackend, T>) -> &'a mut [T] {
+    &mut v.buf[v.offset..v.offset + v.len]
+}
+
+/// Row-major `c = alpha * op(a) op(b) + (if accumulate { c } else { 0 })`.
+fn sgemm(par: Parallelism, g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
+    let (m, n, k) = (g.m, g.n, g.k);
+    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // (row stride, column stride) of op(A) (m, k) and op(B) (k, n).
+    let (a_rs, a_cs) = if g.trans_a { (1, m as isize) } else { (k as isize, 1) };
+    let (b_rs, b_cs) = if g.trans_b { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the asserted lengths cover every index the strides reach; the
+    // output does not alias the inputs (distinct Rust borrows).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.as_ptr(),
+            a_cs,
+            a_rs,
+            b.as_ptr(),
+            b_cs,
+            b_rs,
+            1.0,
+            g.alpha,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
+/// cols (C_in*K*K, OH*OW) from one image x_n (C_in, H, W).
+fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let mut row = 0;
+    for ci in 0..g.c_in {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    let out = &mut dst[oy * ow..(oy + 1) * ow];
+                    if iy < 0 || iy >= g.h as isize {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for (ox, o) in out.iter_mut().enumerate() {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        *o = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// dx_n (C_in, H, W) = scatter-add of cols (C_in*K*K, OH*OW); dx_n is overwritten.
+fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    dx.fill(0.0);
+    let mut row = 0;
+    for ci in 0..g.c_in {
+        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..g.k {
+            for kx in 0..g.k {
+                let src = &cols[row * oh * ow..(row + 1) * oh * ow];
+                for oy in 0..oh {
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    for ox in 0..ow {
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += src[oy * ow + ox];
+                        }
+                    }
+                }
+                row += 1;
+            }
+        }
+    }
+}
+
+/// Runs `f` with this thread's scratch buffer resized to `len`.
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < len {
+            c.resize(len, 0.0);
+        }
+        f(&mut c[..len])
+    })
+}
+
+impl Backend for CpuBackend {
+    type Buf<T: Elem> = Vec<T>;
+
+    fn name(&self) -> String {
+        format!("cpu ({} threads)", self.threads)
+    }
+
+    fn alloc<T: Elem>(&self, len: usize) -> Result<Vec<T>> {
+        Ok(vec![T::default(); len])
+    }
+
+    fn upload<T: Elem>(&self, host: &[T]) -> Result<Vec<T>> {
+        Ok(host.to_vec())
+    }
+
+    fn write<T: Elem>(&self, dst: ViewMut<'_, Self, T>, host: &[T]) -> Result<()> {
+        check_len("write", "host data", dst.len, host.len())?;
+        sm(dst).copy_from_slice(host);
+        Ok(())
+    }
+
+    fn download<T: Elem>(&self, src: View<'_, Self, T>) -> Result<Vec<T>> {
+        Ok(s(src).to_vec())
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn fill(&self, dst: ViewMut<'_, Self, f32>, value: f32) -> Result<()> {
+        sm(dst).fill(value);
+        Ok(())
+    }
+
+    fn copy(&self, src: View<'_, Self, f32>, dst: ViewMut<'_, Self, f32>) -> Result<()> {
+        check_len("copy", "destination", src.len, dst.len)?;
+        sm(dst).copy_from_slice(s(src));
+        Ok(())
+    }
+
+    fn gemm(
+        &self,
+        g: &Gemm,
+        a: View<'_, Self, f32>,
+        b: View<'_, Self, f32>,
+        bias: Option<View<'_, Self, f32>>,
+        c: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        g.check(a.len, b.len, bias.map(|b| b.len), c.len)?;
+        let c = sm(c);
+        let mut accumulate = g.beta != 0.0;
+        if accumulate && g.beta != 1.0 {
+            c.iter_mut().for_each(|v| *v *= g.beta);
+        }
+        if let Some(bias) = bias {
+            let bias = s(bias);
+            for row in c.chunks_exact_mut(g.n) {
+                if accumulate {
+                    row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                } else {
+                    row.copy_from_slice(bias);
+                }
+            }
+            accumulate = true;
+        }
+        let par = self.par();
+        self.pool.install(|| sgemm(par, g, s(a), s(b), c, accumulate));
+        Ok(())
+    }
+
+    fn bias_grad(&self, rows: usize, cols: usize, dy: View<'_, Self, f32>, db: ViewMut<'_, Self, f32>) -> Result<()> {
+        check_len("bias_grad", "dy", rows * cols, dy.len)?;
+        check_len("bias_grad", "db", cols, db.len)?;
+        let (dy, db) = (s(dy), sm(db));
+        db.fill(0.0);
+        for row in dy.chunks_exact(cols) {
+            db.iter_mut().zip(row).for_each(|(d, v)| *d += v);
+        }
+        Ok(())
+    }
+
+    fn relu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        check_len("relu_forward", "y", x.len, y.len)?;
+        let (x, y) = (s(x), sm(y));
+        self.pool.install(|| y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| reference::relu_forward(x, y)));
+        Ok(())
+    }
+
+    fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        check_len("relu_backward", "dy", y.len, dy.len)?;
+        check_len("relu_backward", "dx", y.len, dx.len)?;
+        let (y, dy, dx) = (s(y), s(dy), sm(dx));
+        self.pool.install(|| {
+            dx.par_chunks_mut(1 << 14)
+                .zip(dy.par_chunks(1 << 14).zip(y.par_chunks(1 << 14)))
+                .for_each(|(dx, (dy, y))| reference::relu_backward(y, dy, dx))
+        });
+        Ok(())
+    }
+
+    fn conv2d_forward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        g.validate()?;
+        check_len("conv2d_forward", "x", g.x_len(), x.len)?;
+        check_len("conv2d_forward", "weight", g.w_len(), w.len)?;
+        check_len("conv2d_forward", "bias", g.c_out, bias.len)?;
+        check_len("conv2d_forward", "y", g.y_len(), y.len)?;
+        if g.n == 0 {
+            return Ok(());
+        }
+        let (x, w, bias, y) = (s(x), s(w), s(bias), sm(y));
+        let ohw = g.out_h() * g.out_w();
+        let pl = g.patch_len();
+        // y_n (C_out, OH*OW) = W (C_out, C_in*K*K) . cols_n (C_in*K*K, OH*OW) + b
+        let per_sample = Gemm::new(g.c_out, ohw, pl);
+        self.pool.install(|| {
+            y.par_chunks_mut(g.c_out * ohw).zip(x.par_chunks(g.c_in * g.h * g.w)).for_each(|(yn, xn)| {
+                for (co, row) in yn.chunks_exact_mut(ohw).enumerate() {
+                    row.fill(bias[co]);
+                }
+                with_cols(pl * ohw, |cols| {
+                    im2col(g, xn, cols);
+                    sgemm(Parallelism::None, &per_sample, w, cols, yn, true);
+                });
+            })
+        });
+        Ok(())
+    }
+
+    fn conv2d_backward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dparams: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        g.validate()?;
+        check_len("conv2d_backward", "x", g.x_len(), x.len)?;
+        check_len("conv2d_backward", "weight", g.w_len(), w.len)?;
+        check_len("conv2d_backward", "dy", g.y_len(), dy.len)?;
+        check_len("conv2d_backward", "dweight+dbias", g.w_len() + g.c_out, dparams.len)?;
+        if let Some(dx) = &dx {
+            check_len("conv2d_backward", "dx", g.x_len(), dx.len)?;
+        }
+        let (x, w, dy) = (s(x), s(w), s(dy));
+        let (dw, db) = sm(dparams).split_at_mut(g.w_len());
+        let dx = dx.map(sm);
+        let ohw = g.out_h() * g.out_w();
+        let pl = g.patch_len();
+        let (x_n, y_n) = (g.c_in * g.h * g.w, g.c_out * ohw);
+        let wl = g.w_len();
+        let part_len = wl + g.c_out;
+        // Split the batch into one chunk per thread; each chunk sums its own
+        // partial dW/db, then the partials are reduced.
+        let chunks = self.threads.min(g.n).max(1);
+        let per_chunk = g.n.div_ceil(chunks);
+        let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        if partials.len() < chunks * part_len {
+            partials.resize(chunks * part_len, 0.0);
+        }
+        let mut tasks = Vec::with_capacity(chunks);
+        let mut dx_rest = dx;
+        for (t, part) in partials.chunks_mut(part_len).take(chunks).enumerate() {
+            let lo = (t * per_chunk).min(g.n);
+            let hi = ((t + 1) * per_chunk).min(g.n);
+            let dx_chunk = match dx_rest.take() {
+                Some(rest) => {
+                    let (head, tail) = rest.split_at_mut((hi - lo) * x_n);
+                    dx_rest = Some(tail);
+                    Some(head)
+                }
+                None => None,
+            };
+            tasks.push((&x[lo * x_n..hi * x_n], &dy[lo * y_n..hi * y_n], dx_chunk, part));
+        }
+        // dW (C_out, C_in*K*K) += dy_n (C_out, OH*OW) . cols_n^T
+        let dw_gemm = Gemm::new(g.c_out, pl, ohw).trans_b();
+        // dcols (C_in*K*K, OH*OW) = W^T . dy_n
+        let dcols_gemm = Gemm::new(pl, ohw, g.c_out).trans_a();
+        self.pool.install(|| {
+            tasks.into_par_iter().for_each(|(xc, dyc, mut dxc, part)| {
+                part.fill(0.0);
+                let (pdw, pdb) = part.split_at_mut(wl);
+                with_cols(2 * pl * ohw, |scratch| {
+                    let (cols, dcols) = scratch.split_at_mut(pl * ohw);
+                    for (i, (xn, dyn_)) in xc.chunks_exact(x_n).zip(dyc.chunks_exact(y_n)).enumerate() {
+                        im2col(g, xn, cols);
+                        sgemm(Parallelism::None, &dw_gemm, dyn_, cols, pdw, true);
+                        for (co, row) in dyn_.chunks_exact(ohw).enumerate() {
+                            pdb[co] += row.iter().sum::<f32>();
+                        }
+                        if let Some(dxc) = dxc.as_deref_mut() {
+                            sgemm(Parallelism::None, &dcols_gemm, w, dyn_, dcols, false);
+                            col2im(g, dcols, &mut dxc[i * x_n..(i + 1) * x_n]);
+                        }
+                    }
+                });
+            })
+        });
+        dw.fill(0.0);
+        db.fill(0.0);
+        for part in partials.chunks(part_len).take(chunks) {
+            dw.iter_mut().zip(&part[..wl]).for_each(|(d, p)| *d += p);
+            db.iter_mut().zip(&part[wl..]).for_each(|(d, p)| *d += p);
+        }
+        Ok(())
+    }
+
+    fn maxpool2d_forward(
+        &self,
+        g: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        argmax: ViewMut<'_, Self, u32>,
+    ) -> Result<()> {
+        g.validate()?;
+        check_len("maxpool2d_forward", "x", g.x_len(), x.len)?;
+        check_len("maxpool2d_forward", "y", g.y_len(), y.len)?;
+        check_len("maxpool2d_forward", "argmax", g.y_len(), argmax.len)?;
+        let (x, y, argmax) = (s(x), sm(y), sm(argmax));
+        let (ohw, hw) = (g.out_h() * g.out_w(), g.h * g.w);
+        let plane_geom = Pool2dGeom { n: 1, c: 1, ..*g };
+        self.pool.install(|| {
+            y.par_chunks_mut(ohw).zip(argmax.par_chunks_mut(ohw)).enumerate().for_each(|(p, (yp, ap))| {
+                reference::maxpool2d_forward(&plane_geom, &x[p * hw..(p + 1) * hw], yp, ap);
+                ap.iter_mut().for_each(|a| *a += (p * hw) as u32);
+            })
+        });
+        Ok(())
+    }
+
+    fn maxpool2d_backward(
+        &self,
+        g: &Pool2dGeom,
+        dy: View<'_, Self, f32>,
+        argmax: View<'_, Self, u32>,
+        dx: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        g.validate()?;
+        check_len("maxpool2d_backward", "dy", g.y_len(), dy.len)?;
+        check_len("maxpool2d_backward", "argmax", g.y_len(), argmax.len)?;
+        check_len("maxpool2d_backward", "dx", g.x_len(), dx.len)?;
+        let (dy, argmax, dx) = (s(dy), s(argmax), sm(dx));
+        let (ohw, hw) = (g.out_h() * g.out_w(), g.h * g.w);
+        self.pool.install(|| {
+            dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
+                dxp.fill(0.0);
+                let base = p * hw;
+                for (&d, &a) in dy[p * ohw..(p + 1) * ohw].iter().zip(&argmax[p * ohw..(p + 1) * ohw]) {
+                    // An index outside this plane cannot come from maxpool2d_forward; skip it.
+                    if let Some(v) = (a as usize).checked_sub(base).and_then(|i| dxp.get_mut(i)) {
+                        *v += d;
+                    }
+                }
+            })
+        });
+        Ok(())
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: View<'_, Self, f32>,
+        labels: View<'_, Self, u32>,
+        grad_scale: f32,
+        dlogits: Option<ViewMut<'_, Self, f32>>,
+        stats: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        check_len("softmax_cross_entropy", "logits", n * classes, logits.len)?;
+        check_len("softmax_cross_entropy", "labels", n, labels.len)?;
+        check_len("softmax_cross_entropy", "stats", 2, stats.len)?;
+        if let Some(d) = &dlogits {
+            check_len("softmax_cross_entropy", "dlogits", n * classes, d.len)?;
+        }
+        if classes == 0 {
+            return Err(Error::shape("softmax_cross_entropy", "classes", ">= 1", 0));
+        }
+        reference::softmax_cross_entropy(n, classes, s(logits), s(labels), grad_scale, dlogits.map(sm), sm(stats))
+    }
+
+    fn sgd_step(
+        &self,
+        step: &SgdStep,
+        params: ViewMut<'_, Self, f32>,
+        grads: View<'_, Self, f32>,
+        velocity: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        check_len("sgd_step", "grads", params.len, grads.len)?;
+        check_len("sgd_step", "velocity", params.len, velocity.len)?;
+        reference::sgd_step(step, sm(params), s(grads), sm(velocity));
+        Ok(())
+    }
+
+    fn gather_batch(
+        &self,
+        spec: &Gather,
+        images: View<'_, Self, u8>,
+        labels: View<'_, Self, u8>,
+        indices: View<'_, Self, u32>,
+        x: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, u32>,
+    ) -> Result<()> {
+        check_len("gather_batch", "images", labels.len * spec.sample_len, images.len)?;
+        check_len("gather_batch", "indices", spec.n, indices.len)?;
+        check_len("gather_batch", "x", spec.n * spec.sample_len, x.len)?;
+        check_len("gather_batch", "y", spec.n, y.len)?;
+        reference::gather_batch(spec, s(images), s(labels), s(indices), sm(x), sm(y))
+    }
+}

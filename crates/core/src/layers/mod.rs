@@ -1,0 +1,75 @@
+//! Layers: each owns its forward and backward. Activations live in the model
+//! (it hands each layer its input and output windows); parameters and their
+//! gradients live in one contiguous buffer each (see [`crate::model::ParamStore`]),
+//! and a layer only knows its offsets into them.
+//!
+//! `backward` *overwrites* the layer's parameter gradients (no zero_grad needed).
+
+mod activation;
+mod conv;
+mod linear;
+mod pool;
+
+pub use activation::{Flatten, Relu};
+pub use conv::Conv2d;
+pub use linear::Linear;
+pub use pool::MaxPool2d;
+
+use crate::backend::{Backend, View, ViewMut};
+use crate::error::Result;
+
+/// A parameter tensor a layer asks for. `fan_in` drives PyTorch's default init.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamSpec {
+    /// "weight" or "bias"; the model prefixes the layer name ("conv1.weight").
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    pub fan_in: usize,
+}
+
+impl ParamSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Everything a layer's forward and backward read besides activations.
+pub struct Ctx<'a, B: Backend> {
+    pub backend: &'a B,
+    /// Samples in this batch.
+    pub n: usize,
+    /// The whole parameter buffer.
+    pub params: &'a B::Buf<f32>,
+}
+
+pub trait Layer<B: Backend>: Send {
+    /// "conv2d", "linear", ... (for errors and profiles).
+    fn kind(&self) -> &'static str;
+    /// Fixes the per-sample input shape; returns the per-sample output shape.
+    fn build(&mut self, input: &[usize]) -> Result<Vec<usize>>;
+    fn param_specs(&self) -> Vec<ParamSpec> {
+        Vec::new()
+    }
+    /// Offsets into the parameter buffer, one per [`Layer::param_specs`] entry.
+    fn bind_params(&mut self, _offsets: &[usize]) {}
+    /// Makes room for batches of up to `n` samples (so steps never allocate).
+    fn reserve(&mut self, _backend: &B, _n: usize) -> Result<()> {
+        Ok(())
+    }
+    /// x: (n, input...) -> y: (n, output...)
+    fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()>;
+    /// Given dy = dL/dy, writes the parameter gradients into `grads` and, when
+    /// `dx` is given, dL/dx. `y` is this layer's forward output.
+    fn backward(
+        &mut self,
+        ctx: &Ctx<'_, B>,
+        grads: &mut B::Buf<f32>,
+        x: View<'_, B, f32>,
+        y: View<'_, B, f32>,
+        dy: View<'_, B, f32>,
+        dx: Option<ViewMut<'_, B, f32>>,
+    ) -> Result<()>;
+}

@@ -1,0 +1,75 @@
+use super::{Ctx, Layer};
+use crate::backend::{Backend, Pool2dGeom, View, ViewMut};
+use crate::error::{Error, Result};
+
+/// Max pooling with a square window; remembers the argmax of each output for backward.
+pub struct MaxPool2d<B: Backend> {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    chw: (usize, usize, usize),
+    argmax: Option<B::Buf<u32>>,
+}
+
+impl<B: Backend> MaxPool2d<B> {
+    pub fn new(kernel: usize, stride: usize, pad: usize) -> Self {
+        MaxPool2d { kernel, stride, pad, chw: (0, 0, 0), argmax: None }
+    }
+
+    fn geom(&self, n: usize) -> Pool2dGeom {
+        let (c, h, w) = self.chw;
+        Pool2dGeom { n, c, h, w, k: self.kernel, stride: self.stride, pad: self.pad }
+    }
+
+    fn argmax_buf(&mut self, backend: &B, len: usize) -> Result<&mut B::Buf<u32>> {
+        if self.argmax.as_ref().is_none_or(|a| crate::Storage::len(a) < len) {
+            self.argmax = Some(backend.alloc(len)?);
+        }
+        Ok(self.argmax.as_mut().expect("allocated above"))
+    }
+}
+
+impl<B: Backend> Layer<B> for MaxPool2d<B> {
+    fn kind(&self) -> &'static str {
+        "maxpool2d"
+    }
+
+    fn build(&mut self, input: &[usize]) -> Result<Vec<usize>> {
+        match *input {
+            [c, h, w] => {
+                self.chw = (c, h, w);
+                let g = self.geom(1);
+                g.validate()?;
+                Ok(vec![c, g.out_h(), g.out_w()])
+            }
+            _ => Err(Error::shape("maxpool2d", "input shape", "[C, H, W]", format!("{input:?}"))),
+        }
+    }
+
+    fn reserve(&mut self, backend: &B, n: usize) -> Result<()> {
+        let len = self.geom(n).y_len();
+        self.argmax_buf(backend, len).map(|_| ())
+    }
+
+    fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
+        // x: (N, C, H, W) -> y, argmax: (N, C, OH, OW)
+        let g = self.geom(ctx.n);
+        let argmax = self.argmax_buf(ctx.backend, g.y_len())?;
+        ctx.backend.maxpool2d_forward(&g, x, y, ViewMut::prefix(argmax, g.y_len())?)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &Ctx<'_, B>,
+        _grads: &mut B::Buf<f32>,
+        _x: View<'_, B, f32>,
+        _y: View<'_, B, f32>,
+        dy: View<'_, B, f32>,
+        dx: Option<ViewMut<'_, B, f32>>,
+    ) -> Result<()> {
+        let Some(dx) = dx else { return Ok(()) };
+        let g = self.geom(ctx.n);
+        let argmax = self.argmax.as_ref().ok_or_else(|| Error::shape("maxpool2d", "backward before forward", "argmax", "none"))?;
+        ctx.backend.maxpool2d_backward(&g, dy, View::prefix(argmax, g.y_len())?, dx)
+    }
+}

@@ -1,0 +1,27 @@
+//! rusty-recognition core: everything that does not depend on a particular device.
+//!
+//! - [`backend`]: the [`Backend`] contract every device implements (buffers + ops).
+//! - [`reference`]: plain, obviously-correct implementations of every op; the
+//!   fast backends are tested against these.
+//! - [`cpu`]: the CPU backend (GEMM crate + rayon).
+//! - [`layers`], [`model`]: layers with forward/backward and models built from config.
+//! - [`optim`], [`train`]: SGD with momentum and the training / evaluation loops.
+//! - [`data`], [`checkpoint`]: MNIST IDX files and safetensors checkpoints.
+//! - [`conformance`]: the test suite every backend must pass.
+
+pub mod backend;
+pub mod checkpoint;
+pub mod conformance;
+pub mod cpu;
+pub mod data;
+pub mod error;
+pub mod layers;
+pub mod model;
+pub mod optim;
+pub mod reference;
+pub mod train;
+
+pub use backend::{Backend, Elem, Storage, View, ViewMut};
+pub use cpu::CpuBackend;
+pub use error::{Error, Result};
+pub use model::{Model, ModelConfig};

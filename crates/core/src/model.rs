@@ -1,0 +1,301 @@
+//! Models built from config: a [`ModelConfig`] names an architecture, [`Model`]
+//! is the sequential network built from it on a backend, with its parameters,
+//! gradients and activations preallocated.
+
+use crate::backend::{Backend, View, ViewMut};
+use crate::error::{Error, Result};
+use crate::layers::{Conv2d, Ctx, Flatten, Layer, Linear, MaxPool2d, Relu};
+use crate::Storage;
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// MNIST-style input: one channel of 28x28.
+pub const INPUT_SHAPE: [usize; 3] = [1, 28, 28];
+pub const CLASSES: usize = 10;
+
+/// Architectures. Serialized (JSON) into every checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "arch", rename_all = "kebab-case")]
+pub enum ModelConfig {
+    /// LeNet-5 as PyTorch users write it: conv 1->6 5x5 pad 2, ReLU, maxpool 2;
+    /// conv 6->16 5x5, ReLU, maxpool 2; flatten 400; 400->120, ReLU; 120->84, ReLU; 84->10.
+    Lenet5,
+    /// Fully connected layers with ReLU between them. `sizes` includes the input
+    /// (784) and the output (10): `[784, 256, 128, 10]`.
+    Mlp { sizes: Vec<usize> },
+}
+
+impl ModelConfig {
+    pub fn mlp_default() -> Self {
+        ModelConfig::Mlp { sizes: vec![784, 256, 128, 10] }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelConfig::Lenet5 => "lenet5",
+            ModelConfig::Mlp { .. } => "mlp",
+        }
+    }
+
+    /// The layers in order, each with the name its parameters get in the
+    /// state dict (PyTorch's names) or `None` for parameter-free layers.
+    fn layers<B: Backend>(&self) -> Result<Vec<NamedLayer<B>>> {
+        let named = |name: &str, l: Box<dyn Layer<B>>| (Some(name.to_string()), l);
+        let plain = |l: Box<dyn Layer<B>>| (None, l);
+        Ok(match self {
+            ModelConfig::Lenet5 => vec![
+                named("conv1", Box::new(Conv2d::new(1, 6, 5, 1, 2))),
+                plain(Box::new(Relu)),
+                plain(Box::new(MaxPool2d::new(2, 2, 0))),
+                named("conv2", Box::new(Conv2d::new(6, 16, 5, 1, 0))),
+                plain(Box::new(Relu)),
+                plain(Box::new(MaxPool2d::new(2, 2, 0))),
+                plain(Box::new(Flatten)),
+                named("fc1", Box::new(Linear::new(400, 120))),
+                plain(Box::new(Relu)),
+                named("fc2", Box::new(Linear::new(120, 84))),
+                plain(Box::new(Relu)),
+                named("fc3", Box::new(Linear::new(84, 10))),
+            ],
+            ModelConfig::Mlp { sizes } => {
+                let input: usize = INPUT_SHAPE.iter().product();
+                if sizes.len() < 2 || sizes[0] != input || sizes[sizes.len() - 1] != CLASSES || sizes.contains(&0) {
+                    return Err(Error::config(
+                        "MLP sizes",
+                        format!("need at least two non-zero sizes, the first {input} (the image) and the last {CLASSES} (the classes); got {sizes:?}"),
+                    ));
+                }
+                let mut layers = vec![plain(Box::new(Flatten) as Box<dyn Layer<B>>)];
+                for (i, pair) in sizes.windows(2).enumerate() {
+                    if i > 0 {
+                        layers.push(plain(Box::new(Relu)));
+                    }
+                    layers.push(named(&format!("fc{}", i + 1), Box::new(Linear::new(pair[0], pair[1]))));
+                }
+                layers
+            }
+        })
+    }
+}
+
+/// A host copy of a named parameter tensor: (name, shape, values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// A layer with the name its parameters get in the state dict (`None`: no parameters).
+type NamedLayer<B> = (Option<String>, Box<dyn Layer<B>>);
+
+/// One parameter tensor's place in the [`ParamStore`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamEntry {
+    /// PyTorch state-dict name, e.g. "conv1.weight".
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub offset: usize,
+    pub fan_in: usize,
+}
+
+impl ParamEntry {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// All parameters in one contiguous buffer, their gradients in another of the
+/// same layout, so an optimizer updates everything in one call.
+pub struct ParamStore<B: Backend> {
+    pub data: B::Buf<f32>,
+    pub grads: B::Buf<f32>,
+    pub entries: Vec<ParamEntry>,
+}
+
+impl<B: Backend> ParamStore<B> {
+    pub fn len(&self) -> usize {
+        self.data.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+    /// Number of real parameters (without alignment padding).
+    pub fn count(&self) -> usize {
+        self.entries.iter().map(ParamEntry::len).sum()
+    }
+}
+
+/// Each layer's parameters start on a 64-float (256-byte) boundary.
+const PARAM_ALIGN: usize = 64;
+
+pub struct Model<B: Backend> {
+    pub config: ModelConfig,
+    layers: Vec<Box<dyn Layer<B>>>,
+    /// shapes[0] is the per-sample input shape; shapes[i + 1] is layer i's output.
+    shapes: Vec<Vec<usize>>,
+    pub params: ParamStore<B>,
+    /// acts[i]: output of layer i, room for `capacity` samples.
+    acts: Vec<B::Buf<f32>>,
+    /// dacts[i]: dL/d(output of layer i), for every layer but the last (the loss writes that one).
+    dacts: Vec<B::Buf<f32>>,
+    capacity: usize,
+}
+
+impl<B: Backend> Model<B> {
+    /// Builds the model and initializes it as PyTorch does by default
+    /// (weights and biases uniform in ±1/sqrt(fan_in), i.e. Kaiming-uniform
+    /// with a = sqrt(5)), from `seed`.
+    pub fn new(backend: &B, config: &ModelConfig, seed: u64) -> Result<Self> {
+        let mut named = config.layers::<B>()?;
+        let mut shapes = vec![INPUT_SHAPE.to_vec()];
+        let mut entries = Vec::new();
+        let mut total = 0usize;
+        for (name, layer) in named.iter_mut() {
+            let out = layer.build(shapes.last().expect("non-empty"))?;
+            shapes.push(out);
+            let specs = layer.param_specs();
+            if specs.is_empty() {
+                continue;
+            }
+            total = total.next_multiple_of(PARAM_ALIGN);
+            let mut offsets = Vec::new();
+            for spec in specs {
+                let prefix = name.as_deref().unwrap_or(layer.kind());
+                offsets.push(total);
+                entries.push(ParamEntry {
+                    name: format!("{prefix}.{}", spec.name),
+                    shape: spec.shape.clone(),
+                    offset: total,
+                    fan_in: spec.fan_in,
+                });
+                total += spec.len();
+            }
+            layer.bind_params(&offsets);
+        }
+        if shapes.last() != Some(&vec![CLASSES]) {
+            return Err(Error::config("model", format!("output shape is {:?}, expected [{CLASSES}]", shapes.last())));
+        }
+        let mut host = vec![0.0f32; total];
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for e in &entries {
+            let bound = 1.0 / (e.fan_in as f32).sqrt();
+            for v in &mut host[e.offset..e.offset + e.len()] {
+                *v = rng.random_range(-bound..bound);
+            }
+        }
+        let params = ParamStore { data: backend.upload(&host)?, grads: backend.alloc(total)?, entries };
+        Ok(Model {
+            config: config.clone(),
+            layers: named.into_iter().map(|(_, l)| l).collect(),
+            shapes,
+            params,
+            acts: Vec::new(),
+            dacts: Vec::new(),
+            capacity: 0,
+        })
+    }
+
+    pub fn input_len(&self) -> usize {
+        self.shapes[0].iter().product()
+    }
+
+    pub fn classes(&self) -> usize {
+        self.shapes.last().map_or(0, |s| s.iter().product())
+    }
+
+    fn out_len(&self, i: usize) -> usize {
+        self.shapes[i + 1].iter().product()
+    }
+
+    /// Preallocates activations for batches of up to `n` samples. Forward calls
+    /// this itself when a batch is larger than anything seen before.
+    pub fn reserve(&mut self, backend: &B, n: usize) -> Result<()> {
+        if n <= self.capacity {
+            return Ok(());
+        }
+        let count = self.layers.len();
+        self.acts = (0..count).map(|i| backend.alloc(n * self.out_len(i))).collect::<Result<_>>()?;
+        self.dacts = (0..count - 1).map(|i| backend.alloc(n * self.out_len(i))).collect::<Result<_>>()?;
+        for layer in &mut self.layers {
+            layer.reserve(backend, n)?;
+        }
+        self.capacity = n;
+        Ok(())
+    }
+
+    /// x: (n, 1, 28, 28) -> logits (n, classes), read with [`Model::logits`].
+    pub fn forward(&mut self, backend: &B, n: usize, x: View<'_, B, f32>) -> Result<()> {
+        crate::error::check_len("model forward", "input", n * self.input_len(), x.len)?;
+        self.reserve(backend, n)?;
+        let ctx = Ctx { backend, n, params: &self.params.data };
+        for i in 0..self.layers.len() {
+            let (before, after) = self.acts.split_at_mut(i);
+            let input = if i == 0 { x } else { View::prefix(&before[i - 1], n * self.shapes[i].iter().product::<usize>())? };
+            let output = ViewMut::prefix(&mut after[0], n * self.shapes[i + 1].iter().product::<usize>())?;
+            self.layers[i].forward(&ctx, input, output)?;
+        }
+        Ok(())
+    }
+
+    /// The logits of the last forward pass: (n, classes).
+    pub fn logits(&self, n: usize) -> Result<View<'_, B, f32>> {
+        let last = self.acts.last().ok_or_else(|| Error::shape("model", "logits", "a forward pass first", "none"))?;
+        View::prefix(last, n * self.classes())
+    }
+
+    /// Back-propagates dlogits (n, classes) through the network, overwriting
+    /// every parameter gradient. `x` must be the input of the last forward pass.
+    pub fn backward(&mut self, backend: &B, n: usize, x: View<'_, B, f32>, dlogits: View<'_, B, f32>) -> Result<()> {
+        crate::error::check_len("model backward", "dlogits", n * self.classes(), dlogits.len)?;
+        if n > self.capacity {
+            return Err(Error::shape("model backward", "batch", format!("<= {} (the last forward)", self.capacity), n));
+        }
+        let ctx = Ctx { backend, n, params: &self.params.data };
+        let len = |shape: &Vec<usize>| n * shape.iter().product::<usize>();
+        for i in (0..self.layers.len()).rev() {
+            let input = if i == 0 { x } else { View::prefix(&self.acts[i - 1], len(&self.shapes[i]))? };
+            let output = View::prefix(&self.acts[i], len(&self.shapes[i + 1]))?;
+            let (below, above) = self.dacts.split_at_mut(i);
+            let dy = if i + 1 == self.layers.len() { dlogits } else { View::prefix(&above[0], len(&self.shapes[i + 1]))? };
+            let dx = match below.last_mut() {
+                Some(buf) => Some(ViewMut::prefix(buf, len(&self.shapes[i]))?),
+                None => None,
+            };
+            self.layers[i].backward(&ctx, &mut self.params.grads, input, output, dy, dx)?;
+        }
+        Ok(())
+    }
+
+    /// The parameters as named host tensors, in state-dict order.
+    pub fn state_dict(&self, backend: &B) -> Result<Vec<NamedTensor>> {
+        let all = backend.download(View::all(&self.params.data))?;
+        Ok(self.params.entries.iter().map(|e| (e.name.clone(), e.shape.clone(), all[e.offset..e.offset + e.len()].to_vec())).collect())
+    }
+
+    /// Replaces the parameters with named host tensors. Every name must be
+    /// present with the right shape; nothing changes if any does not fit.
+    /// `source` names where they came from, for errors.
+    pub fn load_state_dict(&mut self, backend: &B, tensors: &[NamedTensor], source: &std::path::Path) -> Result<()> {
+        let err = |msg: String| Error::Checkpoint { path: source.to_path_buf(), msg };
+        let mut host = vec![0.0f32; self.params.len()];
+        for e in &self.params.entries {
+            let (_, shape, data) = tensors
+                .iter()
+                .find(|(name, _, _)| *name == e.name)
+                .ok_or_else(|| err(format!("missing tensor `{}` (shape {:?}) needed by {}", e.name, e.shape, self.config.name())))?;
+            if *shape != e.shape || data.len() != e.len() {
+                return Err(err(format!("tensor `{}` has shape {:?}, the model needs {:?}", e.name, shape, e.shape)));
+            }
+            host[e.offset..e.offset + e.len()].copy_from_slice(data);
+        }
+        if let Some((extra, _, _)) = tensors.iter().find(|(name, _, _)| !self.params.entries.iter().any(|e| e.name == *name)) {
+            return Err(err(format!("unexpected tensor `{extra}`: not a parameter of {}", self.config.name())));
+        }
+        self.params.data = backend.upload(&host)?;
+        Ok(())
+    }
+
+    pub fn layer_kinds(&self) -> Vec<&'static str> {
+        self.layers.iter().map(|l| l.kind()).collect()
+    }
+}

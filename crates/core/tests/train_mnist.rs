@@ -1,0 +1,26 @@
+//! The real thing: LeNet-5 trained for one epoch on the real MNIST training set
+//! must reach >= 97% on the real test set (CPU backend).
+
+use rr_core::data::Mnist;
+use rr_core::model::{Model, ModelConfig};
+use rr_core::train::{evaluate, DeviceDataset, TrainConfig, Trainer};
+use rr_core::CpuBackend;
+use std::path::Path;
+
+#[test]
+fn lenet_one_epoch_reaches_97_percent() {
+    let b = CpuBackend::new(0).unwrap();
+    let data = Mnist::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
+    let config = TrainConfig::default();
+    let model = Model::new(&b, &ModelConfig::Lenet5, config.seed).unwrap();
+    let train = DeviceDataset::upload(&b, &data.train).unwrap();
+    let test = DeviceDataset::upload(&b, &data.test).unwrap();
+    let mut trainer = Trainer::new(&b, model, config, train.len).unwrap();
+    let start = std::time::Instant::now();
+    let stats = trainer.train_epoch(&b, &train, 0, &mut |_, _| {}).unwrap();
+    let seconds = start.elapsed().as_secs_f64();
+    let result = evaluate(&b, &mut trainer.model, &test, 1000).unwrap();
+    eprintln!("one epoch in {seconds:.1}s: train loss {:.4}, test accuracy {:.2}%", stats.loss, 100.0 * result.accuracy);
+    assert_eq!(result.samples, 10_000);
+    assert!(result.accuracy >= 0.97, "test accuracy {:.2}% < 97%", 100.0 * result.accuracy);
+}
