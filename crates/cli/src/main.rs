@@ -33,8 +33,8 @@ pub struct CommonArgs {
     /// Folder with the four MNIST IDX files (raw or .gz) [default: the repository's data/mnist]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Device to run on
-    #[arg(long, default_value = "cpu")]
+    /// Device: auto (the first GPU if usable, else the CPU), cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
     pub device: device::DeviceArg,
     /// CPU worker threads (0 = one per core)
     #[arg(long, default_value_t = 0)]

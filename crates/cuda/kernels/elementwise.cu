@@ -1,0 +1,34 @@
+// Element-wise ops: fill, ReLU, bias broadcast, column sums, copy.
+
+extern "C" __global__ void fill_f32(float* y, int n, float v) {
+    GRID_STRIDE(i, n) y[i] = v;
+}
+
+// y = max(x, 0)
+extern "C" __global__ void relu_forward(const float* __restrict__ x, float* __restrict__ y, int n) {
+    GRID_STRIDE(i, n) y[i] = fmaxf(x[i], 0.0f);
+}
+
+// dx = dy * (y > 0)
+extern "C" __global__ void relu_backward(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx, int n) {
+    GRID_STRIDE(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+// c (rows, cols) = beta * c + bias[col]; c is not read when beta == 0.
+extern "C" __global__ void bias_rows(float* c, const float* __restrict__ bias, int rows, int cols, float beta) {
+    GRID_STRIDE(i, rows * cols) {
+        float b = bias[i % cols];
+        c[i] = beta == 0.0f ? b : beta * c[i] + b;
+    }
+}
+
+// db[j] = sum_i dy[i, j] for dy (rows, cols): one warp per column.
+extern "C" __global__ void column_sums(const float* __restrict__ dy, float* __restrict__ db, int rows, int cols) {
+    int col = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (col >= cols) return;
+    float acc = 0.0f;
+    for (int r = lane; r < rows; r += 32) acc += dy[r * cols + col];
+    acc = warp_sum(acc);
+    if (lane == 0) db[col] = acc;
+}

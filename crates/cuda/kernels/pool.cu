@@ -1,0 +1,31 @@
+// Max pooling with argmax (flat index into x); padding counts as -infinity.
+
+extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ y, unsigned* __restrict__ argmax,
+                                           int planes, int H, int W, int K, int S, int P, int OH, int OW) {
+    GRID_STRIDE(o, planes * OH * OW) {
+        int ox = o % OW, oy = (o / OW) % OH, plane = o / (OW * OH);
+        float best = -INFINITY;
+        int best_i = -1;
+        for (int ky = 0; ky < K; ky++) {
+            int iy = oy * S + ky - P;
+            if (iy < 0 || iy >= H) continue;
+            for (int kx = 0; kx < K; kx++) {
+                int ix = ox * S + kx - P;
+                if (ix < 0 || ix >= W) continue;
+                int xi = (plane * H + iy) * W + ix;
+                float v = x[xi];
+                if (v > best || best_i < 0) { best = v; best_i = xi; }
+            }
+        }
+        y[o] = best;
+        argmax[o] = (unsigned)best_i;
+    }
+}
+
+// dx must be zeroed first; overlapping windows may hit the same input, hence atomics.
+extern "C" __global__ void maxpool_backward(const float* __restrict__ dy, const unsigned* __restrict__ argmax, float* dx, int n_out, int n_in) {
+    GRID_STRIDE(o, n_out) {
+        unsigned i = argmax[o];
+        if (i < (unsigned)n_in) atomicAdd(dx + i, dy[o]);
+    }
+}

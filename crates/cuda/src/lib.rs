@@ -1,0 +1,224 @@
+//! The CUDA backend. Kernels are `.cu` files in `kernels/` (one per op family),
+//! compiled once per process with NVRTC for the device's architecture; dense
+//! products go through cuBLAS (plain fp32: no TF32, so results match the CPU
+//! within 1e-5). Everything is enqueued on one stream and nothing waits for the
+//! GPU except `download` / `synchronize`. The driver, NVRTC and cuBLAS are
+//! loaded at run time, so this crate builds, and the CLI runs, without CUDA.
+
+mod ops;
+
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr};
+use rr_core::{Elem, Error, Result, Storage, View, ViewMut};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Kernel sources, compiled together as one NVRTC program.
+const KERNEL_SOURCES: &[(&str, &str)] = &[
+    ("common.cuh", include_str!("../kernels/common.cuh")),
+    ("elementwise.cu", include_str!("../kernels/elementwise.cu")),
+    ("conv.cu", include_str!("../kernels/conv.cu")),
+    ("pool.cu", include_str!("../kernels/pool.cu")),
+    ("loss.cu", include_str!("../kernels/loss.cu")),
+    ("optim.cu", include_str!("../kernels/optim.cu")),
+    ("data.cu", include_str!("../kernels/data.cu")),
+];
+
+fn device_err(msg: impl std::fmt::Display) -> Error {
+    Error::Device { backend: "cuda", msg: msg.to_string() }
+}
+
+/// Checks that the CUDA driver, NVRTC and cuBLAS libraries can be opened,
+/// and says which one is missing and where it was looked for if not.
+/// (cudarc would panic on first use of a missing library; this never does.)
+pub fn check_libraries() -> Result<()> {
+    // SAFETY: these only try to dlopen the candidate names.
+    let present = unsafe {
+        [
+            ("CUDA driver", "cuda", cudarc::driver::sys::is_culib_present()),
+            ("NVRTC", "nvrtc", cudarc::nvrtc::sys::is_culib_present()),
+            ("cuBLAS", "cublas", cudarc::cublas::sys::is_culib_present()),
+        ]
+    };
+    for (what, lib, ok) in present {
+        if !ok {
+            let mut names = cudarc::get_lib_name_candidates(lib);
+            let mut seen = std::collections::HashSet::new();
+            names.retain(|n| seen.insert(n.clone()));
+            return Err(device_err(format!(
+                "the {what} library was not found (searched the dynamic-linker path, LD_LIBRARY_PATH included, for {}); install the NVIDIA driver{}",
+                names.join(", "),
+                if lib == "cuda" { "" } else { " and the CUDA 13 runtime libraries (NVRTC, cuBLAS)" }
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A device buffer of `len` elements of `T` (stored as bytes so one type
+/// serves every element type).
+pub struct CudaBuf<T> {
+    bytes: CudaSlice<u8>,
+    ptr: u64,
+    len: usize,
+    _elem: PhantomData<T>,
+}
+
+impl<T> Storage for CudaBuf<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl<T> Drop for CudaBuf<T> {
+    fn drop(&mut self) {
+        ALLOCATED.fetch_sub(self.bytes.len(), Ordering::Relaxed);
+    }
+}
+
+static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+/// Device bytes held by live buffers now, and the most ever held, this process.
+pub fn allocated_bytes() -> (usize, usize) {
+    (ALLOCATED.load(Ordering::Relaxed), PEAK.load(Ordering::Relaxed))
+}
+
+/// Compiled kernels.
+struct Kernels {
+    _module: Arc<CudaModule>,
+    fill: CudaFunction,
+    relu_forward: CudaFunction,
+    relu_backward: CudaFunction,
+    bias_rows: CudaFunction,
+    column_sums: CudaFunction,
+    im2col: CudaFunction,
+    col2im: CudaFunction,
+    cnhw_to_nchw_bias: CudaFunction,
+    nchw_to_cnhw: CudaFunction,
+    row_sums: CudaFunction,
+    maxpool_forward: CudaFunction,
+    maxpool_backward: CudaFunction,
+    softmax_cross_entropy: CudaFunction,
+    sgd_step: CudaFunction,
+    gather_batch: CudaFunction,
+}
+
+/// Scratch space reused across ops (im2col columns, transposed activations).
+#[derive(Default)]
+pub(crate) struct Scratch {
+    a: Option<CudaBuf<f32>>,
+    b: Option<CudaBuf<f32>>,
+}
+
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    blas: CudaBlas,
+    k: Kernels,
+    scratch: Mutex<Scratch>,
+    name: String,
+    sms: u32,
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal`: checks the libraries, creates a context and a
+    /// stream, and compiles the kernels for the device's architecture.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        check_libraries()?;
+        let count = CudaContext::device_count().map_err(|e| device_err(format!("cannot query devices: {e}")))?;
+        if count <= 0 {
+            return Err(device_err("the driver loaded but reports no CUDA device"));
+        }
+        if ordinal >= count as usize {
+            return Err(device_err(format!("no device cuda:{ordinal}: {count} device(s) present (cuda:0..cuda:{})", count - 1)));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| device_err(format!("cannot create a context on cuda:{ordinal}: {e}")))?;
+        // One stream, in order: cudarc's cross-stream event tracking is not needed.
+        // SAFETY: no buffer of this context is used from another stream.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let blas = CudaBlas::new(stream.clone()).map_err(|e| device_err(format!("cuBLAS: {e}")))?;
+        let (major, minor) = ctx.compute_capability().map_err(device_err)?;
+        let k = compile_kernels(&ctx, major, minor)?;
+        let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let sms = ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_or(80, |v| v as u32);
+        Ok(CudaBackend {
+            name: format!("cuda:{ordinal} ({gpu}, sm_{major}{minor})"),
+            ctx,
+            stream,
+            blas,
+            k,
+            scratch: Mutex::new(Scratch::default()),
+            sms,
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    fn alloc_bytes<T>(&self, len: usize) -> Result<CudaBuf<T>> {
+        let bytes = (len * std::mem::size_of::<T>()).max(4);
+        let slice = self.stream.alloc_zeros::<u8>(bytes).map_err(|e| device_err(format!("cannot allocate {bytes} bytes: {e}")))?;
+        let ptr = {
+            let (p, _sync) = slice.device_ptr(&self.stream);
+            p
+        };
+        let now = ALLOCATED.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        PEAK.fetch_max(now, Ordering::Relaxed);
+        Ok(CudaBuf { bytes: slice, ptr, len, _elem: PhantomData })
+    }
+}
+
+/// Device address of a view's first element.
+fn ptr<T: Elem>(v: &View<'_, CudaBackend, T>) -> u64 {
+    v.buf.ptr + (v.offset * std::mem::size_of::<T>()) as u64
+}
+
+fn ptr_mut<T: Elem>(v: &ViewMut<'_, CudaBackend, T>) -> u64 {
+    v.buf.ptr + (v.offset * std::mem::size_of::<T>()) as u64
+}
+
+fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Kernels> {
+    let common = KERNEL_SOURCES[0].1;
+    let mut src = String::from("#define INFINITY __int_as_float(0x7f800000)\n");
+    src.push_str(common);
+    for (name, body) in &KERNEL_SOURCES[1..] {
+        src.push_str(&format!("\n// ---- {name} ----\n{body}"));
+    }
+    // NVRTC wants a 'static arch string; one per process is leaked at most.
+    let arch: &'static str = Box::leak(format!("sm_{major}{minor}").into_boxed_str());
+    let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch), options: vec!["--std=c++17".into()], ..Default::default() };
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, opts).map_err(|e| match e {
+        cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+            device_err(format!("NVRTC failed to compile the kernels:\n{}", log.to_string_lossy()))
+        }
+        other => device_err(format!("NVRTC: {other:?}")),
+    })?;
+    let module = ctx.load_module(ptx).map_err(|e| device_err(format!("cannot load the compiled kernels: {e}")))?;
+    let f = |name: &str| module.load_function(name).map_err(|e| device_err(format!("kernel {name}: {e}")));
+    Ok(Kernels {
+        fill: f("fill_f32")?,
+        relu_forward: f("relu_forward")?,
+        relu_backward: f("relu_backward")?,
+        bias_rows: f("bias_rows")?,
+        column_sums: f("column_sums")?,
+        im2col: f("im2col")?,
+        col2im: f("col2im")?,
+        cnhw_to_nchw_bias: f("cnhw_to_nchw_bias")?,
+        nchw_to_cnhw: f("nchw_to_cnhw")?,
+        row_sums: f("row_sums")?,
+        maxpool_forward: f("maxpool_forward")?,
+        maxpool_backward: f("maxpool_backward")?,
+        softmax_cross_entropy: f("softmax_cross_entropy")?,
+        sgd_step: f("sgd_step")?,
+        gather_batch: f("gather_batch")?,
+        _module: module,
+    })
+}

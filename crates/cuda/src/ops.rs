@@ -1,0 +1,445 @@
+//! `Backend` for `CudaBackend`: argument checks, then kernel launches or cuBLAS
+//! calls on the backend's stream. Nothing here waits for the GPU except
+//! `download` and `synchronize`.
+
+use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
+use cudarc::cublas::sys::cublasOperation_t;
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use rr_core::backend::{Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep};
+use rr_core::error::check_len;
+use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
+
+/// Launches kernel `$f` with `$cfg` and the given arguments (device pointers
+/// as u64, sizes as i32, scalars as f32).
+macro_rules! launch {
+    ($self:expr, $f:ident, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let args = ($($arg,)*);
+        launch!(@push $self, $f, $cfg, args, $($arg),*)
+    }};
+    (@push $self:expr, $f:ident, $cfg:expr, $args:ident, $a0:expr $(, $a:expr)*) => {{
+        let mut b = $self.stream.launch_builder(&$self.k.$f);
+        launch!(@args b, $args, 0usize; $a0 $(, $a)*);
+        // SAFETY: argument types and counts match the kernel's signature in kernels/*.cu;
+        // lengths were checked against every pointer's buffer before the launch.
+        unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| device_err(format!(concat!(stringify!($f), ": {}"), e)))
+    }};
+    (@args $b:ident, $args:ident, $i:expr; $($a:expr),*) => {
+        launch!(@each $b, $args; [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15]; $($a),*)
+    };
+    (@each $b:ident, $args:ident; [$($idx:tt)*]; $($a:expr),*) => {
+        launch!(@zip $b, $args; [$($idx)*]; [$($a),*])
+    };
+    (@zip $b:ident, $args:ident; [$i0:tt $($idx:tt)*]; [$a0:expr $(, $a:expr)*]) => {
+        $b.arg(&$args.$i0);
+        launch!(@zip $b, $args; [$($idx)*]; [$($a),*])
+    };
+    (@zip $b:ident, $args:ident; [$($idx:tt)*]; []) => {};
+}
+
+const BLOCK: u32 = 256;
+
+impl CudaBackend {
+    /// Grid-stride launch shape for `n` independent elements.
+    fn cfg(&self, n: usize) -> LaunchConfig {
+        let blocks = (n.div_ceil(BLOCK as usize) as u32).clamp(1, self.sms * 16);
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 }
+    }
+
+    /// Row-major `c = alpha * op(a) op(b) + beta * c` on raw device addresses.
+    fn sgemm(&self, g: &Gemm, a: u64, b: u64, c: u64, beta: f32) -> Result<()> {
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let (m, n, k) = (i32c(g.m)?, i32c(g.n)?, i32c(g.k)?);
+        // cuBLAS is column-major: compute C^T (n, m) = op(B)^T op(A)^T.
+        let (op_a, lda) = if g.trans_a { (cublasOperation_t::CUBLAS_OP_T, m) } else { (cublasOperation_t::CUBLAS_OP_N, k) };
+        let (op_b, ldb) = if g.trans_b { (cublasOperation_t::CUBLAS_OP_T, k) } else { (cublasOperation_t::CUBLAS_OP_N, n) };
+        // SAFETY: the caller checked that a, b, c address buffers of the sizes g implies.
+        unsafe {
+            cudarc::cublas::result::sgemm(
+                *self.blas.handle(),
+                op_b,
+                op_a,
+                n,
+                m,
+                k,
+                &g.alpha,
+                b as *const f32,
+                ldb.max(1),
+                a as *const f32,
+                lda.max(1),
+                &beta,
+                c as *mut f32,
+                n.max(1),
+            )
+        }
+        .map_err(|e| device_err(format!("cuBLAS sgemm {g:?}: {e}")))
+    }
+
+    /// Two scratch buffers of at least `a` and `b` floats (grown on first use
+    /// only). The guard must be held until every kernel using them is enqueued:
+    /// the stream runs in order, so a later op cannot overwrite them early.
+    fn scratch(&self, a: usize, b: usize) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64, u64)> {
+        let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        if s.a.as_ref().is_none_or(|buf| buf.len < a) {
+            s.a = Some(self.alloc_bytes::<f32>(a)?);
+        }
+        if s.b.as_ref().is_none_or(|buf| buf.len < b) {
+            s.b = Some(self.alloc_bytes::<f32>(b)?);
+        }
+        let (pa, pb) = (s.a.as_ref().map_or(0, |x| x.ptr), s.b.as_ref().map_or(0, |x| x.ptr));
+        Ok((s, pa, pb))
+    }
+}
+
+/// Sizes go to kernels as i32.
+fn i32c(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::shape("cuda", "size", "< 2^31", v))
+}
+
+impl Backend for CudaBackend {
+    type Buf<T: Elem> = CudaBuf<T>;
+
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn alloc<T: Elem>(&self, len: usize) -> Result<CudaBuf<T>> {
+        self.alloc_bytes(len)
+    }
+
+    fn upload<T: Elem>(&self, host: &[T]) -> Result<CudaBuf<T>> {
+        let buf = self.alloc_bytes::<T>(host.len())?;
+        if !host.is_empty() {
+            // SAFETY: buf holds host.len() elements of T.
+            unsafe { cudarc::driver::result::memcpy_htod_async(buf.ptr, host, self.stream.cu_stream()) }.map_err(device_err)?;
+        }
+        Ok(buf)
+    }
+
+    fn write<T: Elem>(&self, dst: ViewMut<'_, Self, T>, host: &[T]) -> Result<()> {
+        check_len("write", "host data", dst.len, host.len())?;
+        if !host.is_empty() {
+            // SAFETY: the window holds host.len() elements.
+            unsafe { cudarc::driver::result::memcpy_htod_async(ptr_mut(&dst), host, self.stream.cu_stream()) }.map_err(device_err)?;
+        }
+        Ok(())
+    }
+
+    fn download<T: Elem>(&self, src: View<'_, Self, T>) -> Result<Vec<T>> {
+        let mut out = vec![T::default(); src.len];
+        if !out.is_empty() {
+            // SAFETY: the window holds out.len() elements; we wait for the copy below.
+            unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut out, ptr(&src), self.stream.cu_stream()) }.map_err(device_err)?;
+        }
+        self.synchronize()?;
+        Ok(out)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(|e| device_err(format!("a queued GPU operation failed: {e}")))
+    }
+
+    fn fill(&self, dst: ViewMut<'_, Self, f32>, value: f32) -> Result<()> {
+        let n = dst.len;
+        launch!(self, fill, self.cfg(n), ptr_mut(&dst), i32c(n)?, value)
+    }
+
+    fn copy(&self, src: View<'_, Self, f32>, dst: ViewMut<'_, Self, f32>) -> Result<()> {
+        check_len("copy", "destination", src.len, dst.len)?;
+        if src.len == 0 {
+            return Ok(());
+        }
+        // SAFETY: both windows hold src.len floats.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(ptr_mut(&dst), ptr(&src), src.len * 4, self.stream.cu_stream()) }
+            .map_err(device_err)
+    }
+
+    fn gemm(
+        &self,
+        g: &Gemm,
+        a: View<'_, Self, f32>,
+        b: View<'_, Self, f32>,
+        bias: Option<View<'_, Self, f32>>,
+        c: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        g.check(a.len, b.len, bias.map(|b| b.len), c.len)?;
+        let mut beta = g.beta;
+        if let Some(bias) = bias {
+            // c = beta * c + bias, then accumulate the product onto it.
+            launch!(self, bias_rows, self.cfg(g.m * g.n), ptr_mut(&c), ptr(&bias), i32c(g.m)?, i32c(g.n)?, beta)?;
+            beta = 1.0;
+        }
+        if g.k == 0 && beta == 0.0 {
+            return self.fill(c, 0.0);
+        }
+        self.sgemm(g, ptr(&a), ptr(&b), ptr_mut(&c), beta)
+    }
+
+    fn bias_grad(&self, rows: usize, cols: usize, dy: View<'_, Self, f32>, db: ViewMut<'_, Self, f32>) -> Result<()> {
+        check_len("bias_grad", "dy", rows * cols, dy.len)?;
+        check_len("bias_grad", "db", cols, db.len)?;
+        let warps = BLOCK / 32;
+        let cfg = LaunchConfig { grid_dim: ((cols as u32).div_ceil(warps).max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, column_sums, cfg, ptr(&dy), ptr_mut(&db), i32c(rows)?, i32c(cols)?)
+    }
+
+    fn relu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        check_len("relu_forward", "y", x.len, y.len)?;
+        launch!(self, relu_forward, self.cfg(x.len), ptr(&x), ptr_mut(&y), i32c(x.len)?)
+    }
+
+    fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        check_len("relu_backward", "dy", y.len, dy.len)?;
+        check_len("relu_backward", "dx", y.len, dx.len)?;
+        launch!(self, relu_backward, self.cfg(y.len), ptr(&y), ptr(&dy), ptr_mut(&dx), i32c(y.len)?)
+    }
+
+    fn conv2d_forward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        g.validate()?;
+        check_len("conv2d_forward", "x", g.x_len(), x.len)?;
+        check_len("conv2d_forward", "weight", g.w_len(), w.len)?;
+        check_len("conv2d_forward", "bias", g.c_out, bias.len)?;
+        check_len("conv2d_forward", "y", g.y_len(), y.len)?;
+        if g.n == 0 {
+            return Ok(());
+        }
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let cols_n = g.n * oh * ow;
+        let (_guard, cols, yt) = self.scratch(g.patch_len() * cols_n, g.c_out * cols_n)?;
+        let geo = (i32c(g.n)?, i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.k)?, i32c(g.stride)?, i32c(g.pad)?, i32c(oh)?, i32c(ow)?);
+        // cols (C_in*K*K, N*OH*OW)
+        launch!(
+            self,
+            im2col,
+            self.cfg(g.patch_len() * cols_n),
+            ptr(&x),
+            cols,
+            geo.0,
+            geo.1,
+            geo.2,
+            geo.3,
+            geo.4,
+            geo.5,
+            geo.6,
+            geo.7,
+            geo.8
+        )?;
+        // yt (C_out, N*OH*OW) = W (C_out, C_in*K*K) . cols
+        self.sgemm(&Gemm::new(g.c_out, cols_n, g.patch_len()), ptr(&w), cols, yt, 0.0)?;
+        // y (N, C_out, OH, OW) = yt + bias
+        launch!(self, cnhw_to_nchw_bias, self.cfg(g.y_len()), yt, ptr(&bias), ptr_mut(&y), geo.0, i32c(g.c_out)?, i32c(oh * ow)?, 0i32)
+    }
+
+    fn conv2d_backward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dparams: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        g.validate()?;
+        check_len("conv2d_backward", "x", g.x_len(), x.len)?;
+        check_len("conv2d_backward", "weight", g.w_len(), w.len)?;
+        check_len("conv2d_backward", "dy", g.y_len(), dy.len)?;
+        check_len("conv2d_backward", "dweight+dbias", g.w_len() + g.c_out, dparams.len)?;
+        if let Some(dx) = &dx {
+            check_len("conv2d_backward", "dx", g.x_len(), dx.len)?;
+        }
+        let dw = ptr_mut(&dparams);
+        let db = dw + 4 * g.w_len() as u64;
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let cols_n = g.n * oh * ow;
+        if cols_n == 0 {
+            self.fill(dparams, 0.0)?;
+            return match dx {
+                Some(dx) => self.fill(dx, 0.0),
+                None => Ok(()),
+            };
+        }
+        let (_guard, cols, dyt) = self.scratch(g.patch_len() * cols_n, g.c_out * cols_n)?;
+        let geo = (i32c(g.n)?, i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.k)?, i32c(g.stride)?, i32c(g.pad)?, i32c(oh)?, i32c(ow)?);
+        // dyt (C_out, N*OH*OW) = dy (N, C_out, OH*OW)
+        launch!(self, nchw_to_cnhw, self.cfg(g.y_len()), ptr(&dy), dyt, geo.0, i32c(g.c_out)?, i32c(oh * ow)?)?;
+        // db (C_out) = row sums of dyt
+        let cfg = LaunchConfig { grid_dim: (g.c_out as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, row_sums, cfg, dyt, db, i32c(cols_n)?)?;
+        // dW (C_out, C_in*K*K) = dyt . cols^T
+        launch!(
+            self,
+            im2col,
+            self.cfg(g.patch_len() * cols_n),
+            ptr(&x),
+            cols,
+            geo.0,
+            geo.1,
+            geo.2,
+            geo.3,
+            geo.4,
+            geo.5,
+            geo.6,
+            geo.7,
+            geo.8
+        )?;
+        self.sgemm(&Gemm::new(g.c_out, g.patch_len(), cols_n).trans_b(), dyt, cols, dw, 0.0)?;
+        if let Some(dx) = dx {
+            // dcols (C_in*K*K, N*OH*OW) = W^T . dyt, into the (now free) cols buffer; then scatter back.
+            self.sgemm(&Gemm::new(g.patch_len(), cols_n, g.c_out).trans_a(), ptr(&w), dyt, cols, 0.0)?;
+            launch!(self, col2im, self.cfg(g.x_len()), cols, ptr_mut(&dx), geo.0, geo.1, geo.2, geo.3, geo.4, geo.5, geo.6, geo.7, geo.8)?;
+        }
+        Ok(())
+    }
+
+    fn maxpool2d_forward(
+        &self,
+        g: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        argmax: ViewMut<'_, Self, u32>,
+    ) -> Result<()> {
+        g.validate()?;
+        check_len("maxpool2d_forward", "x", g.x_len(), x.len)?;
+        check_len("maxpool2d_forward", "y", g.y_len(), y.len)?;
+        check_len("maxpool2d_forward", "argmax", g.y_len(), argmax.len)?;
+        launch!(
+            self,
+            maxpool_forward,
+            self.cfg(g.y_len()),
+            ptr(&x),
+            ptr_mut(&y),
+            ptr_mut(&argmax),
+            i32c(g.n * g.c)?,
+            i32c(g.h)?,
+            i32c(g.w)?,
+            i32c(g.k)?,
+            i32c(g.stride)?,
+            i32c(g.pad)?,
+            i32c(g.out_h())?,
+            i32c(g.out_w())?
+        )
+    }
+
+    fn maxpool2d_backward(
+        &self,
+        g: &Pool2dGeom,
+        dy: View<'_, Self, f32>,
+        argmax: View<'_, Self, u32>,
+        dx: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        g.validate()?;
+        check_len("maxpool2d_backward", "dy", g.y_len(), dy.len)?;
+        check_len("maxpool2d_backward", "argmax", g.y_len(), argmax.len)?;
+        check_len("maxpool2d_backward", "dx", g.x_len(), dx.len)?;
+        let dxp = ptr_mut(&dx);
+        launch!(self, fill, self.cfg(g.x_len()), dxp, i32c(g.x_len())?, 0.0f32)?;
+        launch!(self, maxpool_backward, self.cfg(g.y_len()), ptr(&dy), ptr(&argmax), dxp, i32c(g.y_len())?, i32c(g.x_len())?)
+    }
+
+    fn softmax_cross_entropy(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: View<'_, Self, f32>,
+        labels: View<'_, Self, u32>,
+        grad_scale: f32,
+        dlogits: Option<ViewMut<'_, Self, f32>>,
+        stats: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        check_len("softmax_cross_entropy", "logits", n * classes, logits.len)?;
+        check_len("softmax_cross_entropy", "labels", n, labels.len)?;
+        check_len("softmax_cross_entropy", "stats", 2, stats.len)?;
+        if let Some(d) = &dlogits {
+            check_len("softmax_cross_entropy", "dlogits", n * classes, d.len)?;
+        }
+        if classes == 0 {
+            return Err(Error::shape("softmax_cross_entropy", "classes", ">= 1", 0));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (d, write) = dlogits.as_ref().map_or((0u64, 0i32), |d| (ptr_mut(d), 1));
+        let cfg = LaunchConfig { grid_dim: ((n as u32).div_ceil(BLOCK), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(
+            self,
+            softmax_cross_entropy,
+            cfg,
+            ptr(&logits),
+            ptr(&labels),
+            d,
+            ptr_mut(&stats),
+            i32c(n)?,
+            i32c(classes)?,
+            grad_scale,
+            write
+        )
+    }
+
+    fn sgd_step(
+        &self,
+        s: &SgdStep,
+        params: ViewMut<'_, Self, f32>,
+        grads: View<'_, Self, f32>,
+        velocity: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        check_len("sgd_step", "grads", params.len, grads.len)?;
+        check_len("sgd_step", "velocity", params.len, velocity.len)?;
+        launch!(
+            self,
+            sgd_step,
+            self.cfg(params.len),
+            ptr_mut(&params),
+            ptr(&grads),
+            ptr_mut(&velocity),
+            i32c(params.len)?,
+            s.lr,
+            s.momentum,
+            s.weight_decay
+        )
+    }
+
+    fn gather_batch(
+        &self,
+        spec: &Gather,
+        images: View<'_, Self, u8>,
+        labels: View<'_, Self, u8>,
+        indices: View<'_, Self, u32>,
+        x: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, u32>,
+    ) -> Result<()> {
+        check_len("gather_batch", "images", labels.len * spec.sample_len, images.len)?;
+        check_len("gather_batch", "indices", spec.n, indices.len)?;
+        check_len("gather_batch", "x", spec.n * spec.sample_len, x.len)?;
+        check_len("gather_batch", "y", spec.n, y.len)?;
+        if spec.n == 0 {
+            return Ok(());
+        }
+        // Same arithmetic as the reference: px * (1 / (255 std)) - mean / std.
+        let scale = 1.0 / (255.0 * spec.std);
+        let shift = spec.mean / spec.std;
+        let cfg = LaunchConfig { grid_dim: (spec.n as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(
+            self,
+            gather_batch,
+            cfg,
+            ptr(&images),
+            ptr(&labels),
+            ptr(&indices),
+            ptr_mut(&x),
+            ptr_mut(&y),
+            i32c(spec.n)?,
+            i32c(spec.sample_len)?,
+            i32c(labels.len)?,
+            scale,
+            shift
+        )
+    }
+}
