@@ -1,6 +1,7 @@
 //! `--device` parsing and dispatch to a backend-generic function.
 
 use anyhow::Result;
+use rr_core::profile::Profiled;
 use rr_core::{Backend, CpuBackend};
 use rr_cuda::CudaBackend;
 use std::path::{Path, PathBuf};
@@ -31,22 +32,72 @@ impl FromStr for DeviceArg {
 
 /// Something to run once the backend is known.
 pub trait WithBackend {
-    type Output;
-    fn run<B: Backend>(self, backend: &B) -> Result<Self::Output>;
+    fn run<B: Backend>(self, backend: &B) -> Result<RunStats>;
 }
 
-pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, f: F) -> Result<F::Output> {
+/// What a run did, for the profile's per-step figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunStats {
+    pub steps: usize,
+    pub images: usize,
+    pub seconds: f64,
+}
+
+/// Opens the device and runs `f` on it; with `profile`, through the
+/// op-timing wrapper, then prints the table.
+pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, profile: bool, f: F) -> Result<RunStats> {
     match device {
-        DeviceArg::Cpu => f.run(&CpuBackend::new(threads)?),
-        DeviceArg::Cuda(n) => f.run(&CudaBackend::new(n)?),
+        DeviceArg::Cpu => run_on(CpuBackend::new(threads)?, profile, f),
+        DeviceArg::Cuda(n) => run_on(CudaBackend::new(n)?, profile, f),
         DeviceArg::Auto => match CudaBackend::new(0) {
-            Ok(gpu) => f.run(&gpu),
+            Ok(gpu) => run_on(gpu, profile, f),
             Err(e) => {
                 eprintln!("note: no usable GPU ({e}); running on the CPU");
-                f.run(&CpuBackend::new(threads)?)
+                run_on(CpuBackend::new(threads)?, profile, f)
             }
         },
     }
+}
+
+fn run_on<B: Backend, F: WithBackend>(backend: B, profile: bool, f: F) -> Result<RunStats>
+where
+    B::Mark: Send,
+{
+    if !profile {
+        return f.run(&backend);
+    }
+    let profiled = Profiled::new(backend);
+    let stats = f.run(&profiled)?;
+    print_profile(&profiled, &stats)?;
+    Ok(stats)
+}
+
+fn print_profile<B: Backend>(p: &Profiled<B>, stats: &RunStats) -> Result<()>
+where
+    B::Mark: Send,
+{
+    let table = p.take()?;
+    let timer = if p.name().starts_with("cuda") { "CUDA events around each op" } else { "wall time of each op" };
+    println!("\nprofile of {} ({timer}; graph capture is off while profiling):", p.name());
+    let total: f64 = table.iter().map(|t| t.ms).sum();
+    let steps = stats.steps.max(1) as f64;
+    println!("{:<24} {:>8} {:>11} {:>10} {:>7}", "op", "calls", "total ms", "us/step", "share");
+    for t in &table {
+        println!("{:<24} {:>8} {:>11.2} {:>10.1} {:>6.1}%", t.op, t.calls, t.ms, 1e3 * t.ms / steps, 100.0 * t.ms / total.max(1e-12));
+    }
+    println!("{:<24} {:>8} {:>11.2} {:>10.1}", "all ops", table.iter().map(|t| t.calls).sum::<usize>(), total, 1e3 * total / steps);
+    if stats.steps > 0 {
+        println!(
+            "per training step: {:.1} us wall over {} steps; {:.0} images/s",
+            1e6 * stats.seconds / steps,
+            stats.steps,
+            stats.images as f64 / stats.seconds.max(1e-12)
+        );
+    }
+    if let Some((what, bytes)) = p.peak_memory() {
+        println!("{what}: {:.1} MB", bytes as f64 / 1e6);
+    }
+    Ok(())
 }
 
 /// `--data-dir`, or the repository's `data/mnist` (from the working directory,

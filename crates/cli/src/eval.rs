@@ -1,4 +1,4 @@
-use crate::device::{self, WithBackend};
+use crate::device::{self, RunStats, WithBackend};
 use crate::CommonArgs;
 use anyhow::Result;
 use rr_core::checkpoint;
@@ -20,15 +20,13 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, EvalJob(args))
+    device::dispatch(args.common.device, args.common.threads, false, EvalJob(args)).map(|_| ())
 }
 
 struct EvalJob(EvalArgs);
 
 impl WithBackend for EvalJob {
-    type Output = ();
-
-    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+    fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (mut model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
         let data_dir = device::data_dir(&args.common.data_dir);
@@ -48,6 +46,6 @@ impl WithBackend for EvalJob {
             seconds,
             crate::train::group_thousands((stats.samples as f64 / seconds) as u64)
         );
-        Ok(())
+        Ok(RunStats::default())
     }
 }

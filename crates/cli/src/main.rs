@@ -1,5 +1,6 @@
 //! `rusty-recognition`: train, evaluate and checkpoint networks on MNIST-style data.
 
+mod bench;
 mod device;
 mod eval;
 mod train;
@@ -25,6 +26,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a checkpoint on the test set.
     Eval(eval::EvalArgs),
+    /// Time LeNet-5 training epochs and inference on a device (the figures of BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 /// Options shared by every command that reads data and runs a model.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,4 +1,4 @@
-use crate::device::{self, WithBackend};
+use crate::device::{self, RunStats, WithBackend};
 use crate::CommonArgs;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -46,12 +46,18 @@ pub struct TrainArgs {
     /// Output folder [default: runs/<date>-<time>]
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print a table of time per op, per-step time and peak memory at the end
+    #[arg(long)]
+    profile: bool,
+    /// Run every step op by op instead of replaying a recorded CUDA graph
+    #[arg(long)]
+    no_graphs: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, TrainJob(args))
+    device::dispatch(args.common.device, args.common.threads, args.profile, TrainJob(args)).map(|_| ())
 }
 
 struct TrainJob(TrainArgs);
@@ -60,9 +66,7 @@ struct TrainJob(TrainArgs);
 const CSV_HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_sec";
 
 impl WithBackend for TrainJob {
-    type Output = ();
-
-    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+    fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let model_config = match args.model {
             ModelArg::Lenet => ModelConfig::Lenet5,
@@ -98,6 +102,8 @@ impl WithBackend for TrainJob {
         let train_set = DeviceDataset::upload(backend, &data.train)?;
         let test_set = DeviceDataset::upload(backend, &data.test)?;
         let mut trainer = Trainer::new(backend, model, config.clone(), train_set.len)?;
+        trainer.use_graphs = !args.no_graphs;
+        let mut run = RunStats::default();
 
         let metrics_path = out.join("metrics.csv");
         let mut csv = std::fs::File::create(&metrics_path).with_context(|| format!("cannot create {}", metrics_path.display()))?;
@@ -119,6 +125,9 @@ impl WithBackend for TrainJob {
             let train = trainer.train_epoch(backend, &train_set, epoch, &mut |done, _| bar.set_position(done as u64))?;
             let seconds = start.elapsed().as_secs_f64();
             bar.finish_and_clear();
+            run.steps += steps;
+            run.images += train.samples;
+            run.seconds += seconds;
             let test = evaluate(backend, &mut trainer.model, &test_set, args.eval_batch_size)?;
             if !train.loss.is_finite() {
                 anyhow::bail!("training diverged in epoch {}: train loss is {} (try a smaller --lr)", epoch + 1, train.loss);
@@ -157,7 +166,7 @@ impl WithBackend for TrainJob {
         }
         println!("wrote {} and {}", metrics_path.display(), ckpt_path.display());
         println!("evaluate with: rusty-recognition eval --checkpoint {}", ckpt_path.display());
-        Ok(())
+        Ok(run)
     }
 }
 

@@ -205,7 +205,14 @@ pub struct Pool2dGeom {
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
+    /// ReLU fused in: max-pool commutes with ReLU, so this computes
+    /// pool(relu(x)) = relu(pool(x)) without a ReLU pass or buffer. An output
+    /// clamped to 0 gets the argmax [`NO_ARGMAX`] (no gradient flows back).
+    pub relu: bool,
 }
+
+/// Argmax of a pooled output that receives no gradient (see [`Pool2dGeom::relu`]).
+pub const NO_ARGMAX: u32 = u32::MAX;
 
 impl Pool2dGeom {
     pub fn out_h(&self) -> usize {
@@ -272,7 +279,33 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// Waits for all queued work.
     fn synchronize(&self) -> Result<()>;
     fn fill(&self, dst: ViewMut<'_, Self, f32>, value: f32) -> Result<()>;
-    fn copy(&self, src: View<'_, Self, f32>, dst: ViewMut<'_, Self, f32>) -> Result<()>;
+    fn copy<T: Elem>(&self, src: View<'_, Self, T>, dst: ViewMut<'_, Self, T>) -> Result<()>;
+
+    // ---- graphs, timing, memory ---------------------------------------------
+    /// A recorded sequence of ops that [`Backend::replay`] runs again (a CUDA graph).
+    type Graph;
+    /// Starts recording ops instead of running them. Returns `false` (and
+    /// records nothing) where the backend has no graphs: callers then just run
+    /// ops. Nothing may wait for the device while recording.
+    fn begin_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Ends a recording started by [`Backend::begin_capture`].
+    fn end_capture(&self) -> Result<Self::Graph> {
+        Err(Error::Device { backend: "backend", msg: "graph capture is not supported".into() })
+    }
+    /// Enqueues a recorded graph. Buffers it uses must still be alive.
+    fn replay(&self, _graph: &Self::Graph) -> Result<()> {
+        Err(Error::Device { backend: "backend", msg: "graph capture is not supported".into() })
+    }
+    /// A point in the stream of ops, for timing (a CUDA event, or an instant on the CPU).
+    type Mark;
+    fn mark(&self) -> Result<Self::Mark>;
+    /// Milliseconds between two marks; waits until `end` is reached.
+    fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64>;
+    /// The most memory this process has held on the device: a label and bytes
+    /// (device bytes allocated on a GPU, peak resident memory on the CPU).
+    fn peak_memory(&self) -> Option<(&'static str, u64)>;
 
     // ---- dense --------------------------------------------------------------
     /// See [`Gemm`].
@@ -312,7 +345,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dx: Option<ViewMut<'_, Self, f32>>,
         dparams: ViewMut<'_, Self, f32>,
     ) -> Result<()>;
-    /// `argmax[o]` is the flat index into x of the maximum of output o.
+    /// `argmax[o]` is the flat index into x of the maximum of output o
+    /// ([`NO_ARGMAX`] where a fused ReLU clamped it).
     fn maxpool2d_forward(
         &self,
         g: &Pool2dGeom,
@@ -320,7 +354,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         y: ViewMut<'_, Self, f32>,
         argmax: ViewMut<'_, Self, u32>,
     ) -> Result<()>;
-    /// `dx = 0; dx[argmax[o]] += dy[o]`.
+    /// `dx = 0; dx[argmax[o]] += dy[o]` (skipping [`NO_ARGMAX`]).
     fn maxpool2d_backward(
         &self,
         g: &Pool2dGeom,

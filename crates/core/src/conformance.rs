@@ -227,14 +227,15 @@ pub fn conv2d_backward<B: Backend>(b: &B, tol: f32) {
 }
 
 pub fn pool_cases() -> Vec<Pool2dGeom> {
-    let g = |n, c, h, w, k, stride, pad| Pool2dGeom { n, c, h, w, k, stride, pad };
+    let g = |n, c, h, w, k, stride, pad, relu| Pool2dGeom { n, c, h, w, k, stride, pad, relu };
     vec![
-        g(1, 1, 4, 4, 2, 2, 0),
-        g(3, 6, 28, 28, 2, 2, 0),
-        g(2, 3, 7, 9, 3, 2, 1),
-        g(2, 2, 5, 5, 3, 1, 0),
-        g(1, 16, 10, 10, 2, 2, 0),
-        g(4, 1, 5, 7, 2, 2, 1),
+        g(1, 1, 4, 4, 2, 2, 0, false),
+        g(3, 6, 28, 28, 2, 2, 0, true),
+        g(2, 3, 7, 9, 3, 2, 1, false),
+        g(2, 2, 5, 5, 3, 1, 0, true),
+        g(1, 16, 10, 10, 2, 2, 0, true),
+        g(4, 1, 5, 7, 2, 2, 1, false),
+        g(128, 6, 28, 28, 2, 2, 0, true),
     ]
 }
 
@@ -415,9 +416,10 @@ fn away_from_zero(r: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
     (0..len).map(|_| r.random_range(0.05f32..1.0) * if r.random_bool(0.5) { 1.0 } else { -1.0 }).collect()
 }
 
-/// Distinct values spaced 0.01 apart (shuffled) so a small step never changes a window's argmax.
+/// Distinct values spaced 0.01 apart (shuffled) and none within 0.002 of 0, so
+/// a small step never changes a window's argmax or crosses a fused ReLU's kink.
 fn distinct(r: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
-    let mut v: Vec<f32> = (0..len).map(|i| i as f32 * 0.01 - len as f32 * 0.005).collect();
+    let mut v: Vec<f32> = (0..len).map(|i| (i as f32 - (len / 2) as f32) * 0.01 + 0.003).collect();
     for i in (1..len).rev() {
         v.swap(i, r.random_range(0..=i));
     }
@@ -439,15 +441,9 @@ pub fn gradcheck_conv2d<B: Backend>(b: &B, _tol: f32) {
 
 pub fn gradcheck_maxpool2d<B: Backend>(b: &B, _tol: f32) {
     for g in pool_cases() {
-        gradcheck_layer(
-            b,
-            &format!("maxpool2d {g:?}"),
-            Box::new(MaxPool2d::new(g.k, g.stride, g.pad)),
-            g.n,
-            &[g.c, g.h, g.w],
-            &mut distinct,
-            1e-3,
-        );
+        let layer = MaxPool2d::new(g.k, g.stride, g.pad);
+        let layer = if g.relu { layer.with_relu() } else { layer };
+        gradcheck_layer(b, &format!("maxpool2d {g:?}"), Box::new(layer), g.n.min(4), &[g.c, g.h, g.w], &mut distinct, 1e-3);
     }
 }
 
@@ -519,6 +515,7 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
             b.softmax_cross_entropy(n, 10, model.logits(n).unwrap(), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
             down(b, &stats)[0] as f64 / n as f64
         };
+        model.reserve_backward(b, n).unwrap();
         loss_of(&mut model);
         let mut dlogits: B::Buf<f32> = b.alloc(n * 10).unwrap();
         let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
@@ -535,7 +532,10 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
         model.backward(b, n, View::all(&dx), View::all(&dlogits)).unwrap();
         let grads = down(b, &model.params.grads);
         let params = down(b, &model.params.data);
-        // Small steps: a larger one crosses ReLU / max-pool kinks somewhere in the net.
+        // Small steps (a larger one crosses ReLU / max-pool kinks all over the
+        // net); steps that still cross one are detected and skipped below. The
+        // bound is loose for tiny gradients (f32 rounding of the loss) and 5%
+        // for the large ones, which wiring mistakes get wrong by O(1).
         let eps = 1e-3f32;
         for e in model.params.entries.clone() {
             // The largest-gradient elements of each tensor plus random ones.
@@ -565,7 +565,7 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
                 checked += 1;
                 let err = (grads[at] as f64 - numeric).abs();
                 assert!(
-                    err <= 1e-3 + 2e-2 * numeric.abs(),
+                    err <= 2e-3 + 5e-2 * numeric.abs(),
                     "{} model: d{}[{i}] analytic {} vs finite difference {numeric}",
                     config.name(),
                     e.name,

@@ -18,6 +18,7 @@ pub mod error;
 pub mod layers;
 pub mod model;
 pub mod optim;
+pub mod profile;
 pub mod reference;
 pub mod train;
 

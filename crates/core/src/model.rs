@@ -44,13 +44,12 @@ impl ModelConfig {
         let named = |name: &str, l: Box<dyn Layer<B>>| (Some(name.to_string()), l);
         let plain = |l: Box<dyn Layer<B>>| (None, l);
         Ok(match self {
+            // Each conv's ReLU is fused into the max-pool after it (they commute).
             ModelConfig::Lenet5 => vec![
                 named("conv1", Box::new(Conv2d::new(1, 6, 5, 1, 2))),
-                plain(Box::new(Relu)),
-                plain(Box::new(MaxPool2d::new(2, 2, 0))),
+                plain(Box::new(MaxPool2d::new(2, 2, 0).with_relu())),
                 named("conv2", Box::new(Conv2d::new(6, 16, 5, 1, 0))),
-                plain(Box::new(Relu)),
-                plain(Box::new(MaxPool2d::new(2, 2, 0))),
+                plain(Box::new(MaxPool2d::new(2, 2, 0).with_relu())),
                 plain(Box::new(Flatten)),
                 named("fc1", Box::new(Linear::new(400, 120))),
                 plain(Box::new(Relu)),
@@ -139,6 +138,10 @@ pub struct Model<B: Backend> {
     /// dacts[i]: dL/d(output of layer i), for every layer but the last (the loss writes that one).
     dacts: Vec<B::Buf<f32>>,
     capacity: usize,
+    grad_capacity: usize,
+    /// Bumped whenever a buffer the ops address is replaced (recorded graphs
+    /// that use the old ones must be recorded again).
+    generation: u64,
 }
 
 impl<B: Backend> Model<B> {
@@ -192,7 +195,14 @@ impl<B: Backend> Model<B> {
             acts: Vec::new(),
             dacts: Vec::new(),
             capacity: 0,
+            grad_capacity: 0,
+            generation: 0,
         })
+    }
+
+    /// Changes whenever a buffer of the model is replaced (see [`Backend::begin_capture`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     pub fn input_len(&self) -> usize {
@@ -213,13 +223,25 @@ impl<B: Backend> Model<B> {
         if n <= self.capacity {
             return Ok(());
         }
-        let count = self.layers.len();
-        self.acts = (0..count).map(|i| backend.alloc(n * self.out_len(i))).collect::<Result<_>>()?;
-        self.dacts = (0..count - 1).map(|i| backend.alloc(n * self.out_len(i))).collect::<Result<_>>()?;
+        self.acts = (0..self.layers.len()).map(|i| backend.alloc(n * self.out_len(i))).collect::<Result<_>>()?;
         for layer in &mut self.layers {
             layer.reserve(backend, n)?;
         }
         self.capacity = n;
+        self.generation += 1;
+        Ok(())
+    }
+
+    /// Preallocates activation gradients for training batches of up to `n`
+    /// samples (forward-only use, such as evaluation, never needs them).
+    pub fn reserve_backward(&mut self, backend: &B, n: usize) -> Result<()> {
+        self.reserve(backend, n)?;
+        if n <= self.grad_capacity {
+            return Ok(());
+        }
+        self.dacts = (0..self.layers.len() - 1).map(|i| backend.alloc(n * self.out_len(i))).collect::<Result<_>>()?;
+        self.grad_capacity = n;
+        self.generation += 1;
         Ok(())
     }
 
@@ -247,8 +269,13 @@ impl<B: Backend> Model<B> {
     /// every parameter gradient. `x` must be the input of the last forward pass.
     pub fn backward(&mut self, backend: &B, n: usize, x: View<'_, B, f32>, dlogits: View<'_, B, f32>) -> Result<()> {
         crate::error::check_len("model backward", "dlogits", n * self.classes(), dlogits.len)?;
-        if n > self.capacity {
-            return Err(Error::shape("model backward", "batch", format!("<= {} (the last forward)", self.capacity), n));
+        if n > self.capacity.min(self.grad_capacity) {
+            return Err(Error::shape(
+                "model backward",
+                "batch",
+                format!("<= {} (see Model::reserve_backward)", self.grad_capacity.min(self.capacity)),
+                n,
+            ));
         }
         let ctx = Ctx { backend, n, params: &self.params.data };
         let len = |shape: &Vec<usize>| n * shape.iter().product::<usize>();
@@ -292,6 +319,7 @@ impl<B: Backend> Model<B> {
             return Err(err(format!("unexpected tensor `{extra}`: not a parameter of {}", self.config.name())));
         }
         self.params.data = backend.upload(&host)?;
+        self.generation += 1;
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! backend uses some of them directly; every fast op, CPU or GPU, is tested
 //! against them (see [`crate::conformance`]). Callers check lengths first.
 
-use crate::backend::{Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep};
+use crate::backend::{Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep, NO_ARGMAX};
 use crate::error::{Error, Result};
 
 /// C (m, n) = alpha * op(A) op(B) + beta * C + bias.
@@ -117,7 +117,8 @@ pub fn conv2d_backward(g: &Conv2dGeom, x: &[f32], w: &[f32], dy: &[f32], mut dx:
 }
 
 /// x: (N, C, H, W) -> y: (N, C, OH, OW); argmax holds the flat index into x of
-/// each output's maximum (the first one in row-major window order on ties).
+/// each output's maximum (the first one in row-major window order on ties),
+/// or NO_ARGMAX where the fused ReLU clamped the output.
 pub fn maxpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     for plane in 0..g.n * g.c {
@@ -140,6 +141,9 @@ pub fn maxpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut 
                     }
                 }
                 let o = (plane * oh + oy) * ow + ox;
+                if g.relu && (best.is_nan() || best <= 0.0) {
+                    (best, best_i) = (0.0, NO_ARGMAX);
+                }
                 y[o] = best;
                 argmax[o] = best_i;
             }
@@ -147,11 +151,13 @@ pub fn maxpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut 
     }
 }
 
-/// dx = 0; dx[argmax[o]] += dy[o].
+/// dx = 0; dx[argmax[o]] += dy[o] (indices outside dx, NO_ARGMAX among them, are skipped).
 pub fn maxpool2d_backward(dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
     dx.fill(0.0);
     for (&d, &i) in dy.iter().zip(argmax) {
-        dx[i as usize] += d;
+        if let Some(v) = dx.get_mut(i as usize) {
+            *v += d;
+        }
     }
 }
 

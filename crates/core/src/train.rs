@@ -42,7 +42,11 @@ pub struct DeviceDataset<B: Backend> {
     pub labels: B::Buf<u8>,
     pub len: usize,
     pub sample_len: usize,
+    /// Unique per upload, so a recorded step knows which dataset it reads.
+    id: u64,
 }
+
+static NEXT_DATASET_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl<B: Backend> DeviceDataset<B> {
     pub fn upload(backend: &B, data: &Dataset) -> Result<Self> {
@@ -51,6 +55,7 @@ impl<B: Backend> DeviceDataset<B> {
             labels: backend.upload(&data.labels)?,
             len: data.len,
             sample_len: data.sample_len(),
+            id: NEXT_DATASET_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         })
     }
 
@@ -80,12 +85,11 @@ struct Batch<B: Backend> {
     x: B::Buf<f32>,
     y: B::Buf<u32>,
     stats: B::Buf<f32>,
-    capacity: usize,
 }
 
 impl<B: Backend> Batch<B> {
     fn new(backend: &B, capacity: usize, sample_len: usize) -> Result<Self> {
-        Ok(Batch { x: backend.alloc(capacity * sample_len)?, y: backend.alloc(capacity)?, stats: backend.alloc(2)?, capacity })
+        Ok(Batch { x: backend.alloc(capacity * sample_len)?, y: backend.alloc(capacity)?, stats: backend.alloc(2)? })
     }
 }
 
@@ -105,29 +109,115 @@ pub struct Trainer<B: Backend> {
     pub optimizer: Sgd<B>,
     pub config: TrainConfig,
     batch: Batch<B>,
+    /// The current step's sample indices (a window of the permutation is
+    /// copied here, so a recorded step always reads the same buffer).
+    batch_indices: B::Buf<u32>,
     dlogits: B::Buf<f32>,
     perm: B::Buf<u32>,
+    /// Record full-size steps once and replay them (where the backend can).
+    pub use_graphs: bool,
+    graph: Option<(GraphKey, B::Graph)>,
+    warmed_up: Option<GraphKey>,
+}
+
+/// What a recorded step depends on: the dataset, the model's buffers and the
+/// optimizer's hyper-parameters (recorded by value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct GraphKey {
+    dataset: u64,
+    model: u64,
+    sgd: [u32; 3],
 }
 
 impl<B: Backend> Trainer<B> {
     pub fn new(backend: &B, mut model: Model<B>, config: TrainConfig, train_len: usize) -> Result<Self> {
         config.validate()?;
         let bs = config.batch_size;
-        model.reserve(backend, bs)?;
+        model.reserve_backward(backend, bs)?;
         let optimizer = Sgd::new(backend, config.sgd, &model.params)?;
         Ok(Trainer {
             batch: Batch::new(backend, bs, model.input_len())?,
+            batch_indices: backend.alloc(bs)?,
             dlogits: backend.alloc(bs * model.classes())?,
             perm: backend.alloc(train_len)?,
             model,
             optimizer,
             config,
+            use_graphs: true,
+            graph: None,
+            warmed_up: None,
         })
     }
 
     /// Steps in one epoch over `len` samples (the last batch may be short).
     pub fn steps_per_epoch(&self, len: usize) -> usize {
         len.div_ceil(self.config.batch_size)
+    }
+
+    /// One training step on the `n` samples whose indices are in `batch_indices`:
+    /// gather, forward, loss, backward, update. Waits for nothing.
+    fn step(&mut self, backend: &B, data: &DeviceDataset<B>, n: usize) -> Result<()> {
+        let classes = self.model.classes();
+        let x_len = n * data.sample_len;
+        // x: (n, 1, 28, 28), y: (n)
+        backend.gather_batch(
+            &data.gather_spec(n),
+            View::all(&data.images),
+            View::all(&data.labels),
+            View::prefix(&self.batch_indices, n)?,
+            ViewMut::prefix(&mut self.batch.x, x_len)?,
+            ViewMut::prefix(&mut self.batch.y, n)?,
+        )?;
+        let x = View::prefix(&self.batch.x, x_len)?;
+        self.model.forward(backend, n, x)?;
+        // Mean loss over the batch: dlogits = (softmax - onehot) / n
+        backend.softmax_cross_entropy(
+            n,
+            classes,
+            self.model.logits(n)?,
+            View::prefix(&self.batch.y, n)?,
+            1.0 / n as f32,
+            Some(ViewMut::prefix(&mut self.dlogits, n * classes)?),
+            ViewMut::all(&mut self.batch.stats),
+        )?;
+        self.model.backward(backend, n, x, View::prefix(&self.dlogits, n * classes)?)?;
+        self.optimizer.step(backend, &mut self.model.params)
+    }
+
+    /// A full-size step: replayed from a recorded graph where the backend has
+    /// them (recorded on the second step with the same dataset and buffers;
+    /// the first one runs normally so every lazily grown buffer exists).
+    fn full_step(&mut self, backend: &B, data: &DeviceDataset<B>) -> Result<()> {
+        let n = self.config.batch_size;
+        let sgd = self.optimizer.config;
+        let key = GraphKey {
+            dataset: data.id,
+            model: self.model.generation(),
+            sgd: [sgd.lr.to_bits(), sgd.momentum.to_bits(), sgd.weight_decay.to_bits()],
+        };
+        if !self.use_graphs {
+            return self.step(backend, data, n);
+        }
+        if let Some((k, graph)) = &self.graph {
+            if *k == key {
+                return backend.replay(graph);
+            }
+        }
+        if self.warmed_up != Some(key) {
+            self.warmed_up = Some(key);
+            return self.step(backend, data, n);
+        }
+        if !backend.begin_capture()? {
+            self.use_graphs = false;
+            return self.step(backend, data, n);
+        }
+        let recorded = self.step(backend, data, n);
+        let graph = backend.end_capture();
+        recorded?;
+        let graph = graph?;
+        backend.replay(&graph)?;
+        self.graph = Some((key, graph));
+        Ok(())
     }
 
     /// One pass over `data` in the order of epoch `epoch`'s permutation.
@@ -147,34 +237,15 @@ impl<B: Backend> Trainer<B> {
         backend.fill(ViewMut::all(&mut self.batch.stats), 0.0)?;
         let bs = self.config.batch_size;
         let steps = self.steps_per_epoch(data.len);
-        let classes = self.model.classes();
         for step in 0..steps {
             let start = step * bs;
             let n = bs.min(data.len - start);
-            let x_len = n * data.sample_len;
-            // x: (n, 1, 28, 28), y: (n)
-            backend.gather_batch(
-                &data.gather_spec(n),
-                View::all(&data.images),
-                View::all(&data.labels),
-                View::range(&self.perm, start, n)?,
-                ViewMut::prefix(&mut self.batch.x, x_len)?,
-                ViewMut::prefix(&mut self.batch.y, n)?,
-            )?;
-            let x = View::prefix(&self.batch.x, x_len)?;
-            self.model.forward(backend, n, x)?;
-            // Mean loss over the batch: dlogits = (softmax - onehot) / n
-            backend.softmax_cross_entropy(
-                n,
-                classes,
-                self.model.logits(n)?,
-                View::prefix(&self.batch.y, n)?,
-                1.0 / n as f32,
-                Some(ViewMut::prefix(&mut self.dlogits, n * classes)?),
-                ViewMut::all(&mut self.batch.stats),
-            )?;
-            self.model.backward(backend, n, x, View::prefix(&self.dlogits, n * classes)?)?;
-            self.optimizer.step(backend, &mut self.model.params)?;
+            backend.copy(View::range(&self.perm, start, n)?, ViewMut::prefix(&mut self.batch_indices, n)?)?;
+            if n == bs {
+                self.full_step(backend, data)?;
+            } else {
+                self.step(backend, data, n)?;
+            }
             progress(step + 1, steps);
         }
         let sums = backend.download(View::all(&self.batch.stats))?;
@@ -214,7 +285,6 @@ pub fn evaluate<B: Backend>(backend: &B, model: &mut Model<B>, data: &DeviceData
             ViewMut::all(&mut batch.stats),
         )?;
     }
-    let _ = batch.capacity;
     let sums = backend.download(View::all(&batch.stats))?;
     Ok(PassStats::from_sums(&sums, data.len))
 }

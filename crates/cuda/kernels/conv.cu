@@ -1,27 +1,34 @@
-// Convolution as im2col + one GEMM over the whole batch.
-// The column matrix is (C_in*K*K, N*OH*OW): GEMM outputs (C_out, N*OH*OW),
-// which the layout kernels below turn into (N, C_out, OH, OW) and back.
+// Convolution: a direct kernel for the forward pass (bias and ReLU fused);
+// backward by per-sample column matrices and batched GEMMs (cuBLAS).
 
-// cols[r, n*OHW + p] with r = (c*K + ky)*K + kx, p = oy*OW + ox.
-extern "C" __global__ void im2col(const float* __restrict__ x, float* __restrict__ cols,
-                                  int N, int C, int H, int W, int K, int S, int P, int OH, int OW) {
-    int ohw = OH * OW, ncols = N * ohw;
-    GRID_STRIDE(i, C * K * K * ncols) {
-        int col = i % ncols, r = i / ncols;
-        int n = col / ohw, p = col % ohw;
-        int oy = p / OW, ox = p % OW;
-        int kx = r % K, ky = (r / K) % K, c = r / (K * K);
-        int iy = oy * S + ky - P, ix = ox * S + kx - P;
-        cols[i] = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[((n * C + c) * H + iy) * W + ix] : 0.0f;
+// Per-sample column matrices with a row of ones appended:
+// cols[n, r, p] with r = (c*K + ky)*K + kx < C*K*K, and cols[n, C*K*K, p] = 1,
+// p = oy*OW + ox. The ones row makes one batched GEMM produce the bias
+// gradient beside the weight gradient.
+extern "C" __global__ void im2col_ones(const float* __restrict__ x, float* __restrict__ cols,
+                                       int N, int C, int H, int W, int K, int S, int P, int OH, int OW) {
+    int ohw = OH * OW, rows = C * K * K + 1;
+    GRID_STRIDE(i, N * rows * ohw) {
+        int p = i % ohw, r = (i / ohw) % rows, n = i / (ohw * rows);
+        float v = 1.0f;
+        if (r < rows - 1) {
+            int oy = p / OW, ox = p % OW;
+            int kx = r % K, ky = (r / K) % K, c = r / (K * K);
+            int iy = oy * S + ky - P, ix = ox * S + kx - P;
+            v = (iy >= 0 && iy < H && ix >= 0 && ix < W) ? x[((n * C + c) * H + iy) * W + ix] : 0.0f;
+        }
+        cols[i] = v;
     }
 }
 
-// dx[n, c, iy, ix] = sum of dcols over the (ky, kx, oy, ox) that read it (gather, no atomics).
+// dx[n, c, iy, ix] = sum of dcols[n, r, p] over the (ky, kx, oy, ox) that read it
+// (gather, no atomics). dcols has the per-sample stride of im2col_ones.
 extern "C" __global__ void col2im(const float* __restrict__ dcols, float* __restrict__ dx,
                                   int N, int C, int H, int W, int K, int S, int P, int OH, int OW) {
-    int ohw = OH * OW, ncols = N * ohw;
+    int ohw = OH * OW, stride = (C * K * K + 1) * ohw;
     GRID_STRIDE(i, N * C * H * W) {
         int ix = i % W, iy = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
+        const float* d = dcols + (long long)n * stride;
         float acc = 0.0f;
         for (int ky = 0; ky < K; ky++) {
             int ty = iy + P - ky;
@@ -33,43 +40,50 @@ extern "C" __global__ void col2im(const float* __restrict__ dcols, float* __rest
                 if (tx < 0 || tx % S != 0) continue;
                 int ox = tx / S;
                 if (ox >= OW) continue;
-                acc += dcols[((c * K + ky) * K + kx) * ncols + n * ohw + oy * OW + ox];
+                acc += d[((c * K + ky) * K + kx) * ohw + oy * OW + ox];
             }
         }
         dx[i] = acc;
     }
 }
 
-// y (N, C, HW) = yt (C, N*HW) + bias[c]; optionally ReLU (fused epilogue).
-extern "C" __global__ void cnhw_to_nchw_bias(const float* __restrict__ yt, const float* __restrict__ bias,
-                                             float* __restrict__ y, int N, int C, int HW, int relu) {
-    GRID_STRIDE(i, N * C * HW) {
-        int p = i % HW, c = (i / HW) % C, n = i / (HW * C);
-        float v = yt[(c * N + n) * HW + p] + bias[c];
-        y[i] = relu ? fmaxf(v, 0.0f) : v;
-    }
-}
-
-// dyt (C, N*HW) = dy (N, C, HW)
-extern "C" __global__ void nchw_to_cnhw(const float* __restrict__ dy, float* __restrict__ dyt, int N, int C, int HW) {
-    GRID_STRIDE(i, N * C * HW) {
-        int p = i % HW, n = (i / HW) % N, c = i / (HW * N);
-        dyt[i] = dy[(n * C + c) * HW + p];
-    }
-}
-
-// db[c] = sum over rows of dyt (C, len): one block per channel.
-extern "C" __global__ void row_sums(const float* __restrict__ dyt, float* __restrict__ db, int len) {
-    __shared__ float partial[32];
-    int c = blockIdx.x;
+// Sums the per-sample [dW | db] blocks (N, CO, R) with R = C*K*K + 1 into
+// dparams = [dW (CO, R-1) | db (CO)]. One warp per output; lanes split the batch.
+extern "C" __global__ void conv_grad_reduce(const float* __restrict__ partial, float* __restrict__ dparams, int N, int CO, int R) {
+    int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (i >= CO * R) return;
     float acc = 0.0f;
-    for (int i = threadIdx.x; i < len; i += blockDim.x) acc += dyt[(long long)c * len + i];
+    for (int n = lane; n < N; n += 32) acc += partial[(long long)n * CO * R + i];
     acc = warp_sum(acc);
-    if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = acc;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        acc = threadIdx.x < blockDim.x / 32 ? partial[threadIdx.x] : 0.0f;
-        acc = warp_sum(acc);
-        if (threadIdx.x == 0) db[c] = acc;
+    int co = i / R, r = i % R;
+    if (lane == 0) dparams[r < R - 1 ? co * (R - 1) + r : CO * (R - 1) + co] = acc;
+}
+
+// Direct convolution for the forward pass: one thread per output element,
+// bias (and optionally ReLU) fused. At LeNet's sizes this beats im2col + GEMM:
+// no column matrix to write and read back, and one launch instead of three.
+// x: (N, C, H, W), w: (CO, C, K, K), b: (CO) -> y: (N, CO, OH, OW)
+extern "C" __global__ void conv2d_direct(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                                         float* __restrict__ y, int N, int C, int H, int W, int CO, int K, int S, int P,
+                                         int OH, int OW, int relu) {
+    GRID_STRIDE(i, N * CO * OH * OW) {
+        int ox = i % OW, oy = (i / OW) % OH, co = (i / (OW * OH)) % CO, n = i / (OW * OH * CO);
+        float acc = b[co];
+        const float* wc = w + co * C * K * K;
+        for (int c = 0; c < C; c++) {
+            const float* xp = x + (n * C + c) * H * W;
+            const float* wk = wc + c * K * K;
+            for (int ky = 0; ky < K; ky++) {
+                int iy = oy * S + ky - P;
+                if (iy < 0 || iy >= H) continue;
+                for (int kx = 0; kx < K; kx++) {
+                    int ix = ox * S + kx - P;
+                    if (ix < 0 || ix >= W) continue;
+                    acc = fmaf(xp[iy * W + ix], wk[ky * K + kx], acc);
+                }
+            }
+        }
+        y[i] = relu ? fmaxf(acc, 0.0f) : acc;
     }
 }

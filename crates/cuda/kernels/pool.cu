@@ -1,7 +1,9 @@
 // Max pooling with argmax (flat index into x); padding counts as -infinity.
+// With relu set, a ReLU before the pool is fused in: outputs <= 0 become 0
+// with argmax 0xffffffff (no gradient).
 
 extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* __restrict__ y, unsigned* __restrict__ argmax,
-                                           int planes, int H, int W, int K, int S, int P, int OH, int OW) {
+                                           int planes, int H, int W, int K, int S, int P, int OH, int OW, int relu) {
     GRID_STRIDE(o, planes * OH * OW) {
         int ox = o % OW, oy = (o / OW) % OH, plane = o / (OW * OH);
         float best = -INFINITY;
@@ -17,6 +19,7 @@ extern "C" __global__ void maxpool_forward(const float* __restrict__ x, float* _
                 if (v > best || best_i < 0) { best = v; best_i = xi; }
             }
         }
+        if (relu && !(best > 0.0f)) { best = 0.0f; best_i = -1; }
         y[o] = best;
         argmax[o] = (unsigned)best_i;
     }

@@ -93,11 +93,10 @@ struct Kernels {
     relu_backward: CudaFunction,
     bias_rows: CudaFunction,
     column_sums: CudaFunction,
-    im2col: CudaFunction,
+    im2col_ones: CudaFunction,
+    conv_grad_reduce: CudaFunction,
+    conv2d_direct: CudaFunction,
     col2im: CudaFunction,
-    cnhw_to_nchw_bias: CudaFunction,
-    nchw_to_cnhw: CudaFunction,
-    row_sums: CudaFunction,
     maxpool_forward: CudaFunction,
     maxpool_backward: CudaFunction,
     softmax_cross_entropy: CudaFunction,
@@ -110,6 +109,7 @@ struct Kernels {
 pub(crate) struct Scratch {
     a: Option<CudaBuf<f32>>,
     b: Option<CudaBuf<f32>>,
+    retired: Vec<CudaBuf<f32>>,
 }
 
 pub struct CudaBackend {
@@ -138,7 +138,8 @@ impl CudaBackend {
         // One stream, in order: cudarc's cross-stream event tracking is not needed.
         // SAFETY: no buffer of this context is used from another stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A real stream (not the legacy default stream): graphs can be captured on it.
+        let stream = ctx.new_stream().map_err(|e| device_err(format!("cannot create a stream: {e}")))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| device_err(format!("cuBLAS: {e}")))?;
         let (major, minor) = ctx.compute_capability().map_err(device_err)?;
         let k = compile_kernels(&ctx, major, minor)?;
@@ -209,11 +210,10 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         relu_backward: f("relu_backward")?,
         bias_rows: f("bias_rows")?,
         column_sums: f("column_sums")?,
-        im2col: f("im2col")?,
+        im2col_ones: f("im2col_ones")?,
+        conv_grad_reduce: f("conv_grad_reduce")?,
+        conv2d_direct: f("conv2d_direct")?,
         col2im: f("col2im")?,
-        cnhw_to_nchw_bias: f("cnhw_to_nchw_bias")?,
-        nchw_to_cnhw: f("nchw_to_cnhw")?,
-        row_sums: f("row_sums")?,
         maxpool_forward: f("maxpool_forward")?,
         maxpool_backward: f("maxpool_backward")?,
         softmax_cross_entropy: f("softmax_cross_entropy")?,

@@ -47,33 +47,63 @@ impl CudaBackend {
 
     /// Row-major `c = alpha * op(a) op(b) + beta * c` on raw device addresses.
     fn sgemm(&self, g: &Gemm, a: u64, b: u64, c: u64, beta: f32) -> Result<()> {
-        if g.m == 0 || g.n == 0 {
+        self.sgemm_batched(g, (a, 0), (b, 0), (c, 0), 1, beta)
+    }
+
+    /// `batch` row-major products; each operand is (address, elements between
+    /// consecutive matrices). Leading dimensions are the natural ones.
+    fn sgemm_batched(&self, g: &Gemm, a: (u64, usize), b: (u64, usize), c: (u64, usize), batch: usize, beta: f32) -> Result<()> {
+        if g.m == 0 || g.n == 0 || batch == 0 {
             return Ok(());
         }
         let (m, n, k) = (i32c(g.m)?, i32c(g.n)?, i32c(g.k)?);
         // cuBLAS is column-major: compute C^T (n, m) = op(B)^T op(A)^T.
         let (op_a, lda) = if g.trans_a { (cublasOperation_t::CUBLAS_OP_T, m) } else { (cublasOperation_t::CUBLAS_OP_N, k) };
         let (op_b, ldb) = if g.trans_b { (cublasOperation_t::CUBLAS_OP_T, k) } else { (cublasOperation_t::CUBLAS_OP_N, n) };
-        // SAFETY: the caller checked that a, b, c address buffers of the sizes g implies.
-        unsafe {
-            cudarc::cublas::result::sgemm(
-                *self.blas.handle(),
-                op_b,
-                op_a,
-                n,
-                m,
-                k,
-                &g.alpha,
-                b as *const f32,
-                ldb.max(1),
-                a as *const f32,
-                lda.max(1),
-                &beta,
-                c as *mut f32,
-                n.max(1),
-            )
-        }
-        .map_err(|e| device_err(format!("cuBLAS sgemm {g:?}: {e}")))
+        let h = *self.blas.handle();
+        // SAFETY: the caller checked that a, b, c address buffers of the sizes g, the strides and batch imply.
+        let result = unsafe {
+            if batch == 1 {
+                cudarc::cublas::result::sgemm(
+                    h,
+                    op_b,
+                    op_a,
+                    n,
+                    m,
+                    k,
+                    &g.alpha,
+                    b.0 as *const f32,
+                    ldb.max(1),
+                    a.0 as *const f32,
+                    lda.max(1),
+                    &beta,
+                    c.0 as *mut f32,
+                    n.max(1),
+                )
+            } else {
+                cudarc::cublas::result::sgemm_strided_batched(
+                    h,
+                    op_b,
+                    op_a,
+                    n,
+                    m,
+                    k,
+                    &g.alpha,
+                    b.0 as *const f32,
+                    ldb.max(1),
+                    b.1 as i64,
+                    a.0 as *const f32,
+                    lda.max(1),
+                    a.1 as i64,
+                    &beta,
+                    c.0 as *mut f32,
+                    n.max(1),
+                    c.1 as i64,
+                    i32c(batch)?,
+                )
+            }
+        };
+        result.map_err(|e| device_err(format!("cuBLAS sgemm {g:?} x{batch}: {e}")))
     }
 
     /// Two scratch buffers of at least `a` and `b` floats (grown on first use
@@ -81,11 +111,14 @@ impl CudaBackend {
     /// the stream runs in order, so a later op cannot overwrite them early.
     fn scratch(&self, a: usize, b: usize) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64, u64)> {
         let mut s = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        // Outgrown buffers are kept, not freed: a recorded graph may still use them.
         if s.a.as_ref().is_none_or(|buf| buf.len < a) {
-            s.a = Some(self.alloc_bytes::<f32>(a)?);
+            let old = s.a.replace(self.alloc_bytes::<f32>(a)?);
+            s.retired.extend(old);
         }
         if s.b.as_ref().is_none_or(|buf| buf.len < b) {
-            s.b = Some(self.alloc_bytes::<f32>(b)?);
+            let old = s.b.replace(self.alloc_bytes::<f32>(b)?);
+            s.retired.extend(old);
         }
         let (pa, pb) = (s.a.as_ref().map_or(0, |x| x.ptr), s.b.as_ref().map_or(0, |x| x.ptr));
         Ok((s, pa, pb))
@@ -145,14 +178,51 @@ impl Backend for CudaBackend {
         launch!(self, fill, self.cfg(n), ptr_mut(&dst), i32c(n)?, value)
     }
 
-    fn copy(&self, src: View<'_, Self, f32>, dst: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn copy<T: Elem>(&self, src: View<'_, Self, T>, dst: ViewMut<'_, Self, T>) -> Result<()> {
         check_len("copy", "destination", src.len, dst.len)?;
         if src.len == 0 {
             return Ok(());
         }
-        // SAFETY: both windows hold src.len floats.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(ptr_mut(&dst), ptr(&src), src.len * 4, self.stream.cu_stream()) }
-            .map_err(device_err)
+        let bytes = src.len * std::mem::size_of::<T>();
+        // SAFETY: both windows hold src.len elements.
+        unsafe { cudarc::driver::result::memcpy_dtod_async(ptr_mut(&dst), ptr(&src), bytes, self.stream.cu_stream()) }.map_err(device_err)
+    }
+
+    type Graph = cudarc::driver::CudaGraph;
+
+    fn begin_capture(&self) -> Result<bool> {
+        use cudarc::driver::sys::CUstreamCaptureMode;
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(|e| device_err(format!("begin graph capture: {e}")))?;
+        Ok(true)
+    }
+
+    fn end_capture(&self) -> Result<Self::Graph> {
+        let flags = cudarc::driver::sys::CUgraphInstantiate_flags(0);
+        self.stream
+            .end_capture(flags)
+            .map_err(|e| device_err(format!("end graph capture: {e}")))?
+            .ok_or_else(|| device_err("graph capture recorded nothing"))
+    }
+
+    fn replay(&self, graph: &Self::Graph) -> Result<()> {
+        graph.launch().map_err(|e| device_err(format!("graph launch: {e}")))
+    }
+
+    type Mark = cudarc::driver::CudaEvent;
+
+    fn mark(&self) -> Result<Self::Mark> {
+        self.stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(device_err)
+    }
+
+    fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64> {
+        end.synchronize().map_err(device_err)?;
+        start.elapsed_ms(end).map(f64::from).map_err(device_err)
+    }
+
+    fn peak_memory(&self) -> Option<(&'static str, u64)> {
+        Some(("peak device memory allocated", crate::allocated_bytes().1 as u64))
     }
 
     fn gemm(
@@ -211,17 +281,16 @@ impl Backend for CudaBackend {
         if g.n == 0 {
             return Ok(());
         }
-        let (oh, ow) = (g.out_h(), g.out_w());
-        let cols_n = g.n * oh * ow;
-        let (_guard, cols, yt) = self.scratch(g.patch_len() * cols_n, g.c_out * cols_n)?;
-        let geo = (i32c(g.n)?, i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.k)?, i32c(g.stride)?, i32c(g.pad)?, i32c(oh)?, i32c(ow)?);
-        // cols (C_in*K*K, N*OH*OW)
+        let geo = (i32c(g.n)?, i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.c_out)?, i32c(g.k)?, i32c(g.stride)?, i32c(g.pad)?);
+        let (oh, ow) = (i32c(g.out_h())?, i32c(g.out_w())?);
         launch!(
             self,
-            im2col,
-            self.cfg(g.patch_len() * cols_n),
+            conv2d_direct,
+            self.cfg(g.y_len()),
             ptr(&x),
-            cols,
+            ptr(&w),
+            ptr(&bias),
+            ptr_mut(&y),
             geo.0,
             geo.1,
             geo.2,
@@ -230,12 +299,10 @@ impl Backend for CudaBackend {
             geo.5,
             geo.6,
             geo.7,
-            geo.8
-        )?;
-        // yt (C_out, N*OH*OW) = W (C_out, C_in*K*K) . cols
-        self.sgemm(&Gemm::new(g.c_out, cols_n, g.patch_len()), ptr(&w), cols, yt, 0.0)?;
-        // y (N, C_out, OH, OW) = yt + bias
-        launch!(self, cnhw_to_nchw_bias, self.cfg(g.y_len()), yt, ptr(&bias), ptr_mut(&y), geo.0, i32c(g.c_out)?, i32c(oh * ow)?, 0i32)
+            oh,
+            ow,
+            0i32
+        )
     }
 
     fn conv2d_backward(
@@ -255,29 +322,23 @@ impl Backend for CudaBackend {
         if let Some(dx) = &dx {
             check_len("conv2d_backward", "dx", g.x_len(), dx.len)?;
         }
-        let dw = ptr_mut(&dparams);
-        let db = dw + 4 * g.w_len() as u64;
         let (oh, ow) = (g.out_h(), g.out_w());
-        let cols_n = g.n * oh * ow;
-        if cols_n == 0 {
+        let ohw = oh * ow;
+        if g.n == 0 || ohw == 0 {
             self.fill(dparams, 0.0)?;
             return match dx {
                 Some(dx) => self.fill(dx, 0.0),
                 None => Ok(()),
             };
         }
-        let (_guard, cols, dyt) = self.scratch(g.patch_len() * cols_n, g.c_out * cols_n)?;
+        let (pl, rows) = (g.patch_len(), g.patch_len() + 1);
+        let (_guard, cols, partial) = self.scratch(g.n * rows * ohw, g.n * g.c_out * rows)?;
         let geo = (i32c(g.n)?, i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.k)?, i32c(g.stride)?, i32c(g.pad)?, i32c(oh)?, i32c(ow)?);
-        // dyt (C_out, N*OH*OW) = dy (N, C_out, OH*OW)
-        launch!(self, nchw_to_cnhw, self.cfg(g.y_len()), ptr(&dy), dyt, geo.0, i32c(g.c_out)?, i32c(oh * ow)?)?;
-        // db (C_out) = row sums of dyt
-        let cfg = LaunchConfig { grid_dim: (g.c_out as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, row_sums, cfg, dyt, db, i32c(cols_n)?)?;
-        // dW (C_out, C_in*K*K) = dyt . cols^T
+        // cols_n ((C_in*K*K + 1), OH*OW): patches plus a row of ones
         launch!(
             self,
-            im2col,
-            self.cfg(g.patch_len() * cols_n),
+            im2col_ones,
+            self.cfg(g.n * rows * ohw),
             ptr(&x),
             cols,
             geo.0,
@@ -290,13 +351,19 @@ impl Backend for CudaBackend {
             geo.7,
             geo.8
         )?;
-        self.sgemm(&Gemm::new(g.c_out, g.patch_len(), cols_n).trans_b(), dyt, cols, dw, 0.0)?;
+        // [dW_n | db_n] (C_out, C_in*K*K + 1) = dy_n (C_out, OH*OW) . cols_n^T, for every n at once
+        let per_sample = Gemm::new(g.c_out, rows, ohw).trans_b();
+        self.sgemm_batched(&per_sample, (ptr(&dy), g.c_out * ohw), (cols, rows * ohw), (partial, g.c_out * rows), g.n, 0.0)?;
         if let Some(dx) = dx {
-            // dcols (C_in*K*K, N*OH*OW) = W^T . dyt, into the (now free) cols buffer; then scatter back.
-            self.sgemm(&Gemm::new(g.patch_len(), cols_n, g.c_out).trans_a(), ptr(&w), dyt, cols, 0.0)?;
+            // dcols_n (C_in*K*K, OH*OW) = W^T . dy_n, over the patch rows of cols (no longer needed)
+            let back = Gemm::new(pl, ohw, g.c_out).trans_a();
+            self.sgemm_batched(&back, (ptr(&w), 0), (ptr(&dy), g.c_out * ohw), (cols, rows * ohw), g.n, 0.0)?;
             launch!(self, col2im, self.cfg(g.x_len()), cols, ptr_mut(&dx), geo.0, geo.1, geo.2, geo.3, geo.4, geo.5, geo.6, geo.7, geo.8)?;
         }
-        Ok(())
+        // dparams = [sum_n dW_n | sum_n db_n], one warp per output
+        let warps = (g.c_out * rows) as u32;
+        let cfg = LaunchConfig { grid_dim: (warps.div_ceil(BLOCK / 32), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, conv_grad_reduce, cfg, partial, ptr_mut(&dparams), geo.0, i32c(g.c_out)?, i32c(rows)?)
     }
 
     fn maxpool2d_forward(
@@ -324,7 +391,8 @@ impl Backend for CudaBackend {
             i32c(g.stride)?,
             i32c(g.pad)?,
             i32c(g.out_h())?,
-            i32c(g.out_w())?
+            i32c(g.out_w())?,
+            g.relu as i32
         )
     }
 

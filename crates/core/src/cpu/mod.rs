@@ -3,7 +3,7 @@
 //! Convolution is im2col + GEMM per sample; scratch space is per thread and
 //! reused, so a training step allocates nothing once warmed up.
 
-use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut};
+use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut, NO_ARGMAX};
 use crate::error::{check_len, Error, Result};
 use crate::reference;
 use gemm::Parallelism;
@@ -200,10 +200,29 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn copy(&self, src: View<'_, Self, f32>, dst: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn copy<T: Elem>(&self, src: View<'_, Self, T>, dst: ViewMut<'_, Self, T>) -> Result<()> {
         check_len("copy", "destination", src.len, dst.len)?;
         sm(dst).copy_from_slice(s(src));
         Ok(())
+    }
+
+    type Graph = ();
+    type Mark = std::time::Instant;
+
+    fn mark(&self) -> Result<std::time::Instant> {
+        Ok(std::time::Instant::now())
+    }
+
+    fn elapsed_ms(&self, start: &std::time::Instant, end: &std::time::Instant) -> Result<f64> {
+        Ok(end.saturating_duration_since(*start).as_secs_f64() * 1e3)
+    }
+
+    fn peak_memory(&self) -> Option<(&'static str, u64)> {
+        // VmHWM: the peak resident set size (Linux).
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(("peak resident memory", kib * 1024))
     }
 
     fn gemm(
@@ -399,7 +418,7 @@ impl Backend for CpuBackend {
         self.pool.install(|| {
             y.par_chunks_mut(ohw).zip(argmax.par_chunks_mut(ohw)).enumerate().for_each(|(p, (yp, ap))| {
                 reference::maxpool2d_forward(&plane_geom, &x[p * hw..(p + 1) * hw], yp, ap);
-                ap.iter_mut().for_each(|a| *a += (p * hw) as u32);
+                ap.iter_mut().filter(|a| **a != NO_ARGMAX).for_each(|a| *a += (p * hw) as u32);
             })
         });
         Ok(())

@@ -2,23 +2,31 @@ use super::{Ctx, Layer};
 use crate::backend::{Backend, Pool2dGeom, View, ViewMut};
 use crate::error::{Error, Result};
 
-/// Max pooling with a square window; remembers the argmax of each output for backward.
+/// Max pooling with a square window; remembers the argmax of each output for
+/// backward. `relu` fuses a preceding ReLU (see [`Pool2dGeom::relu`]).
 pub struct MaxPool2d<B: Backend> {
     pub kernel: usize,
     pub stride: usize,
     pub pad: usize,
+    pub relu: bool,
     chw: (usize, usize, usize),
     argmax: Option<B::Buf<u32>>,
 }
 
 impl<B: Backend> MaxPool2d<B> {
     pub fn new(kernel: usize, stride: usize, pad: usize) -> Self {
-        MaxPool2d { kernel, stride, pad, chw: (0, 0, 0), argmax: None }
+        MaxPool2d { kernel, stride, pad, relu: false, chw: (0, 0, 0), argmax: None }
+    }
+
+    /// relu(x) then this pool, in one op.
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
     }
 
     fn geom(&self, n: usize) -> Pool2dGeom {
         let (c, h, w) = self.chw;
-        Pool2dGeom { n, c, h, w, k: self.kernel, stride: self.stride, pad: self.pad }
+        Pool2dGeom { n, c, h, w, k: self.kernel, stride: self.stride, pad: self.pad, relu: self.relu }
     }
 
     fn argmax_buf(&mut self, backend: &B, len: usize) -> Result<&mut B::Buf<u32>> {
@@ -31,7 +39,11 @@ impl<B: Backend> MaxPool2d<B> {
 
 impl<B: Backend> Layer<B> for MaxPool2d<B> {
     fn kind(&self) -> &'static str {
-        "maxpool2d"
+        if self.relu {
+            "relu+maxpool2d"
+        } else {
+            "maxpool2d"
+        }
     }
 
     fn build(&mut self, input: &[usize]) -> Result<Vec<usize>> {

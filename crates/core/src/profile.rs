@@ -1,0 +1,204 @@
+//! `--profile`: a backend wrapper that times every op (CUDA events on the GPU,
+//! wall time on the CPU) and sums the time per op. It records no graphs, so
+//! profiled runs show each op separately.
+
+use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut};
+use crate::error::Result;
+use std::sync::Mutex;
+
+pub struct Profiled<B: Backend> {
+    pub inner: B,
+    records: Mutex<Vec<(&'static str, B::Mark, B::Mark)>>,
+}
+
+/// Total time of one op over a run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpTime {
+    pub op: &'static str,
+    pub calls: usize,
+    pub ms: f64,
+}
+
+impl<B: Backend> Profiled<B>
+where
+    B::Mark: Send,
+{
+    pub fn new(inner: B) -> Self {
+        Profiled { inner, records: Mutex::new(Vec::new()) }
+    }
+
+    fn timed<R>(&self, op: &'static str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        let start = self.inner.mark()?;
+        let out = f()?;
+        let end = self.inner.mark()?;
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).push((op, start, end));
+        Ok(out)
+    }
+
+    /// Time per op since the last call, slowest first (waits for the device).
+    pub fn take(&self) -> Result<Vec<OpTime>> {
+        let records = std::mem::take(&mut *self.records.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut table: Vec<OpTime> = Vec::new();
+        for (op, start, end) in &records {
+            let ms = self.inner.elapsed_ms(start, end)?;
+            match table.iter_mut().find(|t| t.op == *op) {
+                Some(t) => {
+                    t.calls += 1;
+                    t.ms += ms;
+                }
+                None => table.push(OpTime { op, calls: 1, ms }),
+            }
+        }
+        table.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(table)
+    }
+}
+
+fn v<'a, B: Backend, T: Elem>(x: View<'a, Profiled<B>, T>) -> View<'a, B, T>
+where
+    B::Mark: Send,
+{
+    View { buf: x.buf, offset: x.offset, len: x.len }
+}
+
+fn vm<'a, B: Backend, T: Elem>(x: ViewMut<'a, Profiled<B>, T>) -> ViewMut<'a, B, T>
+where
+    B::Mark: Send,
+{
+    ViewMut { buf: x.buf, offset: x.offset, len: x.len }
+}
+
+impl<B: Backend> Backend for Profiled<B>
+where
+    B::Mark: Send,
+{
+    type Buf<T: Elem> = B::Buf<T>;
+    type Graph = ();
+    type Mark = B::Mark;
+
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn alloc<T: Elem>(&self, len: usize) -> Result<Self::Buf<T>> {
+        self.inner.alloc(len)
+    }
+    fn upload<T: Elem>(&self, host: &[T]) -> Result<Self::Buf<T>> {
+        self.timed("upload", || self.inner.upload(host))
+    }
+    fn write<T: Elem>(&self, dst: ViewMut<'_, Self, T>, host: &[T]) -> Result<()> {
+        self.timed("write", || self.inner.write(vm(dst), host))
+    }
+    fn download<T: Elem>(&self, src: View<'_, Self, T>) -> Result<Vec<T>> {
+        self.inner.download(v(src))
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+    fn fill(&self, dst: ViewMut<'_, Self, f32>, value: f32) -> Result<()> {
+        self.timed("fill", || self.inner.fill(vm(dst), value))
+    }
+    fn copy<T: Elem>(&self, src: View<'_, Self, T>, dst: ViewMut<'_, Self, T>) -> Result<()> {
+        self.timed("copy", || self.inner.copy(v(src), vm(dst)))
+    }
+    fn mark(&self) -> Result<Self::Mark> {
+        self.inner.mark()
+    }
+    fn elapsed_ms(&self, start: &Self::Mark, end: &Self::Mark) -> Result<f64> {
+        self.inner.elapsed_ms(start, end)
+    }
+    fn peak_memory(&self) -> Option<(&'static str, u64)> {
+        self.inner.peak_memory()
+    }
+    fn gemm(
+        &self,
+        spec: &Gemm,
+        a: View<'_, Self, f32>,
+        b: View<'_, Self, f32>,
+        bias: Option<View<'_, Self, f32>>,
+        c: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("gemm", || self.inner.gemm(spec, v(a), v(b), bias.map(v), vm(c)))
+    }
+    fn bias_grad(&self, rows: usize, cols: usize, dy: View<'_, Self, f32>, db: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("bias_grad", || self.inner.bias_grad(rows, cols, v(dy), vm(db)))
+    }
+    fn relu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("relu_forward", || self.inner.relu_forward(v(x), vm(y)))
+    }
+    fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("relu_backward", || self.inner.relu_backward(v(y), v(dy), vm(dx)))
+    }
+    fn conv2d_forward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("conv2d_forward", || self.inner.conv2d_forward(g, v(x), v(w), v(bias), vm(y)))
+    }
+    fn conv2d_backward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dparams: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("conv2d_backward", || self.inner.conv2d_backward(g, v(x), v(w), v(dy), dx.map(vm), vm(dparams)))
+    }
+    fn maxpool2d_forward(
+        &self,
+        g: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        argmax: ViewMut<'_, Self, u32>,
+    ) -> Result<()> {
+        self.timed("maxpool2d_forward", || self.inner.maxpool2d_forward(g, v(x), vm(y), vm(argmax)))
+    }
+    fn maxpool2d_backward(
+        &self,
+        g: &Pool2dGeom,
+        dy: View<'_, Self, f32>,
+        argmax: View<'_, Self, u32>,
+        dx: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("maxpool2d_backward", || self.inner.maxpool2d_backward(g, v(dy), v(argmax), vm(dx)))
+    }
+    fn softmax_cross_entropy(
+        &self,
+        n: usize,
+        classes: usize,
+        logits: View<'_, Self, f32>,
+        labels: View<'_, Self, u32>,
+        grad_scale: f32,
+        dlogits: Option<ViewMut<'_, Self, f32>>,
+        stats: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("softmax_cross_entropy", || {
+            self.inner.softmax_cross_entropy(n, classes, v(logits), v(labels), grad_scale, dlogits.map(vm), vm(stats))
+        })
+    }
+    fn sgd_step(
+        &self,
+        step: &SgdStep,
+        params: ViewMut<'_, Self, f32>,
+        grads: View<'_, Self, f32>,
+        velocity: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("sgd_step", || self.inner.sgd_step(step, vm(params), v(grads), vm(velocity)))
+    }
+    fn gather_batch(
+        &self,
+        spec: &Gather,
+        images: View<'_, Self, u8>,
+        labels: View<'_, Self, u8>,
+        indices: View<'_, Self, u32>,
+        x: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, u32>,
+    ) -> Result<()> {
+        self.timed("gather_batch", || self.inner.gather_batch(spec, v(images), v(labels), v(indices), vm(x), vm(y)))
+    }
+}
