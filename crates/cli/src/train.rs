@@ -164,6 +164,9 @@ impl WithBackend for TrainJob {
             ];
             checkpoint::save(&ckpt_path, backend, &trainer.model, &meta)?;
         }
+        if let Some((what, bytes)) = backend.peak_memory() {
+            println!("{what}: {:.1} MB", bytes as f64 / 1e6);
+        }
         println!("wrote {} and {}", metrics_path.display(), ckpt_path.display());
         println!("evaluate with: rusty-recognition eval --checkpoint {}", ckpt_path.display());
         Ok(run)

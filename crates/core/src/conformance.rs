@@ -174,6 +174,8 @@ pub fn conv_cases() -> Vec<Conv2dGeom> {
         g(5, 2, 7, 7, 3, 1, 1, 0),
         g(1, 4, 5, 6, 7, 5, 3, 2),
         g(17, 1, 28, 28, 6, 5, 1, 2),
+        // Weights too large for the GPU's shared-memory kernel: the fallback path.
+        g(2, 64, 6, 6, 64, 3, 1, 1),
     ]
 }
 

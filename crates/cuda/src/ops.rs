@@ -125,6 +125,42 @@ impl CudaBackend {
     }
 }
 
+/// Convolution geometry as the kernels take it (`struct ConvGeo` in kernels/common.cuh).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct ConvGeo {
+    n: i32,
+    c: i32,
+    h: i32,
+    w: i32,
+    co: i32,
+    k: i32,
+    s: i32,
+    p: i32,
+    oh: i32,
+    ow: i32,
+}
+
+// SAFETY: plain #[repr(C)] integers, laid out as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for ConvGeo {}
+
+impl ConvGeo {
+    fn new(g: &Conv2dGeom) -> Result<Self> {
+        Ok(ConvGeo {
+            n: i32c(g.n)?,
+            c: i32c(g.c_in)?,
+            h: i32c(g.h)?,
+            w: i32c(g.w)?,
+            co: i32c(g.c_out)?,
+            k: i32c(g.k)?,
+            s: i32c(g.stride)?,
+            p: i32c(g.pad)?,
+            oh: i32c(g.out_h())?,
+            ow: i32c(g.out_w())?,
+        })
+    }
+}
+
 /// Sizes go to kernels as i32.
 fn i32c(v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::shape("cuda", "size", "< 2^31", v))
@@ -281,28 +317,15 @@ impl Backend for CudaBackend {
         if g.n == 0 {
             return Ok(());
         }
-        let geo = (i32c(g.n)?, i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.c_out)?, i32c(g.k)?, i32c(g.stride)?, i32c(g.pad)?);
-        let (oh, ow) = (i32c(g.out_h())?, i32c(g.out_w())?);
-        launch!(
-            self,
-            conv2d_direct,
-            self.cfg(g.y_len()),
-            ptr(&x),
-            ptr(&w),
-            ptr(&bias),
-            ptr_mut(&y),
-            geo.0,
-            geo.1,
-            geo.2,
-            geo.3,
-            geo.4,
-            geo.5,
-            geo.6,
-            geo.7,
-            oh,
-            ow,
-            0i32
-        )
+        let geo = ConvGeo::new(g)?;
+        // Weights (and bias) in shared memory when they fit; 8 output channels per thread.
+        let smem = 4 * (g.w_len() + g.c_out);
+        if smem <= 48 * 1024 {
+            let mut cfg = self.cfg(g.n * g.c_out.div_ceil(8) * g.out_h() * g.out_w());
+            cfg.shared_mem_bytes = smem as u32;
+            return launch!(self, conv2d_forward_smem, cfg, ptr(&x), ptr(&w), ptr(&bias), ptr_mut(&y), geo, 0i32);
+        }
+        launch!(self, conv2d_direct, self.cfg(g.y_len()), ptr(&x), ptr(&w), ptr(&bias), ptr_mut(&y), geo, 0i32)
     }
 
     fn conv2d_backward(
@@ -333,24 +356,18 @@ impl Backend for CudaBackend {
         }
         let (pl, rows) = (g.patch_len(), g.patch_len() + 1);
         let (_guard, cols, partial) = self.scratch(g.n * rows * ohw, g.n * g.c_out * rows)?;
-        let geo = (i32c(g.n)?, i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.k)?, i32c(g.stride)?, i32c(g.pad)?, i32c(oh)?, i32c(ow)?);
+        let geo = ConvGeo::new(g)?;
+        if g.n > 65_535 || rows > 65_535 {
+            return Err(Error::shape("conv2d_backward", "batch and C_in*K*K + 1", "<= 65535 on the GPU", format!("{} and {rows}", g.n)));
+        }
+        // Grid (inner blocks, mid, n): no divisions to find the sample and row.
+        let grid3 = |inner: usize, mid: usize| LaunchConfig {
+            grid_dim: ((inner as u32).div_ceil(BLOCK), mid as u32, g.n as u32),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
         // cols_n ((C_in*K*K + 1), OH*OW): patches plus a row of ones
-        launch!(
-            self,
-            im2col_ones,
-            self.cfg(g.n * rows * ohw),
-            ptr(&x),
-            cols,
-            geo.0,
-            geo.1,
-            geo.2,
-            geo.3,
-            geo.4,
-            geo.5,
-            geo.6,
-            geo.7,
-            geo.8
-        )?;
+        launch!(self, im2col_ones, grid3(ohw, rows), ptr(&x), cols, geo)?;
         // [dW_n | db_n] (C_out, C_in*K*K + 1) = dy_n (C_out, OH*OW) . cols_n^T, for every n at once
         let per_sample = Gemm::new(g.c_out, rows, ohw).trans_b();
         self.sgemm_batched(&per_sample, (ptr(&dy), g.c_out * ohw), (cols, rows * ohw), (partial, g.c_out * rows), g.n, 0.0)?;
@@ -358,12 +375,12 @@ impl Backend for CudaBackend {
             // dcols_n (C_in*K*K, OH*OW) = W^T . dy_n, over the patch rows of cols (no longer needed)
             let back = Gemm::new(pl, ohw, g.c_out).trans_a();
             self.sgemm_batched(&back, (ptr(&w), 0), (ptr(&dy), g.c_out * ohw), (cols, rows * ohw), g.n, 0.0)?;
-            launch!(self, col2im, self.cfg(g.x_len()), cols, ptr_mut(&dx), geo.0, geo.1, geo.2, geo.3, geo.4, geo.5, geo.6, geo.7, geo.8)?;
+            launch!(self, col2im, grid3(g.h * g.w, g.c_in), cols, ptr_mut(&dx), geo)?;
         }
         // dparams = [sum_n dW_n | sum_n db_n], one warp per output
         let warps = (g.c_out * rows) as u32;
         let cfg = LaunchConfig { grid_dim: (warps.div_ceil(BLOCK / 32), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, conv_grad_reduce, cfg, partial, ptr_mut(&dparams), geo.0, i32c(g.c_out)?, i32c(rows)?)
+        launch!(self, conv_grad_reduce, cfg, partial, ptr_mut(&dparams), i32c(g.n)?, i32c(g.c_out)?, i32c(rows)?)
     }
 
     fn maxpool2d_forward(
