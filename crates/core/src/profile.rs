@@ -8,7 +8,14 @@ use std::sync::Mutex;
 
 pub struct Profiled<B: Backend> {
     pub inner: B,
-    records: Mutex<Vec<(&'static str, B::Mark, B::Mark)>>,
+    records: Mutex<Vec<Record<B::Mark>>>,
+}
+
+/// One timed op: its name and the marks before and after it.
+struct Record<M> {
+    op: &'static str,
+    start: M,
+    end: M,
 }
 
 /// Total time of one op over a run.
@@ -31,7 +38,7 @@ where
         let start = self.inner.mark()?;
         let out = f()?;
         let end = self.inner.mark()?;
-        self.records.lock().unwrap_or_else(|e| e.into_inner()).push((op, start, end));
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).push(Record { op, start, end });
         Ok(out)
     }
 
@@ -39,7 +46,7 @@ where
     pub fn take(&self) -> Result<Vec<OpTime>> {
         let records = std::mem::take(&mut *self.records.lock().unwrap_or_else(|e| e.into_inner()));
         let mut table: Vec<OpTime> = Vec::new();
-        for (op, start, end) in &records {
+        for Record { op, start, end } in &records {
             let ms = self.inner.elapsed_ms(start, end)?;
             match table.iter_mut().find(|t| t.op == *op) {
                 Some(t) => {
