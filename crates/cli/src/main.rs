@@ -2,7 +2,10 @@
 
 mod bench;
 mod device;
+mod digitize;
 mod eval;
+mod infer;
+mod predict;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +29,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Evaluate a checkpoint on the test set.
     Eval(eval::EvalArgs),
+    /// Predict the class of PNG/JPEG images (any size; preprocessed the way MNIST was made).
+    Predict(predict::PredictArgs),
     /// Time LeNet-5 training epochs and inference on a device (the figures of BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
