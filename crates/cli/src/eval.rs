@@ -46,6 +46,9 @@ impl WithBackend for EvalJob {
             seconds,
             crate::train::group_thousands((stats.samples as f64 / seconds) as u64)
         );
+        let names = crate::infer::class_names(ckpt.metadata.get("dataset").map_or("mnist", String::as_str));
+        let matrix = crate::plot::confusion(backend, &mut model, &data.test)?;
+        print!("{}", crate::plot::confusion_text(&matrix, &names));
         Ok(RunStats::default())
     }
 }

@@ -5,6 +5,7 @@ mod device;
 mod digitize;
 mod eval;
 mod infer;
+mod plot;
 mod predict;
 mod train;
 
@@ -31,6 +32,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Predict the class of PNG/JPEG images (any size; preprocessed the way MNIST was made).
     Predict(predict::PredictArgs),
+    /// Redraw a run folder's curves.png and confusion.png from its metrics.csv and checkpoint.
+    Plot(plot::PlotArgs),
     /// Time LeNet-5 training epochs and inference on a device (the figures of BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Plot(args) => plot::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {

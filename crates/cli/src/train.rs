@@ -63,7 +63,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
 struct TrainJob(TrainArgs);
 
 /// One row of metrics.csv.
-const CSV_HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_sec";
+const CSV_HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_sec,lr";
 
 impl WithBackend for TrainJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
@@ -146,14 +146,15 @@ impl WithBackend for TrainJob {
             );
             writeln!(
                 csv,
-                "{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1}",
+                "{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1},{}",
                 epoch + 1,
                 train.loss,
                 train.accuracy,
                 test.loss,
                 test.accuracy,
                 seconds,
-                rate
+                rate,
+                trainer.optimizer.config.lr
             )?;
             csv.flush()?;
             let meta = [
@@ -161,8 +162,14 @@ impl WithBackend for TrainJob {
                 ("test_accuracy", format!("{:.6}", test.accuracy)),
                 ("test_loss", format!("{:.6}", test.loss)),
                 ("train_config", serde_json::to_string(&config)?),
+                ("dataset", "mnist".to_string()),
             ];
             checkpoint::save(&ckpt_path, backend, &trainer.model, &meta)?;
+        }
+        if config.epochs > 0 {
+            let names = crate::infer::class_names("mnist");
+            crate::plot::draw_run(backend, &out, &mut trainer.model, &data.test, &names)?;
+            println!("wrote {} and {}", out.join("curves.png").display(), out.join("confusion.png").display());
         }
         if let Some((what, bytes)) = backend.peak_memory() {
             println!("{what}: {:.1} MB", bytes as f64 / 1e6);

@@ -33,7 +33,7 @@ fn train_then_eval_reproduces_the_test_accuracy() {
 
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let rows: Vec<&str> = csv.lines().collect();
-    assert_eq!(rows[0], "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_sec");
+    assert_eq!(rows[0], "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_sec,lr");
     assert_eq!(rows.len(), 3);
     let last: Vec<f64> = rows[2].split(',').map(|v| v.parse().unwrap()).collect();
     assert_eq!(last[0], 2.0);
@@ -45,6 +45,36 @@ fn train_then_eval_reproduces_the_test_accuracy() {
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "eval failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains(&format!("({test_correct}/10000)")), "eval must reproduce {test_correct}/10000:\n{stdout}");
+    // Per-class accuracy and the confusion matrix as text; its diagonal sums to the correct count.
+    assert!(stdout.contains("per-class accuracy") && stdout.contains("confusion matrix"), "{stdout}");
+    let rows: Vec<Vec<u64>> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("confusion matrix"))
+        .skip(2)
+        .map(|l| l.split_whitespace().skip(1).map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 10);
+    assert_eq!((0..10).map(|i| rows[i][i]).sum::<u64>(), test_correct);
+    assert_eq!(rows.iter().flatten().sum::<u64>(), 10_000);
+
+    // Plots: written by train, the expected size, not blank; `plot` redraws them.
+    check_plots(&out);
+    std::fs::remove_file(out.join("curves.png")).unwrap();
+    std::fs::remove_file(out.join("confusion.png")).unwrap();
+    let o = bin().arg("plot").arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    check_plots(&out);
+}
+
+fn check_plots(run: &Path) {
+    for (name, size) in [("curves.png", (1500, 450)), ("confusion.png", (760, 720))] {
+        let img = image::open(run.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")).to_rgb8();
+        assert_eq!(img.dimensions(), size, "{name}");
+        let ink = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        let colors: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+        assert!(ink > img.len() / 3 / 100, "{name} is nearly blank ({ink} non-white pixels)");
+        assert!(colors.len() > 20, "{name} has only {} colors", colors.len());
+    }
 }
 
 fn fails_with(args: &[&str], needle: &str) {
