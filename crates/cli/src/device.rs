@@ -52,7 +52,10 @@ pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, profile: bool
         DeviceArg::Auto => match CudaBackend::new(0) {
             Ok(gpu) => run_on(gpu, profile, f),
             Err(e) => {
-                eprintln!("note: no usable GPU ({e}); running on the CPU");
+                // The short reason; `--device cuda` prints the full one (paths searched).
+                let reason = e.to_string();
+                let reason = reason.split(" (searched").next().unwrap_or(&reason);
+                eprintln!("note: no usable GPU ({reason}); running on the CPU");
                 run_on(CpuBackend::new(threads)?, profile, f)
             }
         },

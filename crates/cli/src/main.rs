@@ -7,6 +7,7 @@ mod eval;
 mod infer;
 mod plot;
 mod predict;
+mod serve;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Predict the class of PNG/JPEG images (any size; preprocessed the way MNIST was made).
     Predict(predict::PredictArgs),
+    /// Serve a draw-a-digit web page and a JSON prediction API for a checkpoint.
+    Serve(serve::ServeArgs),
     /// Redraw a run folder's curves.png and confusion.png from its metrics.csv and checkpoint.
     Plot(plot::PlotArgs),
     /// Time LeNet-5 training epochs and inference on a device (the figures of BENCHMARKS.md).
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Plot(args) => plot::run(args),
         Command::Bench(args) => bench::run(args),
     };

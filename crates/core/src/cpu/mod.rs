@@ -155,6 +155,27 @@ fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// The common 2x2 / stride 2 pool of one plane, without data-dependent branches
+/// (same result and tie-breaking as the reference: the first maximum in
+/// row-major window order).
+fn maxpool_2x2(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    let (oh, ow, w) = (g.out_h(), g.out_w(), g.w);
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let i0 = 2 * oy * w + 2 * ox;
+            let (mut best, mut at) = (x[i0], i0);
+            for i in [i0 + 1, i0 + w, i0 + w + 1] {
+                let take = x[i] > best;
+                best = if take { x[i] } else { best };
+                at = if take { i } else { at };
+            }
+            let clamp = g.relu && (best.is_nan() || best <= 0.0);
+            y[oy * ow + ox] = if clamp { 0.0 } else { best };
+            argmax[oy * ow + ox] = if clamp { NO_ARGMAX } else { at as u32 };
+        }
+    }
+}
+
 /// Runs `f` with this thread's scratch buffer resized to `len`.
 fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     COLS.with(|c| {
@@ -417,7 +438,11 @@ impl Backend for CpuBackend {
         let plane_geom = Pool2dGeom { n: 1, c: 1, ..*g };
         self.pool.install(|| {
             y.par_chunks_mut(ohw).zip(argmax.par_chunks_mut(ohw)).enumerate().for_each(|(p, (yp, ap))| {
-                reference::maxpool2d_forward(&plane_geom, &x[p * hw..(p + 1) * hw], yp, ap);
+                if (g.k, g.stride, g.pad) == (2, 2, 0) {
+                    maxpool_2x2(&plane_geom, &x[p * hw..(p + 1) * hw], yp, ap);
+                } else {
+                    reference::maxpool2d_forward(&plane_geom, &x[p * hw..(p + 1) * hw], yp, ap);
+                }
                 ap.iter_mut().filter(|a| **a != NO_ARGMAX).for_each(|a| *a += (p * hw) as u32);
             })
         });
