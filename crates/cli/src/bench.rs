@@ -54,7 +54,7 @@ impl WithBackend for BenchJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let (args, process_start) = (self.0, self.1);
         println!("device ready {:.2}s after start (libraries loaded, kernels compiled)", process_start.elapsed().as_secs_f64());
-        let data = Mnist::load(&device::data_dir(&args.common.data_dir))?;
+        let data = Mnist::load(&device::data_dir(&args.common.data_dir, "mnist")?)?;
         let train_set = DeviceDataset::upload(backend, &data.train)?;
         let test_set = DeviceDataset::upload(backend, &data.test)?;
         let config = TrainConfig { epochs: args.epochs, batch_size: args.batch_size, ..TrainConfig::default() };

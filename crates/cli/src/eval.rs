@@ -29,7 +29,8 @@ impl WithBackend for EvalJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (mut model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
-        let data_dir = device::data_dir(&args.common.data_dir);
+        let dataset = ckpt.metadata.get("dataset").map_or("mnist", String::as_str);
+        let data_dir = device::data_dir(&args.common.data_dir, dataset)?;
         let data = Mnist::load(&data_dir)?;
         let test_set = DeviceDataset::upload(backend, &data.test)?;
         let start = Instant::now();
@@ -46,7 +47,7 @@ impl WithBackend for EvalJob {
             seconds,
             crate::train::group_thousands((stats.samples as f64 / seconds) as u64)
         );
-        let names = crate::infer::class_names(ckpt.metadata.get("dataset").map_or("mnist", String::as_str));
+        let names = crate::infer::class_names(dataset);
         let matrix = crate::plot::confusion(backend, &mut model, &data.test)?;
         print!("{}", crate::plot::confusion_text(&matrix, &names));
         Ok(RunStats::default())

@@ -235,8 +235,9 @@ impl WithBackend for PlotJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (mut model, ckpt) = checkpoint::load_model(&args.run_dir.join("model.safetensors"), backend)?;
-        let names = infer::class_names(ckpt.metadata.get("dataset").map_or("mnist", String::as_str));
-        let data = Mnist::load(&device::data_dir(&args.common.data_dir))?;
+        let dataset = ckpt.metadata.get("dataset").map_or("mnist", String::as_str);
+        let names = infer::class_names(dataset);
+        let data = Mnist::load(&device::data_dir(&args.common.data_dir, dataset)?)?;
         draw_run(backend, &args.run_dir, &mut model, &data.test, &names)?;
         println!("wrote {} and {}", args.run_dir.join("curves.png").display(), args.run_dir.join("confusion.png").display());
         Ok(RunStats::default())

@@ -18,11 +18,31 @@ pub enum ModelArg {
     Mlp,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetArg {
+    /// Handwritten digits (shipped in data/mnist)
+    Mnist,
+    /// Zalando's clothing images, same format (pass --data-dir, or install Debian's dataset-fashion-mnist)
+    FashionMnist,
+}
+
+impl DatasetArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetArg::Mnist => "mnist",
+            DatasetArg::FashionMnist => "fashion-mnist",
+        }
+    }
+}
+
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Architecture
     #[arg(long, value_enum, default_value = "lenet")]
     model: ModelArg,
+    /// Dataset (same IDX format and image size)
+    #[arg(long, value_enum, default_value = "mnist")]
+    dataset: DatasetArg,
     /// Layer sizes of the MLP, input and output included
     #[arg(long, value_delimiter = ',', default_value = "784,256,128,10")]
     mlp_sizes: Vec<usize>,
@@ -79,13 +99,14 @@ impl WithBackend for TrainJob {
             seed: args.seed,
         };
         config.validate()?;
-        let data_dir = device::data_dir(&args.common.data_dir);
+        let dataset = args.dataset.name();
+        let data_dir = device::data_dir(&args.common.data_dir, dataset)?;
         let data = Mnist::load(&data_dir)?;
         let out = make_out_dir(args.out.clone())?;
 
         let model = Model::new(backend, &model_config, config.seed)?;
         println!(
-            "training {} ({} parameters) on {} | {} train / {} test images from {}{} | {} epochs, batch {}, lr {}, momentum {}, weight decay {}",
+            "training {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, lr {}, momentum {}, weight decay {}",
             model_config.name(),
             model.params.count(),
             backend.name(),
@@ -109,7 +130,7 @@ impl WithBackend for TrainJob {
         let mut csv = std::fs::File::create(&metrics_path).with_context(|| format!("cannot create {}", metrics_path.display()))?;
         writeln!(csv, "{CSV_HEADER}")?;
         let ckpt_path = out.join("model.safetensors");
-        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "data_dir": data_dir });
+        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "dataset": dataset, "data_dir": data_dir });
         std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&run_config)?)?;
 
         let steps = trainer.steps_per_epoch(train_set.len);
@@ -162,12 +183,12 @@ impl WithBackend for TrainJob {
                 ("test_accuracy", format!("{:.6}", test.accuracy)),
                 ("test_loss", format!("{:.6}", test.loss)),
                 ("train_config", serde_json::to_string(&config)?),
-                ("dataset", "mnist".to_string()),
+                ("dataset", dataset.to_string()),
             ];
             checkpoint::save(&ckpt_path, backend, &trainer.model, &meta)?;
         }
         if config.epochs > 0 {
-            let names = crate::infer::class_names("mnist");
+            let names = crate::infer::class_names(dataset);
             crate::plot::draw_run(backend, &out, &mut trainer.model, &data.test, &names)?;
             println!("wrote {} and {}", out.join("curves.png").display(), out.join("confusion.png").display());
         }

@@ -102,3 +102,76 @@ fn bad_input_is_a_clear_error() {
     fails_with(&["train", "--model", "mlp", "--mlp-sizes", "784,10,3", "--out", o], "MLP sizes");
     fails_with(&["train", "--device", "tpu", "--out", o], "tpu");
 }
+
+/// Fashion-MNIST from the shared data folder (tests use ../shared/data/fashion-mnist).
+fn fashion_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fashion-mnist")
+}
+
+#[test]
+fn fashion_mnist_trains_and_predicts_with_class_names() {
+    let out = tmpdir("fashion");
+    let o = bin()
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--dataset",
+            "fashion-mnist",
+            "--model",
+            "mlp",
+            "--mlp-sizes",
+            "784,32,10",
+            "--epochs",
+            "1",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(fashion_dir())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("fashion-mnist: 60000 train / 10000 test"), "{stdout}");
+    let ckpt = out.join("model.safetensors");
+    // Eval needs the data folder (Fashion-MNIST is not shipped) and names the classes.
+    let o = bin().args(["eval", "--device", "cpu", "--checkpoint"]).arg(&ckpt).arg("--data-dir").arg(fashion_dir()).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("Ankle boot") && stdout.contains("Trouser"), "{stdout}");
+    // A test image as PNG: predicted with a class name.
+    let m = rr_core::data::Mnist::load(&fashion_dir()).unwrap();
+    let img = image::GrayImage::from_raw(28, 28, m.test.images[..784].to_vec()).unwrap();
+    let png = out.join("item.png");
+    img.save(&png).unwrap();
+    let o = bin().args(["predict", "--device", "cpu", "--json", "--checkpoint"]).arg(&ckpt).arg(&png).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+    assert!(names.contains(&v[0]["label"].as_str().unwrap()), "{v}");
+    // Without --data-dir (and no Debian package), the error says what to do.
+    let missing = tmpdir("fashion-missing");
+    let o = bin()
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--dataset",
+            "fashion-mnist",
+            "--model",
+            "mlp",
+            "--mlp-sizes",
+            "784,8,10",
+            "--epochs",
+            "1",
+            "--out",
+        ])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    if !Path::new("/usr/share/datasets/fashion-mnist").is_dir() {
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--data-dir"));
+    }
+}
