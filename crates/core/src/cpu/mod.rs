@@ -1,7 +1,10 @@
 //! The CPU backend: buffers are `Vec`s, dense work goes through the `gemm`
 //! crate, and loops over the batch run on a rayon pool of `threads` threads.
 //! Convolution is im2col + GEMM per sample; scratch space is per thread and
-//! reused, so a training step allocates nothing once warmed up.
+//! reused, so a training step allocates nothing once warmed up. The `gemm`
+//! crate picks AVX2/AVX-512 kernels at run time; our own hot loops (im2col,
+//! col2im, pooling) get the same through `multiversion`, since the default
+//! build target is baseline x86-64.
 
 use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut, NO_ARGMAX};
 use crate::error::{check_len, Error, Result};
@@ -37,14 +40,6 @@ impl CpuBackend {
     pub fn threads(&self) -> usize {
         self.threads
     }
-
-    fn par(&self) -> Parallelism {
-        if self.threads > 1 {
-            Parallelism::Rayon(self.threads)
-        } else {
-            Parallelism::None
-        }
-    }
 }
 
 fn s<'a, T: Elem>(v: View<'a, CpuBackend, T>) -> &'a [T] {
@@ -56,33 +51,39 @@ fn sm<'a, T: Elem>(v: ViewMut<'a, CpuBackend, T>) -> &'a mut [T] {
 }
 
 /// Row-major `c = alpha * op(a) op(b) + (if accumulate { c } else { 0 })`.
-fn sgemm(par: Parallelism, g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
+fn sgemm(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], accumulate: bool) {
+    sgemm_rows(g, a, b, c, 0..g.m, accumulate);
+}
+
+/// Rows `rows` of [`sgemm`]'s product; `c` holds exactly those rows.
+fn sgemm_rows(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], rows: std::ops::Range<usize>, accumulate: bool) {
     let (m, n, k) = (g.m, g.n, g.k);
-    debug_assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    if m == 0 || n == 0 {
+    let mr = rows.len();
+    assert!(rows.end <= m && a.len() >= m * k && b.len() >= k * n && c.len() >= mr * n);
+    if mr == 0 || n == 0 {
         return;
     }
     if k == 0 {
         if !accumulate {
-            c[..m * n].fill(0.0);
+            c[..mr * n].fill(0.0);
         }
         return;
     }
-    // (row stride, column stride) of op(A) (m, k) and op(B) (k, n).
-    let (a_rs, a_cs) = if g.trans_a { (1, m as isize) } else { (k as isize, 1) };
+    // First element and (row stride, column stride) of op(A)[rows] and op(B).
+    let (a_off, a_rs, a_cs) = if g.trans_a { (rows.start, 1, m as isize) } else { (rows.start * k, k as isize, 1) };
     let (b_rs, b_cs) = if g.trans_b { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the asserted lengths cover every index the strides reach; the
-    // output does not alias the inputs (distinct Rust borrows).
+    // SAFETY: the asserted lengths cover every index the strides reach from
+    // these offsets; the output does not alias the inputs (distinct borrows).
     unsafe {
         gemm::gemm(
-            m,
+            mr,
             n,
             k,
             c.as_mut_ptr(),
             1,
             n as isize,
             accumulate,
-            a.as_ptr(),
+            a.as_ptr().add(a_off),
             a_cs,
             a_rs,
             b.as_ptr(),
@@ -93,12 +94,13 @@ fn sgemm(par: Parallelism, g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], accumu
             false,
             false,
             false,
-            par,
+            Parallelism::None,
         );
     }
 }
 
 /// cols (C_in*K*K, OH*OW) from one image x_n (C_in, H, W).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let mut row = 0;
@@ -127,6 +129,7 @@ fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32]) {
 }
 
 /// dx_n (C_in, H, W) = scatter-add of cols (C_in*K*K, OH*OW); dx_n is overwritten.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     dx.fill(0.0);
@@ -157,23 +160,42 @@ fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32]) {
 
 /// The common 2x2 / stride 2 pool of one plane, without data-dependent branches
 /// (same result and tie-breaking as the reference: the first maximum in
-/// row-major window order).
-fn maxpool_2x2(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+/// row-major window order). `base` is the plane's offset in the whole input.
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn maxpool_2x2(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32], base: u32) {
     let (oh, ow, w) = (g.out_h(), g.out_w(), g.w);
     for oy in 0..oh {
-        for ox in 0..ow {
-            let i0 = 2 * oy * w + 2 * ox;
-            let (mut best, mut at) = (x[i0], i0);
-            for i in [i0 + 1, i0 + w, i0 + w + 1] {
-                let take = x[i] > best;
-                best = if take { x[i] } else { best };
+        let top = &x[2 * oy * w..2 * oy * w + 2 * ow];
+        let bottom = &x[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
+        let (yr, ar) = (&mut y[oy * ow..(oy + 1) * ow], &mut argmax[oy * ow..(oy + 1) * ow]);
+        let row0 = (base as usize + 2 * oy * w) as u32;
+        for (ox, ((t, b), (yo, ao))) in top.chunks_exact(2).zip(bottom.chunks_exact(2)).zip(yr.iter_mut().zip(ar.iter_mut())).enumerate() {
+            let i0 = row0 + 2 * ox as u32;
+            let (mut best, mut at) = (t[0], i0);
+            for (v, i) in [(t[1], i0 + 1), (b[0], i0 + w as u32), (b[1], i0 + w as u32 + 1)] {
+                let take = v > best;
+                best = if take { v } else { best };
                 at = if take { i } else { at };
             }
             let clamp = g.relu && (best.is_nan() || best <= 0.0);
-            y[oy * ow + ox] = if clamp { 0.0 } else { best };
-            argmax[oy * ow + ox] = if clamp { NO_ARGMAX } else { at as u32 };
+            *yo = if clamp { 0.0 } else { best };
+            *ao = if clamp { NO_ARGMAX } else { at };
         }
     }
+}
+
+/// Sum with eight independent accumulators (vectorizes; a plain fold does not).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn sum(v: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, x) in acc.iter_mut().zip(c) {
+            *a += x;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Runs `f` with this thread's scratch buffer resized to `len`.
@@ -271,8 +293,20 @@ impl Backend for CpuBackend {
             }
             accumulate = true;
         }
-        let par = self.par();
-        self.pool.install(|| sgemm(par, g, s(a), s(b), c, accumulate));
+        // Rows of C split across the threads (each a single-threaded GEMM):
+        // cheaper than the gemm crate's own threading at these small sizes.
+        let (a, b) = (s(a), s(b));
+        let per = g.m.div_ceil(self.threads).max(16);
+        if self.threads > 1 && g.m >= 32 && g.m * g.n * g.k >= 1 << 18 {
+            self.pool.install(|| {
+                c.par_chunks_mut(per * g.n).enumerate().for_each(|(t, rows)| {
+                    let lo = t * per;
+                    sgemm_rows(g, a, b, rows, lo..lo + rows.len() / g.n, accumulate)
+                })
+            });
+        } else {
+            sgemm(g, a, b, c, accumulate);
+        }
         Ok(())
     }
 
@@ -334,7 +368,7 @@ impl Backend for CpuBackend {
                 }
                 with_cols(pl * ohw, |cols| {
                     im2col(g, xn, cols);
-                    sgemm(Parallelism::None, &per_sample, w, cols, yn, true);
+                    sgemm(&per_sample, w, cols, yn, true);
                 });
             })
         });
@@ -401,12 +435,12 @@ impl Backend for CpuBackend {
                     let (cols, dcols) = scratch.split_at_mut(pl * ohw);
                     for (i, (xn, dyn_)) in xc.chunks_exact(x_n).zip(dyc.chunks_exact(y_n)).enumerate() {
                         im2col(g, xn, cols);
-                        sgemm(Parallelism::None, &dw_gemm, dyn_, cols, pdw, true);
+                        sgemm(&dw_gemm, dyn_, cols, pdw, true);
                         for (co, row) in dyn_.chunks_exact(ohw).enumerate() {
-                            pdb[co] += row.iter().sum::<f32>();
+                            pdb[co] += sum(row);
                         }
                         if let Some(dxc) = dxc.as_deref_mut() {
-                            sgemm(Parallelism::None, &dcols_gemm, w, dyn_, dcols, false);
+                            sgemm(&dcols_gemm, w, dyn_, dcols, false);
                             col2im(g, dcols, &mut dxc[i * x_n..(i + 1) * x_n]);
                         }
                     }
@@ -439,11 +473,11 @@ impl Backend for CpuBackend {
         self.pool.install(|| {
             y.par_chunks_mut(ohw).zip(argmax.par_chunks_mut(ohw)).enumerate().for_each(|(p, (yp, ap))| {
                 if (g.k, g.stride, g.pad) == (2, 2, 0) {
-                    maxpool_2x2(&plane_geom, &x[p * hw..(p + 1) * hw], yp, ap);
+                    maxpool_2x2(&plane_geom, &x[p * hw..(p + 1) * hw], yp, ap, (p * hw) as u32);
                 } else {
                     reference::maxpool2d_forward(&plane_geom, &x[p * hw..(p + 1) * hw], yp, ap);
+                    ap.iter_mut().filter(|a| **a != NO_ARGMAX).for_each(|a| *a += (p * hw) as u32);
                 }
-                ap.iter_mut().filter(|a| **a != NO_ARGMAX).for_each(|a| *a += (p * hw) as u32);
             })
         });
         Ok(())
