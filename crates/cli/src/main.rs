@@ -56,6 +56,13 @@ pub struct CommonArgs {
 }
 
 fn main() -> ExitCode {
+    // Like other command-line tools, stop quietly when the reader of our
+    // output goes away (`rusty-recognition eval ... | head`) instead of panicking.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(args) => train::run(args),
