@@ -238,6 +238,9 @@ pub fn pool_cases() -> Vec<Pool2dGeom> {
         g(1, 16, 10, 10, 2, 2, 0, true),
         g(4, 1, 5, 7, 2, 2, 1, false),
         g(128, 6, 28, 28, 2, 2, 0, true),
+        // Odd sizes: the last row / column belongs to no 2x2 window.
+        g(2, 3, 7, 9, 2, 2, 0, true),
+        g(1, 2, 5, 5, 2, 2, 0, false),
     ]
 }
 

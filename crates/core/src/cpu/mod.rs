@@ -21,6 +21,10 @@ pub struct CpuBackend {
     partials: Mutex<Vec<f32>>,
 }
 
+/// Samples per convolution GEMM on the CPU: enough columns for the GEMM to run
+/// at speed, few enough for the column matrix to stay in cache.
+const SUB: usize = 8;
+
 thread_local! {
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -99,16 +103,16 @@ fn sgemm_rows(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], rows: std::ops::Ran
     }
 }
 
-/// cols (C_in*K*K, OH*OW) from one image x_n (C_in, H, W).
+/// Columns `col0 .. col0 + OH*OW` of cols (C_in*K*K, ld) from one image x_n (C_in, H, W).
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32]) {
+fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32], ld: usize, col0: usize) {
     let (oh, ow) = (g.out_h(), g.out_w());
     let mut row = 0;
     for ci in 0..g.c_in {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..g.k {
             for kx in 0..g.k {
-                let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                let dst = &mut cols[row * ld + col0..row * ld + col0 + oh * ow];
                 for oy in 0..oh {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     let out = &mut dst[oy * ow..(oy + 1) * ow];
@@ -128,9 +132,10 @@ fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// dx_n (C_in, H, W) = scatter-add of cols (C_in*K*K, OH*OW); dx_n is overwritten.
+/// dx_n (C_in, H, W) = scatter-add of columns `col0 .. col0 + OH*OW` of cols
+/// (C_in*K*K, ld); dx_n is overwritten.
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
-fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32]) {
+fn col2im(g: &Conv2dGeom, cols: &[f32], ld: usize, col0: usize, dx: &mut [f32]) {
     let (oh, ow) = (g.out_h(), g.out_w());
     dx.fill(0.0);
     let mut row = 0;
@@ -138,7 +143,7 @@ fn col2im(g: &Conv2dGeom, cols: &[f32], dx: &mut [f32]) {
         let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
         for ky in 0..g.k {
             for kx in 0..g.k {
-                let src = &cols[row * oh * ow..(row + 1) * oh * ow];
+                let src = &cols[row * ld + col0..row * ld + col0 + oh * ow];
                 for oy in 0..oh {
                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                     if iy < 0 || iy >= g.h as isize {
@@ -180,6 +185,27 @@ fn maxpool_2x2(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32], bas
             let clamp = g.relu && (best.is_nan() || best <= 0.0);
             *yo = if clamp { 0.0 } else { best };
             *ao = if clamp { NO_ARGMAX } else { at };
+        }
+    }
+}
+
+/// Backward of [`maxpool_2x2`] for one plane: dx (H, W) from dy and argmax (OH, OW).
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
+fn maxpool_2x2_backward(g: &Pool2dGeom, dy: &[f32], argmax: &[u32], dx: &mut [f32], base: u32) {
+    let (oh, ow, w) = (g.out_h(), g.out_w(), g.w);
+    if g.h % 2 == 1 || w % 2 == 1 {
+        dx.fill(0.0); // the last row / column belongs to no window
+    }
+    for oy in 0..oh {
+        let (top, bottom) = dx[2 * oy * w..(2 * oy + 2) * w].split_at_mut(w);
+        let row0 = base + (2 * oy * w) as u32;
+        for ox in 0..ow {
+            let (d, a) = (dy[oy * ow + ox], argmax[oy * ow + ox]);
+            let i0 = row0 + 2 * ox as u32;
+            top[2 * ox] = if a == i0 { d } else { 0.0 };
+            top[2 * ox + 1] = if a == i0 + 1 { d } else { 0.0 };
+            bottom[2 * ox] = if a == i0 + w as u32 { d } else { 0.0 };
+            bottom[2 * ox + 1] = if a == i0 + w as u32 + 1 { d } else { 0.0 };
         }
     }
 }
@@ -359,16 +385,25 @@ impl Backend for CpuBackend {
         let (x, w, bias, y) = (s(x), s(w), s(bias), sm(y));
         let ohw = g.out_h() * g.out_w();
         let pl = g.patch_len();
-        // y_n (C_out, OH*OW) = W (C_out, C_in*K*K) . cols_n (C_in*K*K, OH*OW) + b
-        let per_sample = Gemm::new(g.c_out, ohw, pl);
+        let (x_n, y_n) = (g.c_in * g.h * g.w, g.c_out * ohw);
+        // Groups of SUB samples: one GEMM per group (wide enough to run at speed)
+        // yt (C_out, SUB*OH*OW) = W (C_out, C_in*K*K) . cols (C_in*K*K, SUB*OH*OW),
+        // then each (sample, channel) row lands in y (N, C_out, OH, OW) with its bias.
         self.pool.install(|| {
-            y.par_chunks_mut(g.c_out * ohw).zip(x.par_chunks(g.c_in * g.h * g.w)).for_each(|(yn, xn)| {
-                for (co, row) in yn.chunks_exact_mut(ohw).enumerate() {
-                    row.fill(bias[co]);
-                }
-                with_cols(pl * ohw, |cols| {
-                    im2col(g, xn, cols);
-                    sgemm(&per_sample, w, cols, yn, true);
+            y.par_chunks_mut(SUB * y_n).zip(x.par_chunks(SUB * x_n)).for_each(|(yc, xc)| {
+                let ncols = (xc.len() / x_n) * ohw;
+                with_cols(pl * ncols + g.c_out * ncols, |scratch| {
+                    let (cols, yt) = scratch.split_at_mut(pl * ncols);
+                    for (i, xn) in xc.chunks_exact(x_n).enumerate() {
+                        im2col(g, xn, cols, ncols, i * ohw);
+                    }
+                    sgemm(&Gemm::new(g.c_out, ncols, pl), w, cols, yt, false);
+                    for (i, yn) in yc.chunks_exact_mut(y_n).enumerate() {
+                        for (co, row) in yn.chunks_exact_mut(ohw).enumerate() {
+                            let src = &yt[co * ncols + i * ohw..co * ncols + (i + 1) * ohw];
+                            row.iter_mut().zip(src).for_each(|(o, v)| *o = v + bias[co]);
+                        }
+                    }
                 });
             })
         });
@@ -423,28 +458,40 @@ impl Backend for CpuBackend {
             };
             tasks.push((&x[lo * x_n..hi * x_n], &dy[lo * y_n..hi * y_n], dx_chunk, part));
         }
-        // dW (C_out, C_in*K*K) += dy_n (C_out, OH*OW) . cols_n^T
-        let dw_gemm = Gemm::new(g.c_out, pl, ohw).trans_b();
-        // dcols (C_in*K*K, OH*OW) = W^T . dy_n
-        let dcols_gemm = Gemm::new(pl, ohw, g.c_out).trans_a();
         self.pool.install(|| {
             tasks.into_par_iter().for_each(|(xc, dyc, mut dxc, part)| {
                 part.fill(0.0);
                 let (pdw, pdb) = part.split_at_mut(wl);
-                with_cols(2 * pl * ohw, |scratch| {
-                    let (cols, dcols) = scratch.split_at_mut(pl * ohw);
-                    for (i, (xn, dyn_)) in xc.chunks_exact(x_n).zip(dyc.chunks_exact(y_n)).enumerate() {
-                        im2col(g, xn, cols);
-                        sgemm(&dw_gemm, dyn_, cols, pdw, true);
-                        for (co, row) in dyn_.chunks_exact(ohw).enumerate() {
+                // Groups of SUB samples, as in the forward pass.
+                for (s_i, (xs, dys)) in xc.chunks(SUB * x_n).zip(dyc.chunks(SUB * y_n)).enumerate() {
+                    let ncols = (xs.len() / x_n) * ohw;
+                    with_cols(2 * pl * ncols + g.c_out * ncols, |scratch| {
+                        let (cols, rest) = scratch.split_at_mut(pl * ncols);
+                        let (dcols, dyt) = rest.split_at_mut(pl * ncols);
+                        // dyt (C_out, SUB*OH*OW) from dy (SUB, C_out, OH*OW)
+                        for (i, dyn_) in dys.chunks_exact(y_n).enumerate() {
+                            for (co, row) in dyn_.chunks_exact(ohw).enumerate() {
+                                dyt[co * ncols + i * ohw..co * ncols + (i + 1) * ohw].copy_from_slice(row);
+                            }
+                        }
+                        for (i, xn) in xs.chunks_exact(x_n).enumerate() {
+                            im2col(g, xn, cols, ncols, i * ohw);
+                        }
+                        // dW (C_out, C_in*K*K) += dyt . cols^T; db += row sums of dyt
+                        sgemm(&Gemm::new(g.c_out, pl, ncols).trans_b(), dyt, cols, pdw, true);
+                        for (co, row) in dyt.chunks_exact(ncols).enumerate() {
                             pdb[co] += sum(row);
                         }
                         if let Some(dxc) = dxc.as_deref_mut() {
-                            sgemm(&dcols_gemm, w, dyn_, dcols, false);
-                            col2im(g, dcols, &mut dxc[i * x_n..(i + 1) * x_n]);
+                            // dcols (C_in*K*K, SUB*OH*OW) = W^T . dyt, scattered back per sample
+                            sgemm(&Gemm::new(pl, ncols, g.c_out).trans_a(), w, dyt, dcols, false);
+                            let dxs = &mut dxc[s_i * SUB * x_n..];
+                            for (i, dxn) in dxs.chunks_exact_mut(x_n).take(ncols / ohw).enumerate() {
+                                col2im(g, dcols, ncols, i * ohw, dxn);
+                            }
                         }
-                    }
-                });
+                    });
+                }
             })
         });
         dw.fill(0.0);
@@ -496,6 +543,16 @@ impl Backend for CpuBackend {
         check_len("maxpool2d_backward", "dx", g.x_len(), dx.len)?;
         let (dy, argmax, dx) = (s(dy), s(argmax), sm(dx));
         let (ohw, hw) = (g.out_h() * g.out_w(), g.h * g.w);
+        if (g.k, g.stride, g.pad) == (2, 2, 0) {
+            // Windows do not overlap: every input gets its window's gradient or 0,
+            // written once (no zero fill, no scatter).
+            self.pool.install(|| {
+                dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
+                    maxpool_2x2_backward(g, &dy[p * ohw..(p + 1) * ohw], &argmax[p * ohw..(p + 1) * ohw], dxp, (p * hw) as u32)
+                })
+            });
+            return Ok(());
+        }
         self.pool.install(|| {
             dx.par_chunks_mut(hw).enumerate().for_each(|(p, dxp)| {
                 dxp.fill(0.0);
@@ -559,6 +616,18 @@ impl Backend for CpuBackend {
         check_len("gather_batch", "indices", spec.n, indices.len)?;
         check_len("gather_batch", "x", spec.n * spec.sample_len, x.len)?;
         check_len("gather_batch", "y", spec.n, y.len)?;
-        reference::gather_batch(spec, s(images), s(labels), s(indices), sm(x), sm(y))
+        let (images, labels, indices, x, y) = (s(images), s(labels), s(indices), sm(x), sm(y));
+        if let Some(&bad) = indices.iter().find(|&&i| i as usize >= labels.len()) {
+            return Err(Error::shape("gather_batch", "index", format!("< {} (dataset size)", labels.len()), bad));
+        }
+        // Groups of samples in parallel, each group by the reference code.
+        let group = 16;
+        let one = Gather { n: group, ..*spec };
+        self.pool.install(|| {
+            x.par_chunks_mut(group * spec.sample_len)
+                .zip(y.par_chunks_mut(group))
+                .zip(indices.par_chunks(group))
+                .try_for_each(|((xg, yg), ig)| reference::gather_batch(&Gather { n: ig.len(), ..one }, images, labels, ig, xg, yg))
+        })
     }
 }
