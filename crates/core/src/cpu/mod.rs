@@ -103,6 +103,14 @@ fn sgemm_rows(g: &Gemm, a: &[f32], b: &[f32], c: &mut [f32], rows: std::ops::Ran
     }
 }
 
+/// For stride 1: the outputs `lo..hi` whose input column `ox + kx - pad` is
+/// inside the image (the others read padding).
+fn unit_stride_range(g: &Conv2dGeom, kx: usize, ow: usize) -> (usize, usize) {
+    let lo = g.pad.saturating_sub(kx).min(ow);
+    let hi = (g.w + g.pad).saturating_sub(kx).clamp(lo, ow);
+    (lo, hi)
+}
+
 /// Columns `col0 .. col0 + OH*OW` of cols (C_in*K*K, ld) from one image x_n (C_in, H, W).
 #[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512vl+avx2+fma", "x86_64+avx2+fma", "aarch64+neon"))]
 fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32], ld: usize, col0: usize) {
@@ -121,6 +129,14 @@ fn im2col(g: &Conv2dGeom, x: &[f32], cols: &mut [f32], ld: usize, col0: usize) {
                         continue;
                     }
                     let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if g.stride == 1 {
+                        // ix = ox + kx - pad: one contiguous copy between zero edges.
+                        let (lo, hi) = unit_stride_range(g, kx, ow);
+                        out[..lo].fill(0.0);
+                        out[lo..hi].copy_from_slice(&src[lo + kx - g.pad..hi + kx - g.pad]);
+                        out[hi..].fill(0.0);
+                        continue;
+                    }
                     for (ox, o) in out.iter_mut().enumerate() {
                         let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                         *o = if ix < 0 || ix >= g.w as isize { 0.0 } else { src[ix as usize] };
@@ -150,6 +166,12 @@ fn col2im(g: &Conv2dGeom, cols: &[f32], ld: usize, col0: usize, dx: &mut [f32]) 
                         continue;
                     }
                     let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if g.stride == 1 {
+                        let (lo, hi) = unit_stride_range(g, kx, ow);
+                        let d = &mut dst[lo + kx - g.pad..hi + kx - g.pad];
+                        d.iter_mut().zip(&src[oy * ow + lo..oy * ow + hi]).for_each(|(d, v)| *d += v);
+                        continue;
+                    }
                     for ox in 0..ow {
                         let ix = (ox * g.stride + kx) as isize - g.pad as isize;
                         if ix >= 0 && ix < g.w as isize {
@@ -170,21 +192,28 @@ fn col2im(g: &Conv2dGeom, cols: &[f32], ld: usize, col0: usize, dx: &mut [f32]) 
 fn maxpool_2x2(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut [u32], base: u32) {
     let (oh, ow, w) = (g.out_h(), g.out_w(), g.w);
     for oy in 0..oh {
-        let top = &x[2 * oy * w..2 * oy * w + 2 * ow];
-        let bottom = &x[(2 * oy + 1) * w..(2 * oy + 1) * w + 2 * ow];
-        let (yr, ar) = (&mut y[oy * ow..(oy + 1) * ow], &mut argmax[oy * ow..(oy + 1) * ow]);
-        let row0 = (base as usize + 2 * oy * w) as u32;
-        for (ox, ((t, b), (yo, ao))) in top.chunks_exact(2).zip(bottom.chunks_exact(2)).zip(yr.iter_mut().zip(ar.iter_mut())).enumerate() {
+        let top = &x[2 * oy * w..][..2 * ow];
+        let bottom = &x[(2 * oy + 1) * w..][..2 * ow];
+        let yr = &mut y[oy * ow..][..ow];
+        let ar = &mut argmax[oy * ow..][..ow];
+        let row0 = base + (2 * oy * w) as u32;
+        for ox in 0..ow {
+            let (t0, t1, b0, b1) = (top[2 * ox], top[2 * ox + 1], bottom[2 * ox], bottom[2 * ox + 1]);
             let i0 = row0 + 2 * ox as u32;
-            let (mut best, mut at) = (t[0], i0);
-            for (v, i) in [(t[1], i0 + 1), (b[0], i0 + w as u32), (b[1], i0 + w as u32 + 1)] {
-                let take = v > best;
-                best = if take { v } else { best };
-                at = if take { i } else { at };
-            }
+            let mut best = t0;
+            let mut at = i0;
+            let take = t1 > best;
+            best = if take { t1 } else { best };
+            at = if take { i0 + 1 } else { at };
+            let take = b0 > best;
+            best = if take { b0 } else { best };
+            at = if take { i0 + w as u32 } else { at };
+            let take = b1 > best;
+            best = if take { b1 } else { best };
+            at = if take { i0 + w as u32 + 1 } else { at };
             let clamp = g.relu && (best.is_nan() || best <= 0.0);
-            *yo = if clamp { 0.0 } else { best };
-            *ao = if clamp { NO_ARGMAX } else { at };
+            yr[ox] = if clamp { 0.0 } else { best };
+            ar[ox] = if clamp { NO_ARGMAX } else { at };
         }
     }
 }
