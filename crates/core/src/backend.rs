@@ -399,3 +399,81 @@ pub trait Backend: Send + Sync + Sized + 'static {
         y: ViewMut<'_, Self, u32>,
     ) -> Result<()>;
 }
+
+/// Argument checks shared by every backend: each op validates its geometry
+/// and the length of every window the same way, so a mismatch is the same
+/// [`Error::Shape`] on every device.
+pub mod checks {
+    use super::{Conv2dGeom, Gather, Pool2dGeom};
+    use crate::error::{check_len, Error, Result};
+
+    pub fn conv2d_forward(g: &Conv2dGeom, x: usize, w: usize, bias: usize, y: usize) -> Result<()> {
+        g.validate()?;
+        check_len("conv2d_forward", "x", g.x_len(), x)?;
+        check_len("conv2d_forward", "weight", g.w_len(), w)?;
+        check_len("conv2d_forward", "bias", g.c_out, bias)?;
+        check_len("conv2d_forward", "y", g.y_len(), y)
+    }
+
+    pub fn conv2d_backward(g: &Conv2dGeom, x: usize, w: usize, dy: usize, dx: Option<usize>, dparams: usize) -> Result<()> {
+        g.validate()?;
+        check_len("conv2d_backward", "x", g.x_len(), x)?;
+        check_len("conv2d_backward", "weight", g.w_len(), w)?;
+        check_len("conv2d_backward", "dy", g.y_len(), dy)?;
+        check_len("conv2d_backward", "dweight+dbias", g.w_len() + g.c_out, dparams)?;
+        dx.map_or(Ok(()), |dx| check_len("conv2d_backward", "dx", g.x_len(), dx))
+    }
+
+    pub fn maxpool2d_forward(g: &Pool2dGeom, x: usize, y: usize, argmax: usize) -> Result<()> {
+        g.validate()?;
+        check_len("maxpool2d_forward", "x", g.x_len(), x)?;
+        check_len("maxpool2d_forward", "y", g.y_len(), y)?;
+        check_len("maxpool2d_forward", "argmax", g.y_len(), argmax)
+    }
+
+    pub fn maxpool2d_backward(g: &Pool2dGeom, dy: usize, argmax: usize, dx: usize) -> Result<()> {
+        g.validate()?;
+        check_len("maxpool2d_backward", "dy", g.y_len(), dy)?;
+        check_len("maxpool2d_backward", "argmax", g.y_len(), argmax)?;
+        check_len("maxpool2d_backward", "dx", g.x_len(), dx)
+    }
+
+    pub fn softmax_cross_entropy(
+        n: usize,
+        classes: usize,
+        logits: usize,
+        labels: usize,
+        dlogits: Option<usize>,
+        stats: usize,
+    ) -> Result<()> {
+        if classes == 0 {
+            return Err(Error::shape("softmax_cross_entropy", "classes", ">= 1", 0));
+        }
+        check_len("softmax_cross_entropy", "logits", n * classes, logits)?;
+        check_len("softmax_cross_entropy", "labels", n, labels)?;
+        check_len("softmax_cross_entropy", "stats", 2, stats)?;
+        dlogits.map_or(Ok(()), |d| check_len("softmax_cross_entropy", "dlogits", n * classes, d))
+    }
+
+    pub fn sgd_step(params: usize, grads: usize, velocity: usize) -> Result<()> {
+        check_len("sgd_step", "grads", params, grads)?;
+        check_len("sgd_step", "velocity", params, velocity)
+    }
+
+    pub fn gather_batch(spec: &Gather, images: usize, labels: usize, indices: usize, x: usize, y: usize) -> Result<()> {
+        check_len("gather_batch", "images", labels * spec.sample_len, images)?;
+        check_len("gather_batch", "indices", spec.n, indices)?;
+        check_len("gather_batch", "x", spec.n * spec.sample_len, x)?;
+        check_len("gather_batch", "y", spec.n, y)
+    }
+
+    pub fn bias_grad(rows: usize, cols: usize, dy: usize, db: usize) -> Result<()> {
+        check_len("bias_grad", "dy", rows * cols, dy)?;
+        check_len("bias_grad", "db", cols, db)
+    }
+
+    pub fn relu_backward(y: usize, dy: usize, dx: usize) -> Result<()> {
+        check_len("relu_backward", "dy", y, dy)?;
+        check_len("relu_backward", "dx", y, dx)
+    }
+}

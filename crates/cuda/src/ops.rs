@@ -5,7 +5,7 @@
 use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use rr_core::backend::{Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep};
+use rr_core::backend::{checks, Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep};
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
@@ -283,8 +283,7 @@ impl Backend for CudaBackend {
     }
 
     fn bias_grad(&self, rows: usize, cols: usize, dy: View<'_, Self, f32>, db: ViewMut<'_, Self, f32>) -> Result<()> {
-        check_len("bias_grad", "dy", rows * cols, dy.len)?;
-        check_len("bias_grad", "db", cols, db.len)?;
+        checks::bias_grad(rows, cols, dy.len, db.len)?;
         let warps = BLOCK / 32;
         let cfg = LaunchConfig { grid_dim: ((cols as u32).div_ceil(warps).max(1), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(self, column_sums, cfg, ptr(&dy), ptr_mut(&db), i32c(rows)?, i32c(cols)?)
@@ -296,8 +295,7 @@ impl Backend for CudaBackend {
     }
 
     fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
-        check_len("relu_backward", "dy", y.len, dy.len)?;
-        check_len("relu_backward", "dx", y.len, dx.len)?;
+        checks::relu_backward(y.len, dy.len, dx.len)?;
         launch!(self, relu_backward, self.cfg(y.len), ptr(&y), ptr(&dy), ptr_mut(&dx), i32c(y.len)?)
     }
 
@@ -309,11 +307,7 @@ impl Backend for CudaBackend {
         bias: View<'_, Self, f32>,
         y: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        g.validate()?;
-        check_len("conv2d_forward", "x", g.x_len(), x.len)?;
-        check_len("conv2d_forward", "weight", g.w_len(), w.len)?;
-        check_len("conv2d_forward", "bias", g.c_out, bias.len)?;
-        check_len("conv2d_forward", "y", g.y_len(), y.len)?;
+        checks::conv2d_forward(g, x.len, w.len, bias.len, y.len)?;
         if g.n == 0 {
             return Ok(());
         }
@@ -337,14 +331,7 @@ impl Backend for CudaBackend {
         dx: Option<ViewMut<'_, Self, f32>>,
         dparams: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        g.validate()?;
-        check_len("conv2d_backward", "x", g.x_len(), x.len)?;
-        check_len("conv2d_backward", "weight", g.w_len(), w.len)?;
-        check_len("conv2d_backward", "dy", g.y_len(), dy.len)?;
-        check_len("conv2d_backward", "dweight+dbias", g.w_len() + g.c_out, dparams.len)?;
-        if let Some(dx) = &dx {
-            check_len("conv2d_backward", "dx", g.x_len(), dx.len)?;
-        }
+        checks::conv2d_backward(g, x.len, w.len, dy.len, dx.as_ref().map(|d| d.len), dparams.len)?;
         let (oh, ow) = (g.out_h(), g.out_w());
         let ohw = oh * ow;
         if g.n == 0 || ohw == 0 {
@@ -390,10 +377,7 @@ impl Backend for CudaBackend {
         y: ViewMut<'_, Self, f32>,
         argmax: ViewMut<'_, Self, u32>,
     ) -> Result<()> {
-        g.validate()?;
-        check_len("maxpool2d_forward", "x", g.x_len(), x.len)?;
-        check_len("maxpool2d_forward", "y", g.y_len(), y.len)?;
-        check_len("maxpool2d_forward", "argmax", g.y_len(), argmax.len)?;
+        checks::maxpool2d_forward(g, x.len, y.len, argmax.len)?;
         launch!(
             self,
             maxpool_forward,
@@ -420,10 +404,7 @@ impl Backend for CudaBackend {
         argmax: View<'_, Self, u32>,
         dx: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        g.validate()?;
-        check_len("maxpool2d_backward", "dy", g.y_len(), dy.len)?;
-        check_len("maxpool2d_backward", "argmax", g.y_len(), argmax.len)?;
-        check_len("maxpool2d_backward", "dx", g.x_len(), dx.len)?;
+        checks::maxpool2d_backward(g, dy.len, argmax.len, dx.len)?;
         let dxp = ptr_mut(&dx);
         launch!(self, fill, self.cfg(g.x_len()), dxp, i32c(g.x_len())?, 0.0f32)?;
         launch!(self, maxpool_backward, self.cfg(g.y_len()), ptr(&dy), ptr(&argmax), dxp, i32c(g.y_len())?, i32c(g.x_len())?)
@@ -439,15 +420,7 @@ impl Backend for CudaBackend {
         dlogits: Option<ViewMut<'_, Self, f32>>,
         stats: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        check_len("softmax_cross_entropy", "logits", n * classes, logits.len)?;
-        check_len("softmax_cross_entropy", "labels", n, labels.len)?;
-        check_len("softmax_cross_entropy", "stats", 2, stats.len)?;
-        if let Some(d) = &dlogits {
-            check_len("softmax_cross_entropy", "dlogits", n * classes, d.len)?;
-        }
-        if classes == 0 {
-            return Err(Error::shape("softmax_cross_entropy", "classes", ">= 1", 0));
-        }
+        checks::softmax_cross_entropy(n, classes, logits.len, labels.len, dlogits.as_ref().map(|d| d.len), stats.len)?;
         if n == 0 {
             return Ok(());
         }
@@ -475,8 +448,7 @@ impl Backend for CudaBackend {
         grads: View<'_, Self, f32>,
         velocity: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        check_len("sgd_step", "grads", params.len, grads.len)?;
-        check_len("sgd_step", "velocity", params.len, velocity.len)?;
+        checks::sgd_step(params.len, grads.len, velocity.len)?;
         launch!(
             self,
             sgd_step,
@@ -500,10 +472,7 @@ impl Backend for CudaBackend {
         x: ViewMut<'_, Self, f32>,
         y: ViewMut<'_, Self, u32>,
     ) -> Result<()> {
-        check_len("gather_batch", "images", labels.len * spec.sample_len, images.len)?;
-        check_len("gather_batch", "indices", spec.n, indices.len)?;
-        check_len("gather_batch", "x", spec.n * spec.sample_len, x.len)?;
-        check_len("gather_batch", "y", spec.n, y.len)?;
+        checks::gather_batch(spec, images.len, labels.len, indices.len, x.len, y.len)?;
         if spec.n == 0 {
             return Ok(());
         }

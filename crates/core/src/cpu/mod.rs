@@ -6,7 +6,7 @@
 //! col2im, pooling) get the same through `multiversion`, since the default
 //! build target is baseline x86-64.
 
-use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut, NO_ARGMAX};
+use crate::backend::{checks, Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut, NO_ARGMAX};
 use crate::error::{check_len, Error, Result};
 use crate::reference;
 use gemm::Parallelism;
@@ -366,8 +366,7 @@ impl Backend for CpuBackend {
     }
 
     fn bias_grad(&self, rows: usize, cols: usize, dy: View<'_, Self, f32>, db: ViewMut<'_, Self, f32>) -> Result<()> {
-        check_len("bias_grad", "dy", rows * cols, dy.len)?;
-        check_len("bias_grad", "db", cols, db.len)?;
+        checks::bias_grad(rows, cols, dy.len, db.len)?;
         let (dy, db) = (s(dy), sm(db));
         db.fill(0.0);
         for row in dy.chunks_exact(cols) {
@@ -384,8 +383,7 @@ impl Backend for CpuBackend {
     }
 
     fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
-        check_len("relu_backward", "dy", y.len, dy.len)?;
-        check_len("relu_backward", "dx", y.len, dx.len)?;
+        checks::relu_backward(y.len, dy.len, dx.len)?;
         let (y, dy, dx) = (s(y), s(dy), sm(dx));
         self.pool.install(|| {
             dx.par_chunks_mut(1 << 14)
@@ -403,11 +401,7 @@ impl Backend for CpuBackend {
         bias: View<'_, Self, f32>,
         y: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        g.validate()?;
-        check_len("conv2d_forward", "x", g.x_len(), x.len)?;
-        check_len("conv2d_forward", "weight", g.w_len(), w.len)?;
-        check_len("conv2d_forward", "bias", g.c_out, bias.len)?;
-        check_len("conv2d_forward", "y", g.y_len(), y.len)?;
+        checks::conv2d_forward(g, x.len, w.len, bias.len, y.len)?;
         if g.n == 0 {
             return Ok(());
         }
@@ -448,14 +442,7 @@ impl Backend for CpuBackend {
         dx: Option<ViewMut<'_, Self, f32>>,
         dparams: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        g.validate()?;
-        check_len("conv2d_backward", "x", g.x_len(), x.len)?;
-        check_len("conv2d_backward", "weight", g.w_len(), w.len)?;
-        check_len("conv2d_backward", "dy", g.y_len(), dy.len)?;
-        check_len("conv2d_backward", "dweight+dbias", g.w_len() + g.c_out, dparams.len)?;
-        if let Some(dx) = &dx {
-            check_len("conv2d_backward", "dx", g.x_len(), dx.len)?;
-        }
+        checks::conv2d_backward(g, x.len, w.len, dy.len, dx.as_ref().map(|d| d.len), dparams.len)?;
         let (x, w, dy) = (s(x), s(w), s(dy));
         let (dw, db) = sm(dparams).split_at_mut(g.w_len());
         let dx = dx.map(sm);
@@ -539,10 +526,7 @@ impl Backend for CpuBackend {
         y: ViewMut<'_, Self, f32>,
         argmax: ViewMut<'_, Self, u32>,
     ) -> Result<()> {
-        g.validate()?;
-        check_len("maxpool2d_forward", "x", g.x_len(), x.len)?;
-        check_len("maxpool2d_forward", "y", g.y_len(), y.len)?;
-        check_len("maxpool2d_forward", "argmax", g.y_len(), argmax.len)?;
+        checks::maxpool2d_forward(g, x.len, y.len, argmax.len)?;
         let (x, y, argmax) = (s(x), sm(y), sm(argmax));
         let (ohw, hw) = (g.out_h() * g.out_w(), g.h * g.w);
         let plane_geom = Pool2dGeom { n: 1, c: 1, ..*g };
@@ -566,10 +550,7 @@ impl Backend for CpuBackend {
         argmax: View<'_, Self, u32>,
         dx: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        g.validate()?;
-        check_len("maxpool2d_backward", "dy", g.y_len(), dy.len)?;
-        check_len("maxpool2d_backward", "argmax", g.y_len(), argmax.len)?;
-        check_len("maxpool2d_backward", "dx", g.x_len(), dx.len)?;
+        checks::maxpool2d_backward(g, dy.len, argmax.len, dx.len)?;
         let (dy, argmax, dx) = (s(dy), s(argmax), sm(dx));
         let (ohw, hw) = (g.out_h() * g.out_w(), g.h * g.w);
         if (g.k, g.stride, g.pad) == (2, 2, 0) {
@@ -607,15 +588,7 @@ impl Backend for CpuBackend {
         dlogits: Option<ViewMut<'_, Self, f32>>,
         stats: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        check_len("softmax_cross_entropy", "logits", n * classes, logits.len)?;
-        check_len("softmax_cross_entropy", "labels", n, labels.len)?;
-        check_len("softmax_cross_entropy", "stats", 2, stats.len)?;
-        if let Some(d) = &dlogits {
-            check_len("softmax_cross_entropy", "dlogits", n * classes, d.len)?;
-        }
-        if classes == 0 {
-            return Err(Error::shape("softmax_cross_entropy", "classes", ">= 1", 0));
-        }
+        checks::softmax_cross_entropy(n, classes, logits.len, labels.len, dlogits.as_ref().map(|d| d.len), stats.len)?;
         reference::softmax_cross_entropy(n, classes, s(logits), s(labels), grad_scale, dlogits.map(sm), sm(stats))
     }
 
@@ -626,8 +599,7 @@ impl Backend for CpuBackend {
         grads: View<'_, Self, f32>,
         velocity: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        check_len("sgd_step", "grads", params.len, grads.len)?;
-        check_len("sgd_step", "velocity", params.len, velocity.len)?;
+        checks::sgd_step(params.len, grads.len, velocity.len)?;
         reference::sgd_step(step, sm(params), s(grads), sm(velocity));
         Ok(())
     }
@@ -641,10 +613,7 @@ impl Backend for CpuBackend {
         x: ViewMut<'_, Self, f32>,
         y: ViewMut<'_, Self, u32>,
     ) -> Result<()> {
-        check_len("gather_batch", "images", labels.len * spec.sample_len, images.len)?;
-        check_len("gather_batch", "indices", spec.n, indices.len)?;
-        check_len("gather_batch", "x", spec.n * spec.sample_len, x.len)?;
-        check_len("gather_batch", "y", spec.n, y.len)?;
+        checks::gather_batch(spec, images.len, labels.len, indices.len, x.len, y.len)?;
         let (images, labels, indices, x, y) = (s(images), s(labels), s(indices), sm(x), sm(y));
         if let Some(&bad) = indices.iter().find(|&&i| i as usize >= labels.len()) {
             return Err(Error::shape("gather_batch", "index", format!("< {} (dataset size)", labels.len()), bad));
