@@ -4,8 +4,8 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rr_core::checkpoint;
 use rr_core::data::Mnist;
-use rr_core::model::{Model, ModelConfig};
-use rr_core::optim::SgdConfig;
+use rr_core::model::{Init, Model, ModelConfig};
+use rr_core::optim::{OptimizerConfig, OptimizerKind, Schedule, ScheduleConfig};
 use rr_core::train::{evaluate, DeviceDataset, TrainConfig, Trainer};
 use rr_core::Backend;
 use std::io::Write;
@@ -35,6 +35,14 @@ impl DatasetArg {
     }
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScheduleArg {
+    Constant,
+    Step,
+    Cosine,
+    Onecycle,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
     /// Architecture
@@ -46,20 +54,60 @@ pub struct TrainArgs {
     /// Layer sizes of the MLP, input and output included
     #[arg(long, value_delimiter = ',', default_value = "784,256,128,10")]
     mlp_sizes: Vec<usize>,
+    /// Epochs in all (with --resume: the new total)
     #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
     #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     batch_size: usize,
-    /// Learning rate
-    #[arg(long, default_value_t = TrainConfig::default().sgd.lr)]
+    /// Optimizer
+    #[arg(long, value_enum, default_value = "sgd")]
+    optimizer: OptimizerArg,
+    /// Base learning rate
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.lr)]
     lr: f32,
-    #[arg(long, default_value_t = TrainConfig::default().sgd.momentum)]
+    /// SGD momentum
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.momentum)]
     momentum: f32,
-    #[arg(long, default_value_t = TrainConfig::default().sgd.weight_decay)]
+    /// Nesterov momentum (SGD)
+    #[arg(long)]
+    nesterov: bool,
+    /// L2 weight decay (decoupled for adamw)
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.weight_decay)]
     weight_decay: f32,
+    /// Adam's beta1
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.beta1)]
+    beta1: f32,
+    /// Adam's beta2
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.beta2)]
+    beta2: f32,
+    /// Adam's epsilon
+    #[arg(long, default_value_t = TrainConfig::default().optimizer.eps)]
+    eps: f32,
+    /// Learning-rate schedule over the epochs
+    #[arg(long, value_enum, default_value = "constant")]
+    schedule: ScheduleArg,
+    /// Step schedule: epochs after which the rate is multiplied by --gamma
+    #[arg(long, value_delimiter = ',', default_value = "3,4")]
+    milestones: Vec<usize>,
+    /// Step schedule: the factor at each milestone
+    #[arg(long, default_value_t = 0.1)]
+    gamma: f32,
+    /// One-cycle schedule: share of training spent warming up to the base rate
+    #[arg(long, default_value_t = 0.3)]
+    pct_start: f32,
+    /// Linear warm-up from 0 over this many epochs (any schedule)
+    #[arg(long, default_value_t = 0.0)]
+    warmup_epochs: f32,
+    /// Parameter initialization
+    #[arg(long, value_enum, default_value = "pytorch")]
+    init: InitArg,
     /// Seed for initialization and shuffling: the same seed gives the same run
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
+    /// Continue a run from its checkpoint (RUN/model.safetensors, with RUN/train_state.safetensors
+    /// beside it) with its saved settings, up to --epochs in all; outputs go to the same folder
+    #[arg(long)]
+    resume: Option<PathBuf>,
     /// Batch size for the test-set evaluation after each epoch
     #[arg(long, default_value_t = 1000)]
     eval_batch_size: usize,
@@ -76,6 +124,20 @@ pub struct TrainArgs {
     common: CommonArgs,
 }
 
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerArg {
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitArg {
+    Pytorch,
+    He,
+    Xavier,
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     device::dispatch(args.common.device, args.common.threads, args.profile, TrainJob(args)).map(|_| ())
 }
@@ -85,28 +147,123 @@ struct TrainJob(TrainArgs);
 /// One row of metrics.csv.
 const CSV_HEADER: &str = "epoch,train_loss,train_acc,test_loss,test_acc,seconds,images_per_sec,lr";
 
+/// The file beside a checkpoint that holds what resuming needs.
+const TRAIN_STATE: &str = "train_state.safetensors";
+
+/// What `--resume` restores.
+struct Resumed {
+    out: PathBuf,
+    model_config: ModelConfig,
+    dataset: String,
+    config: TrainConfig,
+    epochs_done: usize,
+    optimizer_state: Vec<f32>,
+    optimizer_steps: u64,
+    best: f64,
+    checkpoint: PathBuf,
+}
+
+fn read_resume(path: &std::path::Path, epochs: usize) -> Result<Resumed> {
+    let ckpt = checkpoint::load(path)?;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")).to_path_buf();
+    let state_path = dir.join(TRAIN_STATE);
+    let (tensors, meta) =
+        checkpoint::load_tensors(&state_path).with_context(|| format!("--resume needs {} beside the checkpoint", state_path.display()))?;
+    let get = |k: &str| meta.get(k).with_context(|| format!("{}: no `{k}` entry", state_path.display()));
+    let mut config: TrainConfig =
+        serde_json::from_str(get("train_config")?).with_context(|| format!("{}: bad train_config", state_path.display()))?;
+    let epochs_done: usize = get("epoch")?.parse().with_context(|| format!("{}: bad epoch", state_path.display()))?;
+    if epochs <= epochs_done {
+        anyhow::bail!("{} already has {epochs_done} epochs: pass --epochs above that to train more", path.display());
+    }
+    config.epochs = epochs;
+    let optimizer_state = tensors
+        .into_iter()
+        .find(|(n, _, _)| n == "optimizer.state")
+        .map(|(_, _, v)| v)
+        .with_context(|| format!("{}: no optimizer state", state_path.display()))?;
+    Ok(Resumed {
+        out: dir,
+        model_config: ckpt.config,
+        dataset: get("dataset")?.clone(),
+        config,
+        epochs_done,
+        optimizer_state,
+        optimizer_steps: get("optimizer_steps")?.parse().with_context(|| format!("{}: bad optimizer_steps", state_path.display()))?,
+        best: get("best_test_accuracy")?.parse().unwrap_or(0.0),
+        checkpoint: path.to_path_buf(),
+    })
+}
+
+impl TrainArgs {
+    fn train_config(&self) -> TrainConfig {
+        let kind = match self.optimizer {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+            OptimizerArg::Adamw => OptimizerKind::AdamW,
+        };
+        let schedule = match self.schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Step => Schedule::Step { milestones: self.milestones.clone(), gamma: self.gamma },
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::Onecycle => Schedule::OneCycle { pct_start: self.pct_start },
+        };
+        TrainConfig {
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            optimizer: OptimizerConfig {
+                kind,
+                lr: self.lr,
+                momentum: self.momentum,
+                nesterov: self.nesterov,
+                weight_decay: self.weight_decay,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                eps: self.eps,
+            },
+            schedule: ScheduleConfig { schedule, warmup_epochs: self.warmup_epochs },
+            init: match self.init {
+                InitArg::Pytorch => Init::PyTorch,
+                InitArg::He => Init::He,
+                InitArg::Xavier => Init::Xavier,
+            },
+            seed: self.seed,
+        }
+    }
+}
+
 impl WithBackend for TrainJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
-        let model_config = match args.model {
-            ModelArg::Lenet => ModelConfig::Lenet5,
-            ModelArg::Mlp => ModelConfig::Mlp { sizes: args.mlp_sizes.clone() },
-        };
-        let config = TrainConfig {
-            epochs: args.epochs,
-            batch_size: args.batch_size,
-            sgd: SgdConfig { lr: args.lr, momentum: args.momentum, weight_decay: args.weight_decay },
-            seed: args.seed,
+        let resumed = args.resume.as_deref().map(|p| read_resume(p, args.epochs)).transpose()?;
+        let (model_config, dataset, config) = match &resumed {
+            Some(r) => (r.model_config.clone(), r.dataset.clone(), r.config.clone()),
+            None => {
+                let model_config = match args.model {
+                    ModelArg::Lenet => ModelConfig::Lenet5,
+                    ModelArg::Mlp => ModelConfig::Mlp { sizes: args.mlp_sizes.clone() },
+                };
+                (model_config, args.dataset.name().to_string(), args.train_config())
+            }
         };
         config.validate()?;
-        let dataset = args.dataset.name();
+        let dataset = dataset.as_str();
         let data_dir = device::data_dir(&args.common.data_dir, dataset)?;
         let data = Mnist::load(&data_dir)?;
-        let out = make_out_dir(args.out.clone())?;
+        let out = match &resumed {
+            Some(r) => r.out.clone(),
+            None => make_out_dir(args.out.clone())?,
+        };
 
-        let model = Model::new(backend, &model_config, config.seed)?;
+        let mut model = Model::with_init(backend, &model_config, config.seed, config.init)?;
+        if let Some(r) = &resumed {
+            let ckpt = checkpoint::load(&r.checkpoint)?;
+            model.load_state_dict(backend, &ckpt.tensors, &r.checkpoint)?;
+        }
+        let o = &config.optimizer;
         println!(
-            "training {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, lr {}, momentum {}, weight decay {}",
+            "{} {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, {:?} lr {} ({:?}), momentum {}, weight decay {}",
+            if resumed.is_some() { "resuming" } else { "training" },
             model_config.name(),
             model.params.count(),
             backend.name(),
@@ -116,25 +273,43 @@ impl WithBackend for TrainJob {
             if data.verified { " (SHA-256 verified)" } else { "" },
             config.epochs,
             config.batch_size,
-            config.sgd.lr,
-            config.sgd.momentum,
-            config.sgd.weight_decay,
+            o.kind,
+            o.lr,
+            config.schedule.schedule,
+            o.momentum,
+            o.weight_decay,
         );
         let train_set = DeviceDataset::upload(backend, &data.train)?;
         let test_set = DeviceDataset::upload(backend, &data.test)?;
         let mut trainer = Trainer::new(backend, model, config.clone(), train_set.len)?;
         trainer.use_graphs = !args.no_graphs;
+        let (first_epoch, mut best) = match &resumed {
+            Some(r) => {
+                trainer.optimizer.restore(backend, &r.optimizer_state, r.optimizer_steps)?;
+                (r.epochs_done, r.best)
+            }
+            None => (0, -1.0),
+        };
         let mut run = RunStats::default();
 
         let metrics_path = out.join("metrics.csv");
-        let mut csv = std::fs::File::create(&metrics_path).with_context(|| format!("cannot create {}", metrics_path.display()))?;
-        writeln!(csv, "{CSV_HEADER}")?;
+        let mut csv = if resumed.is_some() {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&metrics_path)
+                .with_context(|| format!("cannot append to {}", metrics_path.display()))?
+        } else {
+            let mut f = std::fs::File::create(&metrics_path).with_context(|| format!("cannot create {}", metrics_path.display()))?;
+            writeln!(f, "{CSV_HEADER}")?;
+            f
+        };
         let ckpt_path = out.join("model.safetensors");
+        let best_path = out.join("best.safetensors");
         let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "dataset": dataset, "data_dir": data_dir });
         std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&run_config)?)?;
 
         let steps = trainer.steps_per_epoch(train_set.len);
-        for epoch in 0..config.epochs {
+        for epoch in first_epoch..config.epochs {
             let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}")
@@ -142,17 +317,23 @@ impl WithBackend for TrainJob {
                     .progress_chars("=> "),
             );
             bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
+            let lr = trainer.lr_at(epoch as f64);
             let start = Instant::now();
-            let train = trainer.train_epoch(backend, &train_set, epoch, &mut |done, _| bar.set_position(done as u64))?;
-            let seconds = start.elapsed().as_secs_f64();
+            let train = trainer.train_epoch(backend, &train_set, epoch, &mut |done, _| bar.set_position(done as u64));
             bar.finish_and_clear();
+            let train = train.map_err(|e| {
+                let kept = if epoch > first_epoch || resumed.is_some() {
+                    format!("; the last good checkpoint (epoch {epoch}) is intact: {}", ckpt_path.display())
+                } else {
+                    String::new()
+                };
+                anyhow::anyhow!("{e}{kept}")
+            })?;
+            let seconds = start.elapsed().as_secs_f64();
             run.steps += steps;
             run.images += train.samples;
             run.seconds += seconds;
             let test = evaluate(backend, &mut trainer.model, &test_set, args.eval_batch_size)?;
-            if !train.loss.is_finite() {
-                anyhow::bail!("training diverged in epoch {}: train loss is {} (try a smaller --lr)", epoch + 1, train.loss);
-            }
             let rate = train.samples as f64 / seconds;
             println!(
                 "epoch {:>2}/{}  train_loss {:.4}  train_acc {:6.2}%  test_loss {:.4}  test_acc {:6.2}%  {:6.2}s  {:>9} img/s",
@@ -175,7 +356,7 @@ impl WithBackend for TrainJob {
                 test.accuracy,
                 seconds,
                 rate,
-                trainer.optimizer.config.lr
+                lr
             )?;
             csv.flush()?;
             let meta = [
@@ -186,8 +367,26 @@ impl WithBackend for TrainJob {
                 ("dataset", dataset.to_string()),
             ];
             checkpoint::save(&ckpt_path, backend, &trainer.model, &meta)?;
+            if test.accuracy > best {
+                best = test.accuracy;
+                checkpoint::save(&best_path, backend, &trainer.model, &meta)?;
+            }
+            // What --resume needs: the optimizer state and where training stands.
+            let state = trainer.optimizer.state(backend)?;
+            let state_len = state.len();
+            checkpoint::save_tensors(
+                &out.join(TRAIN_STATE),
+                &[("optimizer.state".to_string(), vec![state_len], state)],
+                &[
+                    ("epoch", (epoch + 1).to_string()),
+                    ("optimizer_steps", trainer.optimizer.steps.to_string()),
+                    ("best_test_accuracy", format!("{best}")),
+                    ("train_config", serde_json::to_string(&config)?),
+                    ("dataset", dataset.to_string()),
+                ],
+            )?;
         }
-        if config.epochs > 0 {
+        if config.epochs > first_epoch {
             let names = crate::infer::class_names(dataset);
             crate::plot::draw_run(backend, &out, &mut trainer.model, &data.test, &names)?;
             println!("wrote {} and {}", out.join("curves.png").display(), out.join("confusion.png").display());
@@ -195,7 +394,7 @@ impl WithBackend for TrainJob {
         if let Some((what, bytes)) = backend.peak_memory() {
             println!("{what}: {:.1} MB", bytes as f64 / 1e6);
         }
-        println!("wrote {} and {}", metrics_path.display(), ckpt_path.display());
+        println!("wrote {} and {} (best: {})", metrics_path.display(), ckpt_path.display(), best_path.display());
         println!("evaluate with: rusty-recognition eval --checkpoint {}", ckpt_path.display());
         Ok(run)
     }

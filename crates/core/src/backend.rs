@@ -240,13 +240,46 @@ impl Pool2dGeom {
     }
 }
 
-/// SGD with momentum and weight decay, PyTorch semantics:
-/// `g += weight_decay * p; v = momentum * v + g; p -= lr * v`.
+/// How [`Backend::optimizer_step`] updates parameters (PyTorch's semantics).
+/// Values that change from step to step (the learning rate, Adam's bias
+/// corrections) are not here but in a small device buffer, see [`Hyper`], so a
+/// recorded step stays valid when they change.
 #[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SgdStep {
+pub enum UpdateRule {
+    /// `g += wd * p; v = momentum * v + g; p -= lr * (nesterov ? g + momentum * v : v)`.
+    /// State: the velocity (one value per parameter).
+    Sgd { momentum: f32, nesterov: bool, weight_decay: f32 },
+    /// Adam (`decoupled: false`: `g += wd * p`) or AdamW (`decoupled: true`:
+    /// `p *= 1 - lr * wd`); `m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+    /// p -= (lr / bc1) m / (sqrt(v) / sqrt(bc2) + eps)`.
+    /// State: m then v (two values per parameter).
+    Adam { beta1: f32, beta2: f32, eps: f32, weight_decay: f32, decoupled: bool },
+}
+
+impl UpdateRule {
+    /// Optimizer state values for `params` parameters.
+    pub fn state_len(&self, params: usize) -> usize {
+        match self {
+            UpdateRule::Sgd { .. } => params,
+            UpdateRule::Adam { .. } => 2 * params,
+        }
+    }
+}
+
+/// The per-step values an optimizer step reads from the device:
+/// `[lr, 1 - beta1^t, 1 - beta2^t]` (the last two only for Adam).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Hyper {
     pub lr: f32,
-    pub momentum: f32,
-    pub weight_decay: f32,
+    pub bias_correction1: f32,
+    pub bias_correction2: f32,
+}
+
+impl Hyper {
+    pub const LEN: usize = 3;
+    pub fn to_array(self) -> [f32; 3] {
+        [self.lr, self.bias_correction1, self.bias_correction2]
+    }
 }
 
 /// Turns u8 images + labels and a list of sample indices into a normalized f32 batch:
@@ -379,13 +412,15 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dlogits: Option<ViewMut<'_, Self, f32>>,
         stats: ViewMut<'_, Self, f32>,
     ) -> Result<()>;
-    /// One SGD step over every parameter at once (see [`SgdStep`]).
-    fn sgd_step(
+    /// One optimizer step over every parameter at once (see [`UpdateRule`]);
+    /// `hyper` holds [`Hyper::to_array`] on the device.
+    fn optimizer_step(
         &self,
-        step: &SgdStep,
+        rule: &UpdateRule,
+        hyper: View<'_, Self, f32>,
         params: ViewMut<'_, Self, f32>,
         grads: View<'_, Self, f32>,
-        velocity: ViewMut<'_, Self, f32>,
+        state: ViewMut<'_, Self, f32>,
     ) -> Result<()>;
     /// See [`Gather`].
     #[allow(clippy::too_many_arguments)]
@@ -455,9 +490,10 @@ pub mod checks {
         dlogits.map_or(Ok(()), |d| check_len("softmax_cross_entropy", "dlogits", n * classes, d))
     }
 
-    pub fn sgd_step(params: usize, grads: usize, velocity: usize) -> Result<()> {
-        check_len("sgd_step", "grads", params, grads)?;
-        check_len("sgd_step", "velocity", params, velocity)
+    pub fn optimizer_step(rule: &super::UpdateRule, hyper: usize, params: usize, grads: usize, state: usize) -> Result<()> {
+        check_len("optimizer_step", "hyper", super::Hyper::LEN, hyper)?;
+        check_len("optimizer_step", "grads", params, grads)?;
+        check_len("optimizer_step", "state", rule.state_len(params), state)
     }
 
     pub fn gather_batch(spec: &Gather, images: usize, labels: usize, indices: usize, x: usize, y: usize) -> Result<()> {

@@ -18,7 +18,7 @@ pub const MODEL_KEY: &str = "model";
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
     pub config: ModelConfig,
-    /// (name, shape, values) in file order.
+    /// (name, shape, values), sorted by name.
     pub tensors: Vec<NamedTensor>,
     /// Every metadata entry, `model` included.
     pub metadata: BTreeMap<String, String>,
@@ -28,11 +28,16 @@ pub struct Checkpoint {
 /// so an interrupted write never leaves a half-written checkpoint). `extra`
 /// metadata (epoch, accuracy, training config...) is stored beside the config.
 pub fn save<B: Backend>(path: &Path, backend: &B, model: &Model<B>, extra: &[(&str, String)]) -> Result<()> {
-    let tensors = model.state_dict(backend)?;
-    let mut metadata: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    metadata.insert("format".into(), "pt".into());
-    metadata.insert(MODEL_KEY.into(), serde_json::to_string(&model.config).expect("config serializes"));
-    metadata.insert("framework".into(), format!("rusty-recognition {}", env!("CARGO_PKG_VERSION")));
+    let mut metadata: Vec<(&str, String)> = extra.to_vec();
+    metadata.push(("format", "pt".into()));
+    metadata.push((MODEL_KEY, serde_json::to_string(&model.config).expect("config serializes")));
+    metadata.push(("framework", format!("rusty-recognition {}", env!("CARGO_PKG_VERSION"))));
+    save_tensors(path, &model.state_dict(backend)?, &metadata)
+}
+
+/// Writes named f32 tensors and string metadata as a safetensors file, atomically.
+pub fn save_tensors(path: &Path, tensors: &[NamedTensor], metadata: &[(&str, String)]) -> Result<()> {
+    let metadata: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice::<f32, u8>(v).to_vec()).collect();
     let views = tensors
         .iter()
@@ -46,6 +51,26 @@ pub fn save<B: Backend>(path: &Path, backend: &B, model: &Model<B>, extra: &[(&s
     let data = safetensors::serialize(views, Some(metadata))
         .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: format!("cannot encode: {e}") })?;
     write_atomic(path, &data)
+}
+
+/// Reads a safetensors file of f32 tensors: (tensors in file order, metadata).
+pub fn load_tensors(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let err = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let metadata: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
+    let mut tensors = Vec::new();
+    for (name, view) in st.iter() {
+        if view.dtype() != Dtype::F32 {
+            return Err(err(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+        }
+        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        tensors.push((name.to_string(), view.shape().to_vec(), values));
+    }
+    // Deterministic order (the format stores tensors by offset, not by name).
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok((tensors, metadata))
 }
 
 /// Writes `data` to `path` through a temporary file in the same folder.
@@ -68,24 +93,13 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// Reads and validates a checkpoint: a well-formed safetensors file whose
 /// tensors are all f32 and whose metadata names a known model.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let (tensors, metadata) = load_tensors(path)?;
     let err = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
-    let metadata: BTreeMap<String, String> = meta.metadata().clone().unwrap_or_default().into_iter().collect();
     let config_json = metadata.get(MODEL_KEY).ok_or_else(|| {
         err(format!("no `{MODEL_KEY}` entry in the metadata: not written by rusty-recognition, so the architecture is unknown"))
     })?;
     let config: ModelConfig = serde_json::from_str(config_json)
         .map_err(|e| err(format!("metadata `{MODEL_KEY}` is not a known model config ({e}): {config_json}")))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
-    let mut tensors = Vec::new();
-    for (name, view) in st.iter() {
-        if view.dtype() != Dtype::F32 {
-            return Err(err(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
-        }
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
-        tensors.push((name.to_string(), view.shape().to_vec(), values));
-    }
     Ok(Checkpoint { config, tensors, metadata })
 }
 

@@ -9,7 +9,7 @@
 //!
 //! Functions panic on failure (they are test bodies).
 
-use crate::backend::{Backend, Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut};
+use crate::backend::{Backend, Conv2dGeom, Gather, Gemm, Hyper, Pool2dGeom, UpdateRule, View, ViewMut};
 use crate::layers::{Conv2d, Ctx, Flatten, Layer, Linear, MaxPool2d, Relu};
 use crate::reference;
 use rand::{RngExt, SeedableRng};
@@ -23,7 +23,7 @@ macro_rules! backend_conformance_tests {
     ($backend:expr, $tol:expr $(, #[$meta:meta])*) => {
         $crate::backend_conformance_tests!(@tests $backend, $tol, [$(#[$meta])*],
             memory, gemm, bias_grad, relu, conv2d_forward, conv2d_backward, maxpool2d,
-            softmax_cross_entropy, sgd_step, gather_batch,
+            softmax_cross_entropy, optimizer_step, gather_batch,
             gradcheck_linear, gradcheck_conv2d, gradcheck_maxpool2d, gradcheck_relu,
             gradcheck_flatten, gradcheck_loss, gradcheck_model);
     };
@@ -299,19 +299,34 @@ pub fn softmax_cross_entropy<B: Backend>(b: &B, tol: f32) {
     }
 }
 
-pub fn sgd_step<B: Backend>(b: &B, tol: f32) {
+pub fn optimizer_step<B: Backend>(b: &B, tol: f32) {
     let mut r = rng(9);
-    for (len, momentum, weight_decay) in [(1, 0.9, 0.0), (1000, 0.0, 0.0), (61_706, 0.9, 5e-4), (4099, 0.5, 0.1)] {
-        let step = SgdStep { lr: 0.05, momentum, weight_decay };
+    let sgd = |momentum, nesterov, weight_decay| UpdateRule::Sgd { momentum, nesterov, weight_decay };
+    let adam = |weight_decay, decoupled| UpdateRule::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay, decoupled };
+    let cases = [
+        (1, sgd(0.9, false, 0.0)),
+        (1000, sgd(0.0, false, 0.0)),
+        (61_706, sgd(0.9, false, 5e-4)),
+        (4099, sgd(0.5, true, 0.1)),
+        (1, adam(0.0, false)),
+        (61_706, adam(1e-2, false)),
+        (4099, adam(1e-2, true)),
+    ];
+    for (len, rule) in cases {
+        // t = 3: Adam's bias corrections 1 - beta^t.
+        let hyper = Hyper { lr: 0.05, bias_correction1: 1.0 - 0.9f32.powi(3), bias_correction2: 1.0 - 0.999f32.powi(3) }.to_array();
         let p = uniform(&mut r, len, -1.0, 1.0);
         let g = uniform(&mut r, len, -1.0, 1.0);
-        let v = uniform(&mut r, len, -1.0, 1.0);
-        let (mut wp, mut wv) = (p.clone(), v.clone());
-        reference::sgd_step(&step, &mut wp, &g, &mut wv);
-        let (mut dp, dg, mut dv) = (b.upload(&p).unwrap(), b.upload(&g).unwrap(), b.upload(&v).unwrap());
-        b.sgd_step(&step, ViewMut::all(&mut dp), View::all(&dg), ViewMut::all(&mut dv)).unwrap();
-        assert_close(&format!("sgd_step params {len}"), &down(b, &dp), &wp, tol);
-        assert_close(&format!("sgd_step velocity {len}"), &down(b, &dv), &wv, tol);
+        let mut st = uniform(&mut r, rule.state_len(len), -1.0, 1.0);
+        if let UpdateRule::Adam { .. } = rule {
+            st[len..].iter_mut().for_each(|v| *v = v.abs()); // second moments are >= 0
+        }
+        let (mut wp, mut wst) = (p.clone(), st.clone());
+        reference::optimizer_step(&rule, &hyper, &mut wp, &g, &mut wst);
+        let (mut dp, dg, mut dst, dh) = (b.upload(&p).unwrap(), b.upload(&g).unwrap(), b.upload(&st).unwrap(), b.upload(&hyper).unwrap());
+        b.optimizer_step(&rule, View::all(&dh), ViewMut::all(&mut dp), View::all(&dg), ViewMut::all(&mut dst)).unwrap();
+        assert_close(&format!("optimizer_step {rule:?} params {len}"), &down(b, &dp), &wp, tol);
+        assert_close(&format!("optimizer_step {rule:?} state {len}"), &down(b, &dst), &wst, tol);
     }
 }
 

@@ -39,6 +39,10 @@ pub enum Error {
     #[error("invalid {what}: {msg}")]
     Config { what: String, msg: String },
 
+    /// Training diverged: the loss became NaN or infinite.
+    #[error("training diverged in epoch {epoch} at step {step}: the loss became {loss} (try a smaller --lr)")]
+    Diverged { epoch: usize, step: usize, loss: f32 },
+
     /// A device (driver, library, kernel launch) failed.
     #[error("{backend} backend: {msg}")]
     Device { backend: &'static str, msg: String },

@@ -84,6 +84,20 @@ pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
 /// A layer with the name its parameters get in the state dict (`None`: no parameters).
 type NamedLayer<B> = (Option<String>, Box<dyn Layer<B>>);
 
+/// How parameters are initialized. Biases are 0 except with `PyTorch`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Init {
+    /// PyTorch's default: weights and biases uniform in ±1/sqrt(fan_in)
+    /// (Kaiming-uniform with a = sqrt(5)).
+    #[default]
+    PyTorch,
+    /// He / Kaiming normal: weights N(0, 2 / fan_in).
+    He,
+    /// Xavier / Glorot uniform: weights uniform in ±sqrt(6 / (fan_in + fan_out)).
+    Xavier,
+}
+
 /// One parameter tensor's place in the [`ParamStore`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamEntry {
@@ -92,6 +106,7 @@ pub struct ParamEntry {
     pub shape: Vec<usize>,
     pub offset: usize,
     pub fan_in: usize,
+    pub fan_out: usize,
 }
 
 impl ParamEntry {
@@ -124,6 +139,13 @@ impl<B: Backend> ParamStore<B> {
     }
 }
 
+/// A standard normal sample (Box-Muller).
+fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
+    let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+    let u2: f32 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
+}
+
 /// Each layer's parameters start on a 64-float (256-byte) boundary.
 const PARAM_ALIGN: usize = 64;
 
@@ -149,6 +171,11 @@ impl<B: Backend> Model<B> {
     /// (weights and biases uniform in ±1/sqrt(fan_in), i.e. Kaiming-uniform
     /// with a = sqrt(5)), from `seed`.
     pub fn new(backend: &B, config: &ModelConfig, seed: u64) -> Result<Self> {
+        Self::with_init(backend, config, seed, Init::PyTorch)
+    }
+
+    /// Builds the model with the given initialization, from `seed`.
+    pub fn with_init(backend: &B, config: &ModelConfig, seed: u64, init: Init) -> Result<Self> {
         let mut named = config.layers::<B>()?;
         let mut shapes = vec![INPUT_SHAPE.to_vec()];
         let mut entries = Vec::new();
@@ -170,6 +197,7 @@ impl<B: Backend> Model<B> {
                     shape: spec.shape.clone(),
                     offset: total,
                     fan_in: spec.fan_in,
+                    fan_out: spec.fan_out,
                 });
                 total += spec.len();
             }
@@ -181,9 +209,22 @@ impl<B: Backend> Model<B> {
         let mut host = vec![0.0f32; total];
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         for e in &entries {
-            let bound = 1.0 / (e.fan_in as f32).sqrt();
-            for v in &mut host[e.offset..e.offset + e.len()] {
-                *v = rng.random_range(-bound..bound);
+            let values = &mut host[e.offset..e.offset + e.len()];
+            let is_bias = e.name.ends_with(".bias");
+            match init {
+                Init::PyTorch => {
+                    let bound = 1.0 / (e.fan_in as f32).sqrt();
+                    values.iter_mut().for_each(|v| *v = rng.random_range(-bound..bound));
+                }
+                _ if is_bias => values.fill(0.0),
+                Init::He => {
+                    let std = (2.0 / e.fan_in as f32).sqrt();
+                    values.iter_mut().for_each(|v| *v = std * standard_normal(&mut rng));
+                }
+                Init::Xavier => {
+                    let bound = (6.0 / (e.fan_in + e.fan_out) as f32).sqrt();
+                    values.iter_mut().for_each(|v| *v = rng.random_range(-bound..bound));
+                }
             }
         }
         let params = ParamStore { data: backend.upload(&host)?, grads: backend.alloc(total)?, entries };

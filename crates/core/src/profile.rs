@@ -2,7 +2,7 @@
 //! wall time on the CPU) and sums the time per op. It records no graphs, so
 //! profiled runs show each op separately.
 
-use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut};
+use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut};
 use crate::error::Result;
 use std::sync::Mutex;
 
@@ -188,14 +188,15 @@ where
             self.inner.softmax_cross_entropy(n, classes, v(logits), v(labels), grad_scale, dlogits.map(vm), vm(stats))
         })
     }
-    fn sgd_step(
+    fn optimizer_step(
         &self,
-        step: &SgdStep,
+        rule: &UpdateRule,
+        hyper: View<'_, Self, f32>,
         params: ViewMut<'_, Self, f32>,
         grads: View<'_, Self, f32>,
-        velocity: ViewMut<'_, Self, f32>,
+        state: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        self.timed("sgd_step", || self.inner.sgd_step(step, vm(params), v(grads), vm(velocity)))
+        self.timed("optimizer_step", || self.inner.optimizer_step(rule, v(hyper), vm(params), v(grads), vm(state)))
     }
     fn gather_batch(
         &self,

@@ -3,7 +3,7 @@
 //! backend uses some of them directly; every fast op, CPU or GPU, is tested
 //! against them (see [`crate::conformance`]). Callers check lengths first.
 
-use crate::backend::{Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep, NO_ARGMAX};
+use crate::backend::{Conv2dGeom, Gather, Gemm, Pool2dGeom, UpdateRule, NO_ARGMAX};
 use crate::error::{Error, Result};
 
 /// C (m, n) = alpha * op(A) op(B) + beta * C + bias.
@@ -204,11 +204,32 @@ pub fn softmax_cross_entropy(
     Ok(())
 }
 
-pub fn sgd_step(s: &SgdStep, p: &mut [f32], g: &[f32], v: &mut [f32]) {
-    for ((p, &g), v) in p.iter_mut().zip(g).zip(v.iter_mut()) {
-        let g = g + s.weight_decay * *p;
-        *v = s.momentum * *v + g;
-        *p -= s.lr * *v;
+/// See [`UpdateRule`]; `hyper` = [lr, 1 - beta1^t, 1 - beta2^t].
+pub fn optimizer_step(rule: &UpdateRule, hyper: &[f32], p: &mut [f32], g: &[f32], state: &mut [f32]) {
+    let lr = hyper[0];
+    match *rule {
+        UpdateRule::Sgd { momentum, nesterov, weight_decay } => {
+            for ((p, &g), v) in p.iter_mut().zip(g).zip(state.iter_mut()) {
+                let g = g + weight_decay * *p;
+                *v = momentum * *v + g;
+                *p -= lr * if nesterov { g + momentum * *v } else { *v };
+            }
+        }
+        UpdateRule::Adam { beta1, beta2, eps, weight_decay, decoupled } => {
+            let (bc1, bc2) = (hyper[1], hyper[2]);
+            let (m, v) = state.split_at_mut(p.len());
+            for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                let g = if decoupled {
+                    *p *= 1.0 - lr * weight_decay;
+                    g
+                } else {
+                    g + weight_decay * *p
+                };
+                *m = beta1 * *m + (1.0 - beta1) * g;
+                *v = beta2 * *v + (1.0 - beta2) * g * g;
+                *p -= (lr / bc1) * *m / (v.sqrt() / bc2.sqrt() + eps);
+            }
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 use crate::backend::{Backend, Gather, View, ViewMut};
 use crate::data::{Dataset, MNIST_MEAN, MNIST_STD};
 use crate::error::{Error, Result};
+use crate::model::Init;
 use crate::model::Model;
-use crate::optim::{Sgd, SgdConfig};
+use crate::optim::{Optimizer, OptimizerConfig, ScheduleConfig};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -16,14 +17,25 @@ use serde::{Deserialize, Serialize};
 pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
-    pub sgd: SgdConfig,
+    pub optimizer: OptimizerConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    #[serde(default)]
+    pub init: Init,
     pub seed: u64,
 }
 
 impl Default for TrainConfig {
     /// The defaults of `rusty-recognition train`: LeNet-5 reaches >= 98.5% in 5 epochs with them.
     fn default() -> Self {
-        TrainConfig { epochs: 5, batch_size: 128, sgd: SgdConfig { lr: 0.02, momentum: 0.9, weight_decay: 0.0 }, seed: 0 }
+        TrainConfig {
+            epochs: 5,
+            batch_size: 128,
+            optimizer: OptimizerConfig::sgd(0.02, 0.9, 0.0),
+            schedule: ScheduleConfig::default(),
+            init: Init::default(),
+            seed: 0,
+        }
     }
 }
 
@@ -32,7 +44,8 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(Error::config("--batch-size", "must be at least 1"));
         }
-        self.sgd.validate()
+        self.schedule.validate()?;
+        self.optimizer.validate()
     }
 }
 
@@ -106,7 +119,7 @@ pub fn epoch_permutation(seed: u64, epoch: usize, len: usize) -> Vec<u32> {
 
 pub struct Trainer<B: Backend> {
     pub model: Model<B>,
-    pub optimizer: Sgd<B>,
+    pub optimizer: Optimizer<B>,
     pub config: TrainConfig,
     batch: Batch<B>,
     /// The current step's sample indices (a window of the permutation is
@@ -114,19 +127,22 @@ pub struct Trainer<B: Backend> {
     batch_indices: B::Buf<u32>,
     dlogits: B::Buf<f32>,
     perm: B::Buf<u32>,
+    /// The running loss sum after each step of the epoch (a device-side copy,
+    /// read only when the loss went non-finite, to name the step).
+    loss_log: B::Buf<f32>,
     /// Record full-size steps once and replay them (where the backend can).
     pub use_graphs: bool,
     graph: Option<(GraphKey, B::Graph)>,
     warmed_up: Option<GraphKey>,
 }
 
-/// What a recorded step depends on: the dataset, the model's buffers and the
-/// optimizer's hyper-parameters (recorded by value).
+/// What a recorded step depends on: the dataset and the model's buffers (the
+/// optimizer's fixed settings belong to the trainer; its per-step values are
+/// read from the device).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct GraphKey {
     dataset: u64,
     model: u64,
-    sgd: [u32; 3],
 }
 
 impl<B: Backend> Trainer<B> {
@@ -134,12 +150,13 @@ impl<B: Backend> Trainer<B> {
         config.validate()?;
         let bs = config.batch_size;
         model.reserve_backward(backend, bs)?;
-        let optimizer = Sgd::new(backend, config.sgd, &model.params)?;
+        let optimizer = Optimizer::new(backend, config.optimizer, &model.params)?;
         Ok(Trainer {
             batch: Batch::new(backend, bs, model.input_len())?,
             batch_indices: backend.alloc(bs)?,
             dlogits: backend.alloc(bs * model.classes())?,
             perm: backend.alloc(train_len)?,
+            loss_log: backend.alloc(train_len.div_ceil(bs).max(1))?,
             model,
             optimizer,
             config,
@@ -189,12 +206,7 @@ impl<B: Backend> Trainer<B> {
     /// the first one runs normally so every lazily grown buffer exists).
     fn full_step(&mut self, backend: &B, data: &DeviceDataset<B>) -> Result<()> {
         let n = self.config.batch_size;
-        let sgd = self.optimizer.config;
-        let key = GraphKey {
-            dataset: data.id,
-            model: self.model.generation(),
-            sgd: [sgd.lr.to_bits(), sgd.momentum.to_bits(), sgd.weight_decay.to_bits()],
-        };
+        let key = GraphKey { dataset: data.id, model: self.model.generation() };
         if !self.use_graphs {
             return self.step(backend, data, n);
         }
@@ -220,9 +232,15 @@ impl<B: Backend> Trainer<B> {
         Ok(())
     }
 
+    /// The learning rate at fractional epoch `t` (0 at the start of training).
+    pub fn lr_at(&self, t: f64) -> f32 {
+        self.config.schedule.lr(self.config.optimizer.lr, t, self.config.epochs)
+    }
+
     /// One pass over `data` in the order of epoch `epoch`'s permutation.
     /// `progress(step_done, steps)` is called after each step is enqueued; it
-    /// never waits for the device. Returns the running train loss/accuracy.
+    /// never waits for the device. Returns the running train loss/accuracy; a
+    /// loss that became NaN or infinite is [`Error::Diverged`] naming the step.
     pub fn train_epoch(
         &mut self,
         backend: &B,
@@ -233,22 +251,33 @@ impl<B: Backend> Trainer<B> {
         if crate::Storage::len(&self.perm) != data.len {
             self.perm = backend.alloc(data.len)?;
         }
-        backend.write(ViewMut::all(&mut self.perm), &epoch_permutation(self.config.seed, epoch, data.len))?;
-        backend.fill(ViewMut::all(&mut self.batch.stats), 0.0)?;
         let bs = self.config.batch_size;
         let steps = self.steps_per_epoch(data.len);
+        if crate::Storage::len(&self.loss_log) < steps {
+            self.loss_log = backend.alloc(steps)?;
+        }
+        backend.write(ViewMut::all(&mut self.perm), &epoch_permutation(self.config.seed, epoch, data.len))?;
+        backend.fill(ViewMut::all(&mut self.batch.stats), 0.0)?;
         for step in 0..steps {
             let start = step * bs;
             let n = bs.min(data.len - start);
+            let lr = self.lr_at(epoch as f64 + step as f64 / steps as f64);
+            self.optimizer.prepare(backend, lr)?;
             backend.copy(View::range(&self.perm, start, n)?, ViewMut::prefix(&mut self.batch_indices, n)?)?;
             if n == bs {
                 self.full_step(backend, data)?;
             } else {
                 self.step(backend, data, n)?;
             }
+            backend.copy(View::range(&self.batch.stats, 0, 1)?, ViewMut::range(&mut self.loss_log, step, 1)?)?;
             progress(step + 1, steps);
         }
         let sums = backend.download(View::all(&self.batch.stats))?;
+        if !sums[0].is_finite() {
+            let log = backend.download(View::prefix(&self.loss_log, steps)?)?;
+            let step = log.iter().position(|v| !v.is_finite()).map_or(steps, |i| i + 1);
+            return Err(Error::Diverged { epoch: epoch + 1, step, loss: sums[0] });
+        }
         Ok(PassStats::from_sums(&sums, data.len))
     }
 }

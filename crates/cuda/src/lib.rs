@@ -102,6 +102,7 @@ struct Kernels {
     maxpool_backward: CudaFunction,
     softmax_cross_entropy: CudaFunction,
     sgd_step: CudaFunction,
+    adam_step: CudaFunction,
     gather_batch: CudaFunction,
 }
 
@@ -220,6 +221,7 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         maxpool_backward: f("maxpool_backward")?,
         softmax_cross_entropy: f("softmax_cross_entropy")?,
         sgd_step: f("sgd_step")?,
+        adam_step: f("adam_step")?,
         gather_batch: f("gather_batch")?,
         _module: module,
     })

@@ -5,7 +5,7 @@
 use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use rr_core::backend::{checks, Conv2dGeom, Gather, Gemm, Pool2dGeom, SgdStep};
+use rr_core::backend::{checks, Conv2dGeom, Gather, Gemm, Pool2dGeom, UpdateRule};
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
@@ -441,26 +441,49 @@ impl Backend for CudaBackend {
         )
     }
 
-    fn sgd_step(
+    fn optimizer_step(
         &self,
-        s: &SgdStep,
+        rule: &UpdateRule,
+        hyper: View<'_, Self, f32>,
         params: ViewMut<'_, Self, f32>,
         grads: View<'_, Self, f32>,
-        velocity: ViewMut<'_, Self, f32>,
+        state: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        checks::sgd_step(params.len, grads.len, velocity.len)?;
-        launch!(
-            self,
-            sgd_step,
-            self.cfg(params.len),
-            ptr_mut(&params),
-            ptr(&grads),
-            ptr_mut(&velocity),
-            i32c(params.len)?,
-            s.lr,
-            s.momentum,
-            s.weight_decay
-        )
+        checks::optimizer_step(rule, hyper.len, params.len, grads.len, state.len)?;
+        let n = i32c(params.len)?;
+        let cfg = self.cfg(params.len);
+        match *rule {
+            UpdateRule::Sgd { momentum, nesterov, weight_decay } => {
+                launch!(
+                    self,
+                    sgd_step,
+                    cfg,
+                    ptr_mut(&params),
+                    ptr(&grads),
+                    ptr_mut(&state),
+                    ptr(&hyper),
+                    n,
+                    momentum,
+                    nesterov as i32,
+                    weight_decay
+                )
+            }
+            UpdateRule::Adam { beta1, beta2, eps, weight_decay, decoupled } => launch!(
+                self,
+                adam_step,
+                cfg,
+                ptr_mut(&params),
+                ptr(&grads),
+                ptr_mut(&state),
+                ptr(&hyper),
+                n,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                decoupled as i32
+            ),
+        }
     }
 
     fn gather_batch(

@@ -6,7 +6,7 @@
 //! col2im, pooling) get the same through `multiversion`, since the default
 //! build target is baseline x86-64.
 
-use crate::backend::{checks, Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, SgdStep, View, ViewMut, NO_ARGMAX};
+use crate::backend::{checks, Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut, NO_ARGMAX};
 use crate::error::{check_len, Error, Result};
 use crate::reference;
 use gemm::Parallelism;
@@ -592,15 +592,16 @@ impl Backend for CpuBackend {
         reference::softmax_cross_entropy(n, classes, s(logits), s(labels), grad_scale, dlogits.map(sm), sm(stats))
     }
 
-    fn sgd_step(
+    fn optimizer_step(
         &self,
-        step: &SgdStep,
+        rule: &UpdateRule,
+        hyper: View<'_, Self, f32>,
         params: ViewMut<'_, Self, f32>,
         grads: View<'_, Self, f32>,
-        velocity: ViewMut<'_, Self, f32>,
+        state: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        checks::sgd_step(params.len, grads.len, velocity.len)?;
-        reference::sgd_step(step, sm(params), s(grads), sm(velocity));
+        checks::optimizer_step(rule, hyper.len, params.len, grads.len, state.len)?;
+        reference::optimizer_step(rule, s(hyper), sm(params), s(grads), sm(state));
         Ok(())
     }
 

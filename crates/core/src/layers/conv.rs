@@ -42,9 +42,10 @@ impl<B: Backend> Layer<B> for Conv2d {
 
     fn param_specs(&self) -> Vec<ParamSpec> {
         let fan_in = self.c_in * self.kernel * self.kernel;
+        let fan_out = self.c_out * self.kernel * self.kernel;
         vec![
-            ParamSpec { name: "weight", shape: vec![self.c_out, self.c_in, self.kernel, self.kernel], fan_in },
-            ParamSpec { name: "bias", shape: vec![self.c_out], fan_in },
+            ParamSpec { name: "weight", shape: vec![self.c_out, self.c_in, self.kernel, self.kernel], fan_in, fan_out },
+            ParamSpec { name: "bias", shape: vec![self.c_out], fan_in, fan_out },
         ]
     }
 

@@ -30,8 +30,8 @@ impl<B: Backend> Layer<B> for Linear {
 
     fn param_specs(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec { name: "weight", shape: vec![self.outputs, self.inputs], fan_in: self.inputs },
-            ParamSpec { name: "bias", shape: vec![self.outputs], fan_in: self.inputs },
+            ParamSpec { name: "weight", shape: vec![self.outputs, self.inputs], fan_in: self.inputs, fan_out: self.outputs },
+            ParamSpec { name: "bias", shape: vec![self.outputs], fan_in: self.inputs, fan_out: self.outputs },
         ]
     }
 

@@ -25,6 +25,7 @@ pub struct ParamSpec {
     pub name: &'static str,
     pub shape: Vec<usize>,
     pub fan_in: usize,
+    pub fan_out: usize,
 }
 
 impl ParamSpec {
