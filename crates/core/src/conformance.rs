@@ -106,7 +106,8 @@ pub fn memory<B: Backend>(b: &B, _tol: f32) {
 
 pub fn gemm<B: Backend>(b: &B, tol: f32) {
     let mut r = rng(2);
-    let shapes = [(1, 1, 1), (7, 13, 5), (33, 17, 65), (128, 120, 400), (1, 10, 84), (97, 3, 1)];
+    // Small shapes and one above 2^23 multiply-adds (backends may switch algorithms by size).
+    let shapes = [(1, 1, 1), (7, 13, 5), (33, 17, 65), (128, 120, 400), (1, 10, 84), (97, 3, 1), (300, 130, 257)];
     for &(m, n, k) in &shapes {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             for (alpha, beta, with_bias) in [(1.0, 0.0, false), (1.0, 0.0, true), (0.5, 0.7, true), (-1.5, 1.0, false)] {

@@ -23,6 +23,7 @@ const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("loss.cu", include_str!("../kernels/loss.cu")),
     ("optim.cu", include_str!("../kernels/optim.cu")),
     ("data.cu", include_str!("../kernels/data.cu")),
+    ("gemm.cu", include_str!("../kernels/gemm.cu")),
 ];
 
 fn device_err(msg: impl std::fmt::Display) -> Error {
@@ -102,6 +103,7 @@ struct Kernels {
     maxpool_backward: CudaFunction,
     softmax_cross_entropy: CudaFunction,
     sgd_step: CudaFunction,
+    gemm_small: CudaFunction,
     adam_step: CudaFunction,
     gather_batch: CudaFunction,
 }
@@ -221,6 +223,7 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         maxpool_backward: f("maxpool_backward")?,
         softmax_cross_entropy: f("softmax_cross_entropy")?,
         sgd_step: f("sgd_step")?,
+        gemm_small: f("gemm_small")?,
         adam_step: f("adam_step")?,
         gather_batch: f("gather_batch")?,
         _module: module,

@@ -38,6 +38,9 @@ macro_rules! launch {
 
 const BLOCK: u32 = 256;
 
+/// Products up to this many multiply-adds use the tiled kernel in gemm.cu.
+const SMALL_GEMM: usize = 1 << 23;
+
 impl CudaBackend {
     /// Grid-stride launch shape for `n` independent elements.
     fn cfg(&self, n: usize) -> LaunchConfig {
@@ -270,6 +273,35 @@ impl Backend for CudaBackend {
         c: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
         g.check(a.len, b.len, bias.map(|b| b.len), c.len)?;
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        // Small products: one tiled kernel with the bias fused, instead of a
+        // bias pass plus cuBLAS's split-K kernels.
+        if g.m * g.n * g.k <= SMALL_GEMM {
+            let cfg = LaunchConfig {
+                grid_dim: ((g.n as u32).div_ceil(16), (g.m as u32).div_ceil(16), 1),
+                block_dim: (16, 16, 1),
+                shared_mem_bytes: 0,
+            };
+            let bias_ptr = bias.as_ref().map_or(0u64, ptr);
+            return launch!(
+                self,
+                gemm_small,
+                cfg,
+                ptr(&a),
+                ptr(&b),
+                ptr_mut(&c),
+                bias_ptr,
+                i32c(g.m)?,
+                i32c(g.n)?,
+                i32c(g.k)?,
+                g.trans_a as i32,
+                g.trans_b as i32,
+                g.alpha,
+                g.beta
+            );
+        }
         let mut beta = g.beta;
         if let Some(bias) = bias {
             // c = beta * c + bias, then accumulate the product onto it.
