@@ -10,30 +10,23 @@ use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
 /// Launches kernel `$f` with `$cfg` and the given arguments (device pointers
-/// as u64, sizes as i32, scalars as f32).
+/// as u64, sizes as i32, scalars as f32; at most 16).
 macro_rules! launch {
-    ($self:expr, $f:ident, $cfg:expr, $($arg:expr),* $(,)?) => {{
-        let args = ($($arg,)*);
-        launch!(@push $self, $f, $cfg, args, $($arg),*)
-    }};
-    (@push $self:expr, $f:ident, $cfg:expr, $args:ident, $a0:expr $(, $a:expr)*) => {{
+    ($self:expr, $f:ident, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        // Bind the arguments first: the builder keeps references to them.
+        let args = ($($arg,)+);
         let mut b = $self.stream.launch_builder(&$self.k.$f);
-        launch!(@args b, $args, 0usize; $a0 $(, $a)*);
+        launch!(@push b, args, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15], $($arg),+);
         // SAFETY: argument types and counts match the kernel's signature in kernels/*.cu;
         // lengths were checked against every pointer's buffer before the launch.
         unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| device_err(format!(concat!(stringify!($f), ": {}"), e)))
     }};
-    (@args $b:ident, $args:ident, $i:expr; $($a:expr),*) => {
-        launch!(@each $b, $args; [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15]; $($a),*)
-    };
-    (@each $b:ident, $args:ident; [$($idx:tt)*]; $($a:expr),*) => {
-        launch!(@zip $b, $args; [$($idx)*]; [$($a),*])
-    };
-    (@zip $b:ident, $args:ident; [$i0:tt $($idx:tt)*]; [$a0:expr $(, $a:expr)*]) => {
+    // One `arg` per argument: the expressions only count here (they were evaluated above).
+    (@push $b:ident, $args:ident, [$i0:tt $($i:tt)*], $a0:expr $(, $a:expr)*) => {
         $b.arg(&$args.$i0);
-        launch!(@zip $b, $args; [$($idx)*]; [$($a),*])
+        launch!(@push $b, $args, [$($i)*] $(, $a)*);
     };
-    (@zip $b:ident, $args:ident; [$($idx:tt)*]; []) => {};
+    (@push $b:ident, $args:ident, [$($i:tt)*]) => {};
 }
 
 const BLOCK: u32 = 256;
