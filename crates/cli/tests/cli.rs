@@ -105,7 +105,9 @@ fn bad_input_is_a_clear_error() {
 
 /// Fashion-MNIST from the shared data folder (tests use ../shared/data/fashion-mnist).
 fn fashion_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fashion-mnist")
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/fashion-mnist");
+    assert!(dir.is_dir(), "Fashion-MNIST is expected at {} (shared/ beside the clone, as CI lays it out)", dir.display());
+    dir
 }
 
 #[test]

@@ -212,6 +212,8 @@ impl<B: Backend> Trainer<B> {
         }
         if let Some((k, graph)) = &self.graph {
             if *k == key {
+                // The recorded step includes the optimizer update: count it.
+                self.optimizer.steps += 1;
                 return backend.replay(graph);
             }
         }

@@ -18,6 +18,7 @@ fn lenet_one_epoch_reaches_97_percent() {
     let mut trainer = Trainer::new(&b, model, config, train.len).unwrap();
     let start = std::time::Instant::now();
     let stats = trainer.train_epoch(&b, &train, 0, &mut |_, _| {}).unwrap();
+    assert_eq!(trainer.optimizer.steps as usize, trainer.steps_per_epoch(train.len));
     let seconds = start.elapsed().as_secs_f64();
     let result = evaluate(&b, &mut trainer.model, &test, 1000).unwrap();
     eprintln!("one epoch in {seconds:.1}s: train loss {:.4}, test accuracy {:.2}%", stats.loss, 100.0 * result.accuracy);

@@ -20,6 +20,8 @@ fn lenet_one_epoch_on_the_gpu_reaches_97_percent() {
     let test = DeviceDataset::upload(&b, &data.test).unwrap();
     let mut trainer = Trainer::new(&b, model, config, train.len).unwrap();
     let stats = trainer.train_epoch(&b, &train, 0, &mut |_, _| {}).unwrap();
+    // Replayed (graph) steps count as optimizer steps too (Adam's bias correction uses the count).
+    assert_eq!(trainer.optimizer.steps as usize, trainer.steps_per_epoch(train.len));
     let result = evaluate(&b, &mut trainer.model, &test, 1000).unwrap();
     eprintln!("{}: train loss {:.4}, test accuracy {:.2}%", rr_core::Backend::name(&b), stats.loss, 100.0 * result.accuracy);
     assert!(result.accuracy >= 0.97, "test accuracy {:.2}% < 97%", 100.0 * result.accuracy);
