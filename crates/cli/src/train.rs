@@ -262,7 +262,7 @@ impl WithBackend for TrainJob {
         }
         let o = &config.optimizer;
         println!(
-            "{} {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, {:?} lr {} ({:?}), momentum {}, weight decay {}",
+            "{} {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, {} lr {} ({} schedule), momentum {}, weight decay {}",
             if resumed.is_some() { "resuming" } else { "training" },
             model_config.name(),
             model.params.count(),
@@ -273,9 +273,14 @@ impl WithBackend for TrainJob {
             if data.verified { " (SHA-256 verified)" } else { "" },
             config.epochs,
             config.batch_size,
-            o.kind,
+            serde_json::to_value(o.kind)?.as_str().unwrap_or("?"),
             o.lr,
-            config.schedule.schedule,
+            match config.schedule.schedule {
+                Schedule::Constant => "constant",
+                Schedule::Step { .. } => "step",
+                Schedule::Cosine => "cosine",
+                Schedule::OneCycle { .. } => "one-cycle",
+            },
             o.momentum,
             o.weight_decay,
         );
