@@ -317,7 +317,7 @@ impl WithBackend for TrainJob {
         for epoch in first_epoch..config.epochs {
             let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
             bar.set_style(
-                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps, {per_sec}, eta {eta}")
+                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, eta {eta}")
                     .expect("valid template")
                     .progress_chars("=> "),
             );
