@@ -177,6 +177,8 @@ pub fn conv_cases() -> Vec<Conv2dGeom> {
         g(17, 1, 28, 28, 6, 5, 1, 2),
         // Weights too large for the GPU's shared-memory kernel: the fallback path.
         g(2, 64, 6, 6, 64, 3, 1, 1),
+        // An empty batch.
+        g(0, 2, 5, 5, 3, 3, 1, 1),
     ]
 }
 

@@ -453,29 +453,24 @@ impl Backend for CpuBackend {
         let part_len = wl + g.c_out;
         // Split the batch into one chunk per thread; each chunk sums its own
         // partial dW/db, then the partials are reduced.
-        let chunks = self.threads.min(g.n).max(1);
+        if g.n == 0 {
+            dw.fill(0.0);
+            db.fill(0.0);
+            return Ok(());
+        }
+        let chunks = self.threads.min(g.n);
         let per_chunk = g.n.div_ceil(chunks);
         let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
         if partials.len() < chunks * part_len {
             partials.resize(chunks * part_len, 0.0);
         }
-        let mut tasks = Vec::with_capacity(chunks);
-        let mut dx_rest = dx;
-        for (t, part) in partials.chunks_mut(part_len).take(chunks).enumerate() {
-            let lo = (t * per_chunk).min(g.n);
-            let hi = ((t + 1) * per_chunk).min(g.n);
-            let dx_chunk = match dx_rest.take() {
-                Some(rest) => {
-                    let (head, tail) = rest.split_at_mut((hi - lo) * x_n);
-                    dx_rest = Some(tail);
-                    Some(head)
-                }
-                None => None,
-            };
-            tasks.push((&x[lo * x_n..hi * x_n], &dy[lo * y_n..hi * y_n], dx_chunk, part));
-        }
-        self.pool.install(|| {
-            tasks.into_par_iter().for_each(|(xc, dyc, mut dxc, part)| {
+        // One task per chunk: samples [t * per_chunk, (t + 1) * per_chunk).
+        let used = g.n.div_ceil(per_chunk).max(1);
+        let partials = &mut partials[..used * part_len];
+        let work = |t: usize, part: &mut [f32], mut dxc: Option<&mut [f32]>| {
+            let (lo, hi) = ((t * per_chunk).min(g.n), ((t + 1) * per_chunk).min(g.n));
+            let (xc, dyc) = (&x[lo * x_n..hi * x_n], &dy[lo * y_n..hi * y_n]);
+            {
                 part.fill(0.0);
                 let (pdw, pdb) = part.split_at_mut(wl);
                 // Groups of SUB samples, as in the forward pass.
@@ -508,11 +503,19 @@ impl Backend for CpuBackend {
                         }
                     });
                 }
-            })
+            }
+        };
+        self.pool.install(|| match dx {
+            Some(dx) => partials
+                .par_chunks_mut(part_len)
+                .zip(dx.par_chunks_mut(per_chunk * x_n))
+                .enumerate()
+                .for_each(|(t, (part, dxc))| work(t, part, Some(dxc))),
+            None => partials.par_chunks_mut(part_len).enumerate().for_each(|(t, part)| work(t, part, None)),
         });
         dw.fill(0.0);
         db.fill(0.0);
-        for part in partials.chunks(part_len).take(chunks) {
+        for part in partials.chunks(part_len) {
             dw.iter_mut().zip(&part[..wl]).for_each(|(d, p)| *d += p);
             db.iter_mut().zip(&part[wl..]).for_each(|(d, p)| *d += p);
         }
