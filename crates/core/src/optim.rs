@@ -151,7 +151,11 @@ impl ScheduleConfig {
 pub struct Optimizer<B: Backend> {
     pub config: OptimizerConfig,
     state: B::Buf<f32>,
+    /// The values the next step reads ([`Hyper`]).
     hyper: B::Buf<f32>,
+    /// Planned values for upcoming steps, [`Hyper::LEN`] per step: uploaded once
+    /// per epoch, then each step copies its row on the device (no host write).
+    plan: B::Buf<f32>,
     /// Steps taken so far (Adam's t).
     pub steps: u64,
 }
@@ -159,14 +163,34 @@ pub struct Optimizer<B: Backend> {
 impl<B: Backend> Optimizer<B> {
     pub fn new(backend: &B, config: OptimizerConfig, params: &ParamStore<B>) -> Result<Self> {
         config.validate()?;
-        Ok(Optimizer { config, state: backend.alloc(config.rule().state_len(params.len()))?, hyper: backend.alloc(Hyper::LEN)?, steps: 0 })
+        Ok(Optimizer {
+            config,
+            state: backend.alloc(config.rule().state_len(params.len()))?,
+            hyper: backend.alloc(Hyper::LEN)?,
+            plan: backend.alloc(Hyper::LEN)?,
+            steps: 0,
+        })
     }
 
-    /// Writes the next step's learning rate (and bias corrections) to the device.
-    pub fn prepare(&mut self, backend: &B, lr: f32) -> Result<()> {
-        let t = (self.steps + 1) as i32;
-        let hyper = Hyper { lr, bias_correction1: 1.0 - self.config.beta1.powi(t), bias_correction2: 1.0 - self.config.beta2.powi(t) };
-        backend.write(ViewMut::all(&mut self.hyper), &hyper.to_array())
+    /// Uploads the values of the next `lrs.len()` steps (one learning rate each;
+    /// Adam's bias corrections follow from the step count).
+    pub fn plan(&mut self, backend: &B, lrs: &[f32]) -> Result<()> {
+        let mut table = Vec::with_capacity(lrs.len() * Hyper::LEN);
+        for (i, &lr) in lrs.iter().enumerate() {
+            let t = (self.steps + 1 + i as u64) as i32;
+            let h = Hyper { lr, bias_correction1: 1.0 - self.config.beta1.powi(t), bias_correction2: 1.0 - self.config.beta2.powi(t) };
+            table.extend_from_slice(&h.to_array());
+        }
+        if crate::Storage::len(&self.plan) < table.len() {
+            self.plan = backend.alloc(table.len())?;
+        }
+        backend.write(ViewMut::prefix(&mut self.plan, table.len())?, &table)
+    }
+
+    /// Makes planned step `i` (0-based, counted from the last [`Optimizer::plan`])
+    /// the next one: a copy on the device.
+    pub fn prepare(&mut self, backend: &B, i: usize) -> Result<()> {
+        backend.copy(View::range(&self.plan, i * Hyper::LEN, Hyper::LEN)?, ViewMut::all(&mut self.hyper))
     }
 
     /// One update with the values of the last [`Optimizer::prepare`].

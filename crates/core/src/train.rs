@@ -260,11 +260,13 @@ impl<B: Backend> Trainer<B> {
         }
         backend.write(ViewMut::all(&mut self.perm), &epoch_permutation(self.config.seed, epoch, data.len))?;
         backend.fill(ViewMut::all(&mut self.batch.stats), 0.0)?;
+        // The epoch's learning rates go to the device once; steps copy theirs there.
+        let lrs: Vec<f32> = (0..steps).map(|step| self.lr_at(epoch as f64 + step as f64 / steps as f64)).collect();
+        self.optimizer.plan(backend, &lrs)?;
         for step in 0..steps {
             let start = step * bs;
             let n = bs.min(data.len - start);
-            let lr = self.lr_at(epoch as f64 + step as f64 / steps as f64);
-            self.optimizer.prepare(backend, lr)?;
+            self.optimizer.prepare(backend, step)?;
             backend.copy(View::range(&self.perm, start, n)?, ViewMut::prefix(&mut self.batch_indices, n)?)?;
             if n == bs {
                 self.full_step(backend, data)?;

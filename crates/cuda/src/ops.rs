@@ -59,45 +59,26 @@ impl CudaBackend {
         let h = *self.blas.handle();
         // SAFETY: the caller checked that a, b, c address buffers of the sizes g, the strides and batch imply.
         let result = unsafe {
-            if batch == 1 {
-                cudarc::cublas::result::sgemm(
-                    h,
-                    op_b,
-                    op_a,
-                    n,
-                    m,
-                    k,
-                    &g.alpha,
-                    b.0 as *const f32,
-                    ldb.max(1),
-                    a.0 as *const f32,
-                    lda.max(1),
-                    &beta,
-                    c.0 as *mut f32,
-                    n.max(1),
-                )
-            } else {
-                cudarc::cublas::result::sgemm_strided_batched(
-                    h,
-                    op_b,
-                    op_a,
-                    n,
-                    m,
-                    k,
-                    &g.alpha,
-                    b.0 as *const f32,
-                    ldb.max(1),
-                    b.1 as i64,
-                    a.0 as *const f32,
-                    lda.max(1),
-                    a.1 as i64,
-                    &beta,
-                    c.0 as *mut f32,
-                    n.max(1),
-                    c.1 as i64,
-                    i32c(batch)?,
-                )
-            }
+            cudarc::cublas::result::sgemm_strided_batched(
+                h,
+                op_b,
+                op_a,
+                n,
+                m,
+                k,
+                &g.alpha,
+                b.0 as *const f32,
+                ldb.max(1),
+                b.1 as i64,
+                a.0 as *const f32,
+                lda.max(1),
+                a.1 as i64,
+                &beta,
+                c.0 as *mut f32,
+                n.max(1),
+                c.1 as i64,
+                i32c(batch)?,
+            )
         };
         result.map_err(|e| device_err(format!("cuBLAS sgemm {g:?} x{batch}: {e}")))
     }
