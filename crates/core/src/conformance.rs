@@ -565,7 +565,7 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
             let mut idx: Vec<usize> = (0..e.len()).collect();
             idx.sort_by(|&i, &j| grads[e.offset + j].abs().total_cmp(&grads[e.offset + i].abs()));
             idx.truncate(4);
-            idx.extend((0..8).map(|_| r.random_range(0..e.len())));
+            idx.extend((0..12).map(|_| r.random_range(0..e.len())));
             let base = loss_of(&mut model);
             let mut checked = 0;
             for i in idx {
@@ -582,7 +582,8 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
                 // One-sided slopes that disagree mean the step crossed a ReLU or
                 // max-pool kink: the loss is not differentiable there; skip it.
                 let (left, right) = ((base - minus) / eps as f64, (plus - base) / eps as f64);
-                if (left - right).abs() > 1e-3 + 5e-2 * numeric.abs() {
+                // (The threshold sits above f32 rounding noise of one-sided slopes.)
+                if (left - right).abs() > 2e-3 + 5e-2 * numeric.abs() {
                     continue;
                 }
                 checked += 1;
