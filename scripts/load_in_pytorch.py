@@ -1,4 +1,4 @@
-"""Load a rusty-recognition LeNet-5 checkpoint into PyTorch and evaluate it on MNIST.
+"""Load a rusty-recognition checkpoint (LeNet-5 or mnist-cnn) into PyTorch and evaluate it.
 
     python3 scripts/load_in_pytorch.py runs/<run>/model.safetensors [data/mnist]
 
@@ -27,6 +27,26 @@ class LeNet5(nn.Module):
         return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
+class MnistCnn(nn.Module):
+    """rusty-recognition's strong model: conv-BN-ReLU blocks, global average pool, dropout, Linear."""
+
+    def __init__(self, width=32, dropout=0.0):
+        super().__init__()
+        chans = [(1, width), (width, width), (width, 2 * width), (2 * width, 2 * width), (2 * width, 4 * width)]
+        for i, (cin, cout) in enumerate(chans, 1):
+            setattr(self, f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1))
+            setattr(self, f"bn{i}", nn.BatchNorm2d(cout))
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(4 * width, 10)
+
+    def forward(self, x):
+        for i in range(1, 6):
+            x = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
+            if i in (2, 4):
+                x = F.max_pool2d(x, 2)
+        return self.fc(self.drop(x.mean((2, 3))))
+
+
 def idx(path):
     with gzip.open(path, "rb") as f:
         b = f.read()
@@ -40,8 +60,13 @@ data = sys.argv[2] if len(sys.argv) > 2 else "data/mnist"
 with safe_open(path, "pt") as f:
     meta = f.metadata()
 print("metadata:", meta)
-assert json.loads(meta["model"])["arch"] == "lenet5", "this script builds LeNet-5"
-model = LeNet5()
+config = json.loads(meta["model"])
+if config["arch"] == "lenet5":
+    model = LeNet5()
+elif config["arch"] == "mnist-cnn":
+    model = MnistCnn(config.get("width", 32), config.get("dropout", 0.0))
+else:
+    sys.exit(f"this script builds lenet5 and mnist-cnn, not {config['arch']}")
 model.load_state_dict(load_file(path))  # strict: every name and shape must match
 model.eval()
 x = torch.tensor(idx(f"{data}/t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0)

@@ -240,6 +240,130 @@ impl Pool2dGeom {
     }
 }
 
+impl Pool2dGeom {
+    /// Average pooling takes no fused ReLU.
+    fn validate_avg(&self) -> Result<()> {
+        self.validate()?;
+        if self.relu {
+            return Err(Error::shape("avgpool2d", "fused relu", "false (average pooling does not commute with ReLU)", "true"));
+        }
+        Ok(())
+    }
+}
+
+/// Batch normalization of x (n, c, hw...) per channel, as `torch.nn.BatchNorm2d`
+/// (hw = H*W) or `BatchNorm1d` (hw = 1): `y = gamma * (x - mean) / sqrt(var + eps) + beta`,
+/// then ReLU when `relu` (fused, as in conv-BN-ReLU blocks).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormGeom {
+    pub n: usize,
+    pub c: usize,
+    /// Elements per channel per sample (H*W; 1 for BatchNorm1d).
+    pub hw: usize,
+    pub eps: f32,
+    /// Running statistics: `running = (1 - momentum) * running + momentum * batch`.
+    pub momentum: f32,
+    pub relu: bool,
+}
+
+impl BatchNormGeom {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.hw
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Values each channel's batch statistics are taken over.
+    pub fn per_channel(&self) -> usize {
+        self.n * self.hw
+    }
+}
+
+/// Inverted dropout: each element is zeroed with probability `p`, the others
+/// scaled by `1 / (1 - p)`. The draws are [`crate::random`] values of the
+/// stream `(seed, step, salt)`, so a step is reproducible on every backend.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutSpec {
+    pub p: f32,
+    /// Tells layers apart (each draws from its own stream).
+    pub salt: u32,
+}
+
+/// Random data augmentation of a batch x (n, c, h, w), one transform per
+/// sample (the same for all its channels): an optional horizontal flip, then
+/// an affine map (rotation, scale, translation) about the image centre and a
+/// smooth elastic displacement, sampled bilinearly (outside the image reads
+/// `fill`), then Gaussian noise. Each sample's parameters are drawn from the
+/// [`crate::random`] stream `(seed, step, salt)`; see [`AugmentSpec::params`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AugmentSpec {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Rotation uniform in ±`rotate_deg` degrees.
+    pub rotate_deg: f32,
+    /// Scale uniform in `1 ± scale`.
+    pub scale: f32,
+    /// Shift uniform in ±`translate` of the width (x) and height (y).
+    pub translate: f32,
+    /// Largest displacement in pixels of the elastic grid's control points (0: none).
+    pub elastic: f32,
+    /// Flip horizontally with probability 1/2 (clothes, not digits).
+    pub flip: bool,
+    /// Standard deviation of the added Gaussian noise (0: none).
+    pub noise: f32,
+    /// The value read outside the image (the normalized background).
+    pub fill: f32,
+    pub salt: u32,
+}
+
+/// Control points per side of the elastic displacement grid, minus one: the
+/// displacement is bilinear between ELASTIC_GRID + 1 points across the image.
+pub const ELASTIC_GRID: usize = 3;
+
+/// One sample's transform, as [`AugmentSpec::params`] draws it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AugmentParams {
+    pub flip: bool,
+    pub angle: f32,
+    pub scale: f32,
+    pub tx: f32,
+    pub ty: f32,
+}
+
+impl AugmentSpec {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The transform of sample `i` under stream key `key` (see [`crate::random::stream_key`]):
+    /// draws 0..5 of the sample's block of 8 (the elastic grid uses its own stream).
+    pub fn params(&self, key: u32, i: usize) -> AugmentParams {
+        let u = |j: u32| 2.0 * crate::random::uniform(key, i as u32 * 8 + j) - 1.0;
+        AugmentParams {
+            flip: self.flip && u(4) < 0.0,
+            angle: u(0) * self.rotate_deg.to_radians(),
+            scale: 1.0 + u(1) * self.scale,
+            tx: u(2) * self.translate * self.w as f32,
+            ty: u(3) * self.translate * self.h as f32,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let ok = |v: f32| v.is_finite() && v >= 0.0;
+        if !(ok(self.rotate_deg) && ok(self.translate) && ok(self.elastic) && ok(self.noise) && ok(self.scale) && self.scale < 1.0)
+            || !self.fill.is_finite()
+        {
+            return Err(Error::shape("augment", "spec", "finite, non-negative ranges and scale < 1", format!("{self:?}")));
+        }
+        Ok(())
+    }
+}
+
 /// How [`Backend::optimizer_step`] updates parameters (PyTorch's semantics).
 /// Values that change from step to step (the learning rate, Adam's bias
 /// corrections) are not here but in a small device buffer, see [`Hyper`], so a
@@ -396,6 +520,56 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dx: ViewMut<'_, Self, f32>,
     ) -> Result<()>;
 
+    /// Average pooling (padding counts as 0 and the divisor is always k*k, as
+    /// PyTorch's default `count_include_pad=True`). `g.relu` must be false.
+    fn avgpool2d_forward(&self, g: &Pool2dGeom, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    fn avgpool2d_backward(&self, g: &Pool2dGeom, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()>;
+
+    // ---- normalization and regularization ----------------------------------
+    /// See [`BatchNormGeom`]; `params` = [gamma (C) | beta (C)], `running` =
+    /// [mean (C) | var (C)]. Training: normalizes with the batch's mean and
+    /// biased variance, writes `saved` = [mean (C) | 1/sqrt(var + eps) (C)] for
+    /// backward and moves `running` towards the batch (unbiased variance), as
+    /// PyTorch does. Not training: normalizes with `running`; `saved` is untouched.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_forward(
+        &self,
+        g: &BatchNormGeom,
+        training: bool,
+        x: View<'_, Self, f32>,
+        params: View<'_, Self, f32>,
+        running: ViewMut<'_, Self, f32>,
+        saved: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+    /// Gradients of a training-mode [`Backend::batchnorm_forward`] whose output
+    /// was `y`: overwrites `dparams` = [dgamma | dbeta] and, when given, dx.
+    #[allow(clippy::too_many_arguments)]
+    fn batchnorm_backward(
+        &self,
+        g: &BatchNormGeom,
+        x: View<'_, Self, f32>,
+        y: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        params: View<'_, Self, f32>,
+        saved: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dparams: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+    /// See [`DropoutSpec`]; `rng` = [seed, step]. Writes `mask` (0 or 1/(1-p)) and `y = x * mask`.
+    fn dropout_forward(
+        &self,
+        spec: &DropoutSpec,
+        rng: View<'_, Self, u32>,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        mask: ViewMut<'_, Self, f32>,
+    ) -> Result<()>;
+    /// `dx = dy * mask`.
+    fn dropout_backward(&self, mask: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// See [`AugmentSpec`]; `rng` = [seed, step]; x and y are (n, c, h, w) and must not overlap.
+    fn augment(&self, spec: &AugmentSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+
     // ---- loss, optimizer, data ---------------------------------------------
     /// Fused softmax + cross-entropy over logits (n, classes).
     /// Adds the summed loss to `stats[0]` and the number of correct argmax
@@ -439,7 +613,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
 /// and the length of every window the same way, so a mismatch is the same
 /// [`Error::Shape`] on every device.
 pub mod checks {
-    use super::{Conv2dGeom, Gather, Pool2dGeom};
+    use super::{AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Pool2dGeom};
     use crate::error::{check_len, Error, Result};
 
     pub fn conv2d_forward(g: &Conv2dGeom, x: usize, w: usize, bias: usize, y: usize) -> Result<()> {
@@ -501,6 +675,68 @@ pub mod checks {
         check_len("gather_batch", "indices", spec.n, indices)?;
         check_len("gather_batch", "x", spec.n * spec.sample_len, x)?;
         check_len("gather_batch", "y", spec.n, y)
+    }
+
+    pub fn avgpool2d(op: &'static str, g: &Pool2dGeom, x: usize, y: usize) -> Result<()> {
+        g.validate_avg()?;
+        check_len(op, "x", g.x_len(), x)?;
+        check_len(op, "y", g.y_len(), y)
+    }
+
+    pub fn batchnorm_forward(g: &BatchNormGeom, training: bool, x: usize, params: usize, running: usize, saved: usize, y: usize) -> Result<()> {
+        batchnorm_geom("batchnorm_forward", g, training)?;
+        check_len("batchnorm_forward", "x", g.len(), x)?;
+        check_len("batchnorm_forward", "gamma+beta", 2 * g.c, params)?;
+        check_len("batchnorm_forward", "running mean+var", 2 * g.c, running)?;
+        check_len("batchnorm_forward", "saved mean+invstd", 2 * g.c, saved)?;
+        check_len("batchnorm_forward", "y", g.len(), y)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn batchnorm_backward(g: &BatchNormGeom, x: usize, y: usize, dy: usize, params: usize, saved: usize, dx: Option<usize>, dparams: usize) -> Result<()> {
+        batchnorm_geom("batchnorm_backward", g, true)?;
+        for (what, len) in [("x", x), ("y", y), ("dy", dy)] {
+            check_len("batchnorm_backward", what, g.len(), len)?;
+        }
+        check_len("batchnorm_backward", "gamma+beta", 2 * g.c, params)?;
+        check_len("batchnorm_backward", "saved mean+invstd", 2 * g.c, saved)?;
+        check_len("batchnorm_backward", "dgamma+dbeta", 2 * g.c, dparams)?;
+        dx.map_or(Ok(()), |dx| check_len("batchnorm_backward", "dx", g.len(), dx))
+    }
+
+    fn batchnorm_geom(op: &'static str, g: &BatchNormGeom, training: bool) -> Result<()> {
+        if !(g.eps > 0.0 && g.eps.is_finite()) || !(0.0..=1.0).contains(&g.momentum) {
+            return Err(Error::shape(op, "eps and momentum", "eps > 0, momentum in [0, 1]", format!("{} and {}", g.eps, g.momentum)));
+        }
+        if g.c == 0 || g.hw == 0 {
+            return Err(Error::shape(op, "channels and values per channel per sample", ">= 1", format!("{} and {}", g.c, g.hw)));
+        }
+        // PyTorch refuses too: one value per channel has no variance.
+        if training && g.n > 0 && g.per_channel() < 2 {
+            return Err(Error::shape(op, "values per channel in training", ">= 2", g.per_channel()));
+        }
+        Ok(())
+    }
+
+    pub fn dropout_forward(spec: &DropoutSpec, rng: usize, x: usize, y: usize, mask: usize) -> Result<()> {
+        if !(0.0..1.0).contains(&spec.p) {
+            return Err(Error::shape("dropout_forward", "p", "in [0, 1)", spec.p));
+        }
+        check_len("dropout_forward", "rng [seed, step]", 2, rng)?;
+        check_len("dropout_forward", "y", x, y)?;
+        check_len("dropout_forward", "mask", x, mask)
+    }
+
+    pub fn dropout_backward(mask: usize, dy: usize, dx: usize) -> Result<()> {
+        check_len("dropout_backward", "dy", mask, dy)?;
+        check_len("dropout_backward", "dx", mask, dx)
+    }
+
+    pub fn augment(spec: &AugmentSpec, rng: usize, x: usize, y: usize) -> Result<()> {
+        spec.validate()?;
+        check_len("augment", "rng [seed, step]", 2, rng)?;
+        check_len("augment", "x", spec.len(), x)?;
+        check_len("augment", "y", spec.len(), y)
     }
 
     pub fn bias_grad(rows: usize, cols: usize, dy: usize, db: usize) -> Result<()> {

@@ -5,7 +5,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelConfig, NamedTensor};
+use crate::model::{Model, ModelConfig, NamedTensor, BATCHES_TRACKED};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -35,15 +35,31 @@ pub fn save<B: Backend>(path: &Path, backend: &B, model: &Model<B>, extra: &[(&s
     save_tensors(path, &model.state_dict(backend)?, &metadata)
 }
 
+/// Counts (BatchNorm's `num_batches_tracked`) are int64 in PyTorch: they are
+/// stored as I64 and read back as f32 (exact below 2^24).
+fn is_count(name: &str) -> bool {
+    name.ends_with(&format!(".{BATCHES_TRACKED}"))
+}
+
 /// Writes named f32 tensors and string metadata as a safetensors file, atomically.
 pub fn save_tensors(path: &Path, tensors: &[NamedTensor], metadata: &[(&str, String)]) -> Result<()> {
     let metadata: HashMap<String, String> = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-    let bytes: Vec<Vec<u8>> = tensors.iter().map(|(_, _, v)| bytemuck::cast_slice::<f32, u8>(v).to_vec()).collect();
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(name, _, v)| {
+            if is_count(name) {
+                v.iter().flat_map(|&c| (c as i64).to_le_bytes()).collect()
+            } else {
+                bytemuck::cast_slice::<f32, u8>(v).to_vec()
+            }
+        })
+        .collect();
     let views = tensors
         .iter()
         .zip(&bytes)
         .map(|((name, shape, _), b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
+            let dtype = if is_count(name) { Dtype::I64 } else { Dtype::F32 };
+            TensorView::new(dtype, shape.clone(), b)
                 .map(|v| (name.clone(), v))
                 .map_err(|e| Error::Checkpoint { path: path.to_path_buf(), msg: format!("tensor `{name}`: {e}") })
         })
@@ -62,10 +78,13 @@ pub fn load_tensors(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, S
     let st = SafeTensors::deserialize(&bytes).map_err(|e| err(format!("not a safetensors file: {e}")))?;
     let mut tensors = Vec::new();
     for (name, view) in st.iter() {
-        if view.dtype() != Dtype::F32 {
-            return Err(err(format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
-        }
-        let values: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => view.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect(),
+            Dtype::I64 if is_count(name) => {
+                view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32).collect()
+            }
+            other => return Err(err(format!("tensor `{name}` is {other:?}, expected F32"))),
+        };
         tensors.push((name.to_string(), view.shape().to_vec(), values));
     }
     // Deterministic order (the format stores tensors by offset, not by name).

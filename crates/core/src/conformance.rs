@@ -9,8 +9,8 @@
 //!
 //! Functions panic on failure (they are test bodies).
 
-use crate::backend::{Backend, Conv2dGeom, Gather, Gemm, Hyper, Pool2dGeom, UpdateRule, View, ViewMut};
-use crate::layers::{Conv2d, Ctx, Flatten, Layer, Linear, MaxPool2d, Relu};
+use crate::backend::{AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Hyper, Pool2dGeom, UpdateRule, View, ViewMut};
+use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Ctx, Dropout, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use crate::reference;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -24,8 +24,10 @@ macro_rules! backend_conformance_tests {
         $crate::backend_conformance_tests!(@tests $backend, $tol, [$(#[$meta])*],
             memory, gemm, bias_grad, relu, conv2d_forward, conv2d_backward, maxpool2d,
             softmax_cross_entropy, optimizer_step, gather_batch,
+            avgpool2d, batchnorm, dropout, augment,
             gradcheck_linear, gradcheck_conv2d, gradcheck_maxpool2d, gradcheck_relu,
-            gradcheck_flatten, gradcheck_loss, gradcheck_model);
+            gradcheck_flatten, gradcheck_loss, gradcheck_avgpool2d, gradcheck_batchnorm,
+            gradcheck_dropout, gradcheck_model);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
         $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*
@@ -378,7 +380,9 @@ fn gradcheck_layer<B: Backend>(
         total += s.len();
     }
     layer.bind_params(&offsets);
+    layer.init_buffers(b).unwrap();
     layer.reserve(b, n).unwrap();
+    let rng_state = b.upload(&[r.random::<u32>(), r.random::<u32>()]).unwrap();
     let params = uniform(&mut r, total, -0.5, 0.5);
     let x = x_gen(&mut r, in_len);
     let upstream = uniform(&mut r, out_len, -1.0, 1.0);
@@ -386,7 +390,7 @@ fn gradcheck_layer<B: Backend>(
     let loss = |layer: &mut Box<dyn Layer<B>>, x: &[f32], params: &[f32]| -> f64 {
         let (dx, dp) = (b.upload(x).unwrap(), b.upload(params).unwrap());
         let mut y: B::Buf<f32> = b.alloc(out_len).unwrap();
-        let ctx = Ctx { backend: b, n, params: &dp };
+        let ctx = Ctx { backend: b, n, params: &dp, training: true, rng: View::all(&rng_state) };
         layer.forward(&ctx, View::all(&dx), ViewMut::all(&mut y)).unwrap();
         down(b, &y).iter().zip(&upstream).map(|(y, r)| *y as f64 * *r as f64).sum()
     };
@@ -394,7 +398,7 @@ fn gradcheck_layer<B: Backend>(
     // Analytic gradients.
     let (dx_in, dp) = (b.upload(&x).unwrap(), b.upload(&params).unwrap());
     let mut y: B::Buf<f32> = b.alloc(out_len).unwrap();
-    let ctx = Ctx { backend: b, n, params: &dp };
+    let ctx = Ctx { backend: b, n, params: &dp, training: true, rng: View::all(&rng_state) };
     layer.forward(&ctx, View::all(&dx_in), ViewMut::all(&mut y)).unwrap();
     let dup = b.upload(&upstream).unwrap();
     let mut grads = poisoned(b, total.max(1));
@@ -414,20 +418,38 @@ fn gradcheck_layer<B: Backend>(
             (0..40).map(|_| r.random_range(0..len)).collect()
         }
     };
+    // One-sided slopes that disagree mean the step crossed a kink (a fused
+    // ReLU whose input moved through 0): not differentiable there, skipped.
+    let base = loss(&mut layer, &x, &params);
+    let mut skipped = 0;
+    let mut checked = 0;
     for i in sample(in_len, &mut r) {
         let (mut xp, mut xm) = (x.clone(), x.clone());
         xp[i] += eps;
         xm[i] -= eps;
-        let numeric = (loss(&mut layer, &xp, &params) - loss(&mut layer, &xm, &params)) / (2.0 * eps as f64);
+        let (plus, minus) = (loss(&mut layer, &xp, &params), loss(&mut layer, &xm, &params));
+        let numeric = (plus - minus) / (2.0 * eps as f64);
+        if ((base - minus) - (plus - base)).abs() / eps as f64 > 2e-3 + 5e-2 * numeric.abs() {
+            skipped += 1;
+            continue;
+        }
+        checked += 1;
         check("x", i, gx[i], numeric);
     }
     for i in sample(total, &mut r) {
         let (mut pp, mut pm) = (params.clone(), params.clone());
         pp[i] += eps;
         pm[i] -= eps;
-        let numeric = (loss(&mut layer, &x, &pp) - loss(&mut layer, &x, &pm)) / (2.0 * eps as f64);
+        let (plus, minus) = (loss(&mut layer, &x, &pp), loss(&mut layer, &x, &pm));
+        let numeric = (plus - minus) / (2.0 * eps as f64);
+        if ((base - minus) - (plus - base)).abs() / eps as f64 > 2e-3 + 5e-2 * numeric.abs() {
+            skipped += 1;
+            continue;
+        }
+        checked += 1;
         check("param", i, grads[i], numeric);
     }
+    assert!(skipped * 5 <= checked, "{what}: {skipped} of {} elements sat on kinks (inputs too close to them?)", skipped + checked);
 }
 
 fn smooth_inputs(r: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
@@ -526,14 +548,16 @@ pub fn gradcheck_loss<B: Backend>(b: &B, _tol: f32) {
 pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
     use crate::model::{Model, ModelConfig};
     let mut r = rng(13);
-    for config in [ModelConfig::Lenet5, ModelConfig::Mlp { sizes: vec![784, 32, 10] }] {
+    for config in [ModelConfig::Lenet5, ModelConfig::Mlp { sizes: vec![784, 32, 10] }, ModelConfig::MnistCnn { width: 3, dropout: 0.25 }] {
         let n = 3;
         let mut model = Model::new(b, &config, r.random_range(0..1000)).unwrap();
         let x = uniform(&mut r, n * 784, -1.0, 2.0);
         let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..10)).collect();
         let (dx, dlab) = (b.upload(&x).unwrap(), b.upload(&labels).unwrap());
+        // Training mode (BatchNorm's batch statistics, dropout's mask: the
+        // step counter does not move, so every pass draws the same mask).
         let loss_of = |model: &mut Model<B>| -> f64 {
-            model.forward(b, n, View::all(&dx)).unwrap();
+            model.forward_train(b, n, View::all(&dx)).unwrap();
             let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
             b.softmax_cross_entropy(n, 10, model.logits(n).unwrap(), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
             down(b, &stats)[0] as f64 / n as f64
@@ -598,5 +622,160 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
             }
             assert!(checked >= 4, "{} model: only {checked} elements of {} were away from kinks", config.name(), e.name);
         }
+    }
+}
+
+pub fn avgpool2d<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(14);
+    let g = |n, c, h, w, k, stride, pad| Pool2dGeom { n, c, h, w, k, stride, pad, relu: false };
+    for g in [g(1, 1, 4, 4, 2, 2, 0), g(3, 5, 7, 7, 7, 7, 0), g(2, 3, 7, 9, 3, 2, 1), g(128, 64, 7, 7, 7, 1, 0), g(4, 2, 6, 5, 2, 1, 1)] {
+        let x = uniform(&mut r, g.x_len(), -1.0, 1.0);
+        let dy = uniform(&mut r, g.y_len(), -1.0, 1.0);
+        let (mut want_y, mut want_dx) = (vec![0.0; g.y_len()], vec![0.0; g.x_len()]);
+        reference::avgpool2d_forward(&g, &x, &mut want_y);
+        reference::avgpool2d_backward(&g, &dy, &mut want_dx);
+        let (dxin, ddy) = (b.upload(&x).unwrap(), b.upload(&dy).unwrap());
+        let (mut y, mut dx) = (poisoned(b, g.y_len()), poisoned(b, g.x_len()));
+        b.avgpool2d_forward(&g, View::all(&dxin), ViewMut::all(&mut y)).unwrap();
+        b.avgpool2d_backward(&g, View::all(&ddy), ViewMut::all(&mut dx)).unwrap();
+        assert_close(&format!("avgpool2d_forward {g:?}"), &down(b, &y), &want_y, tol);
+        assert_close(&format!("avgpool2d_backward {g:?}"), &down(b, &dx), &want_dx, tol);
+    }
+    let relu = Pool2dGeom { n: 1, c: 1, h: 4, w: 4, k: 2, stride: 2, pad: 0, relu: true };
+    let (x, mut y): (B::Buf<f32>, B::Buf<f32>) = (b.alloc(16).unwrap(), b.alloc(4).unwrap());
+    assert!(b.avgpool2d_forward(&relu, View::all(&x), ViewMut::all(&mut y)).is_err(), "a fused ReLU is refused");
+}
+
+pub fn batchnorm_cases() -> Vec<BatchNormGeom> {
+    let g = |n, c, hw, relu| BatchNormGeom { n, c, hw, eps: 1e-5, momentum: 0.1, relu };
+    vec![g(2, 1, 1, false), g(3, 5, 49, true), g(128, 32, 784, true), g(7, 130, 1, false), g(64, 64, 196, false), g(1, 3, 10, true)]
+}
+
+pub fn batchnorm<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(15);
+    for g in batchnorm_cases() {
+        // An offset mean: the variance must not cancel catastrophically.
+        let offset = r.random_range(-4.0f32..4.0);
+        let x: Vec<f32> = uniform(&mut r, g.len(), -1.0, 1.0).iter().map(|v| v * 2.0 + offset).collect();
+        let params = uniform(&mut r, 2 * g.c, -1.0, 1.0);
+        let mut running = uniform(&mut r, 2 * g.c, 0.1, 1.0);
+        let dy = uniform(&mut r, g.len(), -1.0, 1.0);
+        let (dxin, dp, ddy) = (b.upload(&x).unwrap(), b.upload(&params).unwrap(), b.upload(&dy).unwrap());
+        for training in [true, false] {
+            let (mut want_run, mut want_saved, mut want_y) = (running.clone(), vec![0.0; 2 * g.c], vec![0.0; g.len()]);
+            reference::batchnorm_forward(&g, training, &x, &params, &mut want_run, &mut want_saved, &mut want_y);
+            let mut drun = b.upload(&running).unwrap();
+            let mut saved = poisoned(b, 2 * g.c);
+            let mut y = poisoned(b, g.len());
+            b.batchnorm_forward(&g, training, View::all(&dxin), View::all(&dp), ViewMut::all(&mut drun), ViewMut::all(&mut saved), ViewMut::all(&mut y))
+                .unwrap();
+            assert_close(&format!("batchnorm_forward y {g:?} training={training}"), &down(b, &y), &want_y, tol);
+            assert_close(&format!("batchnorm_forward running {g:?} training={training}"), &down(b, &drun), &want_run, tol);
+            if !training {
+                continue;
+            }
+            assert_close(&format!("batchnorm_forward saved {g:?}"), &down(b, &saved), &want_saved, tol);
+            let (mut want_dx, mut want_dp) = (vec![0.0; g.len()], vec![0.0; 2 * g.c]);
+            reference::batchnorm_backward(&g, &x, &want_y, &dy, &params, &want_saved, Some(&mut want_dx), &mut want_dp);
+            let (mut dx, mut dparams) = (poisoned(b, g.len()), poisoned(b, 2 * g.c));
+            b.batchnorm_backward(&g, View::all(&dxin), View::all(&y), View::all(&ddy), View::all(&dp), View::all(&saved), Some(ViewMut::all(&mut dx)), ViewMut::all(&mut dparams))
+                .unwrap();
+            assert_close(&format!("batchnorm_backward dx {g:?}"), &down(b, &dx), &want_dx, tol);
+            assert_close(&format!("batchnorm_backward dparams {g:?}"), &down(b, &dparams), &want_dp, tol);
+            running = want_run;
+        }
+    }
+    // One value per channel has no variance: refused in training, as in PyTorch.
+    let g = BatchNormGeom { n: 1, c: 4, hw: 1, eps: 1e-5, momentum: 0.1, relu: false };
+    let (x, p): (B::Buf<f32>, B::Buf<f32>) = (b.alloc(4).unwrap(), b.alloc(8).unwrap());
+    let (mut run, mut saved, mut y): (B::Buf<f32>, B::Buf<f32>, B::Buf<f32>) = (b.alloc(8).unwrap(), b.alloc(8).unwrap(), b.alloc(4).unwrap());
+    let err = b.batchnorm_forward(&g, true, View::all(&x), View::all(&p), ViewMut::all(&mut run), ViewMut::all(&mut saved), ViewMut::all(&mut y));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "batchnorm_forward", .. })), "{err:?}");
+}
+
+pub fn dropout<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(16);
+    for (len, p) in [(1usize, 0.5f32), (1000, 0.1), (100_003, 0.5), (40_000, 0.9)] {
+        let spec = DropoutSpec { p, salt: r.random_range(0..100) };
+        let state = [r.random::<u32>(), r.random_range(0..1000)];
+        let x = uniform(&mut r, len, -1.0, 1.0);
+        let dy = uniform(&mut r, len, -1.0, 1.0);
+        let (mut wy, mut wmask, mut wdx) = (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
+        reference::dropout_forward(&spec, &state, &x, &mut wy, &mut wmask);
+        reference::dropout_backward(&wmask, &dy, &mut wdx);
+        let (dstate, dxin, ddy) = (b.upload(&state).unwrap(), b.upload(&x).unwrap(), b.upload(&dy).unwrap());
+        let (mut y, mut mask, mut dx) = (poisoned(b, len), poisoned(b, len), poisoned(b, len));
+        b.dropout_forward(&spec, View::all(&dstate), View::all(&dxin), ViewMut::all(&mut y), ViewMut::all(&mut mask)).unwrap();
+        b.dropout_backward(View::all(&mask), View::all(&ddy), ViewMut::all(&mut dx)).unwrap();
+        // The draws are integer arithmetic: the mask is the same bit for bit on every backend.
+        let mask = down(b, &mask);
+        assert_eq!(mask, wmask, "dropout mask len={len} p={p}");
+        assert_close(&format!("dropout_forward len={len}"), &down(b, &y), &wy, tol);
+        assert_close(&format!("dropout_backward len={len}"), &down(b, &dx), &wdx, tol);
+        if len >= 10_000 {
+            let kept = mask.iter().filter(|&&m| m != 0.0).count() as f64 / len as f64;
+            assert!((kept - (1.0 - p as f64)).abs() < 0.02, "dropout p={p}: kept {kept}");
+        }
+    }
+}
+
+pub fn augment_cases() -> Vec<AugmentSpec> {
+    let base = AugmentSpec {
+        n: 5,
+        c: 1,
+        h: 28,
+        w: 28,
+        rotate_deg: 15.0,
+        scale: 0.1,
+        translate: 0.1,
+        elastic: 0.0,
+        flip: false,
+        noise: 0.0,
+        fill: -0.42,
+        salt: 3,
+    };
+    vec![
+        base,
+        AugmentSpec { n: 128, elastic: 2.0, noise: 0.1, ..base },
+        AugmentSpec { n: 3, c: 2, h: 9, w: 13, flip: true, rotate_deg: 180.0, ..base },
+        AugmentSpec { n: 1, rotate_deg: 0.0, scale: 0.0, translate: 0.0, ..base },
+    ]
+}
+
+pub fn augment<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(17);
+    for spec in augment_cases() {
+        let state = [r.random::<u32>(), r.random_range(0..10_000)];
+        let x = uniform(&mut r, spec.len(), -0.5, 2.8);
+        let mut want = vec![0.0; spec.len()];
+        reference::augment(&spec, &state, &x, &mut want);
+        let (dstate, dxin) = (b.upload(&state).unwrap(), b.upload(&x).unwrap());
+        let mut y = poisoned(b, spec.len());
+        b.augment(&spec, View::all(&dstate), View::all(&dxin), ViewMut::all(&mut y)).unwrap();
+        // Sample positions come from sin/cos, which may round differently per device.
+        assert_close(&format!("augment {spec:?}"), &down(b, &y), &want, tol.max(1e-4));
+        if spec.rotate_deg == 0.0 && spec.scale == 0.0 && spec.translate == 0.0 && spec.elastic == 0.0 && spec.noise == 0.0 {
+            assert_close("augment with nothing to do is the identity", &down(b, &y), &x, 1e-6);
+        }
+    }
+}
+
+pub fn gradcheck_avgpool2d<B: Backend>(b: &B, _tol: f32) {
+    gradcheck_layer(b, "avgpool2d 3/2 pad 1", Box::new(AvgPool2d::new(3, 2, 1)), 2, &[3, 7, 6], &mut smooth_inputs, 1e-2);
+    gradcheck_layer(b, "global avgpool", Box::new(GlobalAvgPool::new()), 3, &[4, 5, 5], &mut smooth_inputs, 1e-2);
+}
+
+pub fn gradcheck_batchnorm<B: Backend>(b: &B, _tol: f32) {
+    for relu in [false, true] {
+        let bn2 = |c| if relu { BatchNorm::<B>::new_2d(c).with_relu() } else { BatchNorm::new_2d(c) };
+        let bn1 = |c| if relu { BatchNorm::<B>::new_1d(c).with_relu() } else { BatchNorm::new_1d(c) };
+        gradcheck_layer(b, &format!("batchnorm2d relu={relu}"), Box::new(bn2(3)), 4, &[3, 5, 5], &mut smooth_inputs, 1e-3);
+        gradcheck_layer(b, &format!("batchnorm1d relu={relu}"), Box::new(bn1(7)), 6, &[7], &mut smooth_inputs, 1e-3);
+    }
+}
+
+pub fn gradcheck_dropout<B: Backend>(b: &B, _tol: f32) {
+    for p in [0.0, 0.3, 0.8] {
+        gradcheck_layer(b, &format!("dropout p={p}"), Box::new(Dropout::new(p, 5).unwrap()), 4, &[3, 7], &mut smooth_inputs, 1e-2);
     }
 }

@@ -19,6 +19,7 @@ pub mod layers;
 pub mod model;
 pub mod optim;
 pub mod profile;
+pub mod random;
 pub mod reference;
 pub mod train;
 

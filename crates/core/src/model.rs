@@ -4,7 +4,7 @@
 
 use crate::backend::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::layers::{Conv2d, Ctx, Flatten, Layer, Linear, MaxPool2d, Relu};
+use crate::layers::{BatchNorm, Conv2d, Ctx, Dropout, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use crate::Storage;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -15,7 +15,7 @@ pub const INPUT_SHAPE: [usize; 3] = [1, 28, 28];
 pub const CLASSES: usize = 10;
 
 /// Architectures. Serialized (JSON) into every checkpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "kebab-case")]
 pub enum ModelConfig {
     /// LeNet-5 as PyTorch users write it: conv 1->6 5x5 pad 2, ReLU, maxpool 2;
@@ -24,6 +24,20 @@ pub enum ModelConfig {
     /// Fully connected layers with ReLU between them. `sizes` includes the input
     /// (784) and the output (10): `[784, 256, 128, 10]`.
     Mlp { sizes: Vec<usize> },
+    /// The strong model: five 3x3 conv-BatchNorm-ReLU blocks of `width`,
+    /// `width`, 2`width`, 2`width`, 4`width` channels (max-pool 2 after the
+    /// second and fourth), global average pooling, dropout `dropout`, and one
+    /// Linear to the classes. PyTorch names: conv1..conv5, bn1..bn5, fc.
+    MnistCnn {
+        #[serde(default = "default_cnn_width")]
+        width: usize,
+        #[serde(default)]
+        dropout: f32,
+    },
+}
+
+fn default_cnn_width() -> usize {
+    ModelConfig::CNN_WIDTH
 }
 
 impl ModelConfig {
@@ -31,10 +45,18 @@ impl ModelConfig {
         ModelConfig::Mlp { sizes: vec![784, 256, 128, 10] }
     }
 
+    /// The strong model's default width (channels of its first block).
+    pub const CNN_WIDTH: usize = 32;
+
+    pub fn mnist_cnn_default() -> Self {
+        ModelConfig::MnistCnn { width: Self::CNN_WIDTH, dropout: 0.0 }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             ModelConfig::Lenet5 => "lenet5",
             ModelConfig::Mlp { .. } => "mlp",
+            ModelConfig::MnistCnn { .. } => "mnist-cnn",
         }
     }
 
@@ -74,9 +96,32 @@ impl ModelConfig {
                 }
                 layers
             }
+            &ModelConfig::MnistCnn { width: w, dropout } => {
+                if w == 0 {
+                    return Err(Error::config("--width", "must be at least 1"));
+                }
+                let mut layers = Vec::new();
+                let channels = [(1, w), (w, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 4 * w)];
+                for (i, &(c_in, c_out)) in channels.iter().enumerate() {
+                    layers.push(named(&format!("conv{}", i + 1), Box::new(Conv2d::new(c_in, c_out, 3, 1, 1))));
+                    layers.push(named(&format!("bn{}", i + 1), Box::new(BatchNorm::new_2d(c_out).with_relu())));
+                    if i == 1 || i == 3 {
+                        layers.push(plain(Box::new(MaxPool2d::new(2, 2, 0))));
+                    }
+                }
+                layers.push(plain(Box::new(GlobalAvgPool::new())));
+                if dropout > 0.0 {
+                    layers.push(plain(Box::new(Dropout::new(dropout, 1)?)));
+                }
+                layers.push(named("fc", Box::new(Linear::new(4 * w, CLASSES))));
+                layers
+            }
         })
     }
 }
+
+/// The name of BatchNorm's step counter in PyTorch state dicts.
+pub const BATCHES_TRACKED: &str = "num_batches_tracked";
 
 /// A host copy of a named parameter tensor: (name, shape, values).
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
@@ -107,6 +152,8 @@ pub struct ParamEntry {
     pub offset: usize,
     pub fan_in: usize,
     pub fan_out: usize,
+    /// A fixed initial value (see [`crate::layers::ParamSpec::init`]).
+    pub init: Option<f32>,
 }
 
 impl ParamEntry {
@@ -152,6 +199,13 @@ const PARAM_ALIGN: usize = 64;
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
     layers: Vec<Box<dyn Layer<B>>>,
+    /// Each layer's state-dict name (`None`: no parameters or buffers).
+    names: Vec<Option<String>>,
+    /// [seed, step] for the ops that draw random numbers (dropout, augmentation);
+    /// the trainer sets the step (see [`crate::random`]).
+    pub rng: B::Buf<u32>,
+    /// Training forward passes so far: BatchNorm's `num_batches_tracked`.
+    pub batches_tracked: u64,
     /// shapes[0] is the per-sample input shape; shapes[i + 1] is layer i's output.
     shapes: Vec<Vec<usize>>,
     pub params: ParamStore<B>,
@@ -183,6 +237,7 @@ impl<B: Backend> Model<B> {
         for (name, layer) in named.iter_mut() {
             let out = layer.build(shapes.last().expect("non-empty"))?;
             shapes.push(out);
+            layer.init_buffers(backend)?;
             let specs = layer.param_specs();
             if specs.is_empty() {
                 continue;
@@ -198,6 +253,7 @@ impl<B: Backend> Model<B> {
                     offset: total,
                     fan_in: spec.fan_in,
                     fan_out: spec.fan_out,
+                    init: spec.init,
                 });
                 total += spec.len();
             }
@@ -211,6 +267,10 @@ impl<B: Backend> Model<B> {
         for e in &entries {
             let values = &mut host[e.offset..e.offset + e.len()];
             let is_bias = e.name.ends_with(".bias");
+            if let Some(v) = e.init {
+                values.fill(v);
+                continue;
+            }
             match init {
                 Init::PyTorch => {
                     let bound = 1.0 / (e.fan_in as f32).sqrt();
@@ -228,9 +288,13 @@ impl<B: Backend> Model<B> {
             }
         }
         let params = ParamStore { data: backend.upload(&host)?, grads: backend.alloc(total)?, entries };
+        let (names, layers) = named.into_iter().unzip();
         Ok(Model {
             config: config.clone(),
-            layers: named.into_iter().map(|(_, l)| l).collect(),
+            layers,
+            names,
+            rng: backend.upload(&[crate::random::device_seed(seed), 0])?,
+            batches_tracked: 0,
             shapes,
             params,
             acts: Vec::new(),
@@ -244,6 +308,11 @@ impl<B: Backend> Model<B> {
     /// Changes whenever a buffer of the model is replaced (see [`Backend::begin_capture`]).
     pub fn generation(&self) -> u64 {
         self.generation
+    }
+
+    /// The per-sample input shape, (1, 28, 28).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.shapes[0]
     }
 
     pub fn input_len(&self) -> usize {
@@ -286,11 +355,23 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// x: (n, 1, 28, 28) -> logits (n, classes), read with [`Model::logits`].
+    /// Inference: x: (n, 1, 28, 28) -> logits (n, classes), read with
+    /// [`Model::logits`]. BatchNorm uses its running statistics, dropout is off.
     pub fn forward(&mut self, backend: &B, n: usize, x: View<'_, B, f32>) -> Result<()> {
+        self.forward_mode(backend, n, x, false)
+    }
+
+    /// A training forward pass (batch statistics, dropout), to be followed by
+    /// [`Model::backward`]. Counts towards `batches_tracked`.
+    pub fn forward_train(&mut self, backend: &B, n: usize, x: View<'_, B, f32>) -> Result<()> {
+        self.batches_tracked += 1;
+        self.forward_mode(backend, n, x, true)
+    }
+
+    fn forward_mode(&mut self, backend: &B, n: usize, x: View<'_, B, f32>, training: bool) -> Result<()> {
         crate::error::check_len("model forward", "input", n * self.input_len(), x.len)?;
         self.reserve(backend, n)?;
-        let ctx = Ctx { backend, n, params: &self.params.data };
+        let ctx = Ctx { backend, n, params: &self.params.data, training, rng: View::all(&self.rng) };
         for i in 0..self.layers.len() {
             let (before, after) = self.acts.split_at_mut(i);
             let input = if i == 0 { x } else { View::prefix(&before[i - 1], n * self.shapes[i].iter().product::<usize>())? };
@@ -318,7 +399,7 @@ impl<B: Backend> Model<B> {
                 n,
             ));
         }
-        let ctx = Ctx { backend, n, params: &self.params.data };
+        let ctx = Ctx { backend, n, params: &self.params.data, training: true, rng: View::all(&self.rng) };
         let len = |shape: &Vec<usize>| n * shape.iter().product::<usize>();
         for i in (0..self.layers.len()).rev() {
             let input = if i == 0 { x } else { View::prefix(&self.acts[i - 1], len(&self.shapes[i]))? };
@@ -334,33 +415,77 @@ impl<B: Backend> Model<B> {
         Ok(())
     }
 
-    /// The parameters as named host tensors, in state-dict order.
+    /// The parameters, then each layer's buffers (BatchNorm's running
+    /// statistics and `num_batches_tracked`), as named host tensors.
     pub fn state_dict(&self, backend: &B) -> Result<Vec<NamedTensor>> {
         let all = backend.download(View::all(&self.params.data))?;
-        Ok(self.params.entries.iter().map(|e| (e.name.clone(), e.shape.clone(), all[e.offset..e.offset + e.len()].to_vec())).collect())
+        let mut out: Vec<NamedTensor> =
+            self.params.entries.iter().map(|e| (e.name.clone(), e.shape.clone(), all[e.offset..e.offset + e.len()].to_vec())).collect();
+        for (name, layer) in self.names.iter().zip(&self.layers) {
+            let buffers = layer.buffers();
+            if buffers.is_empty() {
+                continue;
+            }
+            let prefix = name.as_deref().unwrap_or(layer.kind());
+            for b in buffers {
+                out.push((format!("{prefix}.{}", b.name), b.shape, backend.download(b.data)?));
+            }
+            // PyTorch keeps this count per BatchNorm layer (an int64 scalar; see checkpoint.rs).
+            out.push((format!("{prefix}.{BATCHES_TRACKED}"), vec![], vec![self.batches_tracked as f32]));
+        }
+        Ok(out)
     }
 
-    /// Replaces the parameters with named host tensors. Every name must be
-    /// present with the right shape; nothing changes if any does not fit.
-    /// `source` names where they came from, for errors.
+    /// Replaces the parameters and buffers with named host tensors. Every name
+    /// must be present with the right shape and no other may be; nothing
+    /// changes if any does not fit. `source` names where they came from, for errors.
     pub fn load_state_dict(&mut self, backend: &B, tensors: &[NamedTensor], source: &std::path::Path) -> Result<()> {
         let err = |msg: String| Error::Checkpoint { path: source.to_path_buf(), msg };
-        let mut host = vec![0.0f32; self.params.len()];
-        for e in &self.params.entries {
-            let (_, shape, data) = tensors
+        let find = |name: &str, shape: &[usize]| -> Result<&Vec<f32>> {
+            let (_, got, data) = tensors
                 .iter()
-                .find(|(name, _, _)| *name == e.name)
-                .ok_or_else(|| err(format!("missing tensor `{}` (shape {:?}) needed by {}", e.name, e.shape, self.config.name())))?;
-            if *shape != e.shape || data.len() != e.len() {
-                return Err(err(format!("tensor `{}` has shape {:?}, the model needs {:?}", e.name, shape, e.shape)));
+                .find(|(n, _, _)| n == name)
+                .ok_or_else(|| err(format!("missing tensor `{name}` (shape {shape:?}) needed by {}", self.config.name())))?;
+            if got != shape || data.len() != shape.iter().product::<usize>() {
+                return Err(err(format!("tensor `{name}` has shape {got:?}, the model needs {shape:?}")));
             }
-            host[e.offset..e.offset + e.len()].copy_from_slice(data);
+            Ok(data)
+        };
+        let mut host = vec![0.0f32; self.params.len()];
+        let mut expected: Vec<String> = Vec::new();
+        for e in &self.params.entries {
+            host[e.offset..e.offset + e.len()].copy_from_slice(find(&e.name, &e.shape)?);
+            expected.push(e.name.clone());
         }
-        if let Some((extra, _, _)) = tensors.iter().find(|(name, _, _)| !self.params.entries.iter().any(|e| e.name == *name)) {
-            return Err(err(format!("unexpected tensor `{extra}`: not a parameter of {}", self.config.name())));
+        // Buffers: every one checked before any is written.
+        let mut buffers: Vec<(usize, &'static str, Vec<f32>)> = Vec::new();
+        let mut tracked = None;
+        for (i, (name, layer)) in self.names.iter().zip(&self.layers).enumerate() {
+            let prefix = name.as_deref().unwrap_or(layer.kind());
+            let list = layer.buffers();
+            for b in &list {
+                let full = format!("{prefix}.{}", b.name);
+                buffers.push((i, b.name, find(&full, &b.shape)?.clone()));
+                expected.push(full);
+            }
+            if !list.is_empty() {
+                let full = format!("{prefix}.{BATCHES_TRACKED}");
+                let count = find(&full, &[])?[0];
+                if !(count >= 0.0 && count.fract() == 0.0) {
+                    return Err(err(format!("tensor `{full}` is {count}, expected a count")));
+                }
+                tracked = Some(count as u64);
+                expected.push(full);
+            }
         }
-        self.params.data = backend.upload(&host)?;
-        self.generation += 1;
+        if let Some((extra, _, _)) = tensors.iter().find(|(name, _, _)| !expected.contains(name)) {
+            return Err(err(format!("unexpected tensor `{extra}`: not a parameter or buffer of {}", self.config.name())));
+        }
+        backend.write(ViewMut::all(&mut self.params.data), &host)?;
+        for (i, name, data) in buffers {
+            self.layers[i].load_buffer(backend, name, &data)?;
+        }
+        self.batches_tracked = tracked.unwrap_or(0);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! wall time on the CPU) and sums the time per op. It records no graphs, so
 //! profiled runs show each op separately.
 
-use crate::backend::{Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut};
+use crate::backend::{AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut};
 use crate::error::Result;
 use std::sync::Mutex;
 
@@ -173,6 +173,53 @@ where
         dx: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
         self.timed("maxpool2d_backward", || self.inner.maxpool2d_backward(g, v(dy), v(argmax), vm(dx)))
+    }
+    fn avgpool2d_forward(&self, g: &Pool2dGeom, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("avgpool2d_forward", || self.inner.avgpool2d_forward(g, v(x), vm(y)))
+    }
+    fn avgpool2d_backward(&self, g: &Pool2dGeom, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("avgpool2d_backward", || self.inner.avgpool2d_backward(g, v(dy), vm(dx)))
+    }
+    fn batchnorm_forward(
+        &self,
+        g: &BatchNormGeom,
+        training: bool,
+        x: View<'_, Self, f32>,
+        params: View<'_, Self, f32>,
+        running: ViewMut<'_, Self, f32>,
+        saved: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("batchnorm_forward", || self.inner.batchnorm_forward(g, training, v(x), v(params), vm(running), vm(saved), vm(y)))
+    }
+    fn batchnorm_backward(
+        &self,
+        g: &BatchNormGeom,
+        x: View<'_, Self, f32>,
+        y: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        params: View<'_, Self, f32>,
+        saved: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dparams: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("batchnorm_backward", || self.inner.batchnorm_backward(g, v(x), v(y), v(dy), v(params), v(saved), dx.map(vm), vm(dparams)))
+    }
+    fn dropout_forward(
+        &self,
+        spec: &DropoutSpec,
+        rng: View<'_, Self, u32>,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        mask: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("dropout_forward", || self.inner.dropout_forward(spec, v(rng), v(x), vm(y), vm(mask)))
+    }
+    fn dropout_backward(&self, mask: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("dropout_backward", || self.inner.dropout_backward(v(mask), v(dy), vm(dx)))
+    }
+    fn augment(&self, spec: &AugmentSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("augment", || self.inner.augment(spec, v(rng), v(x), vm(y)))
     }
     fn softmax_cross_entropy(
         &self,

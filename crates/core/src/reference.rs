@@ -3,7 +3,8 @@
 //! backend uses some of them directly; every fast op, CPU or GPU, is tested
 //! against them (see [`crate::conformance`]). Callers check lengths first.
 
-use crate::backend::{Conv2dGeom, Gather, Gemm, Pool2dGeom, UpdateRule, NO_ARGMAX};
+use crate::backend::{AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule, ELASTIC_GRID, NO_ARGMAX};
+use crate::random;
 use crate::error::{Error, Result};
 
 /// C (m, n) = alpha * op(A) op(B) + beta * C + bias.
@@ -249,4 +250,251 @@ pub fn gather_batch(s: &Gather, images: &[u8], labels: &[u8], indices: &[u32], x
         y[i] = labels[idx] as u32;
     }
     Ok(())
+}
+
+/// Average pooling; padding reads 0 and every window divides by k*k.
+/// x: (N, C, H, W) -> y: (N, C, OH, OW)
+pub fn avgpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let inv = 1.0 / (g.k * g.k) as f32;
+    for plane in 0..g.n * g.c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let mut acc = 0.0f32;
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
+                            acc += x[(plane * g.h + iy as usize) * g.w + ix as usize];
+                        }
+                    }
+                }
+                y[(plane * oh + oy) * ow + ox] = acc * inv;
+            }
+        }
+    }
+}
+
+/// dy: (N, C, OH, OW) -> dx: (N, C, H, W), each output spreading dy / (k*k) over its window.
+pub fn avgpool2d_backward(g: &Pool2dGeom, dy: &[f32], dx: &mut [f32]) {
+    let (oh, ow) = (g.out_h(), g.out_w());
+    let inv = 1.0 / (g.k * g.k) as f32;
+    dx.fill(0.0);
+    for plane in 0..g.n * g.c {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let d = dy[(plane * oh + oy) * ow + ox] * inv;
+                for ky in 0..g.k {
+                    for kx in 0..g.k {
+                        let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                        let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                        if iy >= 0 && ix >= 0 && iy < g.h as isize && ix < g.w as isize {
+                            dx[(plane * g.h + iy as usize) * g.w + ix as usize] += d;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Element `j` of channel `c` of sample `n` in (N, C, HW) layout.
+#[inline]
+fn bn_index(g: &BatchNormGeom, n: usize, c: usize, j: usize) -> usize {
+    (n * g.c + c) * g.hw + j
+}
+
+/// The mean and 1/sqrt(var + eps) channel `c` is normalized with. Training:
+/// the batch's (sums in f64), also written to `saved` and folded into `running`.
+pub fn batchnorm_channel_stats(g: &BatchNormGeom, training: bool, x: &[f32], c: usize, running: &mut [f32], saved: &mut [f32]) -> (f32, f32) {
+    if !training {
+        return (running[c], 1.0 / (running[g.c + c] + g.eps).sqrt());
+    }
+    let (mut sum, mut sumsq) = (0.0f64, 0.0f64);
+    for n in 0..g.n {
+        for j in 0..g.hw {
+            let v = x[bn_index(g, n, c, j)] as f64;
+            sum += v;
+            sumsq += v * v;
+        }
+    }
+    let m = g.per_channel() as f64;
+    let mean = sum / m;
+    let var = (sumsq / m - mean * mean).max(0.0);
+    let invstd = (1.0 / (var + g.eps as f64).sqrt()) as f32;
+    saved[c] = mean as f32;
+    saved[g.c + c] = invstd;
+    let mom = g.momentum;
+    running[c] = (1.0 - mom) * running[c] + mom * mean as f32;
+    running[g.c + c] = (1.0 - mom) * running[g.c + c] + mom * (var * m / (m - 1.0)) as f32;
+    (mean as f32, invstd)
+}
+
+/// See [`crate::Backend::batchnorm_forward`]. x, y: (N, C, HW).
+pub fn batchnorm_forward(g: &BatchNormGeom, training: bool, x: &[f32], params: &[f32], running: &mut [f32], saved: &mut [f32], y: &mut [f32]) {
+    if g.n == 0 {
+        return;
+    }
+    for c in 0..g.c {
+        let (mean, invstd) = batchnorm_channel_stats(g, training, x, c, running, saved);
+        let (gamma, beta) = (params[c], params[g.c + c]);
+        for n in 0..g.n {
+            for j in 0..g.hw {
+                let i = bn_index(g, n, c, j);
+                let v = gamma * ((x[i] - mean) * invstd) + beta;
+                y[i] = if g.relu { v.max(0.0) } else { v };
+            }
+        }
+    }
+}
+
+/// See [`crate::Backend::batchnorm_backward`]: with dy' = dy (masked by y > 0 under the fused ReLU)
+/// and xhat = (x - mean) * invstd, dbeta = sum dy', dgamma = sum dy' xhat,
+/// dx = gamma * invstd * (dy' - dbeta / M - xhat * dgamma / M) over the M values of a channel.
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_backward(
+    g: &BatchNormGeom,
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    params: &[f32],
+    saved: &[f32],
+    mut dx: Option<&mut [f32]>,
+    dparams: &mut [f32],
+) {
+    let m = g.per_channel() as f64;
+    for c in 0..g.c {
+        let (mean, invstd, gamma) = (saved[c], saved[g.c + c], params[c]);
+        let dyr = |i: usize| if g.relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
+        let (mut dbeta, mut dgamma) = (0.0f64, 0.0f64);
+        for n in 0..g.n {
+            for j in 0..g.hw {
+                let i = bn_index(g, n, c, j);
+                dbeta += dyr(i) as f64;
+                dgamma += dyr(i) as f64 * ((x[i] - mean) * invstd) as f64;
+            }
+        }
+        dparams[c] = dgamma as f32;
+        dparams[g.c + c] = dbeta as f32;
+        if let Some(dx) = dx.as_deref_mut() {
+            let (mb, mg) = ((dbeta / m) as f32, (dgamma / m) as f32);
+            for n in 0..g.n {
+                for j in 0..g.hw {
+                    let i = bn_index(g, n, c, j);
+                    let xhat = (x[i] - mean) * invstd;
+                    dx[i] = gamma * invstd * (dyr(i) - mb - xhat * mg);
+                }
+            }
+        }
+    }
+}
+
+/// See [`crate::Backend::dropout_forward`]; `rng` = [seed, step].
+pub fn dropout_forward(spec: &DropoutSpec, rng: &[u32], x: &[f32], y: &mut [f32], mask: &mut [f32]) {
+    dropout_forward_from(spec, rng, 0, x, y, mask);
+}
+
+/// [`dropout_forward`] of the elements `first..first + x.len()` (for parallel chunks).
+pub fn dropout_forward_from(spec: &DropoutSpec, rng: &[u32], first: usize, x: &[f32], y: &mut [f32], mask: &mut [f32]) {
+    let key = random::stream_key(rng[0], rng[1], spec.salt);
+    let scale = 1.0 / (1.0 - spec.p);
+    for (i, ((y, m), &x)) in y.iter_mut().zip(mask.iter_mut()).zip(x).enumerate() {
+        *m = if random::uniform(key, (first + i) as u32) >= spec.p { scale } else { 0.0 };
+        *y = x * *m;
+    }
+}
+
+pub fn dropout_backward(mask: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((dx, &d), &m) in dx.iter_mut().zip(dy).zip(mask) {
+        *dx = d * m;
+    }
+}
+
+/// The three stream keys of an augmentation step: affine parameters, elastic grid, noise.
+pub fn augment_keys(spec: &AugmentSpec, rng: &[u32]) -> [u32; 3] {
+    let key = random::stream_key(rng[0], rng[1], spec.salt);
+    [key, random::mix(key ^ 1), random::mix(key ^ 2)]
+}
+
+/// The elastic displacement (dx, dy) in pixels at output pixel (ox, oy) of sample `i`:
+/// bilinear between the (ELASTIC_GRID + 1)^2 random control points.
+pub fn elastic_at(spec: &AugmentSpec, key: u32, i: usize, ox: usize, oy: usize) -> (f32, f32) {
+    if spec.elastic == 0.0 {
+        return (0.0, 0.0);
+    }
+    let g = ELASTIC_GRID;
+    let side = g + 1;
+    let point = |gx: usize, gy: usize, axis: usize| {
+        let draw = ((i * side * side + gy * side + gx) * 2 + axis) as u32;
+        spec.elastic * (2.0 * random::uniform(key, draw) - 1.0)
+    };
+    let fx = ox as f32 * g as f32 / (spec.w.max(2) - 1) as f32;
+    let fy = oy as f32 * g as f32 / (spec.h.max(2) - 1) as f32;
+    let (gx, gy) = ((fx as usize).min(g - 1), (fy as usize).min(g - 1));
+    let (tx, ty) = (fx - gx as f32, fy - gy as f32);
+    let lerp2 = |axis| {
+        let top = (1.0 - tx) * point(gx, gy, axis) + tx * point(gx + 1, gy, axis);
+        let bottom = (1.0 - tx) * point(gx, gy + 1, axis) + tx * point(gx + 1, gy + 1, axis);
+        (1.0 - ty) * top + ty * bottom
+    };
+    (lerp2(0), lerp2(1))
+}
+
+/// Bilinear sample of the (h, w) plane at (sx, sy); pixels outside read `fill`.
+pub fn bilinear(plane: &[f32], h: usize, w: usize, sx: f32, sy: f32, fill: f32) -> f32 {
+    let (x0, y0) = (sx.floor(), sy.floor());
+    let (fx, fy) = (sx - x0, sy - y0);
+    let at = |x: f32, y: f32| {
+        if x >= 0.0 && y >= 0.0 && x < w as f32 && y < h as f32 {
+            plane[y as usize * w + x as usize]
+        } else {
+            fill
+        }
+    };
+    let top = (1.0 - fx) * at(x0, y0) + fx * at(x0 + 1.0, y0);
+    let bottom = (1.0 - fx) * at(x0, y0 + 1.0) + fx * at(x0 + 1.0, y0 + 1.0);
+    (1.0 - fy) * top + fy * bottom
+}
+
+/// Sample `i` of [`crate::Backend::augment`]: x, y are that sample's (C, H, W).
+pub fn augment_sample(spec: &AugmentSpec, keys: [u32; 3], i: usize, x: &[f32], y: &mut [f32]) {
+    warp_sample(spec, &spec.params(keys[0], i), keys, i, x, y);
+}
+
+/// [`augment_sample`] with the affine parameters given (elastic grid and
+/// noise still come from `keys[1]` and `keys[2]`).
+pub fn warp_sample(spec: &AugmentSpec, p: &AugmentParams, keys: [u32; 3], i: usize, x: &[f32], y: &mut [f32]) {
+    let (h, w) = (spec.h, spec.w);
+    let (sin, cos) = p.angle.sin_cos();
+    let (cx, cy) = ((w as f32 - 1.0) * 0.5, (h as f32 - 1.0) * 0.5);
+    for oy in 0..h {
+        for ox in 0..w {
+            let (ex, ey) = elastic_at(spec, keys[1], i, ox, oy);
+            // Invert out = s R(angle) (in - centre) + centre + t.
+            let (px, py) = (ox as f32 + ex - cx - p.tx, oy as f32 + ey - cy - p.ty);
+            let mut sx = (cos * px + sin * py) / p.scale + cx;
+            let sy = (-sin * px + cos * py) / p.scale + cy;
+            if p.flip {
+                sx = w as f32 - 1.0 - sx;
+            }
+            for c in 0..spec.c {
+                let o = (c * h + oy) * w + ox;
+                let mut v = bilinear(&x[c * h * w..(c + 1) * h * w], h, w, sx, sy, spec.fill);
+                if spec.noise > 0.0 {
+                    v += spec.noise * random::normal(keys[2], (i * spec.c * h * w + o) as u32);
+                }
+                y[o] = v;
+            }
+        }
+    }
+}
+
+/// See [`crate::Backend::augment`]; `rng` = [seed, step].
+pub fn augment(spec: &AugmentSpec, rng: &[u32], x: &[f32], y: &mut [f32]) {
+    let keys = augment_keys(spec, rng);
+    let len = spec.c * spec.h * spec.w;
+    for i in 0..spec.n {
+        augment_sample(spec, keys, i, &x[i * len..(i + 1) * len], &mut y[i * len..(i + 1) * len]);
+    }
 }

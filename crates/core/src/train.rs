@@ -3,12 +3,12 @@
 //! device from a per-epoch permutation, and loss/accuracy accumulate in device
 //! buffers that are read once per epoch. A step allocates nothing.
 
-use crate::backend::{Backend, Gather, View, ViewMut};
+use crate::backend::{AugmentSpec, Backend, Gather, View, ViewMut};
 use crate::data::{Dataset, MNIST_MEAN, MNIST_STD};
 use crate::error::{Error, Result};
 use crate::model::Init;
-use crate::model::Model;
-use crate::optim::{Optimizer, OptimizerConfig, ScheduleConfig};
+use crate::model::{Model, ModelConfig};
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, Schedule, ScheduleConfig};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,64 @@ pub struct TrainConfig {
     #[serde(default)]
     pub init: Init,
     pub seed: u64,
+    /// Random augmentation of every training batch (off when all zero).
+    #[serde(default)]
+    pub augment: AugmentConfig,
+}
+
+/// On-the-fly augmentation of training batches, on the device that trains
+/// (see [`AugmentSpec`] for what each range means).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AugmentConfig {
+    /// Rotation in ±degrees.
+    pub rotate_deg: f32,
+    /// Scale in 1 ± this.
+    pub scale: f32,
+    /// Shift in ± this share of the image size.
+    pub translate: f32,
+    /// Elastic distortion: largest control-point displacement in pixels.
+    pub elastic: f32,
+    /// Random horizontal flips.
+    pub flip: bool,
+    /// Gaussian noise standard deviation (in normalized units).
+    pub noise: f32,
+}
+
+impl AugmentConfig {
+    pub fn is_off(&self) -> bool {
+        *self == AugmentConfig::default()
+    }
+
+    /// For digits: small rotations, scalings and shifts (no flips: a flipped 2 is no 2).
+    pub fn digits() -> Self {
+        AugmentConfig { rotate_deg: 10.0, scale: 0.1, translate: 0.1, ..Default::default() }
+    }
+
+    /// For clothes: flips and small shifts.
+    pub fn clothes() -> Self {
+        AugmentConfig { translate: 0.1, flip: true, ..Default::default() }
+    }
+
+    fn spec(&self, n: usize, shape: &[usize]) -> Result<AugmentSpec> {
+        let [c, h, w] = *shape else {
+            return Err(Error::config("augmentation", format!("needs image inputs (C, H, W), the model takes {shape:?}")));
+        };
+        Ok(AugmentSpec {
+            n,
+            c,
+            h,
+            w,
+            rotate_deg: self.rotate_deg,
+            scale: self.scale,
+            translate: self.translate,
+            elastic: self.elastic,
+            flip: self.flip,
+            noise: self.noise,
+            // The background: a 0 pixel after normalization.
+            fill: -MNIST_MEAN / MNIST_STD,
+            salt: 0,
+        })
+    }
 }
 
 impl Default for TrainConfig {
@@ -35,12 +93,37 @@ impl Default for TrainConfig {
             schedule: ScheduleConfig::default(),
             init: Init::default(),
             seed: 0,
+            augment: AugmentConfig::default(),
         }
     }
 }
 
 impl TrainConfig {
+    /// The recipe a model trains with by default on `dataset` ("mnist" or
+    /// "fashion-mnist"): LeNet-5 and MLPs as [`TrainConfig::default`] (no
+    /// augmentation); the strong CNN with Nesterov SGD, a one-cycle schedule,
+    /// weight decay and augmentation (see BENCHMARKS.md for what it reaches).
+    pub fn recipe(model: &ModelConfig, dataset: &str) -> Self {
+        match model {
+            ModelConfig::MnistCnn { .. } => TrainConfig {
+                epochs: 15,
+                batch_size: 128,
+                optimizer: OptimizerConfig { kind: OptimizerKind::Sgd, nesterov: true, ..OptimizerConfig::sgd(0.1, 0.9, 5e-4) },
+                schedule: ScheduleConfig { schedule: Schedule::OneCycle { pct_start: 0.25 }, warmup_epochs: 0.0 },
+                init: Init::He,
+                seed: 0,
+                augment: if dataset == "fashion-mnist" { AugmentConfig::clothes() } else { AugmentConfig::digits() },
+            },
+            _ => TrainConfig::default(),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
+        let a = &self.augment;
+        let ok = |v: f32| v.is_finite() && v >= 0.0;
+        if !(ok(a.rotate_deg) && ok(a.translate) && ok(a.elastic) && ok(a.noise) && ok(a.scale) && a.scale < 1.0) {
+            return Err(Error::config("augmentation", format!("ranges must be >= 0 (scale below 1), got {a:?}")));
+        }
         if self.batch_size == 0 {
             return Err(Error::config("--batch-size", "must be at least 1"));
         }
@@ -96,13 +179,15 @@ impl PassStats {
 /// A fixed-size batch workspace: input, labels and the loss accumulators.
 struct Batch<B: Backend> {
     x: B::Buf<f32>,
+    /// The augmented batch (allocated only when augmenting).
+    augmented: Option<B::Buf<f32>>,
     y: B::Buf<u32>,
     stats: B::Buf<f32>,
 }
 
 impl<B: Backend> Batch<B> {
     fn new(backend: &B, capacity: usize, sample_len: usize) -> Result<Self> {
-        Ok(Batch { x: backend.alloc(capacity * sample_len)?, y: backend.alloc(capacity)?, stats: backend.alloc(2)? })
+        Ok(Batch { x: backend.alloc(capacity * sample_len)?, augmented: None, y: backend.alloc(capacity)?, stats: backend.alloc(2)? })
     }
 }
 
@@ -127,6 +212,9 @@ pub struct Trainer<B: Backend> {
     batch_indices: B::Buf<u32>,
     dlogits: B::Buf<f32>,
     perm: B::Buf<u32>,
+    /// The global step numbers of this epoch's steps: each step copies its
+    /// number into the model's random-stream state on the device.
+    step_ids: B::Buf<u32>,
     /// The running loss sum after each step of the epoch (a device-side copy,
     /// read only when the loss went non-finite, to name the step).
     loss_log: B::Buf<f32>,
@@ -150,9 +238,17 @@ impl<B: Backend> Trainer<B> {
         config.validate()?;
         let bs = config.batch_size;
         model.reserve_backward(backend, bs)?;
+        // Random streams follow the run's seed, however the model was built or loaded.
+        backend.write(ViewMut::range(&mut model.rng, 0, 1)?, &[crate::random::device_seed(config.seed)])?;
         let optimizer = Optimizer::new(backend, config.optimizer, &model.params)?;
+        let mut batch = Batch::new(backend, bs, model.input_len())?;
+        if !config.augment.is_off() {
+            config.augment.spec(bs, model.input_shape())?;
+            batch.augmented = Some(backend.alloc(bs * model.input_len())?);
+        }
         Ok(Trainer {
-            batch: Batch::new(backend, bs, model.input_len())?,
+            batch,
+            step_ids: backend.alloc(train_len.div_ceil(bs).max(1))?,
             batch_indices: backend.alloc(bs)?,
             dlogits: backend.alloc(bs * model.classes())?,
             perm: backend.alloc(train_len)?,
@@ -185,8 +281,15 @@ impl<B: Backend> Trainer<B> {
             ViewMut::prefix(&mut self.batch.x, x_len)?,
             ViewMut::prefix(&mut self.batch.y, n)?,
         )?;
-        let x = View::prefix(&self.batch.x, x_len)?;
-        self.model.forward(backend, n, x)?;
+        let x = match self.batch.augmented.as_mut() {
+            Some(augmented) => {
+                let spec = self.config.augment.spec(n, self.model.input_shape())?;
+                backend.augment(&spec, View::all(&self.model.rng), View::prefix(&self.batch.x, x_len)?, ViewMut::prefix(augmented, x_len)?)?;
+                View::prefix(augmented, x_len)?
+            }
+            None => View::prefix(&self.batch.x, x_len)?,
+        };
+        self.model.forward_train(backend, n, x)?;
         // Mean loss over the batch: dlogits = (softmax - onehot) / n
         backend.softmax_cross_entropy(
             n,
@@ -212,8 +315,9 @@ impl<B: Backend> Trainer<B> {
         }
         if let Some((k, graph)) = &self.graph {
             if *k == key {
-                // The recorded step includes the optimizer update: count it.
+                // The recorded step includes the optimizer update and a training forward: count them.
                 self.optimizer.steps += 1;
+                self.model.batches_tracked += 1;
                 return backend.replay(graph);
             }
         }
@@ -258,6 +362,12 @@ impl<B: Backend> Trainer<B> {
         if crate::Storage::len(&self.loss_log) < steps {
             self.loss_log = backend.alloc(steps)?;
         }
+        if crate::Storage::len(&self.step_ids) < steps {
+            self.step_ids = backend.alloc(steps)?;
+        }
+        // Global step numbers: random draws depend on where training is, not on how it got there.
+        let ids: Vec<u32> = (0..steps).map(|i| (epoch * steps + i) as u32).collect();
+        backend.write(ViewMut::prefix(&mut self.step_ids, steps)?, &ids)?;
         backend.write(ViewMut::all(&mut self.perm), &epoch_permutation(self.config.seed, epoch, data.len))?;
         backend.fill(ViewMut::all(&mut self.batch.stats), 0.0)?;
         // The epoch's learning rates go to the device once; steps copy theirs there.
@@ -267,6 +377,7 @@ impl<B: Backend> Trainer<B> {
             let start = step * bs;
             let n = bs.min(data.len - start);
             self.optimizer.prepare(backend, step)?;
+            backend.copy(View::range(&self.step_ids, step, 1)?, ViewMut::range(&mut self.model.rng, 1, 1)?)?;
             backend.copy(View::range(&self.perm, start, n)?, ViewMut::prefix(&mut self.batch_indices, n)?)?;
             if n == bs {
                 self.full_step(backend, data)?;

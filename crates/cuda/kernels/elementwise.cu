@@ -32,3 +32,8 @@ extern "C" __global__ void column_sums(const float* __restrict__ dy, float* __re
     acc = warp_sum(acc);
     if (lane == 0) db[col] = acc;
 }
+
+// y (N, CO, HW) = b[co] (the start of a convolution's output, before the GEMM accumulates onto it).
+extern "C" __global__ void bias_channels(float* __restrict__ y, const float* __restrict__ b, int total, int CO, int HW) {
+    GRID_STRIDE(i, total) y[i] = b[(i / HW) % CO];
+}

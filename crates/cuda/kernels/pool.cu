@@ -32,3 +32,41 @@ extern "C" __global__ void maxpool_backward(const float* __restrict__ dy, const 
         if (i < (unsigned)n_in) atomicAdd(dx + i, dy[o]);
     }
 }
+
+// Average pooling: padding reads 0, every window divides by K*K.
+extern "C" __global__ void avgpool_forward(const float* __restrict__ x, float* __restrict__ y, int planes, int H, int W, int K, int S,
+                                           int P, int OH, int OW) {
+    float inv = 1.0f / (float)(K * K);
+    GRID_STRIDE(o, planes * OH * OW) {
+        int ox = o % OW, oy = (o / OW) % OH, plane = o / (OW * OH);
+        float acc = 0.0f;
+        for (int ky = 0; ky < K; ky++) {
+            int iy = oy * S + ky - P;
+            if (iy < 0 || iy >= H) continue;
+            for (int kx = 0; kx < K; kx++) {
+                int ix = ox * S + kx - P;
+                if (ix >= 0 && ix < W) acc += x[(plane * H + iy) * W + ix];
+            }
+        }
+        y[o] = acc * inv;
+    }
+}
+
+// dx[i] = sum of dy / (K*K) over the windows that contain input i (a gather: no atomics, no zero fill).
+extern "C" __global__ void avgpool_backward(const float* __restrict__ dy, float* __restrict__ dx, int planes, int H, int W, int K, int S,
+                                            int P, int OH, int OW) {
+    float inv = 1.0f / (float)(K * K);
+    GRID_STRIDE(i, planes * H * W) {
+        int ix = i % W, iy = (i / W) % H, plane = i / (W * H);
+        float acc = 0.0f;
+        for (int oy = 0; oy < OH; oy++) {
+            int ky = iy + P - oy * S;
+            if (ky < 0 || ky >= K) continue;
+            for (int ox = 0; ox < OW; ox++) {
+                int kx = ix + P - ox * S;
+                if (kx >= 0 && kx < K) acc += dy[(plane * OH + oy) * OW + ox] * inv;
+            }
+        }
+        dx[i] = acc;
+    }
+}

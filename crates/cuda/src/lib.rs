@@ -24,6 +24,8 @@ const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("optim.cu", include_str!("../kernels/optim.cu")),
     ("data.cu", include_str!("../kernels/data.cu")),
     ("gemm.cu", include_str!("../kernels/gemm.cu")),
+    ("norm.cu", include_str!("../kernels/norm.cu")),
+    ("random.cu", include_str!("../kernels/random.cu")),
 ];
 
 fn device_err(msg: impl std::fmt::Display) -> Error {
@@ -106,6 +108,16 @@ struct Kernels {
     gemm_small: CudaFunction,
     adam_step: CudaFunction,
     gather_batch: CudaFunction,
+    bias_channels: CudaFunction,
+    avgpool_forward: CudaFunction,
+    avgpool_backward: CudaFunction,
+    bn_stats: CudaFunction,
+    bn_apply: CudaFunction,
+    bn_backward_reduce: CudaFunction,
+    bn_backward_dx: CudaFunction,
+    dropout_forward: CudaFunction,
+    dropout_backward: CudaFunction,
+    augment: CudaFunction,
 }
 
 /// Scratch space reused across ops (im2col columns, transposed activations).
@@ -226,6 +238,16 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         gemm_small: f("gemm_small")?,
         adam_step: f("adam_step")?,
         gather_batch: f("gather_batch")?,
+        bias_channels: f("bias_channels")?,
+        avgpool_forward: f("avgpool_forward")?,
+        avgpool_backward: f("avgpool_backward")?,
+        bn_stats: f("bn_stats")?,
+        bn_apply: f("bn_apply")?,
+        bn_backward_reduce: f("bn_backward_reduce")?,
+        bn_backward_dx: f("bn_backward_dx")?,
+        dropout_forward: f("dropout_forward")?,
+        dropout_backward: f("dropout_backward")?,
+        augment: f("augment")?,
         _module: module,
     })
 }

@@ -5,7 +5,7 @@
 use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use rr_core::backend::{checks, Conv2dGeom, Gather, Gemm, Pool2dGeom, UpdateRule};
+use rr_core::backend::{checks, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule};
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
@@ -102,6 +102,44 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// y = bias, then y_n (C_out, OH*OW) += W (C_out, C_in*K*K) . cols_n, in chunks
+    /// of samples whose column matrices fit a bounded scratch buffer.
+    fn conv2d_forward_gemm(
+        &self,
+        g: &Conv2dGeom,
+        x: &View<'_, Self, f32>,
+        w: &View<'_, Self, f32>,
+        bias: &View<'_, Self, f32>,
+        y: &ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        let ohw = g.out_h() * g.out_w();
+        let (pl, rows) = (g.patch_len(), g.patch_len() + 1);
+        if rows > 65_535 {
+            return Err(Error::shape("conv2d_forward", "C_in*K*K + 1", "<= 65535 on the GPU", rows));
+        }
+        launch!(self, bias_channels, self.cfg(g.y_len()), ptr_mut(y), ptr(bias), i32c(g.y_len())?, i32c(g.c_out)?, i32c(ohw)?)?;
+        // At most 2^26 floats (256 MB) of columns at a time.
+        let chunk = ((1usize << 26) / (rows * ohw)).clamp(1, 65_535);
+        let (_guard, cols, _) = self.scratch(chunk.min(g.n) * rows * ohw, 0)?;
+        let mut start = 0;
+        while start < g.n {
+            let n = chunk.min(g.n - start);
+            let sub = Conv2dGeom { n, ..*g };
+            let geo = ConvGeo::new(&sub)?;
+            let xs = ptr(x) + (start * g.c_in * g.h * g.w * 4) as u64;
+            let ys = ptr_mut(y) + (start * g.c_out * ohw * 4) as u64;
+            let cfg = LaunchConfig { grid_dim: ((ohw as u32).div_ceil(BLOCK), rows as u32, n as u32), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+            launch!(self, im2col_ones, cfg, xs, cols, geo)?;
+            // The patch rows of each sample's columns (the ones row is skipped: the bias is already in y).
+            let product = Gemm::new(g.c_out, ohw, pl);
+            self.sgemm_batched(&product, (ptr(w), 0), (cols, rows * ohw), (ys, g.c_out * ohw), n, 1.0)?;
+            start += n;
+        }
+        Ok(())
+    }
+}
+
 /// Convolution geometry as the kernels take it (`struct ConvGeo` in kernels/common.cuh).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -136,6 +174,33 @@ impl ConvGeo {
             ow: i32c(g.out_w())?,
         })
     }
+}
+
+/// Augmentation settings as the kernel takes them (`struct AugmentArgs` in kernels/random.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct AugmentArgs {
+    n: i32,
+    c: i32,
+    h: i32,
+    w: i32,
+    rotate_rad: f32,
+    scale: f32,
+    translate: f32,
+    elastic: f32,
+    flip: i32,
+    noise: f32,
+    fill: f32,
+    salt: u32,
+}
+
+// SAFETY: plain #[repr(C)] 4-byte fields, laid out as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for AugmentArgs {}
+
+/// A pool's geometry as kernel arguments: planes, H, W, K, S, P, OH, OW.
+#[allow(clippy::type_complexity)]
+fn pool_args(g: &Pool2dGeom) -> Result<(i32, i32, i32, i32, i32, i32, i32, i32)> {
+    Ok((i32c(g.n * g.c)?, i32c(g.h)?, i32c(g.w)?, i32c(g.k)?, i32c(g.stride)?, i32c(g.pad)?, i32c(g.out_h())?, i32c(g.out_w())?))
 }
 
 /// Sizes go to kernels as i32.
@@ -318,6 +383,10 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let geo = ConvGeo::new(g)?;
+        // Wide layers (the strong model's 32..128 channels): im2col + batched GEMM.
+        if g.c_out >= 32 && g.patch_len() >= 64 {
+            return self.conv2d_forward_gemm(g, &x, &w, &bias, &y);
+        }
         // Weights (and bias) in shared memory when they fit; 8 output channels per thread.
         let smem = 4 * (g.w_len() + g.c_out);
         if smem <= 48 * 1024 {
@@ -414,6 +483,118 @@ impl Backend for CudaBackend {
         let dxp = ptr_mut(&dx);
         launch!(self, fill, self.cfg(g.x_len()), dxp, i32c(g.x_len())?, 0.0f32)?;
         launch!(self, maxpool_backward, self.cfg(g.y_len()), ptr(&dy), ptr(&argmax), dxp, i32c(g.y_len())?, i32c(g.x_len())?)
+    }
+
+    fn avgpool2d_forward(&self, g: &Pool2dGeom, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::avgpool2d("avgpool2d_forward", g, x.len, y.len)?;
+        let (planes, h, w, k, s, p, oh, ow) = pool_args(g)?;
+        launch!(self, avgpool_forward, self.cfg(g.y_len()), ptr(&x), ptr_mut(&y), planes, h, w, k, s, p, oh, ow)
+    }
+
+    fn avgpool2d_backward(&self, g: &Pool2dGeom, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::avgpool2d("avgpool2d_backward", g, dx.len, dy.len)?;
+        let (planes, h, w, k, s, p, oh, ow) = pool_args(g)?;
+        launch!(self, avgpool_backward, self.cfg(g.x_len()), ptr(&dy), ptr_mut(&dx), planes, h, w, k, s, p, oh, ow)
+    }
+
+    fn batchnorm_forward(
+        &self,
+        g: &BatchNormGeom,
+        training: bool,
+        x: View<'_, Self, f32>,
+        params: View<'_, Self, f32>,
+        running: ViewMut<'_, Self, f32>,
+        saved: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::batchnorm_forward(g, training, x.len, params.len, running.len, saved.len, y.len)?;
+        if g.is_empty() {
+            return Ok(());
+        }
+        let (n, c, hw) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?);
+        let stats = if training {
+            let cfg = LaunchConfig { grid_dim: (g.c as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+            launch!(self, bn_stats, cfg, ptr(&x), ptr_mut(&running), ptr_mut(&saved), n, c, hw, g.eps, g.momentum)?;
+            ptr_mut(&saved)
+        } else {
+            ptr_mut(&running)
+        };
+        launch!(self, bn_apply, self.cfg(g.len()), ptr(&x), ptr(&params), stats, ptr_mut(&y), n, c, hw, g.eps, training as i32, g.relu as i32)
+    }
+
+    fn batchnorm_backward(
+        &self,
+        g: &BatchNormGeom,
+        x: View<'_, Self, f32>,
+        y: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        params: View<'_, Self, f32>,
+        saved: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dparams: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::batchnorm_backward(g, x.len, y.len, dy.len, params.len, saved.len, dx.as_ref().map(|d| d.len), dparams.len)?;
+        let (n, c, hw, relu) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?, g.relu as i32);
+        let cfg = LaunchConfig { grid_dim: (g.c as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, bn_backward_reduce, cfg, ptr(&x), ptr(&y), ptr(&dy), ptr(&saved), ptr_mut(&dparams), n, c, hw, relu)?;
+        match dx {
+            Some(dx) if !g.is_empty() => launch!(
+                self,
+                bn_backward_dx,
+                self.cfg(g.len()),
+                ptr(&x),
+                ptr(&y),
+                ptr(&dy),
+                ptr(&params),
+                ptr(&saved),
+                ptr_mut(&dparams),
+                ptr_mut(&dx),
+                n,
+                c,
+                hw,
+                relu
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    fn dropout_forward(
+        &self,
+        spec: &DropoutSpec,
+        rng: View<'_, Self, u32>,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        mask: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::dropout_forward(spec, rng.len, x.len, y.len, mask.len)?;
+        launch!(self, dropout_forward, self.cfg(x.len), ptr(&rng), ptr(&x), ptr_mut(&y), ptr_mut(&mask), i32c(x.len)?, spec.p, spec.salt)
+    }
+
+    fn dropout_backward(&self, mask: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::dropout_backward(mask.len, dy.len, dx.len)?;
+        launch!(self, dropout_backward, self.cfg(mask.len), ptr(&mask), ptr(&dy), ptr_mut(&dx), i32c(mask.len)?)
+    }
+
+    fn augment(&self, spec: &AugmentSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::augment(spec, rng.len, x.len, y.len)?;
+        if spec.is_empty() {
+            return Ok(());
+        }
+        let args = AugmentArgs {
+            n: i32c(spec.n)?,
+            c: i32c(spec.c)?,
+            h: i32c(spec.h)?,
+            w: i32c(spec.w)?,
+            rotate_rad: spec.rotate_deg.to_radians(),
+            scale: spec.scale,
+            translate: spec.translate,
+            elastic: spec.elastic,
+            flip: spec.flip as i32,
+            noise: spec.noise,
+            fill: spec.fill,
+            salt: spec.salt,
+        };
+        launch!(self, augment, self.cfg(spec.n * spec.h * spec.w), ptr(&rng), ptr(&x), ptr_mut(&y), args)
     }
 
     fn softmax_cross_entropy(

@@ -6,7 +6,9 @@
 //! col2im, pooling) get the same through `multiversion`, since the default
 //! build target is baseline x86-64.
 
-use crate::backend::{checks, Backend, Conv2dGeom, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut, NO_ARGMAX};
+use crate::backend::{
+    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut, NO_ARGMAX,
+};
 use crate::error::{check_len, Error, Result};
 use crate::reference;
 use gemm::Parallelism;
@@ -577,6 +579,169 @@ impl Backend for CpuBackend {
                     }
                 }
             })
+        });
+        Ok(())
+    }
+
+    fn avgpool2d_forward(&self, g: &Pool2dGeom, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::avgpool2d("avgpool2d_forward", g, x.len, y.len)?;
+        let (x, y) = (s(x), sm(y));
+        let (ohw, hw) = (g.out_h() * g.out_w(), g.h * g.w);
+        let plane = Pool2dGeom { n: 1, c: 1, ..*g };
+        self.pool.install(|| {
+            y.par_chunks_mut(ohw.max(1)).enumerate().for_each(|(p, yp)| reference::avgpool2d_forward(&plane, &x[p * hw..(p + 1) * hw], yp))
+        });
+        Ok(())
+    }
+
+    fn avgpool2d_backward(&self, g: &Pool2dGeom, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::avgpool2d("avgpool2d_backward", g, dx.len, dy.len)?;
+        let (dy, dx) = (s(dy), sm(dx));
+        let (ohw, hw) = (g.out_h() * g.out_w(), g.h * g.w);
+        let plane = Pool2dGeom { n: 1, c: 1, ..*g };
+        self.pool.install(|| {
+            dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, dxp)| reference::avgpool2d_backward(&plane, &dy[p * ohw..(p + 1) * ohw], dxp))
+        });
+        Ok(())
+    }
+
+    fn batchnorm_forward(
+        &self,
+        g: &BatchNormGeom,
+        training: bool,
+        x: View<'_, Self, f32>,
+        params: View<'_, Self, f32>,
+        running: ViewMut<'_, Self, f32>,
+        saved: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::batchnorm_forward(g, training, x.len, params.len, running.len, saved.len, y.len)?;
+        if g.n == 0 {
+            return Ok(());
+        }
+        let (x, params, running, saved, y) = (s(x), s(params), sm(running), sm(saved), sm(y));
+        // Per-channel statistics in parallel (each channel by the reference code), then (n, c) planes in parallel.
+        let stats: Vec<(f32, f32, [f32; 4])> = self.pool.install(|| {
+            (0..g.c)
+                .into_par_iter()
+                .map(|c| {
+                    let mut r = vec![0.0; 2 * g.c];
+                    let mut sv = vec![0.0; 2 * g.c];
+                    (r[c], r[g.c + c]) = (running[c], running[g.c + c]);
+                    let (mean, invstd) = reference::batchnorm_channel_stats(g, training, x, c, &mut r, &mut sv);
+                    (mean, invstd, [r[c], r[g.c + c], sv[c], sv[g.c + c]])
+                })
+                .collect()
+        });
+        if training {
+            for (c, (_, _, v)) in stats.iter().enumerate() {
+                (running[c], running[g.c + c], saved[c], saved[g.c + c]) = (v[0], v[1], v[2], v[3]);
+            }
+        }
+        self.pool.install(|| {
+            y.par_chunks_mut(g.hw).zip(x.par_chunks(g.hw)).enumerate().for_each(|(p, (yp, xp))| {
+                let c = p % g.c;
+                let (mean, invstd) = (stats[c].0, stats[c].1);
+                let (gamma, beta) = (params[c], params[g.c + c]);
+                for (y, &x) in yp.iter_mut().zip(xp) {
+                    let v = gamma * ((x - mean) * invstd) + beta;
+                    *y = if g.relu { v.max(0.0) } else { v };
+                }
+            })
+        });
+        Ok(())
+    }
+
+    fn batchnorm_backward(
+        &self,
+        g: &BatchNormGeom,
+        x: View<'_, Self, f32>,
+        y: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        params: View<'_, Self, f32>,
+        saved: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dparams: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::batchnorm_backward(g, x.len, y.len, dy.len, params.len, saved.len, dx.as_ref().map(|d| d.len), dparams.len)?;
+        let (x, y, dy, params, saved, dparams) = (s(x), s(y), s(dy), s(params), s(saved), sm(dparams));
+        let dyr = |i: usize| if g.relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
+        // Per channel: (dgamma, dbeta) summed in f64 over the channel's planes.
+        let sums: Vec<(f64, f64)> = self.pool.install(|| {
+            (0..g.c)
+                .into_par_iter()
+                .map(|c| {
+                    let (mean, invstd) = (saved[c], saved[g.c + c]);
+                    let (mut dgamma, mut dbeta) = (0.0f64, 0.0f64);
+                    for n in 0..g.n {
+                        let base = (n * g.c + c) * g.hw;
+                        for i in base..base + g.hw {
+                            let d = dyr(i);
+                            dbeta += d as f64;
+                            dgamma += d as f64 * ((x[i] - mean) * invstd) as f64;
+                        }
+                    }
+                    (dgamma, dbeta)
+                })
+                .collect()
+        });
+        for (c, &(dgamma, dbeta)) in sums.iter().enumerate() {
+            dparams[c] = dgamma as f32;
+            dparams[g.c + c] = dbeta as f32;
+        }
+        if let Some(dx) = dx {
+            let m = g.per_channel() as f64;
+            self.pool.install(|| {
+                sm(dx).par_chunks_mut(g.hw).enumerate().for_each(|(p, dxp)| {
+                    let c = p % g.c;
+                    let (mean, invstd, gamma) = (saved[c], saved[g.c + c], params[c]);
+                    let (mb, mg) = ((sums[c].1 / m) as f32, (sums[c].0 / m) as f32);
+                    for (j, dx) in dxp.iter_mut().enumerate() {
+                        let i = p * g.hw + j;
+                        let xhat = (x[i] - mean) * invstd;
+                        *dx = gamma * invstd * (dyr(i) - mb - xhat * mg);
+                    }
+                })
+            });
+        }
+        Ok(())
+    }
+
+    fn dropout_forward(
+        &self,
+        spec: &DropoutSpec,
+        rng: View<'_, Self, u32>,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        mask: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::dropout_forward(spec, rng.len, x.len, y.len, mask.len)?;
+        let (rng, x, y, mask) = (s(rng), s(x), sm(y), sm(mask));
+        const CHUNK: usize = 1 << 14;
+        self.pool.install(|| {
+            y.par_chunks_mut(CHUNK).zip(mask.par_chunks_mut(CHUNK)).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(i, ((y, m), x))| {
+                reference::dropout_forward_from(spec, rng, i * CHUNK, x, y, m)
+            })
+        });
+        Ok(())
+    }
+
+    fn dropout_backward(&self, mask: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::dropout_backward(mask.len, dy.len, dx.len)?;
+        reference::dropout_backward(s(mask), s(dy), sm(dx));
+        Ok(())
+    }
+
+    fn augment(&self, spec: &AugmentSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::augment(spec, rng.len, x.len, y.len)?;
+        let keys = reference::augment_keys(spec, s(rng));
+        let (x, y) = (s(x), sm(y));
+        let len = spec.c * spec.h * spec.w;
+        self.pool.install(|| {
+            y.par_chunks_mut(len.max(1))
+                .zip(x.par_chunks(len.max(1)))
+                .enumerate()
+                .for_each(|(i, (yi, xi))| reference::augment_sample(spec, keys, i, xi, yi))
         });
         Ok(())
     }

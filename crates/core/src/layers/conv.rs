@@ -44,8 +44,8 @@ impl<B: Backend> Layer<B> for Conv2d {
         let fan_in = self.c_in * self.kernel * self.kernel;
         let fan_out = self.c_out * self.kernel * self.kernel;
         vec![
-            ParamSpec { name: "weight", shape: vec![self.c_out, self.c_in, self.kernel, self.kernel], fan_in, fan_out },
-            ParamSpec { name: "bias", shape: vec![self.c_out], fan_in, fan_out },
+            ParamSpec::new("weight", vec![self.c_out, self.c_in, self.kernel, self.kernel], fan_in, fan_out),
+            ParamSpec::new("bias", vec![self.c_out], fan_in, fan_out),
         ]
     }
 

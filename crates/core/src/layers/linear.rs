@@ -30,8 +30,8 @@ impl<B: Backend> Layer<B> for Linear {
 
     fn param_specs(&self) -> Vec<ParamSpec> {
         vec![
-            ParamSpec { name: "weight", shape: vec![self.outputs, self.inputs], fan_in: self.inputs, fan_out: self.outputs },
-            ParamSpec { name: "bias", shape: vec![self.outputs], fan_in: self.inputs, fan_out: self.outputs },
+            ParamSpec::new("weight", vec![self.outputs, self.inputs], self.inputs, self.outputs),
+            ParamSpec::new("bias", vec![self.outputs], self.inputs, self.outputs),
         ]
     }
 

@@ -7,13 +7,17 @@
 
 mod activation;
 mod conv;
+mod dropout;
 mod linear;
+mod norm;
 mod pool;
 
 pub use activation::{Flatten, Relu};
 pub use conv::Conv2d;
+pub use dropout::Dropout;
 pub use linear::Linear;
-pub use pool::MaxPool2d;
+pub use norm::BatchNorm;
+pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 
 use crate::backend::{Backend, View, ViewMut};
 use crate::error::Result;
@@ -26,9 +30,16 @@ pub struct ParamSpec {
     pub shape: Vec<usize>,
     pub fan_in: usize,
     pub fan_out: usize,
+    /// A fixed initial value (BatchNorm: weight 1, bias 0) instead of the model's init scheme.
+    pub init: Option<f32>,
 }
 
 impl ParamSpec {
+    /// A weight or bias initialized by the model's scheme from its fans.
+    pub fn new(name: &'static str, shape: Vec<usize>, fan_in: usize, fan_out: usize) -> Self {
+        ParamSpec { name, shape, fan_in, fan_out, init: None }
+    }
+
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
@@ -44,6 +55,18 @@ pub struct Ctx<'a, B: Backend> {
     pub n: usize,
     /// The whole parameter buffer.
     pub params: &'a B::Buf<f32>,
+    /// Training (batch statistics, dropout, ...) or evaluation.
+    pub training: bool,
+    /// [seed, step] for ops that draw random numbers (see [`crate::random`]).
+    pub rng: View<'a, B, u32>,
+}
+
+/// A tensor a layer keeps besides its parameters (BatchNorm's running
+/// statistics), saved in checkpoints under `<layer>.<name>`.
+pub struct LayerBuffer<'a, B: Backend> {
+    pub name: &'static str,
+    pub shape: Vec<usize>,
+    pub data: View<'a, B, f32>,
 }
 
 pub trait Layer<B: Backend>: Send {
@@ -56,6 +79,17 @@ pub trait Layer<B: Backend>: Send {
     }
     /// Offsets into the parameter buffer, one per [`Layer::param_specs`] entry.
     fn bind_params(&mut self, _offsets: &[usize]) {}
+    /// Allocates the layer's buffers (see [`LayerBuffer`]) once, after `build`.
+    fn init_buffers(&mut self, _backend: &B) -> Result<()> {
+        Ok(())
+    }
+    fn buffers(&self) -> Vec<LayerBuffer<'_, B>> {
+        Vec::new()
+    }
+    /// Overwrites buffer `name` (one of [`Layer::buffers`], same length) in place.
+    fn load_buffer(&mut self, _backend: &B, name: &str, _data: &[f32]) -> Result<()> {
+        Err(crate::Error::shape(self.kind(), "buffer", "one of the layer's buffers", name.to_string()))
+    }
     /// Makes room for batches of up to `n` samples (so steps never allocate).
     fn reserve(&mut self, _backend: &B, _n: usize) -> Result<()> {
         Ok(())

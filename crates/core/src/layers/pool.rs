@@ -85,3 +85,108 @@ impl<B: Backend> Layer<B> for MaxPool2d<B> {
         ctx.backend.maxpool2d_backward(&g, dy, View::prefix(argmax, g.y_len())?, dx)
     }
 }
+
+/// Average pooling with a square window (`torch.nn.AvgPool2d`, padding counted
+/// in the divisor as PyTorch does by default).
+pub struct AvgPool2d {
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    chw: (usize, usize, usize),
+}
+
+impl AvgPool2d {
+    pub fn new(kernel: usize, stride: usize, pad: usize) -> Self {
+        AvgPool2d { kernel, stride, pad, chw: (0, 0, 0) }
+    }
+
+    fn geom(&self, n: usize) -> Pool2dGeom {
+        let (c, h, w) = self.chw;
+        Pool2dGeom { n, c, h, w, k: self.kernel, stride: self.stride, pad: self.pad, relu: false }
+    }
+}
+
+impl<B: Backend> Layer<B> for AvgPool2d {
+    fn kind(&self) -> &'static str {
+        "avgpool2d"
+    }
+
+    fn build(&mut self, input: &[usize]) -> Result<Vec<usize>> {
+        match *input {
+            [c, h, w] => {
+                self.chw = (c, h, w);
+                let g = self.geom(1);
+                g.validate()?;
+                Ok(vec![c, g.out_h(), g.out_w()])
+            }
+            _ => Err(Error::shape("avgpool2d", "input shape", "[C, H, W]", format!("{input:?}"))),
+        }
+    }
+
+    fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
+        // x: (N, C, H, W) -> y: (N, C, OH, OW)
+        ctx.backend.avgpool2d_forward(&self.geom(ctx.n), x, y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &Ctx<'_, B>,
+        _grads: &mut B::Buf<f32>,
+        _x: View<'_, B, f32>,
+        _y: View<'_, B, f32>,
+        dy: View<'_, B, f32>,
+        dx: Option<ViewMut<'_, B, f32>>,
+    ) -> Result<()> {
+        match dx {
+            Some(dx) => ctx.backend.avgpool2d_backward(&self.geom(ctx.n), dy, dx),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Global average pooling: (C, H, W) -> (C), the mean of each channel
+/// (`AdaptiveAvgPool2d(1)` then `Flatten` in PyTorch). Square inputs only.
+pub struct GlobalAvgPool {
+    pool: AvgPool2d,
+}
+
+impl GlobalAvgPool {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        GlobalAvgPool { pool: AvgPool2d::new(1, 1, 0) }
+    }
+}
+
+impl<B: Backend> Layer<B> for GlobalAvgPool {
+    fn kind(&self) -> &'static str {
+        "global-avgpool"
+    }
+
+    fn build(&mut self, input: &[usize]) -> Result<Vec<usize>> {
+        match *input {
+            [c, h, w] if h == w && h > 0 => {
+                self.pool = AvgPool2d::new(h, h, 0);
+                <AvgPool2d as Layer<B>>::build(&mut self.pool, input)?;
+                Ok(vec![c])
+            }
+            _ => Err(Error::shape("global-avgpool", "input shape", "[C, H, H] (square)", format!("{input:?}"))),
+        }
+    }
+
+    fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
+        // x: (N, C, H, H) -> y: (N, C)
+        <AvgPool2d as Layer<B>>::forward(&mut self.pool, ctx, x, y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &Ctx<'_, B>,
+        grads: &mut B::Buf<f32>,
+        x: View<'_, B, f32>,
+        y: View<'_, B, f32>,
+        dy: View<'_, B, f32>,
+        dx: Option<ViewMut<'_, B, f32>>,
+    ) -> Result<()> {
+        <AvgPool2d as Layer<B>>::backward(&mut self.pool, ctx, grads, x, y, dy, dx)
+    }
+}

@@ -1,0 +1,150 @@
+use super::{Ctx, Layer, LayerBuffer, ParamSpec};
+use crate::backend::{Backend, BatchNormGeom, View, ViewMut};
+use crate::error::{Error, Result};
+
+/// Batch normalization as `torch.nn.BatchNorm2d` (input (C, H, W) per sample)
+/// or `BatchNorm1d` (input (C)), with PyTorch's defaults (eps 1e-5, momentum
+/// 0.1) and names: parameters `weight` (gamma, starts at 1) and `bias` (beta,
+/// starts at 0), buffers `running_mean` and `running_var` (the model adds
+/// `num_batches_tracked`). Training normalizes with the batch's statistics,
+/// evaluation with the running ones. `relu` fuses a following ReLU.
+pub struct BatchNorm<B: Backend> {
+    pub channels: usize,
+    pub eps: f32,
+    pub momentum: f32,
+    pub relu: bool,
+    /// 2: (C, H, W) inputs; 1: (C) inputs.
+    dims: usize,
+    hw: usize,
+    off: usize,
+    /// [running_mean (C) | running_var (C)]
+    running: Option<B::Buf<f32>>,
+    /// [batch mean (C) | batch 1/sqrt(var + eps) (C)] of the last training forward.
+    saved: Option<B::Buf<f32>>,
+}
+
+impl<B: Backend> BatchNorm<B> {
+    pub fn new_2d(channels: usize) -> Self {
+        Self::new(channels, 2)
+    }
+    pub fn new_1d(channels: usize) -> Self {
+        Self::new(channels, 1)
+    }
+    fn new(channels: usize, dims: usize) -> Self {
+        BatchNorm { channels, eps: 1e-5, momentum: 0.1, relu: false, dims, hw: 0, off: 0, running: None, saved: None }
+    }
+
+    /// relu(batchnorm(x)) in one op.
+    pub fn with_relu(mut self) -> Self {
+        self.relu = true;
+        self
+    }
+
+    fn geom(&self, n: usize) -> BatchNormGeom {
+        BatchNormGeom { n, c: self.channels, hw: self.hw, eps: self.eps, momentum: self.momentum, relu: self.relu }
+    }
+
+    fn missing(&self, what: &str) -> Error {
+        Error::shape(self.kind_name(), what, "init_buffers / a training forward first", "none")
+    }
+
+    fn kind_name(&self) -> &'static str {
+        match (self.dims, self.relu) {
+            (2, false) => "batchnorm2d",
+            (2, true) => "batchnorm2d+relu",
+            (_, false) => "batchnorm1d",
+            (_, true) => "batchnorm1d+relu",
+        }
+    }
+}
+
+impl<B: Backend> Layer<B> for BatchNorm<B> {
+    fn kind(&self) -> &'static str {
+        self.kind_name()
+    }
+
+    fn build(&mut self, input: &[usize]) -> Result<Vec<usize>> {
+        match (self.dims, input) {
+            (2, &[c, h, w]) if c == self.channels => self.hw = h * w,
+            (1, &[c]) if c == self.channels => self.hw = 1,
+            _ => {
+                let want = if self.dims == 2 { format!("[{}, H, W]", self.channels) } else { format!("[{}]", self.channels) };
+                return Err(Error::shape(self.kind_name(), "input shape", want, format!("{input:?}")));
+            }
+        }
+        Ok(input.to_vec())
+    }
+
+    fn param_specs(&self) -> Vec<ParamSpec> {
+        let c = self.channels;
+        vec![
+            ParamSpec { init: Some(1.0), ..ParamSpec::new("weight", vec![c], c, c) },
+            ParamSpec { init: Some(0.0), ..ParamSpec::new("bias", vec![c], c, c) },
+        ]
+    }
+
+    fn bind_params(&mut self, offsets: &[usize]) {
+        // The backend reads [gamma | beta] as one window: they must be adjacent.
+        assert_eq!(offsets[1], offsets[0] + self.channels);
+        self.off = offsets[0];
+    }
+
+    fn init_buffers(&mut self, backend: &B) -> Result<()> {
+        let c = self.channels;
+        let mut running = vec![0.0f32; 2 * c];
+        running[c..].fill(1.0);
+        self.running = Some(backend.upload(&running)?);
+        self.saved = Some(backend.alloc(2 * c)?);
+        Ok(())
+    }
+
+    fn buffers(&self) -> Vec<LayerBuffer<'_, B>> {
+        let c = self.channels;
+        let Some(running) = &self.running else { return Vec::new() };
+        vec![
+            LayerBuffer { name: "running_mean", shape: vec![c], data: View { buf: running, offset: 0, len: c } },
+            LayerBuffer { name: "running_var", shape: vec![c], data: View { buf: running, offset: c, len: c } },
+        ]
+    }
+
+    fn load_buffer(&mut self, backend: &B, name: &str, data: &[f32]) -> Result<()> {
+        let c = self.channels;
+        let offset = match name {
+            "running_mean" => 0,
+            "running_var" => c,
+            _ => return Err(Error::shape(self.kind_name(), "buffer", "running_mean or running_var", name.to_string())),
+        };
+        let kind = self.kind_name();
+        let running = self.running.as_mut().ok_or_else(|| Error::shape(kind, "buffers", "init_buffers first", "none"))?;
+        backend.write(ViewMut::range(running, offset, c)?, data)
+    }
+
+    fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
+        // x, y: (N, C, H, W) or (N, C)
+        let g = self.geom(ctx.n);
+        if self.running.is_none() {
+            self.init_buffers(ctx.backend)?;
+        }
+        let params = View::range(ctx.params, self.off, 2 * g.c)?;
+        let running = ViewMut::all(self.running.as_mut().expect("allocated above"));
+        let saved = ViewMut::all(self.saved.as_mut().expect("allocated with running"));
+        ctx.backend.batchnorm_forward(&g, ctx.training, x, params, running, saved, y)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &Ctx<'_, B>,
+        grads: &mut B::Buf<f32>,
+        x: View<'_, B, f32>,
+        y: View<'_, B, f32>,
+        dy: View<'_, B, f32>,
+        dx: Option<ViewMut<'_, B, f32>>,
+    ) -> Result<()> {
+        // dy: (N, C, H, W) -> dgamma, dbeta (C), dx (N, C, H, W)
+        let g = self.geom(ctx.n);
+        let saved = self.saved.as_ref().ok_or_else(|| self.missing("saved statistics"))?;
+        let params = View::range(ctx.params, self.off, 2 * g.c)?;
+        let dparams = ViewMut::range(grads, self.off, 2 * g.c)?;
+        ctx.backend.batchnorm_backward(&g, x, y, dy, params, View::all(saved), dx, dparams)
+    }
+}
