@@ -58,13 +58,16 @@ pub struct TrainArgs {
     /// Layer sizes of the MLP, input and output included
     #[arg(long, value_delimiter = ',', default_value = "784,256,128,10")]
     mlp_sizes: Vec<usize>,
-    /// mnist-cnn: channels of the first block (the others have 2x and 4x)
-    #[arg(long, default_value_t = ModelConfig::CNN_WIDTH)]
-    width: usize,
-    /// mnist-cnn: dropout before the classifier
-    #[arg(long, default_value_t = 0.0)]
-    dropout: f32,
-    /// Epochs in all (with --resume: the new total) [default: the model's recipe: 5 for lenet and mlp, 15 for mnist-cnn]
+    /// mnist-cnn: channels of the first block (the others have 2x and 4x) [default: 32; fashion-mnist 48]
+    #[arg(long)]
+    width: Option<usize>,
+    /// mnist-cnn: dropout before the classifier [default: 0.2; fashion-mnist 0.3]
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Train on the first N training images only (quick experiments)
+    #[arg(long)]
+    limit_train: Option<usize>,
+    /// Epochs in all (with --resume: the new total) [default: the model's recipe: 5 for lenet and mlp; mnist-cnn 20, on fashion-mnist 30]
     #[arg(long)]
     epochs: Option<usize>,
     /// [default: 128]
@@ -73,16 +76,16 @@ pub struct TrainArgs {
     /// Optimizer [default: sgd]
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
-    /// Base learning rate [default: 0.02; mnist-cnn 0.1]
+    /// Base learning rate [default: 0.1]
     #[arg(long)]
     lr: Option<f32>,
     /// SGD momentum [default: 0.9]
     #[arg(long)]
     momentum: Option<f32>,
-    /// Nesterov momentum (SGD) [default: off; mnist-cnn on]
+    /// Nesterov momentum (SGD) [default: on]
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     nesterov: Option<bool>,
-    /// L2 weight decay (decoupled for adamw) [default: 0; mnist-cnn 5e-4]
+    /// L2 weight decay (decoupled for adamw) [default: 5e-4]
     #[arg(long)]
     weight_decay: Option<f32>,
     /// Adam's beta1
@@ -94,7 +97,7 @@ pub struct TrainArgs {
     /// Adam's epsilon
     #[arg(long, default_value_t = TrainConfig::default().optimizer.eps)]
     eps: f32,
-    /// Learning-rate schedule over the epochs [default: constant; mnist-cnn onecycle]
+    /// Learning-rate schedule over the epochs [default: onecycle]
     #[arg(long, value_enum)]
     schedule: Option<ScheduleArg>,
     /// Step schedule: epochs after which the rate is multiplied by --gamma
@@ -116,7 +119,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Augment training batches on the device [default: off; mnist-cnn on: digits ±10° rotation,
-    /// ±10% scale and shift; clothes flips and ±10% shift]. The options below change single ranges.
+    /// ±10% scale and shift; clothes flips and ±7% shift]. The options below change single ranges.
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     augment: Option<bool>,
     /// Augmentation: rotation range in ±degrees
@@ -236,7 +239,12 @@ impl TrainArgs {
         match self.model {
             ModelArg::Lenet => ModelConfig::Lenet5,
             ModelArg::Mlp => ModelConfig::Mlp { sizes: self.mlp_sizes.clone() },
-            ModelArg::MnistCnn => ModelConfig::MnistCnn { width: self.width, dropout: self.dropout },
+            ModelArg::MnistCnn => match ModelConfig::mnist_cnn_for(self.dataset.name()) {
+                ModelConfig::MnistCnn { width, dropout } => {
+                    ModelConfig::MnistCnn { width: self.width.unwrap_or(width), dropout: self.dropout.unwrap_or(dropout) }
+                }
+                other => other,
+            },
         }
     }
 
@@ -244,6 +252,7 @@ impl TrainArgs {
     fn train_config(&self, model: &ModelConfig) -> TrainConfig {
         let mut c = TrainConfig::recipe(model, self.dataset.name());
         c.seed = self.seed;
+        c.train_limit = self.limit_train;
         c.epochs = self.epochs.unwrap_or(c.epochs);
         c.batch_size = self.batch_size.unwrap_or(c.batch_size);
         let o = &mut c.optimizer;
@@ -319,7 +328,13 @@ impl WithBackend for TrainJob {
         config.validate()?;
         let dataset = dataset.as_str();
         let data_dir = device::data_dir(&args.common.data_dir, dataset)?;
-        let data = Mnist::load(&data_dir)?;
+        let mut data = Mnist::load(&data_dir)?;
+        if let Some(n) = config.train_limit {
+            if n == 0 {
+                anyhow::bail!("--limit-train must be at least 1");
+            }
+            data.train.truncate(n);
+        }
         let out = match &resumed {
             Some(r) => r.out.clone(),
             None => make_out_dir(args.out.clone())?,
@@ -332,7 +347,7 @@ impl WithBackend for TrainJob {
         }
         let o = &config.optimizer;
         println!(
-            "{} {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, {} lr {} ({} schedule), momentum {}, weight decay {}",
+            "{} {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, {} lr {} ({} schedule), momentum {}{}, weight decay {}",
             if resumed.is_some() { "resuming" } else { "training" },
             model_config.name(),
             model.params.count(),
@@ -352,8 +367,21 @@ impl WithBackend for TrainJob {
                 Schedule::OneCycle { .. } => "one-cycle",
             },
             o.momentum,
+            if o.nesterov { " (Nesterov)" } else { "" },
             o.weight_decay,
         );
+        if !config.augment.is_off() {
+            let a = &config.augment;
+            println!(
+                "augmentation: rotate ±{}°, scale ±{}, shift ±{}, elastic {} px, flips {}, noise {}",
+                a.rotate_deg,
+                a.scale,
+                a.translate,
+                a.elastic,
+                if a.flip { "on" } else { "off" },
+                a.noise
+            );
+        }
         let train_set = DeviceDataset::upload(backend, &data.train)?;
         let test_set = DeviceDataset::upload(backend, &data.test)?;
         let mut trainer = Trainer::new(backend, model, config.clone(), train_set.len)?;

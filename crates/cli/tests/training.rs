@@ -113,3 +113,62 @@ fn a_diverging_run_stops_and_keeps_the_last_good_checkpoint() {
     assert_eq!(ckpt.metadata["epoch"], "1");
     assert!(ckpt.tensors.iter().all(|(_, _, v)| v.iter().all(|x| x.is_finite())));
 }
+
+/// The strong model, tiny and on a slice of MNIST: BatchNorm, dropout and augmentation in play.
+fn train_cnn(out: &Path, extra: &[&str]) -> Output {
+    bin().args(["train", "--device", "cpu", "--threads", "2", "--model", "mnist-cnn", "--out"]).arg(out).args(extra).output().unwrap()
+}
+
+#[test]
+fn the_strong_model_resumes_bit_identically_with_batchnorm_dropout_and_augmentation() {
+    let (split, straight) = (tmpdir("cnn-split"), tmpdir("cnn-straight"));
+    // (A step schedule: one-cycle and cosine plan over --epochs, so "4, then 2 more" would be another run.)
+    let common = [
+        "--width",
+        "4",
+        "--dropout",
+        "0.3",
+        "--limit-train",
+        "1024",
+        "--elastic",
+        "1",
+        "--noise",
+        "0.05",
+        "--schedule",
+        "step",
+        "--milestones",
+        "2,5",
+    ];
+    let out = ok(&train_cnn(&split, &[&["--epochs", "4"][..], &common].concat()));
+    assert!(out.contains("augmentation: rotate ±10°"), "{out}");
+    ok(&bin()
+        .args(["train", "--device", "cpu", "--threads", "2", "--epochs", "6", "--resume"])
+        .arg(split.join("model.safetensors"))
+        .output()
+        .unwrap());
+    ok(&train_cnn(&straight, &[&["--epochs", "6"][..], &common].concat()));
+    let (a, b) = (tensors(&split.join("model.safetensors")), tensors(&straight.join("model.safetensors")));
+    assert_eq!(a.len(), b.len());
+    let mut buffers = 0;
+    for ((na, _, va), (nb, _, vb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        buffers += na.contains("running_") as usize;
+        assert!(va.iter().zip(vb).all(|(x, y)| x.to_bits() == y.to_bits()), "{na} differs after resuming");
+    }
+    assert_eq!(buffers, 10, "every BatchNorm's running mean and variance is saved");
+    let tracked = a.iter().find(|(n, _, _)| n == "bn1.num_batches_tracked").expect("num_batches_tracked saved");
+    assert_eq!(tracked.2, vec![6.0 * 8.0], "6 epochs of 8 steps");
+    assert_eq!(metrics(&split), metrics(&straight), "the resumed metrics differ");
+}
+
+#[test]
+fn a_short_run_of_the_strong_model_learns() {
+    let out = tmpdir("cnn-learns");
+    ok(&train_cnn(&out, &["--width", "8", "--limit-train", "12800", "--epochs", "1"]));
+    let last = metrics(&out).pop().unwrap();
+    let acc: f64 = last.split(',').nth(4).unwrap().parse().unwrap();
+    assert!(acc > 0.6, "100 steps of mnist-cnn: test accuracy {acc} (chance is 0.1)");
+    // eval in inference mode (running statistics) reproduces the training run's figure.
+    let eval = ok(&bin().args(["eval", "--device", "cpu", "--checkpoint"]).arg(out.join("model.safetensors")).output().unwrap());
+    assert!(eval.contains(&format!("test_acc {:.2}%", 100.0 * acc)), "{eval} vs {acc}");
+}

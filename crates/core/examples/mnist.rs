@@ -11,7 +11,7 @@ fn main() -> rr_core::Result<()> {
     let mnist = Mnist::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))?;
     let (train, test) = (DeviceDataset::upload(&backend, &mnist.train)?, DeviceDataset::upload(&backend, &mnist.test)?);
 
-    let config = TrainConfig { epochs: 3, ..TrainConfig::default() }; // SGD, lr 0.02, momentum 0.9, batch 128
+    let config = TrainConfig { epochs: 3, ..TrainConfig::default() }; // Nesterov SGD 0.1, one-cycle, batch 128
     let model = Model::new(&backend, &ModelConfig::Lenet5, config.seed)?;
     let mut trainer = Trainer::new(&backend, model, config.clone(), train.len)?;
     for epoch in 0..config.epochs {

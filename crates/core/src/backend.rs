@@ -683,7 +683,15 @@ pub mod checks {
         check_len(op, "y", g.y_len(), y)
     }
 
-    pub fn batchnorm_forward(g: &BatchNormGeom, training: bool, x: usize, params: usize, running: usize, saved: usize, y: usize) -> Result<()> {
+    pub fn batchnorm_forward(
+        g: &BatchNormGeom,
+        training: bool,
+        x: usize,
+        params: usize,
+        running: usize,
+        saved: usize,
+        y: usize,
+    ) -> Result<()> {
         batchnorm_geom("batchnorm_forward", g, training)?;
         check_len("batchnorm_forward", "x", g.len(), x)?;
         check_len("batchnorm_forward", "gamma+beta", 2 * g.c, params)?;
@@ -693,7 +701,16 @@ pub mod checks {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn batchnorm_backward(g: &BatchNormGeom, x: usize, y: usize, dy: usize, params: usize, saved: usize, dx: Option<usize>, dparams: usize) -> Result<()> {
+    pub fn batchnorm_backward(
+        g: &BatchNormGeom,
+        x: usize,
+        y: usize,
+        dy: usize,
+        params: usize,
+        saved: usize,
+        dx: Option<usize>,
+        dparams: usize,
+    ) -> Result<()> {
         batchnorm_geom("batchnorm_backward", g, true)?;
         for (what, len) in [("x", x), ("y", y), ("dy", dy)] {
             check_len("batchnorm_backward", what, g.len(), len)?;

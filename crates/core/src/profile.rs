@@ -2,7 +2,9 @@
 //! wall time on the CPU) and sums the time per op. It records no graphs, so
 //! profiled runs show each op separately.
 
-use crate::backend::{AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut};
+use crate::backend::{
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
+};
 use crate::error::Result;
 use std::sync::Mutex;
 
@@ -203,7 +205,9 @@ where
         dx: Option<ViewMut<'_, Self, f32>>,
         dparams: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        self.timed("batchnorm_backward", || self.inner.batchnorm_backward(g, v(x), v(y), v(dy), v(params), v(saved), dx.map(vm), vm(dparams)))
+        self.timed("batchnorm_backward", || {
+            self.inner.batchnorm_backward(g, v(x), v(y), v(dy), v(params), v(saved), dx.map(vm), vm(dparams))
+        })
     }
     fn dropout_forward(
         &self,

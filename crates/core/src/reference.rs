@@ -3,9 +3,11 @@
 //! backend uses some of them directly; every fast op, CPU or GPU, is tested
 //! against them (see [`crate::conformance`]). Callers check lengths first.
 
-use crate::backend::{AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule, ELASTIC_GRID, NO_ARGMAX};
-use crate::random;
+use crate::backend::{
+    AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule, ELASTIC_GRID, NO_ARGMAX,
+};
 use crate::error::{Error, Result};
+use crate::random;
 
 /// C (m, n) = alpha * op(A) op(B) + beta * C + bias.
 pub fn gemm(s: &Gemm, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32]) {
@@ -307,7 +309,14 @@ fn bn_index(g: &BatchNormGeom, n: usize, c: usize, j: usize) -> usize {
 
 /// The mean and 1/sqrt(var + eps) channel `c` is normalized with. Training:
 /// the batch's (sums in f64), also written to `saved` and folded into `running`.
-pub fn batchnorm_channel_stats(g: &BatchNormGeom, training: bool, x: &[f32], c: usize, running: &mut [f32], saved: &mut [f32]) -> (f32, f32) {
+pub fn batchnorm_channel_stats(
+    g: &BatchNormGeom,
+    training: bool,
+    x: &[f32],
+    c: usize,
+    running: &mut [f32],
+    saved: &mut [f32],
+) -> (f32, f32) {
     if !training {
         return (running[c], 1.0 / (running[g.c + c] + g.eps).sqrt());
     }
@@ -332,7 +341,15 @@ pub fn batchnorm_channel_stats(g: &BatchNormGeom, training: bool, x: &[f32], c: 
 }
 
 /// See [`crate::Backend::batchnorm_forward`]. x, y: (N, C, HW).
-pub fn batchnorm_forward(g: &BatchNormGeom, training: bool, x: &[f32], params: &[f32], running: &mut [f32], saved: &mut [f32], y: &mut [f32]) {
+pub fn batchnorm_forward(
+    g: &BatchNormGeom,
+    training: bool,
+    x: &[f32],
+    params: &[f32],
+    running: &mut [f32],
+    saved: &mut [f32],
+    y: &mut [f32],
+) {
     if g.n == 0 {
         return;
     }

@@ -11,7 +11,8 @@ use std::path::Path;
 fn lenet_one_epoch_reaches_97_percent() {
     let b = CpuBackend::new(0).unwrap();
     let data = Mnist::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
-    let config = TrainConfig::default();
+    // The default recipe, planned over one epoch (its one-cycle schedule runs its whole course).
+    let config = TrainConfig { epochs: 1, ..TrainConfig::default() };
     let model = Model::new(&b, &ModelConfig::Lenet5, config.seed).unwrap();
     let train = DeviceDataset::upload(&b, &data.train).unwrap();
     let test = DeviceDataset::upload(&b, &data.test).unwrap();

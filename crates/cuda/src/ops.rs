@@ -129,7 +129,11 @@ impl CudaBackend {
             let geo = ConvGeo::new(&sub)?;
             let xs = ptr(x) + (start * g.c_in * g.h * g.w * 4) as u64;
             let ys = ptr_mut(y) + (start * g.c_out * ohw * 4) as u64;
-            let cfg = LaunchConfig { grid_dim: ((ohw as u32).div_ceil(BLOCK), rows as u32, n as u32), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+            let cfg = LaunchConfig {
+                grid_dim: ((ohw as u32).div_ceil(BLOCK), rows as u32, n as u32),
+                block_dim: (BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
             launch!(self, im2col_ones, cfg, xs, cols, geo)?;
             // The patch rows of each sample's columns (the ones row is skipped: the bias is already in y).
             let product = Gemm::new(g.c_out, ohw, pl);
@@ -519,7 +523,21 @@ impl Backend for CudaBackend {
         } else {
             ptr_mut(&running)
         };
-        launch!(self, bn_apply, self.cfg(g.len()), ptr(&x), ptr(&params), stats, ptr_mut(&y), n, c, hw, g.eps, training as i32, g.relu as i32)
+        launch!(
+            self,
+            bn_apply,
+            self.cfg(g.len()),
+            ptr(&x),
+            ptr(&params),
+            stats,
+            ptr_mut(&y),
+            n,
+            c,
+            hw,
+            g.eps,
+            training as i32,
+            g.relu as i32
+        )
     }
 
     fn batchnorm_backward(

@@ -14,7 +14,7 @@ fn lenet_one_epoch_on_the_gpu_reaches_97_percent() {
     let dir = std::env::var_os("RR_MNIST_DIR")
         .map_or_else(|| -> PathBuf { Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist") }, Into::into);
     let data = Mnist::load(&dir).unwrap();
-    let config = TrainConfig::default();
+    let config = TrainConfig { epochs: 1, ..TrainConfig::default() };
     let model = Model::new(&b, &ModelConfig::Lenet5, config.seed).unwrap();
     let train = DeviceDataset::upload(&b, &data.train).unwrap();
     let test = DeviceDataset::upload(&b, &data.test).unwrap();

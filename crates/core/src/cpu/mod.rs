@@ -7,7 +7,8 @@
 //! build target is baseline x86-64.
 
 use crate::backend::{
-    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut, NO_ARGMAX,
+    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
+    NO_ARGMAX,
 };
 use crate::error::{check_len, Error, Result};
 use crate::reference;
@@ -600,7 +601,9 @@ impl Backend for CpuBackend {
         let (ohw, hw) = (g.out_h() * g.out_w(), g.h * g.w);
         let plane = Pool2dGeom { n: 1, c: 1, ..*g };
         self.pool.install(|| {
-            dx.par_chunks_mut(hw.max(1)).enumerate().for_each(|(p, dxp)| reference::avgpool2d_backward(&plane, &dy[p * ohw..(p + 1) * ohw], dxp))
+            dx.par_chunks_mut(hw.max(1))
+                .enumerate()
+                .for_each(|(p, dxp)| reference::avgpool2d_backward(&plane, &dy[p * ohw..(p + 1) * ohw], dxp))
         });
         Ok(())
     }
@@ -719,9 +722,11 @@ impl Backend for CpuBackend {
         let (rng, x, y, mask) = (s(rng), s(x), sm(y), sm(mask));
         const CHUNK: usize = 1 << 14;
         self.pool.install(|| {
-            y.par_chunks_mut(CHUNK).zip(mask.par_chunks_mut(CHUNK)).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(i, ((y, m), x))| {
-                reference::dropout_forward_from(spec, rng, i * CHUNK, x, y, m)
-            })
+            y.par_chunks_mut(CHUNK)
+                .zip(mask.par_chunks_mut(CHUNK))
+                .zip(x.par_chunks(CHUNK))
+                .enumerate()
+                .for_each(|(i, ((y, m), x))| reference::dropout_forward_from(spec, rng, i * CHUNK, x, y, m))
         });
         Ok(())
     }

@@ -24,6 +24,13 @@ impl Dataset {
     pub fn sample_len(&self) -> usize {
         self.rows * self.cols
     }
+
+    /// Keeps the first `n` samples (all of them if there are fewer).
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+        self.images.truncate(self.len * self.sample_len());
+        self.labels.truncate(self.len);
+    }
 }
 
 #[derive(Clone, Debug)]
