@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model; prints one line per epoch and writes metrics.csv and a checkpoint.
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Evaluate a checkpoint on the test set.
     Eval(eval::EvalArgs),
     /// Predict the class of PNG/JPEG images (any size; preprocessed the way MNIST was made).
@@ -65,7 +65,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(args) => train::run(args),
+        Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
         Command::Predict(args) => predict::run(args),
         Command::Serve(args) => serve::run(args),

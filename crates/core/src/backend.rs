@@ -355,9 +355,9 @@ impl AugmentSpec {
 
     pub fn validate(&self) -> Result<()> {
         let ok = |v: f32| v.is_finite() && v >= 0.0;
-        if !(ok(self.rotate_deg) && ok(self.translate) && ok(self.elastic) && ok(self.noise) && ok(self.scale) && self.scale < 1.0)
-            || !self.fill.is_finite()
-        {
+        let ranges_ok =
+            ok(self.rotate_deg) && ok(self.translate) && ok(self.elastic) && ok(self.noise) && ok(self.scale) && self.scale < 1.0;
+        if !(ranges_ok && self.fill.is_finite()) {
             return Err(Error::shape("augment", "spec", "finite, non-negative ranges and scale < 1", format!("{self:?}")));
         }
         Ok(())
@@ -722,7 +722,7 @@ pub mod checks {
     }
 
     fn batchnorm_geom(op: &'static str, g: &BatchNormGeom, training: bool) -> Result<()> {
-        if !(g.eps > 0.0 && g.eps.is_finite()) || !(0.0..=1.0).contains(&g.momentum) {
+        if !(g.eps > 0.0 && g.eps.is_finite() && (0.0..=1.0).contains(&g.momentum)) {
             return Err(Error::shape(op, "eps and momentum", "eps > 0, momentum in [0, 1]", format!("{} and {}", g.eps, g.momentum)));
         }
         if g.c == 0 || g.hw == 0 {

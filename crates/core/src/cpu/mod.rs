@@ -678,10 +678,10 @@ impl Backend for CpuBackend {
                     let (mut dgamma, mut dbeta) = (0.0f64, 0.0f64);
                     for n in 0..g.n {
                         let base = (n * g.c + c) * g.hw;
-                        for i in base..base + g.hw {
-                            let d = dyr(i);
+                        for (j, &xv) in x[base..base + g.hw].iter().enumerate() {
+                            let d = dyr(base + j);
                             dbeta += d as f64;
-                            dgamma += d as f64 * ((x[i] - mean) * invstd) as f64;
+                            dgamma += d as f64 * ((xv - mean) * invstd) as f64;
                         }
                     }
                     (dgamma, dbeta)
