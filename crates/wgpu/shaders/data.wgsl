@@ -1,0 +1,31 @@
+// Batch gather from u8 images and labels (stored 4 to a word).
+
+fn byte_at(word: u32, index: u32) -> u32 {
+    return (word >> (8u * (index % 4u))) & 0xffu;
+}
+
+//! kernel gather_batch
+// [images (byte offset), labels (byte offset), indices, x, y, n, sample_len, count, scale, shift];
+// r0 = images, r1 = labels, r2 = indices, w0 = x, w1 = y. One invocation per output pixel.
+@compute @workgroup_size(256)
+fn gather_batch(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let n = pu(5u);
+    let len = pu(6u);
+    let t = flat(gid, groups);
+    if (t >= n * len) {
+        return;
+    }
+    let s = t / len;
+    let j = t - s * len;
+    let idx = r2[pu(2u) + s];
+    if (idx >= pu(7u)) {
+        return;
+    }
+    let b = pu(0u) + idx * len + j;
+    let px = f32(byte_at(r0[b / 4u], b));
+    w0[pu(3u) + t] = bitcast<u32>(px * pf(8u) - pf(9u));
+    if (j == 0u) {
+        let lb = pu(1u) + idx;
+        w1[pu(4u) + s] = byte_at(r1[lb / 4u], lb);
+    }
+}

@@ -1,0 +1,59 @@
+// Element-wise ops. Parameters are word offsets into the bound buffers, then sizes.
+
+//! kernel fill
+// [dst, n, value]
+@compute @workgroup_size(256)
+fn fill(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < pu(1u)) {
+        w0[pu(0u) + i] = pu(2u);
+    }
+}
+
+//! kernel relu_forward
+// [x, y, n]: y = max(x, 0)
+@compute @workgroup_size(256)
+fn relu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < pu(2u)) {
+        w0[pu(1u) + i] = bitcast<u32>(max(bitcast<f32>(r0[pu(0u) + i]), 0.0));
+    }
+}
+
+//! kernel relu_backward
+// [y, dy, dx, n]: dx = dy * (y > 0)
+@compute @workgroup_size(256)
+fn relu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < pu(3u)) {
+        let y = bitcast<f32>(r0[pu(0u) + i]);
+        w0[pu(2u) + i] = select(0u, r1[pu(1u) + i], y > 0.0);
+    }
+}
+
+//! kernel mul
+// [a, b, out, n]: out = a * b
+@compute @workgroup_size(256)
+fn mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < pu(3u)) {
+        w0[pu(2u) + i] = bitcast<u32>(bitcast<f32>(r0[pu(0u) + i]) * bitcast<f32>(r1[pu(1u) + i]));
+    }
+}
+
+//! kernel column_sums
+// [dy, db, rows, cols]: db[j] = sum_i dy[i, j], one invocation per column.
+@compute @workgroup_size(256)
+fn column_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let j = flat(gid, groups);
+    let rows = pu(2u);
+    let cols = pu(3u);
+    if (j >= cols) {
+        return;
+    }
+    var acc = 0.0;
+    for (var i = 0u; i < rows; i++) {
+        acc += bitcast<f32>(r0[pu(0u) + i * cols + j]);
+    }
+    w0[pu(1u) + j] = bitcast<u32>(acc);
+}
