@@ -4,15 +4,18 @@ use anyhow::Result;
 use rr_core::profile::Profiled;
 use rr_core::{Backend, CpuBackend};
 use rr_cuda::CudaBackend;
+use rr_wgpu::WgpuBackend;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeviceArg {
-    /// The first CUDA device if one works, else the CPU (with a notice).
+    /// The first CUDA device if one works, else a real GPU through wgpu, else the CPU (with a notice).
     Auto,
     Cpu,
     Cuda(usize),
+    /// The best adapter wgpu finds (Vulkan, Metal, DirectX 12), software ones included.
+    Wgpu,
 }
 
 impl FromStr for DeviceArg {
@@ -22,9 +25,10 @@ impl FromStr for DeviceArg {
             "auto" => Ok(DeviceArg::Auto),
             "cpu" => Ok(DeviceArg::Cpu),
             "cuda" | "gpu" => Ok(DeviceArg::Cuda(0)),
+            "wgpu" => Ok(DeviceArg::Wgpu),
             other => match other.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Ok(DeviceArg::Cuda(n)),
-                _ => Err(format!("unknown device `{other}`: expected auto, cpu, cuda or cuda:N")),
+                _ => Err(format!("unknown device `{other}`: expected auto, cpu, cuda, cuda:N or wgpu")),
             },
         }
     }
@@ -49,14 +53,28 @@ pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, profile: bool
     match device {
         DeviceArg::Cpu => run_on(CpuBackend::new(threads)?, profile, f),
         DeviceArg::Cuda(n) => run_on(CudaBackend::new(n)?, profile, f),
+        DeviceArg::Wgpu => {
+            let gpu = WgpuBackend::new(true)?;
+            eprintln!("adapter: {}", gpu.name());
+            run_on(gpu, profile, f)
+        }
         DeviceArg::Auto => match CudaBackend::new(0) {
             Ok(gpu) => run_on(gpu, profile, f),
             Err(e) => {
                 // The short reason; `--device cuda` prints the full one (paths searched).
                 let reason = e.to_string();
-                let reason = reason.split(" (searched").next().unwrap_or(&reason);
-                eprintln!("note: no usable GPU ({reason}); running on the CPU");
-                run_on(CpuBackend::new(threads)?, profile, f)
+                let reason = reason.split(" (searched").next().unwrap_or(&reason).to_string();
+                // A real GPU through wgpu next; a software adapter never (the CPU backend is faster).
+                match WgpuBackend::new(false) {
+                    Ok(gpu) => {
+                        eprintln!("note: no usable CUDA GPU ({reason}); running on {}", gpu.name());
+                        run_on(gpu, profile, f)
+                    }
+                    Err(w) => {
+                        eprintln!("note: no usable GPU (CUDA: {reason}; wgpu: {w}); running on the CPU");
+                        run_on(CpuBackend::new(threads)?, profile, f)
+                    }
+                }
             }
         },
     }

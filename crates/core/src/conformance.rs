@@ -753,9 +753,12 @@ pub fn dropout<B: Backend>(b: &B, tol: f32) {
         let (mut y, mut mask, mut dx) = (poisoned(b, len), poisoned(b, len), poisoned(b, len));
         b.dropout_forward(&spec, View::all(&dstate), View::all(&dxin), ViewMut::all(&mut y), ViewMut::all(&mut mask)).unwrap();
         b.dropout_backward(View::all(&mask), View::all(&ddy), ViewMut::all(&mut dx)).unwrap();
-        // The draws are integer arithmetic: the mask is the same bit for bit on every backend.
+        // The draws are integer arithmetic: the same elements are kept on every backend
+        // (the scale 1/(1-p) may round differently where division is approximate).
         let mask = down(b, &mask);
-        assert_eq!(mask, wmask, "dropout mask len={len} p={p}");
+        let kept = |m: &[f32]| m.iter().map(|&v| v != 0.0).collect::<Vec<bool>>();
+        assert_eq!(kept(&mask), kept(&wmask), "dropout mask len={len} p={p}");
+        assert_close(&format!("dropout mask len={len}"), &mask, &wmask, tol);
         assert_close(&format!("dropout_forward len={len}"), &down(b, &y), &wy, tol);
         assert_close(&format!("dropout_backward len={len}"), &down(b, &dx), &wdx, tol);
         if len >= 10_000 {

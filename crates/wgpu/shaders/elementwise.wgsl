@@ -57,3 +57,14 @@ fn column_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workg
     }
     w0[pu(1u) + j] = bitcast<u32>(acc);
 }
+
+//! kernel copy_words
+// [src, dst, n]: dst = src, in whole 32-bit words. (A kernel rather than a buffer copy: the
+// copies between a training step's dispatches then do not break their compute pass.)
+@compute @workgroup_size(256)
+fn copy_words(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < pu(2u)) {
+        w0[pu(1u) + i] = r0[pu(0u) + i];
+    }
+}

@@ -2,7 +2,8 @@
 // rr_core::reference::{dropout_forward, augment_sample}.
 
 //! kernel dropout_forward
-// [rng, x, y, mask, n, p, salt]; r0 = rng, r1 = x, w0 = y, w1 = mask.
+// [rng, x, y, mask, n, p, salt, scale]; r0 = rng, r1 = x, w0 = y, w1 = mask. The scale 1/(1-p)
+// comes from the host: WGSL's division may be approximate.
 @compute @workgroup_size(256)
 fn dropout_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
@@ -11,7 +12,7 @@ fn dropout_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_w
     }
     let key = rr_stream_key(r0[pu(0u)], r0[pu(0u) + 1u], pu(6u));
     let p = pf(5u);
-    let m = select(0.0, 1.0 / (1.0 - p), rr_uniform(key, i) >= p);
+    let m = select(0.0, pf(7u), rr_uniform(key, i) >= p);
     w1[pu(3u) + i] = bitcast<u32>(m);
     w0[pu(2u) + i] = bitcast<u32>(bitcast<f32>(r1[pu(1u) + i]) * m);
 }

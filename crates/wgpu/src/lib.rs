@@ -39,6 +39,7 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
     ("relu_backward", "elementwise", 2, 1),
     ("mul", "elementwise", 2, 1),
     ("column_sums", "elementwise", 1, 1),
+    ("copy_words", "elementwise", 1, 1),
     ("gemm", "gemm", 3, 1),
     ("conv_forward", "conv", 3, 1),
     ("conv_backward_weight", "conv", 2, 1),
@@ -88,10 +89,15 @@ struct Kernel {
 /// Work recorded but not yet submitted.
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
+    /// The open compute pass: consecutive dispatches share one (copies close it).
+    pass: Option<wgpu::ComputePass<'static>>,
+    /// Parameters of the recorded dispatches, one 256-byte arena slot each,
+    /// written to the arena in one go when the batch is submitted.
+    params: Vec<u32>,
     /// Arena slots used by the recorded dispatches.
     slots: u64,
     /// Cached bind groups: (kernel, buffer ids) -> bind group.
-    bind_groups: HashMap<(usize, Vec<u64>), wgpu::BindGroup>,
+    bind_groups: HashMap<(usize, [u64; 8]), wgpu::BindGroup>,
 }
 
 pub struct WgpuBackend {
@@ -104,6 +110,8 @@ pub struct WgpuBackend {
     pending: Mutex<Pending>,
     name: String,
     software: bool,
+    /// The adapter's limit on workgroups per dimension (read once: `limits()` copies a large struct).
+    max_groups: u32,
     allocated: AtomicU64,
     peak: AtomicU64,
 }
@@ -163,6 +171,7 @@ impl WgpuBackend {
         }))
         .map_err(|e| device_err(format!("cannot open {}: {e}", describe(&info))))?;
         let kernels = compile(&device)?;
+        let max_groups = device.limits().max_compute_workgroups_per_dimension;
         let arena = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("parameter arena"),
             size: SLOT * SLOTS,
@@ -182,9 +191,10 @@ impl WgpuBackend {
             kernels,
             arena,
             dummy,
-            pending: Mutex::new(Pending { encoder: None, slots: 0, bind_groups: HashMap::new() }),
+            pending: Mutex::new(Pending { encoder: None, pass: None, params: Vec::new(), slots: 0, bind_groups: HashMap::new() }),
             name: format!("wgpu ({})", describe(&info)),
             software: info.device_type == wgpu::DeviceType::Cpu,
+            max_groups,
             allocated: AtomicU64::new(0),
             peak: AtomicU64::new(0),
         })
@@ -217,10 +227,21 @@ impl WgpuBackend {
 
     /// Submits the recorded work (does not wait).
     fn flush_locked(&self, p: &mut Pending) {
+        p.pass = None;
+        if !p.params.is_empty() {
+            self.queue.write_buffer(&self.arena, 0, bytemuck::cast_slice(&p.params));
+            p.params.clear();
+        }
         if let Some(encoder) = p.encoder.take() {
             self.queue.submit([encoder.finish()]);
         }
         p.slots = 0;
+    }
+
+    /// The encoder, with no pass open (for copies).
+    fn encoder_locked<'a>(&self, p: &'a mut Pending) -> &'a mut wgpu::CommandEncoder {
+        p.pass = None;
+        p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }))
     }
 
     fn flush(&self) {
@@ -233,7 +254,7 @@ impl WgpuBackend {
         if data.is_empty() {
             return;
         }
-        if data.len() % 4 == 0 {
+        if data.len().is_multiple_of(4) {
             self.queue.write_buffer(buf, offset, data);
         } else {
             let mut padded = data.to_vec();
@@ -252,12 +273,19 @@ impl WgpuBackend {
 
     /// Records `kernel` over `groups` workgroups with `params` (u32 words; f32s as bits) and buffers
     /// (read-only ones first, as the kernel table lists them).
-    pub(crate) fn dispatch(&self, kernel: &str, groups: (u32, u32, u32), params: &[u32], buffers: &[&wgpu::Buffer], ids: &[u64]) -> Result<()> {
+    pub(crate) fn dispatch(
+        &self,
+        kernel: &str,
+        groups: (u32, u32, u32),
+        params: &[u32],
+        buffers: &[&wgpu::Buffer],
+        ids: &[u64],
+    ) -> Result<()> {
         let k = KERNELS.iter().position(|(name, ..)| *name == kernel).expect("kernel in the table");
         if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
             return Ok(());
         }
-        let max = self.device.limits().max_compute_workgroups_per_dimension;
+        let max = self.max_groups;
         if groups.0 > max || groups.1 > max || groups.2 > max {
             return Err(device_err(format!("{kernel}: {groups:?} workgroups, above the adapter's {max} per dimension")));
         }
@@ -267,38 +295,46 @@ impl WgpuBackend {
         }
         let slot = p.slots;
         p.slots += 1;
-        let mut words = [0u32; 16];
-        words[..params.len()].copy_from_slice(params);
-        self.queue.write_buffer(&self.arena, slot * SLOT, bytemuck::cast_slice(&words));
-        let key = (k, ids.to_vec());
+        let words = (SLOT / 4) as usize;
+        p.params.resize((slot as usize + 1) * words, 0);
+        p.params[slot as usize * words..][..params.len()].copy_from_slice(params);
+        let mut key_ids = [0u64; 8];
+        key_ids[..ids.len()].copy_from_slice(ids);
+        let key = (k, key_ids);
         if !p.bind_groups.contains_key(&key) {
             if p.bind_groups.len() > 4096 {
                 p.bind_groups.clear();
             }
             let mut entries = vec![wgpu::BindGroupEntry {
                 binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.arena, offset: 0, size: wgpu::BufferSize::new(64) }),
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.arena,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(64),
+                }),
             }];
             for (i, b) in buffers.iter().enumerate() {
                 entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
             }
-            let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor { label: None, layout: &self.kernels[k].layout, entries: &entries });
-            p.bind_groups.insert(key.clone(), bg);
+            let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: None,
+                layout: &self.kernels[k].layout,
+                entries: &entries,
+            });
+            p.bind_groups.insert(key, bg);
         }
         let bg = p.bind_groups.get(&key).expect("inserted above").clone();
-        let encoder = p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        if p.pass.is_none() {
+            let encoder =
+                p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
+            p.pass =
+                Some(encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None }).forget_lifetime());
+        }
+        let pass = p.pass.as_mut().expect("opened above");
         pass.set_pipeline(&self.kernels[k].pipeline);
         pass.set_bind_group(0, Some(&bg), &[(slot * SLOT) as u32]);
         pass.dispatch_workgroups(groups.0, groups.1, groups.2);
         Ok(())
-    }
-
-    /// Records a buffer-to-buffer copy of `bytes` bytes (offsets and size multiples of 4).
-    pub(crate) fn record_copy(&self, src: &wgpu::Buffer, src_off: u64, dst: &wgpu::Buffer, dst_off: u64, bytes: u64) {
-        let mut p = self.lock();
-        let encoder = p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
-        encoder.copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
     }
 
     /// Reads `bytes` bytes at `offset` (multiples of 4) after all recorded work.
@@ -311,8 +347,7 @@ impl WgpuBackend {
         });
         {
             let mut p = self.lock();
-            let encoder = p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
-            encoder.copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
+            self.encoder_locked(&mut p).copy_buffer_to_buffer(src, offset, &staging, 0, bytes);
             self.flush_locked(&mut p);
         }
         let slice = staging.slice(..);
@@ -369,7 +404,11 @@ fn compile(device: &wgpu::Device) -> Result<Vec<Kernel>> {
             let storage = |binding: u32, read_only: bool| wgpu::BindGroupLayoutEntry {
                 binding,
                 visibility: wgpu::ShaderStages::COMPUTE,
-                ty: wgpu::BindingType::Buffer { ty: wgpu::BufferBindingType::Storage { read_only }, has_dynamic_offset: false, min_binding_size: None },
+                ty: wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { read_only },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
                 count: None,
             };
             let mut entries = vec![wgpu::BindGroupLayoutEntry {
@@ -385,8 +424,11 @@ fn compile(device: &wgpu::Device) -> Result<Vec<Kernel>> {
             entries.extend((0..reads).map(|i| storage(1 + i, true)));
             entries.extend((0..writes).map(|i| storage(1 + reads + i, false)));
             let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(entry), entries: &entries });
-            let pipeline_layout =
-                device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor { label: Some(entry), bind_group_layouts: &[Some(&layout)], ..Default::default() });
+            let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(entry),
+                bind_group_layouts: &[Some(&layout)],
+                ..Default::default()
+            });
             let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
             let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(entry),
@@ -403,4 +445,3 @@ fn compile(device: &wgpu::Device) -> Result<Vec<Kernel>> {
         })
         .collect()
 }
-

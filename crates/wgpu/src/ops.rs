@@ -141,8 +141,8 @@ impl Backend for WgpuBackend {
         if src.buf.id == dst.buf.id {
             return Err(device_err("copy within one buffer is not supported"));
         }
-        self.record_copy(&src.buf.buf, from as u64, &dst.buf.buf, to as u64, bytes as u64);
-        Ok(())
+        let params = [u(from / 4)?, u(to / 4)?, u(bytes / 4)?];
+        self.run("copy_words", grid(bytes / 4), &params, &[r(&src), w(&dst)])
     }
 
     type Graph = ();
@@ -161,7 +161,14 @@ impl Backend for WgpuBackend {
         Some(("peak GPU buffer memory allocated", self.peak.load(std::sync::atomic::Ordering::Relaxed)))
     }
 
-    fn gemm(&self, g: &Gemm, a: View<'_, Self, f32>, b: View<'_, Self, f32>, bias: Option<View<'_, Self, f32>>, c: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn gemm(
+        &self,
+        g: &Gemm,
+        a: View<'_, Self, f32>,
+        b: View<'_, Self, f32>,
+        bias: Option<View<'_, Self, f32>>,
+        c: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
         g.check(a.len, b.len, bias.map(|b| b.len), c.len)?;
         if g.m == 0 || g.n == 0 {
             return Ok(());
@@ -203,7 +210,14 @@ impl Backend for WgpuBackend {
         self.run("relu_backward", grid(y.len), &params, &[r(&y), r(&dy), w(&dx)])
     }
 
-    fn conv2d_forward(&self, g: &Conv2dGeom, x: View<'_, Self, f32>, wt: View<'_, Self, f32>, bias: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn conv2d_forward(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        wt: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
         checks::conv2d_forward(g, x.len, wt.len, bias.len, y.len)?;
         let mut params = vec![u(x.offset)?, u(wt.offset)?, u(bias.offset)?, u(y.offset)?];
         params.extend(Self::conv_geometry(g)?);
@@ -232,7 +246,13 @@ impl Backend for WgpuBackend {
         Ok(())
     }
 
-    fn maxpool2d_forward(&self, g: &Pool2dGeom, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>, argmax: ViewMut<'_, Self, u32>) -> Result<()> {
+    fn maxpool2d_forward(
+        &self,
+        g: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        argmax: ViewMut<'_, Self, u32>,
+    ) -> Result<()> {
         checks::maxpool2d_forward(g, x.len, y.len, argmax.len)?;
         let mut params = vec![u(x.offset)?, u(y.offset)?, u(argmax.offset)?];
         params.extend(Self::pool_geometry(g)?);
@@ -240,7 +260,13 @@ impl Backend for WgpuBackend {
         self.run("maxpool_forward", grid(g.y_len()), &params, &[r(&x), w(&y), w(&argmax)])
     }
 
-    fn maxpool2d_backward(&self, g: &Pool2dGeom, dy: View<'_, Self, f32>, argmax: View<'_, Self, u32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn maxpool2d_backward(
+        &self,
+        g: &Pool2dGeom,
+        dy: View<'_, Self, f32>,
+        argmax: View<'_, Self, u32>,
+        dx: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
         checks::maxpool2d_backward(g, dy.len, argmax.len, dx.len)?;
         let mut params = vec![u(dy.offset)?, u(argmax.offset)?, u(dx.offset)?];
         params.extend(Self::pool_geometry(g)?);
@@ -301,16 +327,35 @@ impl Backend for WgpuBackend {
         let p = [u(x.offset)?, u(y.offset)?, u(dy.offset)?, u(saved.offset)?, u(dparams.offset)?, n, c, hw, relu];
         self.run("bn_backward_reduce", (c, 1, 1), &p, &[r(&x), r(&y), r(&dy), r(&saved), w(&dparams)])?;
         if let Some(dx) = dx {
-            let p = [u(x.offset)?, u(y.offset)?, u(dy.offset)?, u(params.offset)?, u(saved.offset)?, u(dparams.offset)?, u(dx.offset)?, n, c, hw, relu];
+            let p = [
+                u(x.offset)?,
+                u(y.offset)?,
+                u(dy.offset)?,
+                u(params.offset)?,
+                u(saved.offset)?,
+                u(dparams.offset)?,
+                u(dx.offset)?,
+                n,
+                c,
+                hw,
+                relu,
+            ];
             let dp: Bound<'_> = (&*dparams.buf.buf, dparams.buf.id);
             self.run("bn_backward_dx", grid(g.len()), &p, &[r(&x), r(&y), r(&dy), r(&params), r(&saved), dp, w(&dx)])?;
         }
         Ok(())
     }
 
-    fn dropout_forward(&self, spec: &DropoutSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>, mask: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn dropout_forward(
+        &self,
+        spec: &DropoutSpec,
+        rng: View<'_, Self, u32>,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        mask: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
         checks::dropout_forward(spec, rng.len, x.len, y.len, mask.len)?;
-        let p = [u(rng.offset)?, u(x.offset)?, u(y.offset)?, u(mask.offset)?, u(x.len)?, f(spec.p), spec.salt];
+        let p = [u(rng.offset)?, u(x.offset)?, u(y.offset)?, u(mask.offset)?, u(x.len)?, f(spec.p), spec.salt, f(1.0 / (1.0 - spec.p))];
         self.run("dropout_forward", grid(x.len), &p, &[r(&rng), r(&x), w(&y), w(&mask)])
     }
 
@@ -360,11 +405,27 @@ impl Backend for WgpuBackend {
             Some(d) => ((&*d.buf.buf, d.buf.id), d.offset),
             None => (buf(&self.dummy), 0),
         };
-        let p = [u(logits.offset)?, u(labels.offset)?, u(grad_offset)?, u(stats.offset)?, u(n)?, u(classes)?, f(grad_scale), dlogits.is_some() as u32];
+        let p = [
+            u(logits.offset)?,
+            u(labels.offset)?,
+            u(grad_offset)?,
+            u(stats.offset)?,
+            u(n)?,
+            u(classes)?,
+            f(grad_scale),
+            dlogits.is_some() as u32,
+        ];
         self.run("softmax_cross_entropy", (1, 1, 1), &p, &[r(&logits), r(&labels), grad, w(&stats)])
     }
 
-    fn optimizer_step(&self, rule: &UpdateRule, hyper: View<'_, Self, f32>, params: ViewMut<'_, Self, f32>, grads: View<'_, Self, f32>, state: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn optimizer_step(
+        &self,
+        rule: &UpdateRule,
+        hyper: View<'_, Self, f32>,
+        params: ViewMut<'_, Self, f32>,
+        grads: View<'_, Self, f32>,
+        state: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
         checks::optimizer_step(rule, hyper.len, params.len, grads.len, state.len)?;
         let head = [u(params.offset)?, u(grads.offset)?, u(state.offset)?, u(hyper.offset)?, u(params.len)?];
         let bound = [r(&grads), r(&hyper), w(&params), w(&state)];

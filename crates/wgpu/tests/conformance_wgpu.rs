@@ -9,7 +9,8 @@ use std::sync::OnceLock;
 fn backend() -> &'static WgpuBackend {
     static B: OnceLock<WgpuBackend> = OnceLock::new();
     B.get_or_init(|| {
-        let b = WgpuBackend::new(true).unwrap_or_else(|e| panic!("no wgpu adapter ({e}); on Debian: apt-get install mesa-vulkan-drivers libvulkan1"));
+        let b = WgpuBackend::new(true)
+            .unwrap_or_else(|e| panic!("no wgpu adapter ({e}); on Debian: apt-get install mesa-vulkan-drivers libvulkan1"));
         eprintln!("wgpu conformance on {}", rr_core::Backend::name(&b));
         b
     })
