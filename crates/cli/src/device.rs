@@ -98,7 +98,11 @@ where
     B::Mark: Send,
 {
     let table = p.take()?;
-    let timer = if p.name().starts_with("cuda") { "CUDA events around each op" } else { "wall time of each op" };
+    let timer = match p.name() {
+        n if n.starts_with("cuda") => "CUDA events around each op",
+        n if n.starts_with("wgpu") => "GPU timestamps around each op where the adapter writes them, else wall time",
+        _ => "wall time of each op",
+    };
     println!("\nprofile of {} ({timer}; graph capture is off while profiling):", p.name());
     let total: f64 = table.iter().map(|t| t.ms).sum();
     let steps = stats.steps.max(1) as f64;

@@ -40,7 +40,8 @@ fn conv_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
 
 //! kernel conv_backward_weight
 // [x, dy, dparams, geometry...]; r0 = x, r1 = dy, w0 = [dW (CO, C, K, K) | db (CO)].
-// One workgroup per output value; its 256 invocations split the (n, oy, ox) sum.
+// One workgroup per output value; its 256 invocations split the (n, oy) rows of
+// the sum and run along ox (one division per row, not per term).
 @compute @workgroup_size(256)
 fn conv_backward_weight(@builtin(local_invocation_id) l: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let N = pu(3u); let C = pu(4u); let H = pu(5u); let W = pu(6u); let CO = pu(7u);
@@ -50,29 +51,43 @@ fn conv_backward_weight(@builtin(local_invocation_id) l: vec3<u32>, @builtin(wor
     let valid = o < wl + CO;
     var acc = 0.0;
     if (valid) {
-        let total = N * OH * OW;
+        let rows = N * OH;
         if (o < wl) {
             let kx = o % K;
             let ky = (o / K) % K;
             let c = (o / (K * K)) % C;
             let co = o / (K * K * C);
-            for (var t = l.x; t < total; t += 256u) {
-                let ox = t % OW;
-                let oy = (t / OW) % OH;
-                let n = t / (OW * OH);
+            // ox range whose input column ix = ox*S + kx - P lies inside [0, W)
+            var ox0 = 0u;
+            if (kx < P) {
+                ox0 = (P - kx + S - 1u) / S;
+            }
+            var ox1 = 0u;
+            if (W + P > kx) {
+                ox1 = min(OW, (W + P - kx + S - 1u) / S);
+            }
+            for (var r = l.x; r < rows; r += 256u) {
+                let n = r / OH;
+                let oy = r - n * OH;
                 let iy = i32(oy * S + ky) - i32(P);
-                let ix = i32(ox * S + kx) - i32(P);
-                if (iy >= 0 && iy < i32(H) && ix >= 0 && ix < i32(W)) {
-                    let d = bitcast<f32>(r1[pu(1u) + ((n * CO + co) * OH + oy) * OW + ox]);
-                    acc = fma(d, bitcast<f32>(r0[pu(0u) + ((n * C + c) * H + u32(iy)) * W + u32(ix)]), acc);
+                if (iy < 0 || iy >= i32(H)) {
+                    continue;
+                }
+                let dyrow = pu(1u) + ((n * CO + co) * OH + oy) * OW;
+                let xrow = pu(0u) + ((n * C + c) * H + u32(iy)) * W + kx - P;
+                for (var ox = ox0; ox < ox1; ox++) {
+                    acc = fma(bitcast<f32>(r1[dyrow + ox]), bitcast<f32>(r0[xrow + ox * S]), acc);
                 }
             }
         } else {
             let co = o - wl;
-            for (var t = l.x; t < total; t += 256u) {
-                let p = t % (OH * OW);
-                let n = t / (OH * OW);
-                acc += bitcast<f32>(r1[pu(1u) + (n * CO + co) * OH * OW + p]);
+            for (var r = l.x; r < rows; r += 256u) {
+                let n = r / OH;
+                let oy = r - n * OH;
+                let dyrow = pu(1u) + ((n * CO + co) * OH + oy) * OW;
+                for (var ox = 0u; ox < OW; ox++) {
+                    acc += bitcast<f32>(r1[dyrow + ox]);
+                }
             }
         }
     }
@@ -106,19 +121,19 @@ fn conv_backward_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(n
     var acc = 0.0;
     for (var ky = 0u; ky < K; ky++) {
         let ty = i32(iy + P) - i32(ky);
-        if (ty < 0 || ty % i32(S) != 0) {
+        if (ty < 0 || (S != 1u && ty % i32(S) != 0)) {
             continue;
         }
-        let oy = u32(ty) / S;
+        let oy = select(u32(ty) / S, u32(ty), S == 1u);
         if (oy >= OH) {
             continue;
         }
         for (var kx = 0u; kx < K; kx++) {
             let tx = i32(ix + P) - i32(kx);
-            if (tx < 0 || tx % i32(S) != 0) {
+            if (tx < 0 || (S != 1u && tx % i32(S) != 0)) {
                 continue;
             }
-            let ox = u32(tx) / S;
+            let ox = select(u32(tx) / S, u32(tx), S == 1u);
             if (ox >= OW) {
                 continue;
             }

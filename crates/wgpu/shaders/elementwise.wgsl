@@ -42,20 +42,32 @@ fn mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) g
 }
 
 //! kernel column_sums
-// [dy, db, rows, cols]: db[j] = sum_i dy[i, j], one invocation per column.
+// [dy, db, rows, cols]: db[j] = sum_i dy[i, j]; one workgroup per column, its
+// invocations splitting the rows, then a tree sum.
+var<workgroup> col_part: array<f32, 256>;
+
 @compute @workgroup_size(256)
-fn column_sums(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
-    let j = flat(gid, groups);
+fn column_sums(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let j = wg.x + wg.y * groups.x;
     let rows = pu(2u);
     let cols = pu(3u);
-    if (j >= cols) {
-        return;
-    }
     var acc = 0.0;
-    for (var i = 0u; i < rows; i++) {
-        acc += bitcast<f32>(r0[pu(0u) + i * cols + j]);
+    if (j < cols) {
+        for (var i = lid.x; i < rows; i += 256u) {
+            acc += bitcast<f32>(r0[pu(0u) + i * cols + j]);
+        }
     }
-    w0[pu(1u) + j] = bitcast<u32>(acc);
+    col_part[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid.x < s) {
+            col_part[lid.x] += col_part[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u && j < cols) {
+        w0[pu(1u) + j] = bitcast<u32>(col_part[0]);
+    }
 }
 
 //! kernel copy_words

@@ -86,6 +86,28 @@ struct Kernel {
     layout: wgpu::BindGroupLayout,
 }
 
+/// GPU timestamps for `--profile` (where the adapter can write them between dispatches).
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    /// Queries written so far.
+    used: u32,
+    /// Ticks of queries 0..resolved.len(), read back after they were written.
+    resolved: Vec<u64>,
+    /// Nanoseconds per tick.
+    period: f64,
+}
+
+/// Queries in the timestamp set (two per profiled op).
+const QUERIES: u32 = 4096;
+
+/// A point in the stream of ops: a GPU timestamp where the adapter has them,
+/// else the wall clock after waiting for the GPU.
+pub enum WgpuMark {
+    Gpu(u32),
+    Wall(std::time::Instant),
+}
+
 /// Work recorded but not yet submitted.
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
@@ -98,6 +120,7 @@ struct Pending {
     slots: u64,
     /// Cached bind groups: (kernel, buffer ids) -> bind group.
     bind_groups: HashMap<(usize, [u64; 8]), wgpu::BindGroup>,
+    timestamps: Option<Timestamps>,
 }
 
 pub struct WgpuBackend {
@@ -110,6 +133,8 @@ pub struct WgpuBackend {
     pending: Mutex<Pending>,
     name: String,
     software: bool,
+    /// The first error wgpu reported outside an error scope (see `wait`).
+    uncaptured: Arc<Mutex<Option<String>>>,
     /// The adapter's limit on workgroups per dimension (read once: `limits()` copies a large struct).
     max_groups: u32,
     allocated: AtomicU64,
@@ -163,13 +188,24 @@ impl WgpuBackend {
             max_compute_workgroups_per_dimension: adapter.limits().max_compute_workgroups_per_dimension,
             ..limits
         };
+        // Timestamps between dispatches, for --profile, where the adapter has them.
+        let timing = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let features = adapter.features() & timing;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("rusty-recognition"),
-            required_features: wgpu::Features::empty(),
+            required_features: if features == timing { timing } else { wgpu::Features::empty() },
             required_limits: limits,
             ..Default::default()
         }))
         .map_err(|e| device_err(format!("cannot open {}: {e}", describe(&info))))?;
+        // Validation errors are bugs of ours; report them as errors at the next wait instead
+        // of wgpu's default of panicking.
+        let uncaptured: Arc<Mutex<Option<String>>> = Arc::default();
+        let sink = uncaptured.clone();
+        device.on_uncaptured_error(Arc::new(move |e| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
         let kernels = compile(&device)?;
         let max_groups = device.limits().max_compute_workgroups_per_dimension;
         let arena = device.create_buffer(&wgpu::BufferDescriptor {
@@ -185,16 +221,29 @@ impl WgpuBackend {
             mapped_at_creation: false,
         });
         let dummy = WgpuBuf { buf: Arc::new(dummy_buf), len: 4, id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed), _elem: PhantomData };
+        let timestamps = (features == timing).then(|| Timestamps {
+            set: device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: QUERIES }),
+            resolve: device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile resolve"),
+                size: QUERIES as u64 * 8,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            }),
+            used: 0,
+            resolved: Vec::new(),
+            period: queue.get_timestamp_period() as f64,
+        });
         Ok(WgpuBackend {
             device,
             queue,
             kernels,
             arena,
             dummy,
-            pending: Mutex::new(Pending { encoder: None, pass: None, params: Vec::new(), slots: 0, bind_groups: HashMap::new() }),
+            pending: Mutex::new(Pending { encoder: None, pass: None, params: Vec::new(), slots: 0, bind_groups: HashMap::new(), timestamps }),
             name: format!("wgpu ({})", describe(&info)),
             software: info.device_type == wgpu::DeviceType::Cpu,
             max_groups,
+            uncaptured,
             allocated: AtomicU64::new(0),
             peak: AtomicU64::new(0),
         })
@@ -268,7 +317,11 @@ impl WgpuBackend {
     }
 
     fn wait(&self) -> Result<()> {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map(|_| ()).map_err(|e| device_err(format!("waiting for the GPU: {e}")))
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| device_err(format!("waiting for the GPU: {e}")))?;
+        if let Some(e) = self.uncaptured.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(device_err(format!("a queued GPU operation failed: {e}")));
+        }
+        Ok(())
     }
 
     /// Records `kernel` over `groups` workgroups with `params` (u32 words; f32s as bits) and buffers
@@ -335,6 +388,62 @@ impl WgpuBackend {
         pass.set_bind_group(0, Some(&bg), &[(slot * SLOT) as u32]);
         pass.dispatch_workgroups(groups.0, groups.1, groups.2);
         Ok(())
+    }
+
+    /// A timestamp at the current point of the recorded work (see [`WgpuMark`]).
+    pub(crate) fn mark_now(&self) -> Result<WgpuMark> {
+        let mut p = self.lock();
+        let index = match &p.timestamps {
+            Some(t) if t.used < QUERIES => t.used,
+            _ => {
+                drop(p);
+                self.flush();
+                self.wait()?;
+                return Ok(WgpuMark::Wall(std::time::Instant::now()));
+            }
+        };
+        if p.pass.is_none() {
+            let encoder = p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
+            p.pass = Some(encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None }).forget_lifetime());
+        }
+        let Pending { pass, timestamps, .. } = &mut *p;
+        let t = timestamps.as_mut().expect("checked above");
+        pass.as_mut().expect("opened above").write_timestamp(&t.set, index);
+        t.used += 1;
+        Ok(WgpuMark::Gpu(index))
+    }
+
+    /// Milliseconds between two marks (waits for the GPU).
+    pub(crate) fn mark_elapsed_ms(&self, start: &WgpuMark, end: &WgpuMark) -> Result<f64> {
+        match (start, end) {
+            (WgpuMark::Gpu(a), WgpuMark::Gpu(b)) => {
+                let (a, b) = (*a as usize, *b as usize);
+                let needs_read = self.lock().timestamps.as_ref().is_some_and(|t| t.resolved.len() <= b);
+                if needs_read {
+                    let (used, resolve_ptr) = {
+                        let mut p = self.lock();
+                        let used = p.timestamps.as_ref().map_or(0, |t| t.used);
+                        p.pass = None;
+                        let Pending { encoder, timestamps, .. } = &mut *p;
+                        let encoder = encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
+                        let t = timestamps.as_ref().expect("gpu marks come with timestamps");
+                        encoder.resolve_query_set(&t.set, 0..used, &t.resolve, 0);
+                        (used, t.resolve.clone())
+                    };
+                    let bytes = self.read_bytes(&resolve_ptr, 0, used as u64 * 8)?;
+                    let ticks: Vec<u64> = bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+                    if let Some(t) = self.lock().timestamps.as_mut() {
+                        t.resolved = ticks;
+                    }
+                }
+                let p = self.lock();
+                let t = p.timestamps.as_ref().expect("gpu marks come with timestamps");
+                Ok((t.resolved[b].saturating_sub(t.resolved[a])) as f64 * t.period / 1e6)
+            }
+            (WgpuMark::Wall(a), WgpuMark::Wall(b)) => Ok(b.duration_since(*a).as_secs_f64() * 1e3),
+            // A pair that straddles the end of the query set: no figure.
+            _ => Ok(0.0),
+        }
     }
 
     /// Reads `bytes` bytes at `offset` (multiples of 4) after all recorded work.

@@ -146,15 +146,14 @@ impl Backend for WgpuBackend {
     }
 
     type Graph = ();
-    type Mark = std::time::Instant;
+    type Mark = crate::WgpuMark;
 
-    fn mark(&self) -> Result<std::time::Instant> {
-        self.synchronize()?;
-        Ok(std::time::Instant::now())
+    fn mark(&self) -> Result<crate::WgpuMark> {
+        self.mark_now()
     }
 
-    fn elapsed_ms(&self, start: &std::time::Instant, end: &std::time::Instant) -> Result<f64> {
-        Ok(end.duration_since(*start).as_secs_f64() * 1e3)
+    fn elapsed_ms(&self, start: &crate::WgpuMark, end: &crate::WgpuMark) -> Result<f64> {
+        self.mark_elapsed_ms(start, end)
     }
 
     fn peak_memory(&self) -> Option<(&'static str, u64)> {
@@ -195,7 +194,7 @@ impl Backend for WgpuBackend {
     fn bias_grad(&self, rows: usize, cols: usize, dy: View<'_, Self, f32>, db: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::bias_grad(rows, cols, dy.len, db.len)?;
         let params = [u(dy.offset)?, u(db.offset)?, u(rows)?, u(cols)?];
-        self.run("column_sums", grid(cols), &params, &[r(&dy), w(&db)])
+        self.run("column_sums", groups(cols), &params, &[r(&dy), w(&db)])
     }
 
     fn relu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
