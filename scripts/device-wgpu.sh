@@ -19,4 +19,4 @@ for i in 1 2; do /usr/bin/time -f "%e s wall, %U s user CPU" $B/rusty-recognitio
 echo "== bench cuda"; $B/rusty-recognition bench --device cuda --epochs 5 --infer-reps 5 2>&1 | grep -E "^BENCH"
 echo "== PyTorch eager"; python3 $B/torch_lenet.py --data data/mnist --device cuda --modes eager --epochs 5 2>&1 | tail -3
 echo "== train --device wgpu (defaults)"; /usr/bin/time -f "%e s wall" $B/rusty-recognition train --device wgpu --out /tmp/rr-wgpu-train 2>&1 | grep -vE "XDG" | grep -E "^(adapter|epoch|peak)|wall"
-echo "== profile (synchronizes after every op)"; $B/rusty-recognition train --device wgpu --epochs 1 --limit-train 12800 --profile --out /tmp/rr-wgpu-prof 2>&1 | grep -A22 "^profile"
+echo "== profile (GPU timestamps around each op; 30 steps and one 10,000-image test pass)"; $B/rusty-recognition train --device wgpu --epochs 1 --limit-train 3840 --eval-batch-size 10000 --profile --out /tmp/rr-wgpu-prof 2>&1 | grep -A22 "^profile"
