@@ -20,3 +20,4 @@ echo "== bench cuda"; $B/rusty-recognition bench --device cuda --epochs 5 --infe
 echo "== PyTorch eager"; python3 $B/torch_lenet.py --data data/mnist --device cuda --modes eager --epochs 5 2>&1 | tail -3
 echo "== train --device wgpu (defaults)"; /usr/bin/time -f "%e s wall" $B/rusty-recognition train --device wgpu --out /tmp/rr-wgpu-train 2>&1 | grep -vE "XDG" | grep -E "^(adapter|epoch|peak)|wall"
 echo "== profile (GPU timestamps around each op; 30 steps and one 10,000-image test pass)"; $B/rusty-recognition train --device wgpu --epochs 1 --limit-train 3840 --eval-batch-size 10000 --profile --out /tmp/rr-wgpu-prof 2>&1 | grep -A22 "^profile"
+echo "== the strong model on wgpu, one epoch"; timeout 90 $B/rusty-recognition train --device wgpu --model mnist-cnn --epochs 1 --out /tmp/rr-wgpu-cnn 2>&1 | grep -E "^epoch"

@@ -16,19 +16,35 @@ fn gemm(@builtin(local_invocation_id) l: vec3<u32>, @builtin(workgroup_id) wg: v
     let row = wg.y * 16u + l.y;
     let col = wg.x * 16u + l.x;
     var acc = 0.0;
+    // Tiles are loaded so that neighbouring invocations (l.x) read neighbouring
+    // addresses whichever way each operand is stored.
+    let row0 = wg.y * 16u;
+    let col0 = wg.x * 16u;
     for (var t = 0u; t < k; t += 16u) {
-        let ak = t + l.x;
+        // tile_a[i * 16 + q] = A(row0 + i, t + q)
+        var ai = l.y;
+        var aq = l.x;
+        if (ta) {
+            ai = l.x;
+            aq = l.y;
+        }
         var av = 0.0;
-        if (row < m && ak < k) {
-            av = bitcast<f32>(r0[pu(0u) + select(row * k + ak, ak * m + row, ta)]);
+        if (row0 + ai < m && t + aq < k) {
+            av = bitcast<f32>(r0[pu(0u) + select((row0 + ai) * k + t + aq, (t + aq) * m + row0 + ai, ta)]);
         }
-        tile_a[l.y * 16u + l.x] = av;
-        let bk = t + l.y;
+        tile_a[ai * 16u + aq] = av;
+        // tile_b[q * 16 + j] = B(t + q, col0 + j)
+        var bq = l.y;
+        var bj = l.x;
+        if (tb) {
+            bq = l.x;
+            bj = l.y;
+        }
         var bv = 0.0;
-        if (bk < k && col < n) {
-            bv = bitcast<f32>(r1[pu(1u) + select(bk * n + col, col * k + bk, tb)]);
+        if (t + bq < k && col0 + bj < n) {
+            bv = bitcast<f32>(r1[pu(1u) + select((t + bq) * n + col0 + bj, (col0 + bj) * k + t + bq, tb)]);
         }
-        tile_b[l.y * 16u + l.x] = bv;
+        tile_b[bq * 16u + bj] = bv;
         workgroupBarrier();
         for (var q = 0u; q < 16u; q++) {
             acc = fma(tile_a[l.y * 16u + q], tile_b[q * 16u + l.x], acc);

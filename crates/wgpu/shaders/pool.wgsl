@@ -1,5 +1,16 @@
 // Pooling. Geometry words (after the offsets): planes (N*C), H, W, K, S, P, OH, OW.
 
+// The outputs o in [lo, hi) whose windows o*S - P .. o*S - P + K - 1 contain input i.
+fn window_range(i: u32, K: u32, S: u32, P: u32, O: u32) -> vec2<u32> {
+    let top = i + P; // o*S <= top and o*S + K - 1 >= top
+    var lo = 0u;
+    if (top + 1u > K) {
+        lo = (top + 1u - K + S - 1u) / S;
+    }
+    let hi = min(O, top / S + 1u);
+    return vec2<u32>(lo, max(lo, hi));
+}
+
 //! kernel maxpool_forward
 // [x, y, argmax, geometry..., relu]; r0 = x, w0 = y, w1 = argmax (flat index into x, or
 // 0xffffffff where a fused ReLU clamped the output).
@@ -57,16 +68,10 @@ fn maxpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let iy = (i / W) % H;
     let plane = i / (W * H);
     var acc = 0.0;
-    for (var oy = 0u; oy < OH; oy++) {
-        let ky = i32(iy + P) - i32(oy * S);
-        if (ky < 0 || ky >= i32(K)) {
-            continue;
-        }
-        for (var ox = 0u; ox < OW; ox++) {
-            let kx = i32(ix + P) - i32(ox * S);
-            if (kx < 0 || kx >= i32(K)) {
-                continue;
-            }
+    let ys = window_range(iy, K, S, P, OH);
+    let xs = window_range(ix, K, S, P, OW);
+    for (var oy = ys.x; oy < ys.y; oy++) {
+        for (var ox = xs.x; ox < xs.y; ox++) {
             let o = (plane * OH + oy) * OW + ox;
             if (r1[pu(1u) + o] == i) {
                 acc += bitcast<f32>(r0[pu(0u) + o]);
@@ -120,16 +125,11 @@ fn avgpool_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_
     let plane = i / (W * H);
     let inv = 1.0 / f32(K * K);
     var acc = 0.0;
-    for (var oy = 0u; oy < OH; oy++) {
-        let ky = i32(iy + P) - i32(oy * S);
-        if (ky < 0 || ky >= i32(K)) {
-            continue;
-        }
-        for (var ox = 0u; ox < OW; ox++) {
-            let kx = i32(ix + P) - i32(ox * S);
-            if (kx >= 0 && kx < i32(K)) {
-                acc += bitcast<f32>(r0[pu(0u) + (plane * OH + oy) * OW + ox]) * inv;
-            }
+    let ys = window_range(iy, K, S, P, OH);
+    let xs = window_range(ix, K, S, P, OW);
+    for (var oy = ys.x; oy < ys.y; oy++) {
+        for (var ox = xs.x; ox < xs.y; ox++) {
+            acc += bitcast<f32>(r0[pu(0u) + (plane * OH + oy) * OW + ox]) * inv;
         }
     }
     w0[pu(1u) + i] = bitcast<u32>(acc);

@@ -189,7 +189,9 @@ impl WgpuBackend {
             ..limits
         };
         // Timestamps between dispatches, for --profile, where the adapter has them.
-        let timing = wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let timing = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
         let features = adapter.features() & timing;
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("rusty-recognition"),
@@ -222,7 +224,11 @@ impl WgpuBackend {
         });
         let dummy = WgpuBuf { buf: Arc::new(dummy_buf), len: 4, id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed), _elem: PhantomData };
         let timestamps = (features == timing).then(|| Timestamps {
-            set: device.create_query_set(&wgpu::QuerySetDescriptor { label: Some("profile"), ty: wgpu::QueryType::Timestamp, count: QUERIES }),
+            set: device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count: QUERIES,
+            }),
             resolve: device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("profile resolve"),
                 size: QUERIES as u64 * 8,
@@ -239,7 +245,14 @@ impl WgpuBackend {
             kernels,
             arena,
             dummy,
-            pending: Mutex::new(Pending { encoder: None, pass: None, params: Vec::new(), slots: 0, bind_groups: HashMap::new(), timestamps }),
+            pending: Mutex::new(Pending {
+                encoder: None,
+                pass: None,
+                params: Vec::new(),
+                slots: 0,
+                bind_groups: HashMap::new(),
+                timestamps,
+            }),
             name: format!("wgpu ({})", describe(&info)),
             software: info.device_type == wgpu::DeviceType::Cpu,
             max_groups,
@@ -403,8 +416,10 @@ impl WgpuBackend {
             }
         };
         if p.pass.is_none() {
-            let encoder = p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
-            p.pass = Some(encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None }).forget_lifetime());
+            let encoder =
+                p.encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
+            p.pass =
+                Some(encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None }).forget_lifetime());
         }
         let Pending { pass, timestamps, .. } = &mut *p;
         let t = timestamps.as_mut().expect("checked above");
@@ -425,7 +440,8 @@ impl WgpuBackend {
                         let used = p.timestamps.as_ref().map_or(0, |t| t.used);
                         p.pass = None;
                         let Pending { encoder, timestamps, .. } = &mut *p;
-                        let encoder = encoder.get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
+                        let encoder = encoder
+                            .get_or_insert_with(|| self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None }));
                         let t = timestamps.as_ref().expect("gpu marks come with timestamps");
                         encoder.resolve_query_set(&t.set, 0..used, &t.resolve, 0);
                         (used, t.resolve.clone())
