@@ -7,8 +7,6 @@ Proves the checkpoint is a plain PyTorch state_dict: same names, shapes and layo
 import gzip, json, sys
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 
 class LeNet5(nn.Module):
@@ -55,23 +53,32 @@ def idx(path):
     return np.frombuffer(b, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
 
 
-path = sys.argv[1]
-data = sys.argv[2] if len(sys.argv) > 2 else "data/mnist"
-with safe_open(path, "pt") as f:
-    meta = f.metadata()
-print("metadata:", meta)
-config = json.loads(meta["model"])
-if config["arch"] == "lenet5":
-    model = LeNet5()
-elif config["arch"] == "mnist-cnn":
-    model = MnistCnn(config.get("width", 32), config.get("dropout", 0.0))
-else:
-    sys.exit(f"this script builds lenet5 and mnist-cnn, not {config['arch']}")
-model.load_state_dict(load_file(path))  # strict: every name and shape must match
-model.eval()
-x = torch.tensor(idx(f"{data}/t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0)
-x = ((x - 0.1307) / 0.3081).unsqueeze(1)
-y = torch.tensor(idx(f"{data}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
-with torch.no_grad():
-    correct = (model(x).argmax(1) == y).sum().item()
-print(f"PyTorch {torch.__version__}: test accuracy {100 * correct / len(y):.2f}% ({correct}/{len(y)}); checkpoint metadata says {100 * float(meta.get('test_accuracy', 'nan')):.2f}%")
+def main():
+    # Imported here: torch_mnist_cnn.py imports this file for the network alone.
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = sys.argv[1]
+    data = sys.argv[2] if len(sys.argv) > 2 else "data/mnist"
+    with safe_open(path, "pt") as f:
+        meta = f.metadata()
+    print("metadata:", meta)
+    config = json.loads(meta["model"])
+    if config["arch"] == "lenet5":
+        model = LeNet5()
+    elif config["arch"] == "mnist-cnn":
+        model = MnistCnn(config.get("width", 32), config.get("dropout", 0.0))
+    else:
+        sys.exit(f"this script builds lenet5 and mnist-cnn, not {config['arch']}")
+    model.load_state_dict(load_file(path))  # strict: every name and shape must match
+    model.eval()
+    x = torch.tensor(idx(f"{data}/t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0)
+    x = ((x - 0.1307) / 0.3081).unsqueeze(1)
+    y = torch.tensor(idx(f"{data}/t10k-labels-idx1-ubyte.gz").astype(np.int64))
+    with torch.no_grad():
+        correct = (model(x).argmax(1) == y).sum().item()
+    print(f"PyTorch {torch.__version__}: test accuracy {100 * correct / len(y):.2f}% ({correct}/{len(y)}); checkpoint metadata says {100 * float(meta.get('test_accuracy', 'nan')):.2f}%")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,41 +9,21 @@ augmentation (±10° rotation, ±10% scale and shift, bilinear, background fill)
 done on the GPU with affine_grid / grid_sample. Data lives on the GPU; per-epoch
 time is measured after a synchronize. Prints one line per epoch.
 """
-import argparse, gzip, math, sys, time
+import argparse, math, os, sys, time
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 
-sys.path.insert(0, __file__.rsplit("/", 1)[0])
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from load_in_pytorch import MnistCnn, idx  # the same network as the checkpoint loader builds
 
 
-def idx(path):
-    with gzip.open(path, "rb") as f:
-        b = f.read()
-    nd = b[3]
-    dims = [int.from_bytes(b[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd)]
-    return np.frombuffer(b, dtype=np.uint8, offset=4 + 4 * nd).reshape(dims)
-
-
-class MnistCnn(nn.Module):
-    def __init__(self, width=32, dropout=0.2):
-        super().__init__()
-        chans = [(1, width), (width, width), (width, 2 * width), (2 * width, 2 * width), (2 * width, 4 * width)]
-        for i, (cin, cout) in enumerate(chans, 1):
-            setattr(self, f"conv{i}", nn.Conv2d(cin, cout, 3, padding=1))
-            setattr(self, f"bn{i}", nn.BatchNorm2d(cout))
-        self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(4 * width, 10)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-
-    def forward(self, x):
-        for i in range(1, 6):
-            x = F.relu(getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(x)))
-            if i in (2, 4):
-                x = F.max_pool2d(x, 2)
-        return self.fc(self.drop(x.mean((2, 3))))
+def he_init(model):
+    # Our recipe's --init he: Kaiming normal weights, zero biases (BatchNorm keeps 1 and 0).
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+    return model
 
 
 def augment(x, fill):
@@ -77,7 +57,7 @@ def main():
     ytr = torch.tensor(idx(f"{a.data}/train-labels-idx1-ubyte.gz").astype(np.int64), device=dev)
     xte = ((load("t10k-images-idx3-ubyte.gz") - mean) / std).unsqueeze(1)
     yte = torch.tensor(idx(f"{a.data}/t10k-labels-idx1-ubyte.gz").astype(np.int64), device=dev)
-    model = MnistCnn().to(dev)
+    model = he_init(MnistCnn(32, 0.2)).to(dev)
     step_model = torch.compile(model) if a.compile else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4)
     bs = 128
