@@ -177,3 +177,27 @@ fn fashion_mnist_trains_and_predicts_with_class_names() {
         assert!(String::from_utf8_lossy(&o.stderr).contains("--data-dir"));
     }
 }
+
+/// The wgpu backend from the command line (in CI: Mesa's llvmpipe, a software
+/// adapter, which `--device wgpu` accepts and `--device auto` never picks).
+#[test]
+fn wgpu_trains_and_evaluates_and_auto_skips_software_adapters() {
+    let out = tmpdir("wgpu");
+    let small = ["--model", "mlp", "--mlp-sizes", "784,16,10", "--epochs", "1", "--limit-train", "1024", "--out"];
+    let o = bin().args(["train", "--device", "wgpu"]).args(small).arg(&out).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "train --device wgpu failed:\n{stdout}\n{stderr}");
+    assert!(stderr.contains("adapter: wgpu (") && stdout.contains("on wgpu ("), "{stdout}\n{stderr}");
+    let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+    let acc: f64 = csv.lines().nth(1).unwrap().split(',').nth(4).unwrap().parse().unwrap();
+    assert!(acc > 0.5, "1024 images of an MLP on wgpu: test accuracy {acc}");
+    let o = bin().args(["eval", "--device", "wgpu", "--checkpoint"]).arg(out.join("model.safetensors")).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success() && stdout.contains(&format!("test_acc {:.2}%", 100.0 * acc)), "{stdout}\n{stderr}");
+
+    let o = bin().args(["train", "--device", "auto"]).args(small).arg(out.join("auto")).output().unwrap();
+    let (stdout, stderr) = text(&o);
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let header = stdout.lines().next().unwrap_or("");
+    assert!(!header.contains(", Cpu,"), "auto picked a software adapter: {header}");
+}
