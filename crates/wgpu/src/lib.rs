@@ -72,7 +72,17 @@ pub struct WgpuBuf<T> {
     buf: Arc<wgpu::Buffer>,
     len: usize,
     id: u64,
+    /// The backend's count of allocated bytes, given back on drop.
+    allocated: Option<Arc<AtomicU64>>,
     _elem: PhantomData<T>,
+}
+
+impl<T> Drop for WgpuBuf<T> {
+    fn drop(&mut self) {
+        if let Some(count) = &self.allocated {
+            count.fetch_sub(self.buf.size(), Ordering::Relaxed);
+        }
+    }
 }
 
 impl<T> Storage for WgpuBuf<T> {
@@ -137,7 +147,7 @@ pub struct WgpuBackend {
     uncaptured: Arc<Mutex<Option<String>>>,
     /// The adapter's limit on workgroups per dimension (read once: `limits()` copies a large struct).
     max_groups: u32,
-    allocated: AtomicU64,
+    allocated: Arc<AtomicU64>,
     peak: AtomicU64,
 }
 
@@ -222,7 +232,13 @@ impl WgpuBackend {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        let dummy = WgpuBuf { buf: Arc::new(dummy_buf), len: 4, id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed), _elem: PhantomData };
+        let dummy = WgpuBuf {
+            buf: Arc::new(dummy_buf),
+            len: 4,
+            id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+            allocated: None,
+            _elem: PhantomData,
+        };
         let timestamps = (features == timing).then(|| Timestamps {
             set: device.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("profile"),
@@ -257,7 +273,7 @@ impl WgpuBackend {
             software: info.device_type == wgpu::DeviceType::Cpu,
             max_groups,
             uncaptured,
-            allocated: AtomicU64::new(0),
+            allocated: Arc::new(AtomicU64::new(0)),
             peak: AtomicU64::new(0),
         })
     }
@@ -280,7 +296,13 @@ impl WgpuBackend {
         });
         let now = self.allocated.fetch_add(bytes, Ordering::Relaxed) + bytes;
         self.peak.fetch_max(now, Ordering::Relaxed);
-        Ok(WgpuBuf { buf: Arc::new(buf), len, id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed), _elem: PhantomData })
+        Ok(WgpuBuf {
+            buf: Arc::new(buf),
+            len,
+            id: NEXT_BUFFER_ID.fetch_add(1, Ordering::Relaxed),
+            allocated: Some(self.allocated.clone()),
+            _elem: PhantomData,
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
