@@ -4,8 +4,11 @@
 //! - [`reference`]: plain, obviously-correct implementations of every op; the
 //!   fast backends are tested against these.
 //! - [`cpu`]: the CPU backend (GEMM crate + rayon).
-//! - [`layers`], [`model`]: layers with forward/backward and models built from config.
-//! - [`optim`], [`train`]: SGD with momentum and the training / evaluation loops.
+//! - [`layers`], [`model`]: layers with forward/backward (Linear, Conv2d, pools,
+//!   BatchNorm, Dropout, ...) and models built from config (LeNet-5, MLP, mnist-cnn).
+//! - [`optim`], [`train`]: SGD/Adam/AdamW with schedules, the recipes, and the
+//!   training / evaluation loops (augmentation on the device).
+//! - [`random`]: counter-based random numbers, the same on every backend.
 //! - [`data`], [`checkpoint`]: MNIST IDX files and safetensors checkpoints.
 //! - [`conformance`]: the test suite every backend must pass.
 
