@@ -117,7 +117,7 @@ pub fn draw_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
     Ok(())
 }
 
-/// matrix[true][predicted] as a heat map with the counts written in.
+/// `matrix[true][predicted]` as a heat map with the counts written in.
 pub fn draw_confusion(path: &Path, matrix: &[[u32; 10]; 10], names: &[String], title: &str) -> Result<()> {
     font()?;
     let root = BitMapBackend::new(path, CONFUSION_SIZE).into_drawing_area();
@@ -166,7 +166,7 @@ pub fn draw_confusion(path: &Path, matrix: &[[u32; 10]; 10], names: &[String], t
     Ok(())
 }
 
-/// matrix[true][predicted] of `model` over `data`.
+/// `matrix[true][predicted]` of `model` over `data`.
 pub fn confusion<B: Backend>(backend: &B, model: &mut Model<B>, data: &Dataset) -> Result<[[u32; 10]; 10]> {
     let images: Vec<Vec<u8>> = data.images.chunks_exact(data.sample_len()).map(<[u8]>::to_vec).collect();
     let probs = infer::probabilities(backend, model, &images)?;

@@ -147,7 +147,7 @@ pub struct TrainArgs {
     /// Batch size for the test-set evaluation after each epoch
     #[arg(long, default_value_t = 1000)]
     eval_batch_size: usize,
-    /// Output folder [default: runs/<date>-<time>]
+    /// Output folder [default: runs/DATE-TIME]
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print a table of time per op, per-step time and peak memory at the end

@@ -1,5 +1,5 @@
 //! The conformance suite: written once against [`Backend`], instantiated for
-//! every backend with [`backend_conformance_tests!`]. Each op runs on fresh
+//! every backend with [`backend_conformance_tests!`](crate::backend_conformance_tests). Each op runs on fresh
 //! random inputs of awkward sizes (batch 1, sizes that are multiples of no
 //! tile, padding and stride variants), its outputs poisoned with NaN first,
 //! and is compared with the plain [`crate::reference`] implementation by

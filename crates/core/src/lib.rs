@@ -1,7 +1,7 @@
 //! rusty-recognition core: everything that does not depend on a particular device.
 //!
 //! - [`backend`]: the [`Backend`] contract every device implements (buffers + ops).
-//! - [`reference`]: plain, obviously-correct implementations of every op; the
+//! - [`reference`](mod@reference): plain, obviously-correct implementations of every op; the
 //!   fast backends are tested against these.
 //! - [`cpu`]: the CPU backend (GEMM crate + rayon).
 //! - [`layers`], [`model`]: layers with forward/backward (Linear, Conv2d, pools,

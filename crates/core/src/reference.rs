@@ -26,7 +26,7 @@ pub fn gemm(s: &Gemm, a: &[f32], b: &[f32], bias: Option<&[f32]>, c: &mut [f32])
     }
 }
 
-/// db[j] = sum_i dy[i, j]; dy: (rows, cols).
+/// `db[j] = sum_i dy[i, j]`; dy: (rows, cols).
 pub fn bias_grad(rows: usize, cols: usize, dy: &[f32], db: &mut [f32]) {
     for (j, d) in db.iter_mut().enumerate().take(cols) {
         *d = (0..rows).map(|i| dy[i * cols + j]).sum();
@@ -154,7 +154,7 @@ pub fn maxpool2d_forward(g: &Pool2dGeom, x: &[f32], y: &mut [f32], argmax: &mut 
     }
 }
 
-/// dx = 0; dx[argmax[o]] += dy[o] (indices outside dx, NO_ARGMAX among them, are skipped).
+/// `dx = 0; dx[argmax[o]] += dy[o]` (indices outside dx, NO_ARGMAX among them, are skipped).
 pub fn maxpool2d_backward(dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
     dx.fill(0.0);
     for (&d, &i) in dy.iter().zip(argmax) {
