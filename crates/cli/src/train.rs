@@ -239,12 +239,10 @@ impl TrainArgs {
         match self.model {
             ModelArg::Lenet => ModelConfig::Lenet5,
             ModelArg::Mlp => ModelConfig::Mlp { sizes: self.mlp_sizes.clone() },
-            ModelArg::MnistCnn => match ModelConfig::mnist_cnn_for(self.dataset.name()) {
-                ModelConfig::MnistCnn { width, dropout } => {
-                    ModelConfig::MnistCnn { width: self.width.unwrap_or(width), dropout: self.dropout.unwrap_or(dropout) }
-                }
-                other => other,
-            },
+            ModelArg::MnistCnn => {
+                let (width, dropout) = ModelConfig::mnist_cnn_defaults(self.dataset.name());
+                ModelConfig::MnistCnn { width: self.width.unwrap_or(width), dropout: self.dropout.unwrap_or(dropout) }
+            }
         }
     }
 

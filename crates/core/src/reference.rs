@@ -307,19 +307,8 @@ fn bn_index(g: &BatchNormGeom, n: usize, c: usize, j: usize) -> usize {
     (n * g.c + c) * g.hw + j
 }
 
-/// The mean and 1/sqrt(var + eps) channel `c` is normalized with. Training:
-/// the batch's (sums in f64), also written to `saved` and folded into `running`.
-pub fn batchnorm_channel_stats(
-    g: &BatchNormGeom,
-    training: bool,
-    x: &[f32],
-    c: usize,
-    running: &mut [f32],
-    saved: &mut [f32],
-) -> (f32, f32) {
-    if !training {
-        return (running[c], 1.0 / (running[g.c + c] + g.eps).sqrt());
-    }
+/// The batch mean and biased variance of channel `c` (sums in f64).
+pub fn batchnorm_moments(g: &BatchNormGeom, x: &[f32], c: usize) -> (f64, f64) {
     let (mut sum, mut sumsq) = (0.0f64, 0.0f64);
     for n in 0..g.n {
         for j in 0..g.hw {
@@ -330,7 +319,23 @@ pub fn batchnorm_channel_stats(
     }
     let m = g.per_channel() as f64;
     let mean = sum / m;
-    let var = (sumsq / m - mean * mean).max(0.0);
+    (mean, (sumsq / m - mean * mean).max(0.0))
+}
+
+/// The mean and 1/sqrt(var + eps) channel `c` is normalized with. Training
+/// (`moments` from [`batchnorm_moments`]): the batch's, also written to `saved`
+/// and folded into `running`. Evaluation (`None`): the running statistics.
+pub fn batchnorm_channel_stats(
+    g: &BatchNormGeom,
+    c: usize,
+    moments: Option<(f64, f64)>,
+    running: &mut [f32],
+    saved: &mut [f32],
+) -> (f32, f32) {
+    let Some((mean, var)) = moments else {
+        return (running[c], 1.0 / (running[g.c + c] + g.eps).sqrt());
+    };
+    let m = g.per_channel() as f64;
     let invstd = (1.0 / (var + g.eps as f64).sqrt()) as f32;
     saved[c] = mean as f32;
     saved[g.c + c] = invstd;
@@ -354,7 +359,8 @@ pub fn batchnorm_forward(
         return;
     }
     for c in 0..g.c {
-        let (mean, invstd) = batchnorm_channel_stats(g, training, x, c, running, saved);
+        let moments = training.then(|| batchnorm_moments(g, x, c));
+        let (mean, invstd) = batchnorm_channel_stats(g, c, moments, running, saved);
         let (gamma, beta) = (params[c], params[g.c + c]);
         for n in 0..g.n {
             for j in 0..g.hw {

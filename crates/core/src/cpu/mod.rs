@@ -623,28 +623,19 @@ impl Backend for CpuBackend {
             return Ok(());
         }
         let (x, params, running, saved, y) = (s(x), s(params), sm(running), sm(saved), sm(y));
-        // Per-channel statistics in parallel (each channel by the reference code), then (n, c) planes in parallel.
-        let stats: Vec<(f32, f32, [f32; 4])> = self.pool.install(|| {
-            (0..g.c)
-                .into_par_iter()
-                .map(|c| {
-                    let mut r = vec![0.0; 2 * g.c];
-                    let mut sv = vec![0.0; 2 * g.c];
-                    (r[c], r[g.c + c]) = (running[c], running[g.c + c]);
-                    let (mean, invstd) = reference::batchnorm_channel_stats(g, training, x, c, &mut r, &mut sv);
-                    (mean, invstd, [r[c], r[g.c + c], sv[c], sv[g.c + c]])
-                })
-                .collect()
-        });
-        if training {
-            for (c, (_, _, v)) in stats.iter().enumerate() {
-                (running[c], running[g.c + c], saved[c], saved[g.c + c]) = (v[0], v[1], v[2], v[3]);
-            }
-        }
+        // Batch moments of the channels in parallel, the per-channel bookkeeping in
+        // order (both by the reference code), then the (n, c) planes in parallel.
+        let moments: Vec<(f64, f64)> = if training {
+            self.pool.install(|| (0..g.c).into_par_iter().map(|c| reference::batchnorm_moments(g, x, c)).collect())
+        } else {
+            Vec::new()
+        };
+        let stats: Vec<(f32, f32)> =
+            (0..g.c).map(|c| reference::batchnorm_channel_stats(g, c, moments.get(c).copied(), running, saved)).collect();
         self.pool.install(|| {
             y.par_chunks_mut(g.hw).zip(x.par_chunks(g.hw)).enumerate().for_each(|(p, (yp, xp))| {
                 let c = p % g.c;
-                let (mean, invstd) = (stats[c].0, stats[c].1);
+                let (mean, invstd) = stats[c];
                 let (gamma, beta) = (params[c], params[g.c + c]);
                 for (y, &x) in yp.iter_mut().zip(xp) {
                     let v = gamma * ((x - mean) * invstd) + beta;
