@@ -406,16 +406,118 @@ impl Hyper {
     }
 }
 
-/// Turns u8 images + labels and a list of sample indices into a normalized f32 batch:
-/// `x[i] = (images[idx[i]] / 255 - mean) / std`, `y[i] = labels[idx[i]]`.
+/// Most channels a [`Gather`] normalizes (grayscale 1, RGB 3, RGBA 4).
+pub const MAX_CHANNELS: usize = 4;
+
+/// Turns u8 images (N, C, H, W) + labels and a list of sample indices into a
+/// normalized f32 batch, per channel:
+/// `x[i, c, ..] = (images[idx[i], c, ..] / 255 - mean[c]) / std[c]`, `y[i] = labels[idx[i]]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Gather {
     /// Samples in the batch (length of the index window).
     pub n: usize,
-    /// Bytes per image (e.g. 784).
+    /// Bytes per image (C * H * W, e.g. 784 or 3072).
     pub sample_len: usize,
-    pub mean: f32,
-    pub std: f32,
+    /// Channels C (1 to [`MAX_CHANNELS`]); each has `sample_len / channels` pixels.
+    pub channels: usize,
+    /// Per-channel mean and standard deviation (entries past `channels` unused).
+    pub mean: [f32; 4],
+    pub std: [f32; 4],
+}
+
+impl Gather {
+    /// A gather of `n` samples normalized as `info` says.
+    pub fn new(n: usize, info: &crate::data::DatasetInfo) -> Self {
+        let (mut mean, mut std) = ([0.0; MAX_CHANNELS], [1.0; MAX_CHANNELS]);
+        let c = info.channels().min(MAX_CHANNELS);
+        mean[..c].copy_from_slice(&info.mean[..c]);
+        std[..c].copy_from_slice(&info.std[..c]);
+        Gather { n, sample_len: info.shape.iter().product(), channels: info.channels(), mean, std }
+    }
+
+    /// Pixels per channel of one image.
+    pub fn plane(&self) -> usize {
+        self.sample_len / self.channels.max(1)
+    }
+}
+
+/// How [`Backend::crop_flip`] pads before cropping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Padding {
+    /// Outside the image reads 0 (the mean colour, after normalization).
+    #[default]
+    Zero,
+    /// Mirror at the edge without repeating it (PyTorch's `reflect`): -1 reads 1.
+    Reflect,
+}
+
+/// Random crops with padding, horizontal flips and cutout of a batch
+/// x (n, c, h, w) -> y (n, c, h, w), one draw per sample (the same for all its
+/// channels) from the [`crate::random`] stream `(seed, step, salt)`; see
+/// [`CropSpec::params`]. Output pixel (r, s) of sample i reads input
+/// `(r + dy - pad, s' + dx - pad)` with `s' = w - 1 - s` when flipped, padded
+/// as `padding` says; then pixels in the cutout square are set to 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CropSpec {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Largest shift in pixels (the crop is taken from the image padded by this much).
+    pub pad: usize,
+    pub padding: Padding,
+    /// Flip horizontally with probability 1/2.
+    pub flip: bool,
+    /// Side of the square zeroed at a random centre (0: no cutout); clipped at the edges.
+    pub cutout: usize,
+    pub salt: u32,
+}
+
+/// One sample's draw, as [`CropSpec::params`] makes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CropParams {
+    /// Offsets into the padded image, 0..=2*pad.
+    pub dy: usize,
+    pub dx: usize,
+    pub flip: bool,
+    /// The cutout square's first row and column (may be negative: clipped), when cutout > 0.
+    pub cut_y: i64,
+    pub cut_x: i64,
+}
+
+impl CropSpec {
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.h * self.w
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sample `i`'s draw under stream key `key`: draws 0..5 of its block of 8.
+    /// An integer in 0..m is `min(floor(u * m), m - 1)` of a uniform u (exact in f32 on every device).
+    pub fn params(&self, key: u32, i: usize) -> CropParams {
+        let u = |j: u32| crate::random::uniform(key, i as u32 * 8 + j);
+        let int = |j: u32, m: usize| ((u(j) * m as f32) as usize).min(m.saturating_sub(1));
+        let shifts = 2 * self.pad + 1;
+        CropParams {
+            dy: int(0, shifts),
+            dx: int(1, shifts),
+            flip: self.flip && u(2) < 0.5,
+            cut_y: int(3, self.h) as i64 - (self.cutout / 2) as i64,
+            cut_x: int(4, self.w) as i64 - (self.cutout / 2) as i64,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.padding == Padding::Reflect && self.n > 0 && (self.pad >= self.h || self.pad >= self.w) {
+            return Err(Error::shape("crop_flip", "reflect padding", format!("< the image size {}x{}", self.h, self.w), self.pad));
+        }
+        if self.pad > 64 || self.cutout > self.h.max(self.w) {
+            return Err(Error::shape("crop_flip", "pad and cutout", "pad <= 64 and cutout <= the image side", format!("{self:?}")));
+        }
+        Ok(())
+    }
 }
 
 /// The contract every device implements. See the module docs.
@@ -481,6 +583,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn relu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
     /// `dx = dy * (y > 0)` (uses the forward output, so it can run in place of x).
     fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()>;
+
+    // ---- elementwise (residual connections, gradient sums) -----------------
+    /// `y = a + b` (all the same length).
+    fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// `y += x` (the same length): sums gradients where an output feeds several nodes.
+    fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
 
     // ---- convolution and pooling -------------------------------------------
     fn conv2d_forward(
@@ -569,17 +677,22 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn dropout_backward(&self, mask: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()>;
     /// See [`AugmentSpec`]; `rng` = [seed, step]; x and y are (n, c, h, w) and must not overlap.
     fn augment(&self, spec: &AugmentSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// See [`CropSpec`]; `rng` = [seed, step]; x and y are (n, c, h, w) and must not overlap.
+    fn crop_flip(&self, spec: &CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
 
     // ---- loss, optimizer, data ---------------------------------------------
-    /// Fused softmax + cross-entropy over logits (n, classes).
+    /// Fused softmax + cross-entropy over logits (n, classes), with label
+    /// smoothing `smoothing` (PyTorch's `label_smoothing`: the target is
+    /// `(1 - smoothing) * onehot + smoothing / classes`; 0 for none).
     /// Adds the summed loss to `stats[0]` and the number of correct argmax
     /// predictions to `stats[1]` (device-side accumulators, read once per epoch).
-    /// When `dlogits` is given it receives `grad_scale * (softmax - onehot)`.
+    /// When `dlogits` is given it receives `grad_scale * (softmax - target)`.
     #[allow(clippy::too_many_arguments)]
     fn softmax_cross_entropy(
         &self,
         n: usize,
         classes: usize,
+        smoothing: f32,
         logits: View<'_, Self, f32>,
         labels: View<'_, Self, u32>,
         grad_scale: f32,
@@ -613,7 +726,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
 /// and the length of every window the same way, so a mismatch is the same
 /// [`Error::Shape`] on every device.
 pub mod checks {
-    use super::{AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Pool2dGeom};
+    use super::{AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Pool2dGeom, MAX_CHANNELS};
     use crate::error::{check_len, Error, Result};
 
     pub fn conv2d_forward(g: &Conv2dGeom, x: usize, w: usize, bias: usize, y: usize) -> Result<()> {
@@ -647,9 +760,11 @@ pub mod checks {
         check_len("maxpool2d_backward", "dx", g.x_len(), dx)
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn softmax_cross_entropy(
         n: usize,
         classes: usize,
+        smoothing: f32,
         logits: usize,
         labels: usize,
         dlogits: Option<usize>,
@@ -657,6 +772,9 @@ pub mod checks {
     ) -> Result<()> {
         if classes == 0 {
             return Err(Error::shape("softmax_cross_entropy", "classes", ">= 1", 0));
+        }
+        if !(0.0..1.0).contains(&smoothing) {
+            return Err(Error::shape("softmax_cross_entropy", "label smoothing", "in [0, 1)", smoothing));
         }
         check_len("softmax_cross_entropy", "logits", n * classes, logits)?;
         check_len("softmax_cross_entropy", "labels", n, labels)?;
@@ -671,6 +789,12 @@ pub mod checks {
     }
 
     pub fn gather_batch(spec: &Gather, images: usize, labels: usize, indices: usize, x: usize, y: usize) -> Result<()> {
+        if spec.channels == 0 || spec.channels > MAX_CHANNELS || spec.sample_len % spec.channels != 0 {
+            return Err(Error::shape("gather_batch", "channels", format!("1 to {MAX_CHANNELS}, dividing the sample length {}", spec.sample_len), spec.channels));
+        }
+        if spec.std[..spec.channels].iter().any(|s| !(*s > 0.0 && s.is_finite())) {
+            return Err(Error::shape("gather_batch", "std", "> 0 for every channel", format!("{:?}", spec.std)));
+        }
         check_len("gather_batch", "images", labels * spec.sample_len, images)?;
         check_len("gather_batch", "indices", spec.n, indices)?;
         check_len("gather_batch", "x", spec.n * spec.sample_len, x)?;
@@ -754,6 +878,22 @@ pub mod checks {
         check_len("augment", "rng [seed, step]", 2, rng)?;
         check_len("augment", "x", spec.len(), x)?;
         check_len("augment", "y", spec.len(), y)
+    }
+
+    pub fn crop_flip(spec: &CropSpec, rng: usize, x: usize, y: usize) -> Result<()> {
+        spec.validate()?;
+        check_len("crop_flip", "rng [seed, step]", 2, rng)?;
+        check_len("crop_flip", "x", spec.len(), x)?;
+        check_len("crop_flip", "y", spec.len(), y)
+    }
+
+    pub fn add(a: usize, b: usize, y: usize) -> Result<()> {
+        check_len("add", "b", a, b)?;
+        check_len("add", "y", a, y)
+    }
+
+    pub fn add_assign(x: usize, y: usize) -> Result<()> {
+        check_len("add_assign", "y", x, y)
     }
 
     pub fn bias_grad(rows: usize, cols: usize, dy: usize, db: usize) -> Result<()> {

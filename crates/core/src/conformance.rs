@@ -281,7 +281,7 @@ pub fn softmax_cross_entropy<B: Backend>(b: &B, tol: f32) {
         let grad_scale = 1.0 / n as f32;
         let mut want_d = vec![0.0; n * classes];
         let mut want_stats = vec![1.5, 2.0];
-        reference::softmax_cross_entropy(n, classes, &logits, &labels, grad_scale, Some(&mut want_d), &mut want_stats).unwrap();
+        reference::softmax_cross_entropy(n, classes, 0.0, &logits, &labels, grad_scale, Some(&mut want_d), &mut want_stats).unwrap();
         let (dl, dlab) = (b.upload(&logits).unwrap(), b.upload(&labels).unwrap());
         for with_grad in [true, false] {
             let mut d = poisoned(b, n * classes);
@@ -289,6 +289,7 @@ pub fn softmax_cross_entropy<B: Backend>(b: &B, tol: f32) {
             b.softmax_cross_entropy(
                 n,
                 classes,
+                0.0,
                 View::all(&dl),
                 View::all(&dlab),
                 grad_scale,
@@ -345,7 +346,7 @@ pub fn gather_batch<B: Backend>(b: &B, tol: f32) {
     let (di, dl) = (b.upload(&images).unwrap(), b.upload(&labels).unwrap());
     for n in [1usize, 37, 100, 128] {
         let idx: Vec<u32> = (0..n).map(|_| r.random_range(0..count as u32)).collect();
-        let spec = Gather { n, sample_len, mean: 0.1307, std: 0.3081 };
+        let spec = Gather { n, sample_len, channels: 1, mean: [0.1307, 0.0, 0.0, 0.0], std: [0.3081, 1.0, 1.0, 1.0] };
         let (mut wx, mut wy) = (vec![0.0; n * sample_len], vec![0u32; n]);
         reference::gather_batch(&spec, &images, &labels, &idx, &mut wx, &mut wy).unwrap();
         let didx = b.upload(&idx).unwrap();
@@ -505,7 +506,7 @@ pub fn gradcheck_loss<B: Backend>(b: &B, _tol: f32) {
         let mean_loss = |l: &[f32]| -> f64 {
             let dl = b.upload(l).unwrap();
             let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
-            b.softmax_cross_entropy(n, classes, View::all(&dl), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
+            b.softmax_cross_entropy(n, classes, 0.0, View::all(&dl), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
             down(b, &stats)[0] as f64 / n as f64
         };
         let dl = b.upload(&logits).unwrap();
@@ -514,6 +515,7 @@ pub fn gradcheck_loss<B: Backend>(b: &B, _tol: f32) {
         b.softmax_cross_entropy(
             n,
             classes,
+            0.0,
             View::all(&dl),
             View::all(&dlab),
             1.0 / n as f32,
@@ -554,7 +556,7 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
         let loss_of = |model: &mut Model<B>| -> f64 {
             model.forward_train(b, n, View::all(&dx)).unwrap();
             let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
-            b.softmax_cross_entropy(n, 10, model.logits(n).unwrap(), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
+            b.softmax_cross_entropy(n, 10, 0.0, model.logits(n).unwrap(), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
             down(b, &stats)[0] as f64 / n as f64
         };
         if let ModelConfig::MnistCnn { .. } = config {
@@ -574,6 +576,7 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
         b.softmax_cross_entropy(
             n,
             10,
+            0.0,
             model.logits(n).unwrap(),
             View::all(&dlab),
             1.0 / n as f32,

@@ -3,7 +3,7 @@
 //! profiled runs show each op separately.
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
 };
 use crate::error::Result;
 use std::sync::Mutex;
@@ -225,10 +225,20 @@ where
     fn augment(&self, spec: &AugmentSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         self.timed("augment", || self.inner.augment(spec, v(rng), v(x), vm(y)))
     }
+    fn crop_flip(&self, spec: &CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("crop_flip", || self.inner.crop_flip(spec, v(rng), v(x), vm(y)))
+    }
+    fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("add", || self.inner.add(v(a), v(b), vm(y)))
+    }
+    fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("add_assign", || self.inner.add_assign(v(x), vm(y)))
+    }
     fn softmax_cross_entropy(
         &self,
         n: usize,
         classes: usize,
+        smoothing: f32,
         logits: View<'_, Self, f32>,
         labels: View<'_, Self, u32>,
         grad_scale: f32,
@@ -236,7 +246,7 @@ where
         stats: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
         self.timed("softmax_cross_entropy", || {
-            self.inner.softmax_cross_entropy(n, classes, v(logits), v(labels), grad_scale, dlogits.map(vm), vm(stats))
+            self.inner.softmax_cross_entropy(n, classes, smoothing, v(logits), v(labels), grad_scale, dlogits.map(vm), vm(stats))
         })
     }
     fn optimizer_step(

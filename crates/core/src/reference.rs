@@ -4,7 +4,7 @@
 //! against them (see [`crate::conformance`]). Callers check lengths first.
 
 use crate::backend::{
-    AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule, ELASTIC_GRID, NO_ARGMAX,
+    AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Padding, Gemm, Pool2dGeom, UpdateRule, ELASTIC_GRID, NO_ARGMAX,
 };
 use crate::error::{Error, Result};
 use crate::random;
@@ -170,6 +170,7 @@ pub fn maxpool2d_backward(dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
 pub fn softmax_cross_entropy(
     n: usize,
     classes: usize,
+    smoothing: f32,
     logits: &[f32],
     labels: &[u32],
     grad_scale: f32,
@@ -178,6 +179,7 @@ pub fn softmax_cross_entropy(
 ) -> Result<()> {
     let mut loss_sum = 0.0f64;
     let mut correct = 0u32;
+    let uniform = smoothing / classes as f32;
     for i in 0..n {
         let row = &logits[i * classes..(i + 1) * classes];
         let label = labels[i] as usize;
@@ -193,12 +195,15 @@ pub fn softmax_cross_entropy(
         }
         let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
         let log_z = max + sum.ln();
-        loss_sum += (log_z - row[label]) as f64;
+        // -sum_c target_c log p_c with target = (1 - s) onehot + s / C
+        let mean_logit: f32 = row.iter().sum::<f32>() / classes as f32;
+        loss_sum += ((1.0 - smoothing) * (log_z - row[label]) + smoothing * (log_z - mean_logit)) as f64;
         correct += (arg == label) as u32;
         if let Some(d) = dlogits.as_deref_mut() {
             for c in 0..classes {
                 let p = (row[c] - log_z).exp();
-                d[i * classes + c] = grad_scale * (p - (c == label) as u32 as f32);
+                let target = (1.0 - smoothing) * (c == label) as u32 as f32 + uniform;
+                d[i * classes + c] = grad_scale * (p - target);
             }
         }
     }
@@ -238,20 +243,79 @@ pub fn optimizer_step(rule: &UpdateRule, hyper: &[f32], p: &mut [f32], g: &[f32]
 
 /// Fails if an index is outside the dataset.
 pub fn gather_batch(s: &Gather, images: &[u8], labels: &[u8], indices: &[u32], x: &mut [f32], y: &mut [u32]) -> Result<()> {
-    let scale = 1.0 / (255.0 * s.std);
-    let shift = s.mean / s.std;
+    let plane = s.plane();
+    // x = px * scale - shift: one multiply-add per pixel.
+    let scale: Vec<f32> = s.std.iter().map(|sd| 1.0 / (255.0 * sd)).collect();
+    let shift: Vec<f32> = s.mean.iter().zip(&s.std).map(|(m, sd)| m / sd).collect();
     for (i, &idx) in indices.iter().enumerate().take(s.n) {
         let idx = idx as usize;
         if idx >= labels.len() {
             return Err(Error::shape("gather_batch", format!("index {i}"), format!("< {} (dataset size)", labels.len()), idx));
         }
         let src = &images[idx * s.sample_len..(idx + 1) * s.sample_len];
-        for (o, &px) in x[i * s.sample_len..(i + 1) * s.sample_len].iter_mut().zip(src) {
-            *o = px as f32 * scale - shift;
+        for (j, (o, &px)) in x[i * s.sample_len..(i + 1) * s.sample_len].iter_mut().zip(src).enumerate() {
+            let c = j / plane;
+            *o = px as f32 * scale[c] - shift[c];
         }
         y[i] = labels[idx] as u32;
     }
     Ok(())
+}
+
+/// `y = a + b`.
+pub fn add(a: &[f32], b: &[f32], y: &mut [f32]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = a + b;
+    }
+}
+
+/// `y += x`.
+pub fn add_assign(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y += x;
+    }
+}
+
+/// The source index of output coordinate `o` shifted by `shift - pad` in a
+/// side of `len` pixels, or `None` where zero padding reads 0.
+pub fn crop_source(o: usize, shift: usize, pad: usize, len: usize, padding: Padding) -> Option<usize> {
+    let i = o as i64 + shift as i64 - pad as i64;
+    let n = len as i64;
+    match padding {
+        _ if (0..n).contains(&i) => Some(i as usize),
+        Padding::Zero => None,
+        // Reflect without repeating the edge: -1 -> 1, n -> n - 2 (pad < len, so one fold suffices).
+        Padding::Reflect => Some(if i < 0 { -i } else { 2 * (n - 1) - i } as usize),
+    }
+}
+
+/// One sample of [`crop_flip`]: x, y (c, h, w).
+pub fn crop_flip_sample(spec: &CropSpec, key: u32, i: usize, x: &[f32], y: &mut [f32]) {
+    let (h, w) = (spec.h, spec.w);
+    let p = spec.params(key, i);
+    let cut = spec.cutout as i64;
+    for c in 0..spec.c {
+        for r in 0..h {
+            for s in 0..w {
+                let sx = if p.flip { w - 1 - s } else { s };
+                let in_cut = cut > 0 && (p.cut_y..p.cut_y + cut).contains(&(r as i64)) && (p.cut_x..p.cut_x + cut).contains(&(s as i64));
+                let src = match (crop_source(r, p.dy, spec.pad, h, spec.padding), crop_source(sx, p.dx, spec.pad, w, spec.padding)) {
+                    (Some(sy), Some(sx)) if !in_cut => x[(c * h + sy) * w + sx],
+                    _ => 0.0,
+                };
+                y[(c * h + r) * w + s] = src;
+            }
+        }
+    }
+}
+
+/// See [`CropSpec`]; `rng` = [seed, step].
+pub fn crop_flip(spec: &CropSpec, rng: &[u32], x: &[f32], y: &mut [f32]) {
+    let key = random::stream_key(rng[0], rng[1], spec.salt);
+    let len = spec.c * spec.h * spec.w;
+    for i in 0..spec.n {
+        crop_flip_sample(spec, key, i, &x[i * len..(i + 1) * len], &mut y[i * len..(i + 1) * len]);
+    }
 }
 
 /// Average pooling; padding reads 0 and every window divides by k*k.

@@ -3,8 +3,8 @@
 //! device from a per-epoch permutation, and loss/accuracy accumulate in device
 //! buffers that are read once per epoch. A step allocates nothing.
 
-use crate::backend::{AugmentSpec, Backend, Gather, View, ViewMut};
-use crate::data::{Dataset, MNIST_MEAN, MNIST_STD};
+use crate::backend::{AugmentSpec, Backend, CropSpec, Gather, Padding, View, ViewMut};
+use crate::data::{Dataset, DatasetInfo};
 use crate::error::{Error, Result};
 use crate::model::Init;
 use crate::model::{Model, ModelConfig};
@@ -29,6 +29,9 @@ pub struct TrainConfig {
     /// Train on the first this many training images only (quick experiments).
     #[serde(default)]
     pub train_limit: Option<usize>,
+    /// Label smoothing of the cross-entropy loss (PyTorch's `label_smoothing`; 0: none).
+    #[serde(default)]
+    pub label_smoothing: f32,
 }
 
 /// On-the-fly augmentation of training batches, on the device that trains
@@ -47,6 +50,14 @@ pub struct AugmentConfig {
     pub flip: bool,
     /// Gaussian noise standard deviation (in normalized units).
     pub noise: f32,
+    /// Random crops: shifts of up to this many pixels, from the image padded as `padding` says.
+    #[serde(default)]
+    pub crop: usize,
+    #[serde(default)]
+    pub padding: Padding,
+    /// Cutout: a square of this side zeroed at a random place (0: none).
+    #[serde(default)]
+    pub cutout: usize,
 }
 
 impl AugmentConfig {
@@ -64,7 +75,33 @@ impl AugmentConfig {
         AugmentConfig { translate: 0.07, flip: true, ..Default::default() }
     }
 
-    fn spec(&self, n: usize, shape: &[usize]) -> Result<AugmentSpec> {
+    /// For photos (CIFAR): random crops from the image padded by 4 pixels
+    /// (reflected), and horizontal flips.
+    pub fn photos() -> Self {
+        AugmentConfig { crop: 4, padding: Padding::Reflect, flip: true, ..Default::default() }
+    }
+
+    /// Whether the affine warp (rotation, scale, translation, elastic, noise) runs.
+    fn warps(&self) -> bool {
+        let warp = AugmentConfig { rotate_deg: self.rotate_deg, scale: self.scale, translate: self.translate, elastic: self.elastic, noise: self.noise, ..Default::default() };
+        !warp.is_off() || (self.flip && !self.crops())
+    }
+
+    /// Whether the crop/flip/cutout op runs (flips go there when it does).
+    fn crops(&self) -> bool {
+        self.crop > 0 || self.cutout > 0
+    }
+
+    fn crop_spec(&self, n: usize, shape: &[usize]) -> Result<CropSpec> {
+        let [c, h, w] = *shape else {
+            return Err(Error::config("augmentation", format!("needs image inputs (C, H, W), the model takes {shape:?}")));
+        };
+        let spec = CropSpec { n, c, h, w, pad: self.crop, padding: self.padding, flip: self.flip, cutout: self.cutout, salt: 1 };
+        spec.validate().map_err(|e| Error::config("augmentation", e.to_string()))?;
+        Ok(spec)
+    }
+
+    fn spec(&self, n: usize, shape: &[usize], info: &DatasetInfo) -> Result<AugmentSpec> {
         let [c, h, w] = *shape else {
             return Err(Error::config("augmentation", format!("needs image inputs (C, H, W), the model takes {shape:?}")));
         };
@@ -77,10 +114,10 @@ impl AugmentConfig {
             scale: self.scale,
             translate: self.translate,
             elastic: self.elastic,
-            flip: self.flip,
+            flip: self.flip && !self.crops(),
             noise: self.noise,
-            // The background: a 0 pixel after normalization.
-            fill: -MNIST_MEAN / MNIST_STD,
+            // The background: a 0 pixel (of the first channel) after normalization.
+            fill: info.normalize(0, 0),
             salt: 0,
         })
     }
@@ -99,6 +136,7 @@ impl Default for TrainConfig {
             seed: 0,
             augment: AugmentConfig::default(),
             train_limit: None,
+            label_smoothing: 0.0,
         }
     }
 }
@@ -132,6 +170,9 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return Err(Error::config("--batch-size", "must be at least 1"));
         }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::config("--label-smoothing", format!("must be in [0, 1), got {}", self.label_smoothing)));
+        }
         self.schedule.validate()?;
         self.optimizer.validate()
     }
@@ -143,6 +184,8 @@ pub struct DeviceDataset<B: Backend> {
     pub labels: B::Buf<u8>,
     pub len: usize,
     pub sample_len: usize,
+    /// Shape, classes and normalization.
+    pub info: DatasetInfo,
     /// Unique per upload, so a recorded step knows which dataset it reads.
     id: u64,
 }
@@ -150,8 +193,14 @@ pub struct DeviceDataset<B: Backend> {
 static NEXT_DATASET_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 impl<B: Backend> DeviceDataset<B> {
-    pub fn upload(backend: &B, data: &Dataset) -> Result<Self> {
+    /// Uploads one split described by `info` (whose shape must be the images').
+    pub fn upload(backend: &B, data: &Dataset, info: &DatasetInfo) -> Result<Self> {
+        info.validate()?;
+        if info.shape != data.shape {
+            return Err(Error::config("dataset", format!("images are {:?}, the description says {:?}", data.shape, info.shape)));
+        }
         Ok(DeviceDataset {
+            info: info.clone(),
             images: backend.upload(&data.images)?,
             labels: backend.upload(&data.labels)?,
             len: data.len,
@@ -161,7 +210,7 @@ impl<B: Backend> DeviceDataset<B> {
     }
 
     fn gather_spec(&self, n: usize) -> Gather {
-        Gather { n, sample_len: self.sample_len, mean: MNIST_MEAN, std: MNIST_STD }
+        Gather::new(n, &self.info)
     }
 }
 
@@ -184,15 +233,17 @@ impl PassStats {
 /// A fixed-size batch workspace: input, labels and the loss accumulators.
 struct Batch<B: Backend> {
     x: B::Buf<f32>,
-    /// The augmented batch (allocated only when augmenting).
-    augmented: Option<B::Buf<f32>>,
+    /// The warped batch (allocated only when the affine augmentation runs).
+    warped: Option<B::Buf<f32>>,
+    /// The cropped batch (allocated only when crop/flip/cutout runs).
+    cropped: Option<B::Buf<f32>>,
     y: B::Buf<u32>,
     stats: B::Buf<f32>,
 }
 
 impl<B: Backend> Batch<B> {
     fn new(backend: &B, capacity: usize, sample_len: usize) -> Result<Self> {
-        Ok(Batch { x: backend.alloc(capacity * sample_len)?, augmented: None, y: backend.alloc(capacity)?, stats: backend.alloc(2)? })
+        Ok(Batch { x: backend.alloc(capacity * sample_len)?, warped: None, cropped: None, y: backend.alloc(capacity)?, stats: backend.alloc(2)? })
     }
 }
 
@@ -247,9 +298,12 @@ impl<B: Backend> Trainer<B> {
         backend.write(ViewMut::range(&mut model.rng, 0, 1)?, &[crate::random::device_seed(config.seed)])?;
         let optimizer = Optimizer::new(backend, config.optimizer, &model.params)?;
         let mut batch = Batch::new(backend, bs, model.input_len())?;
-        if !config.augment.is_off() {
-            config.augment.spec(bs, model.input_shape())?;
-            batch.augmented = Some(backend.alloc(bs * model.input_len())?);
+        if config.augment.warps() {
+            batch.warped = Some(backend.alloc(bs * model.input_len())?);
+        }
+        if config.augment.crops() {
+            config.augment.crop_spec(bs, model.input_shape())?;
+            batch.cropped = Some(backend.alloc(bs * model.input_len())?);
         }
         Ok(Trainer {
             batch,
@@ -286,24 +340,25 @@ impl<B: Backend> Trainer<B> {
             ViewMut::prefix(&mut self.batch.x, x_len)?,
             ViewMut::prefix(&mut self.batch.y, n)?,
         )?;
-        let x = match self.batch.augmented.as_mut() {
-            Some(augmented) => {
-                let spec = self.config.augment.spec(n, self.model.input_shape())?;
-                backend.augment(
-                    &spec,
-                    View::all(&self.model.rng),
-                    View::prefix(&self.batch.x, x_len)?,
-                    ViewMut::prefix(augmented, x_len)?,
-                )?;
-                View::prefix(augmented, x_len)?
-            }
-            None => View::prefix(&self.batch.x, x_len)?,
-        };
+        // Augmentation: the affine warp, then crop/flip/cutout, each when configured.
+        let shape = self.model.input_shape().to_vec();
+        let mut x = View::prefix(&self.batch.x, x_len)?;
+        if let Some(warped) = self.batch.warped.as_mut() {
+            let spec = self.config.augment.spec(n, &shape, &data.info)?;
+            backend.augment(&spec, View::all(&self.model.rng), x, ViewMut::prefix(warped, x_len)?)?;
+            x = View::prefix(warped, x_len)?;
+        }
+        if let Some(cropped) = self.batch.cropped.as_mut() {
+            let spec = self.config.augment.crop_spec(n, &shape)?;
+            backend.crop_flip(&spec, View::all(&self.model.rng), x, ViewMut::prefix(cropped, x_len)?)?;
+            x = View::prefix(cropped, x_len)?;
+        }
         self.model.forward_train(backend, n, x)?;
         // Mean loss over the batch: dlogits = (softmax - onehot) / n
         backend.softmax_cross_entropy(
             n,
             classes,
+            self.config.label_smoothing,
             self.model.logits(n)?,
             View::prefix(&self.batch.y, n)?,
             1.0 / n as f32,
@@ -432,6 +487,7 @@ pub fn evaluate<B: Backend>(backend: &B, model: &mut Model<B>, data: &DeviceData
         backend.softmax_cross_entropy(
             n,
             classes,
+            0.0,
             model.logits(n)?,
             View::prefix(&batch.y, n)?,
             1.0,

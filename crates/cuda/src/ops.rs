@@ -615,17 +615,32 @@ impl Backend for CudaBackend {
         launch!(self, augment, self.cfg(spec.n * spec.h * spec.w), ptr(&rng), ptr(&x), ptr_mut(&y), args)
     }
 
+    // TEMPORARY (being implemented): the ops below fail until the kernels land.
+    fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add(a.len, b.len, y.len)?;
+        Err(rr_core::Error::Device { backend: "cuda", msg: "add: not implemented yet".into() })
+    }
+    fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add_assign(x.len, y.len)?;
+        Err(rr_core::Error::Device { backend: "cuda", msg: "add_assign: not implemented yet".into() })
+    }
+    fn crop_flip(&self, spec: &rr_core::backend::CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::crop_flip(spec, rng.len, x.len, y.len)?;
+        Err(rr_core::Error::Device { backend: "cuda", msg: "crop_flip: not implemented yet".into() })
+    }
+
     fn softmax_cross_entropy(
         &self,
         n: usize,
         classes: usize,
+        smoothing: f32,
         logits: View<'_, Self, f32>,
         labels: View<'_, Self, u32>,
         grad_scale: f32,
         dlogits: Option<ViewMut<'_, Self, f32>>,
         stats: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        checks::softmax_cross_entropy(n, classes, logits.len, labels.len, dlogits.as_ref().map(|d| d.len), stats.len)?;
+        checks::softmax_cross_entropy(n, classes, smoothing, logits.len, labels.len, dlogits.as_ref().map(|d| d.len), stats.len)?;
         if n == 0 {
             return Ok(());
         }
@@ -705,8 +720,8 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         // Same arithmetic as the reference: px * (1 / (255 std)) - mean / std.
-        let scale = 1.0 / (255.0 * spec.std);
-        let shift = spec.mean / spec.std;
+        let scale = 1.0 / (255.0 * spec.std[0]);
+        let shift = spec.mean[0] / spec.std[0];
         let cfg = LaunchConfig { grid_dim: (spec.n as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(
             self,

@@ -386,17 +386,32 @@ impl Backend for WgpuBackend {
         self.run("augment", grid(spec.n * spec.h * spec.w), &p, &[r(&rng), r(&x), w(&y)])
     }
 
+    // TEMPORARY (being implemented): the ops below fail until the kernels land.
+    fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add(a.len, b.len, y.len)?;
+        Err(rr_core::Error::Device { backend: "wgpu", msg: "add: not implemented yet".into() })
+    }
+    fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add_assign(x.len, y.len)?;
+        Err(rr_core::Error::Device { backend: "wgpu", msg: "add_assign: not implemented yet".into() })
+    }
+    fn crop_flip(&self, spec: &rr_core::backend::CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::crop_flip(spec, rng.len, x.len, y.len)?;
+        Err(rr_core::Error::Device { backend: "wgpu", msg: "crop_flip: not implemented yet".into() })
+    }
+
     fn softmax_cross_entropy(
         &self,
         n: usize,
         classes: usize,
+        smoothing: f32,
         logits: View<'_, Self, f32>,
         labels: View<'_, Self, u32>,
         grad_scale: f32,
         dlogits: Option<ViewMut<'_, Self, f32>>,
         stats: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        checks::softmax_cross_entropy(n, classes, logits.len, labels.len, dlogits.as_ref().map(|d| d.len), stats.len)?;
+        checks::softmax_cross_entropy(n, classes, smoothing, logits.len, labels.len, dlogits.as_ref().map(|d| d.len), stats.len)?;
         if n == 0 {
             return Ok(());
         }
@@ -456,8 +471,8 @@ impl Backend for WgpuBackend {
         // A kernel cannot fail: an index outside the dataset leaves its sample unwritten
         // (the trainer's indices come from a permutation of the dataset; the CPU backend
         // reports a bad one as an error).
-        let scale = 1.0 / (255.0 * spec.std);
-        let shift = spec.mean / spec.std;
+        let scale = 1.0 / (255.0 * spec.std[0]);
+        let shift = spec.mean[0] / spec.std[0];
         let p = [
             u(images.offset)?,
             u(labels.offset)?,

@@ -7,7 +7,7 @@
 //! build target is baseline x86-64.
 
 use crate::backend::{
-    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
+    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
     NO_ARGMAX,
 };
 use crate::error::{check_len, Error, Result};
@@ -396,6 +396,22 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add(a.len, b.len, y.len)?;
+        let (a, b, y) = (s(a), s(b), sm(y));
+        self.pool.install(|| {
+            y.par_chunks_mut(1 << 14).zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14))).for_each(|(y, (a, b))| reference::add(a, b, y))
+        });
+        Ok(())
+    }
+
+    fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add_assign(x.len, y.len)?;
+        let (x, y) = (s(x), sm(y));
+        self.pool.install(|| y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| reference::add_assign(x, y)));
+        Ok(())
+    }
+
     fn conv2d_forward(
         &self,
         g: &Conv2dGeom,
@@ -742,18 +758,30 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn crop_flip(&self, spec: &CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::crop_flip(spec, rng.len, x.len, y.len)?;
+        let key = crate::random::stream_key(s(rng)[0], s(rng)[1], spec.salt);
+        let (x, y) = (s(x), sm(y));
+        let len = (spec.c * spec.h * spec.w).max(1);
+        self.pool.install(|| {
+            y.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(i, (yi, xi))| reference::crop_flip_sample(spec, key, i, xi, yi))
+        });
+        Ok(())
+    }
+
     fn softmax_cross_entropy(
         &self,
         n: usize,
         classes: usize,
+        smoothing: f32,
         logits: View<'_, Self, f32>,
         labels: View<'_, Self, u32>,
         grad_scale: f32,
         dlogits: Option<ViewMut<'_, Self, f32>>,
         stats: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        checks::softmax_cross_entropy(n, classes, logits.len, labels.len, dlogits.as_ref().map(|d| d.len), stats.len)?;
-        reference::softmax_cross_entropy(n, classes, s(logits), s(labels), grad_scale, dlogits.map(sm), sm(stats))
+        checks::softmax_cross_entropy(n, classes, smoothing, logits.len, labels.len, dlogits.as_ref().map(|d| d.len), stats.len)?;
+        reference::softmax_cross_entropy(n, classes, smoothing, s(logits), s(labels), grad_scale, dlogits.map(sm), sm(stats))
     }
 
     fn optimizer_step(

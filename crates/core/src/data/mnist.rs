@@ -2,6 +2,7 @@
 //! optionally checked against a `SHA256SUMS.raw` of their decompressed bytes.
 
 use super::idx::{parse_idx, read_maybe_gz};
+use super::{Dataset, DatasetInfo, Splits};
 use crate::error::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -10,44 +11,15 @@ use std::path::{Path, PathBuf};
 pub const MNIST_MEAN: f32 = 0.1307;
 pub const MNIST_STD: f32 = 0.3081;
 
-/// Images as u8 (n, rows, cols) and labels as u8 (n).
-#[derive(Clone, Debug)]
-pub struct Dataset {
-    pub images: Vec<u8>,
-    pub labels: Vec<u8>,
-    pub len: usize,
-    pub rows: usize,
-    pub cols: usize,
-}
-
-impl Dataset {
-    pub fn sample_len(&self) -> usize {
-        self.rows * self.cols
-    }
-
-    /// Keeps the first `n` samples (all of them if there are fewer).
-    pub fn truncate(&mut self, n: usize) {
-        self.len = self.len.min(n);
-        self.images.truncate(self.len * self.sample_len());
-        self.labels.truncate(self.len);
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Mnist {
-    pub train: Dataset,
-    pub test: Dataset,
-    pub dir: PathBuf,
-    /// Whether the files were checked against SHA256SUMS.raw.
-    pub verified: bool,
-}
+/// MNIST-style datasets: `Mnist::load(dir)` reads the four IDX files.
+pub struct Mnist;
 
 const CHECKSUMS: &str = "SHA256SUMS.raw";
 
 impl Mnist {
     /// Loads `train-*` and `t10k-*` files (raw or `.gz`) from `dir`, checking
     /// them against `dir/SHA256SUMS.raw` when that file exists.
-    pub fn load(dir: &Path) -> Result<Self> {
+    pub fn load(dir: &Path) -> Result<Splits> {
         if !dir.is_dir() {
             return Err(Error::Dataset {
                 path: dir.to_path_buf(),
@@ -76,9 +48,9 @@ impl Mnist {
             if let Some(i) = labels.data.iter().position(|&l| l >= 10) {
                 return Err(bad(&lpath, format!("label {} at index {i} is out of range 0..10", labels.data[i])));
             }
-            Ok(Dataset { images: images.data, labels: labels.data, len: n, rows, cols })
+            Ok(Dataset { images: images.data, labels: labels.data, len: n, shape: [1, rows, cols] })
         };
-        Ok(Mnist { train: load("train")?, test: load("t10k")?, dir: dir.to_path_buf(), verified: sums.is_some() })
+        Ok(Splits { train: load("train")?, test: load("t10k")?, info: DatasetInfo::mnist(), dir: dir.to_path_buf(), verified: sums.is_some() })
     }
 }
 

@@ -1,7 +1,129 @@
-//! Datasets: the IDX file format and MNIST-style datasets built from it.
+//! Datasets: images as u8 (N, C, H, W) with u8 labels, and a [`DatasetInfo`]
+//! that describes them (shape, classes, class names, per-channel
+//! normalization). The description travels in every checkpoint, so `eval`,
+//! `predict` and `serve` know what a model expects.
+//!
+//! Loaders: the IDX family ([`mnist`]: MNIST, Fashion-MNIST and any IDX pair).
 
 pub mod idx;
 pub mod mnist;
 
 pub use idx::{parse_idx, read_idx, IdxArray};
-pub use mnist::{Dataset, Mnist, MNIST_MEAN, MNIST_STD};
+pub use mnist::{Mnist, MNIST_MEAN, MNIST_STD};
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// One split: images as u8 (len, C, H, W), labels as u8 (len).
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub len: usize,
+    /// (C, H, W) of every image.
+    pub shape: [usize; 3],
+}
+
+impl Dataset {
+    pub fn sample_len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Keeps the first `n` samples (all of them if there are fewer).
+    pub fn truncate(&mut self, n: usize) {
+        self.len = self.len.min(n);
+        self.images.truncate(self.len * self.sample_len());
+        self.labels.truncate(self.len);
+    }
+
+    /// The u8 pixels of sample `i`: (C, H, W).
+    pub fn image(&self, i: usize) -> &[u8] {
+        let l = self.sample_len();
+        &self.images[i * l..(i + 1) * l]
+    }
+}
+
+/// What a dataset is: stored in checkpoints (metadata key `dataset`, JSON).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DatasetInfo {
+    /// "mnist", "fashion-mnist", "cifar10", "cifar100", "image-folder", "idx".
+    pub name: String,
+    /// (C, H, W) of the model's input.
+    pub shape: [usize; 3],
+    pub classes: usize,
+    /// One per class, in label order.
+    pub class_names: Vec<String>,
+    /// Per-channel normalization applied when batches are gathered:
+    /// `x = (pixel / 255 - mean[c]) / std[c]`.
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl DatasetInfo {
+    pub fn channels(&self) -> usize {
+        self.shape[0]
+    }
+
+    /// MNIST's description (10 digits, 1x28x28, the literature's mean and std).
+    pub fn mnist() -> Self {
+        DatasetInfo {
+            name: "mnist".into(),
+            shape: [1, 28, 28],
+            classes: 10,
+            class_names: (0..10).map(|d| d.to_string()).collect(),
+            mean: vec![MNIST_MEAN],
+            std: vec![MNIST_STD],
+        }
+    }
+
+    /// Fashion-MNIST's description (its ten clothing classes; MNIST's normalization, as before).
+    pub fn fashion_mnist() -> Self {
+        let names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+        DatasetInfo { name: "fashion-mnist".into(), class_names: names.map(String::from).to_vec(), ..Self::mnist() }
+    }
+
+    /// Checks that the description is self-consistent (one mean and std per channel, ...).
+    pub fn validate(&self) -> Result<()> {
+        let c = self.channels();
+        let bad = |msg: String| Err(Error::config(format!("dataset description `{}`", self.name), msg));
+        if self.shape.contains(&0) || c > crate::backend::MAX_CHANNELS {
+            return bad(format!("shape {:?}: need non-zero sizes and 1 to {} channels", self.shape, crate::backend::MAX_CHANNELS));
+        }
+        if self.classes == 0 || self.classes > 256 || self.class_names.len() != self.classes {
+            return bad(format!("{} classes with {} names: need 1 to 256 classes, one name each", self.classes, self.class_names.len()));
+        }
+        if self.mean.len() != c || self.std.len() != c || self.std.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
+            return bad(format!("mean {:?} and std {:?}: need {c} of each, std > 0", self.mean, self.std));
+        }
+        Ok(())
+    }
+
+    /// The normalized value of a u8 pixel of channel `c`.
+    pub fn normalize(&self, c: usize, pixel: u8) -> f32 {
+        (pixel as f32 / 255.0 - self.mean[c]) / self.std[c]
+    }
+
+    /// Reads the `dataset` metadata of a checkpoint: this struct as JSON, or
+    /// the bare name older checkpoints stored ("mnist", "fashion-mnist").
+    pub fn from_metadata(value: Option<&str>) -> Result<Self> {
+        match value {
+            None | Some("mnist") => Ok(Self::mnist()),
+            Some("fashion-mnist") => Ok(Self::fashion_mnist()),
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| Error::config("checkpoint dataset description", format!("{e}: {json}"))),
+        }
+    }
+}
+
+/// A loaded dataset: both splits and their description.
+#[derive(Clone, Debug)]
+pub struct Splits {
+    pub train: Dataset,
+    pub test: Dataset,
+    pub info: DatasetInfo,
+    /// Where it was read from.
+    pub dir: PathBuf,
+    /// Whether the files were checked against a `SHA256SUMS.raw`.
+    pub verified: bool,
+}
