@@ -5,7 +5,7 @@ use crate::device::{self, RunStats, WithBackend};
 use crate::CommonArgs;
 use anyhow::Result;
 use rr_core::backend::{Gather, View, ViewMut};
-use rr_core::data::{Mnist, MNIST_MEAN, MNIST_STD};
+use rr_core::data::Mnist;
 use rr_core::model::{Model, ModelConfig};
 use rr_core::train::{evaluate, DeviceDataset, TrainConfig, Trainer};
 use rr_core::Backend;
@@ -54,11 +54,11 @@ impl WithBackend for BenchJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let (args, process_start) = (self.0, self.1);
         println!("device ready {:.2}s after start (libraries loaded, kernels compiled)", process_start.elapsed().as_secs_f64());
-        let data = Mnist::load(&device::data_dir(&args.common.data_dir, "mnist")?)?;
-        let train_set = DeviceDataset::upload(backend, &data.train)?;
-        let test_set = DeviceDataset::upload(backend, &data.test)?;
+        let data = Mnist::load(&crate::dataset::data_dir(&args.common.data_dir, crate::dataset::DatasetArg::Mnist)?)?;
+        let train_set = DeviceDataset::upload(backend, &data.train, &data.info)?;
+        let test_set = DeviceDataset::upload(backend, &data.test, &data.info)?;
         let config = TrainConfig { epochs: args.epochs, batch_size: args.batch_size, ..TrainConfig::default() };
-        let model = Model::new(backend, &ModelConfig::Lenet5, config.seed)?;
+        let model = Model::new(backend, &ModelConfig::Lenet5, &data.info.shape, data.info.classes, config.seed)?;
         let mut trainer = Trainer::new(backend, model, config, train_set.len)?;
         trainer.use_graphs = !args.no_graphs;
         println!(
@@ -94,7 +94,7 @@ impl WithBackend for BenchJob {
         let mut x = backend.alloc::<f32>(n * test_set.sample_len)?;
         let mut y = backend.alloc::<u32>(n)?;
         let idx = backend.upload(&(0..n as u32).collect::<Vec<_>>())?;
-        let spec = Gather { n, sample_len: test_set.sample_len, mean: MNIST_MEAN, std: MNIST_STD };
+        let spec = Gather::new(n, &data.info);
         backend.gather_batch(
             &spec,
             View::all(&test_set.images),

@@ -5,7 +5,7 @@ use rr_core::profile::Profiled;
 use rr_core::{Backend, CpuBackend};
 use rr_cuda::CudaBackend;
 use rr_wgpu::WgpuBackend;
-use std::path::{Path, PathBuf};
+
 use std::str::FromStr;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,28 +123,4 @@ where
         println!("{what}: {:.1} MB", bytes as f64 / 1e6);
     }
     Ok(())
-}
-
-/// `--data-dir`, or where `dataset` lives by default: the repository's
-/// `data/mnist` (from the working directory, or from where this binary was
-/// built when run elsewhere); for Fashion-MNIST, Debian's
-/// `/usr/share/datasets/fashion-mnist` (package `dataset-fashion-mnist`) or `data/fashion-mnist`.
-pub fn data_dir(arg: &Option<PathBuf>, dataset: &str) -> Result<PathBuf> {
-    if let Some(dir) = arg {
-        return Ok(dir.clone());
-    }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let candidates: Vec<PathBuf> = match dataset {
-        "fashion-mnist" => {
-            vec![PathBuf::from("/usr/share/datasets/fashion-mnist"), PathBuf::from("data/fashion-mnist"), repo.join("data/fashion-mnist")]
-        }
-        _ => vec![PathBuf::from("data/mnist"), repo.join("data/mnist")],
-    };
-    match candidates.iter().find(|p| p.is_dir()) {
-        Some(dir) => Ok(dir.clone()),
-        None if dataset == "fashion-mnist" => anyhow::bail!(
-            "Fashion-MNIST is not shipped with the repository: pass --data-dir DIR (a folder with its four IDX files), or install Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)"
-        ),
-        None => Ok(candidates[0].clone()),
-    }
 }

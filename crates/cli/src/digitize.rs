@@ -100,3 +100,24 @@ pub fn mnist_style(img: &DynamicImage) -> Result<Vec<u8>> {
     }
     Ok(out)
 }
+
+/// An image prepared as the checkpoint's dataset was: MNIST-style digits for
+/// the 28x28 grayscale datasets (MNIST, Fashion-MNIST), otherwise the image
+/// converted to the dataset's channels (RGB or gray) and resized to its
+/// height x width, as (C, H, W) bytes.
+pub fn prepare(img: &DynamicImage, info: &rr_core::data::DatasetInfo) -> Result<Vec<u8>> {
+    let [c, h, w] = info.shape;
+    if matches!(info.name.as_str(), "mnist" | "fashion-mnist") && info.shape == [1, 28, 28] {
+        return mnist_style(img);
+    }
+    let resized = img.resize_exact(w as u32, h as u32, FilterType::Triangle);
+    match c {
+        1 => Ok(resized.to_luma8().into_raw()),
+        3 => {
+            let rgb = resized.to_rgb8();
+            // (H, W, 3) interleaved -> (3, H, W) planes
+            Ok((0..3).flat_map(|ch| rgb.pixels().map(move |p| p.0[ch])).collect())
+        }
+        _ => bail!("models with {c} input channels cannot take photos (1 or 3 channels)"),
+    }
+}

@@ -2,7 +2,6 @@ use crate::device::{self, RunStats, WithBackend};
 use crate::CommonArgs;
 use anyhow::Result;
 use rr_core::checkpoint;
-use rr_core::data::Mnist;
 use rr_core::train::{evaluate, DeviceDataset};
 use rr_core::Backend;
 use std::path::PathBuf;
@@ -29,10 +28,8 @@ impl WithBackend for EvalJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (mut model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
-        let dataset = ckpt.metadata.get("dataset").map_or("mnist", String::as_str);
-        let data_dir = device::data_dir(&args.common.data_dir, dataset)?;
-        let data = Mnist::load(&data_dir)?;
-        let test_set = DeviceDataset::upload(backend, &data.test)?;
+        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &args.common.data_dir)?;
+        let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
         let start = Instant::now();
         let stats = evaluate(backend, &mut model, &test_set, args.batch_size)?;
         let seconds = start.elapsed().as_secs_f64();
@@ -47,9 +44,8 @@ impl WithBackend for EvalJob {
             seconds,
             crate::train::group_thousands((stats.samples as f64 / seconds) as u64)
         );
-        let names = crate::infer::class_names(dataset);
-        let matrix = crate::plot::confusion(backend, &mut model, &data.test)?;
-        print!("{}", crate::plot::confusion_text(&matrix, &names));
+        let matrix = crate::plot::confusion(backend, &mut model, &data.test, &info)?;
+        print!("{}", crate::plot::confusion_text(&matrix, &info.class_names));
         Ok(RunStats::default())
     }
 }

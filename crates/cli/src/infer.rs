@@ -1,25 +1,14 @@
-//! Class probabilities for MNIST-style images, on any backend.
+//! Class probabilities for images prepared as the dataset was, on any backend.
 
 use anyhow::Result;
 use rr_core::backend::{Gather, View, ViewMut};
-use rr_core::data::{MNIST_MEAN, MNIST_STD};
+use rr_core::data::DatasetInfo;
 use rr_core::model::Model;
 use rr_core::Backend;
 
-/// Class names of a dataset (MNIST: the digits).
-pub fn class_names(dataset: &str) -> Vec<String> {
-    match dataset {
-        "fashion-mnist" => ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
-        _ => (0..10).map(|d| d.to_string()).collect(),
-    }
-}
-
-/// Softmax probabilities for `images` (each 784 u8 pixels, MNIST-style), in
-/// batches, normalized exactly as in training (the same gather op).
-pub fn probabilities<B: Backend>(backend: &B, model: &mut Model<B>, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
+/// Softmax probabilities for `images` (each (C, H, W) u8 pixels as `info`
+/// describes them), in batches, normalized exactly as in training (the same gather op).
+pub fn probabilities<B: Backend>(backend: &B, model: &mut Model<B>, info: &DatasetInfo, images: &[Vec<u8>]) -> Result<Vec<Vec<f32>>> {
     let sample_len = model.input_len();
     let classes = model.classes();
     let mut out = Vec::with_capacity(images.len());
@@ -32,7 +21,7 @@ pub fn probabilities<B: Backend>(backend: &B, model: &mut Model<B>, images: &[Ve
         let idx = backend.upload(&(0..n as u32).collect::<Vec<_>>())?;
         let mut x = backend.alloc::<f32>(n * sample_len)?;
         let mut y = backend.alloc::<u32>(n)?;
-        let spec = Gather { n, sample_len, mean: MNIST_MEAN, std: MNIST_STD };
+        let spec = Gather::new(n, info);
         backend.gather_batch(&spec, View::all(&images), View::all(&labels), View::all(&idx), ViewMut::all(&mut x), ViewMut::all(&mut y))?;
         model.forward(backend, n, View::all(&x))?;
         let logits = backend.download(model.logits(n)?)?;

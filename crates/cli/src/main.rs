@@ -1,6 +1,7 @@
 //! `rusty-recognition`: train, evaluate and checkpoint networks on MNIST-style data.
 
 mod bench;
+mod dataset;
 mod device;
 mod digitize;
 mod eval;

@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use rr_core::checkpoint;
-use rr_core::data::{Dataset, Mnist};
+use rr_core::data::{Dataset, DatasetInfo};
 use rr_core::model::Model;
 use rr_core::Backend;
 use std::path::{Path, PathBuf};
@@ -118,7 +118,10 @@ pub fn draw_curves(path: &Path, rows: &[EpochRow]) -> Result<()> {
 }
 
 /// `matrix[true][predicted]` as a heat map with the counts written in.
-pub fn draw_confusion(path: &Path, matrix: &[[u32; 10]; 10], names: &[String], title: &str) -> Result<()> {
+pub fn draw_confusion(path: &Path, matrix: &[Vec<u32>], names: &[String], title: &str) -> Result<()> {
+    let k = matrix.len() as i32;
+    // Counts and class names are written in only where they fit.
+    let legible = k <= 20;
     font()?;
     let root = BitMapBackend::new(path, CONFUSION_SIZE).into_drawing_area();
     root.fill(&WHITE)?;
@@ -127,10 +130,10 @@ pub fn draw_confusion(path: &Path, matrix: &[[u32; 10]; 10], names: &[String], t
         .margin(15)
         .x_label_area_size(45)
         .y_label_area_size(110)
-        .build_cartesian_2d((0..9).into_segmented(), (0..9).into_segmented())?;
-    // Rows top to bottom are true classes 0..9: segment y holds class 9 - y.
+        .build_cartesian_2d((0..k - 1).into_segmented(), (0..k - 1).into_segmented())?;
+    // Rows top to bottom are true classes 0..k: segment y holds class k - 1 - y.
     let name = |v: &SegmentValue<i32>, flip: bool| match v {
-        SegmentValue::CenterOf(i) => names.get(if flip { 9 - *i } else { *i } as usize).cloned().unwrap_or_default(),
+        SegmentValue::CenterOf(i) if legible => names.get(if flip { k - 1 - *i } else { *i } as usize).cloned().unwrap_or_default(),
         _ => String::new(),
     };
     chart
@@ -138,8 +141,8 @@ pub fn draw_confusion(path: &Path, matrix: &[[u32; 10]; 10], names: &[String], t
         .disable_mesh()
         .x_desc("predicted")
         .y_desc("true")
-        .x_labels(10)
-        .y_labels(10)
+        .x_labels(k.min(20) as usize)
+        .y_labels(k.min(20) as usize)
         .x_label_formatter(&|v| name(v, false))
         .y_label_formatter(&|v| name(v, true))
         .label_style(("sans-serif", 14))
@@ -150,9 +153,12 @@ pub fn draw_confusion(path: &Path, matrix: &[[u32; 10]; 10], names: &[String], t
         for (p, &count) in row.iter().enumerate() {
             let f = count as f64 / total;
             let color = RGBColor((255.0 - 215.0 * f) as u8, (255.0 - 160.0 * f) as u8, 255);
-            let (x, y) = (p as i32, 9 - t as i32);
+            let (x, y) = (p as i32, k - 1 - t as i32);
             let cell = [(SegmentValue::Exact(x), SegmentValue::Exact(y)), (SegmentValue::Exact(x + 1), SegmentValue::Exact(y + 1))];
             chart.draw_series(std::iter::once(Rectangle::new(cell, color.filled())))?;
+            if !legible {
+                continue;
+            }
             let text_color = if f > 0.5 { WHITE } else { BLACK };
             let style = TextStyle::from(("sans-serif", 15).into_font()).color(&text_color).pos(Pos::new(HPos::Center, VPos::Center));
             chart.draw_series(std::iter::once(Text::new(
@@ -167,10 +173,10 @@ pub fn draw_confusion(path: &Path, matrix: &[[u32; 10]; 10], names: &[String], t
 }
 
 /// `matrix[true][predicted]` of `model` over `data`.
-pub fn confusion<B: Backend>(backend: &B, model: &mut Model<B>, data: &Dataset) -> Result<[[u32; 10]; 10]> {
+pub fn confusion<B: Backend>(backend: &B, model: &mut Model<B>, data: &Dataset, info: &DatasetInfo) -> Result<Vec<Vec<u32>>> {
     let images: Vec<Vec<u8>> = data.images.chunks_exact(data.sample_len()).map(<[u8]>::to_vec).collect();
-    let probs = infer::probabilities(backend, model, &images)?;
-    let mut m = [[0u32; 10]; 10];
+    let probs = infer::probabilities(backend, model, info, &images)?;
+    let mut m = vec![vec![0u32; info.classes]; info.classes];
     for (p, &label) in probs.iter().zip(&data.labels) {
         let predicted = infer::top_k(p, 1)[0].0;
         m[label as usize][predicted] += 1;
@@ -179,14 +185,14 @@ pub fn confusion<B: Backend>(backend: &B, model: &mut Model<B>, data: &Dataset) 
 }
 
 /// Per-class accuracy and the confusion matrix as text.
-pub fn confusion_text(m: &[[u32; 10]; 10], names: &[String]) -> String {
+pub fn confusion_text(m: &[Vec<u32>], names: &[String]) -> String {
     let mut out = String::from("per-class accuracy:\n");
     for (t, row) in m.iter().enumerate() {
         let total = row.iter().sum::<u32>();
         out += &format!("  {:>12}: {:6.2}% ({}/{})\n", names[t], 100.0 * row[t] as f64 / total.max(1) as f64, row[t], total);
     }
     out += "confusion matrix (rows: true class, columns: predicted):\n      ";
-    for p in 0..10 {
+    for p in 0..m.len() {
         out += &format!("{p:>6}");
     }
     out += "\n";
@@ -206,14 +212,14 @@ pub fn draw_run<B: Backend>(
     run_dir: &Path,
     model: &mut Model<B>,
     test: &Dataset,
-    names: &[String],
-) -> Result<[[u32; 10]; 10]> {
+    info: &DatasetInfo,
+) -> Result<Vec<Vec<u32>>> {
     draw_curves(&run_dir.join("curves.png"), &read_metrics(&run_dir.join("metrics.csv"))?)?;
-    let m = confusion(backend, model, test)?;
-    let correct: u32 = (0..10).map(|i| m[i][i]).sum();
+    let m = confusion(backend, model, test, info)?;
+    let correct: u32 = (0..m.len()).map(|i| m[i][i]).sum();
     let total: u32 = m.iter().flatten().sum();
     let title = format!("test confusion matrix: {:.2}% correct", 100.0 * correct as f64 / total.max(1) as f64);
-    draw_confusion(&run_dir.join("confusion.png"), &m, names, &title)?;
+    draw_confusion(&run_dir.join("confusion.png"), &m, &info.class_names, &title)?;
     Ok(m)
 }
 
@@ -235,10 +241,8 @@ impl WithBackend for PlotJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (mut model, ckpt) = checkpoint::load_model(&args.run_dir.join("model.safetensors"), backend)?;
-        let dataset = ckpt.metadata.get("dataset").map_or("mnist", String::as_str);
-        let names = infer::class_names(dataset);
-        let data = Mnist::load(&device::data_dir(&args.common.data_dir, dataset)?)?;
-        draw_run(backend, &args.run_dir, &mut model, &data.test, &names)?;
+        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &args.common.data_dir)?;
+        draw_run(backend, &args.run_dir, &mut model, &data.test, &info)?;
         println!("wrote {} and {}", args.run_dir.join("curves.png").display(), args.run_dir.join("confusion.png").display());
         Ok(RunStats::default())
     }

@@ -51,7 +51,8 @@ impl WithBackend for PredictJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (mut model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
-        let names = infer::class_names(ckpt.metadata.get("dataset").map_or("mnist", String::as_str));
+        let info = rr_core::data::DatasetInfo::from_metadata(ckpt.metadata.get("dataset").map(String::as_str))?;
+        let names = info.class_names.clone();
         // Each file on its own: one bad file is reported and the others are still predicted.
         let prepared: Vec<(PathBuf, Result<Vec<u8>>)> = args
             .images
@@ -60,12 +61,12 @@ impl WithBackend for PredictJob {
                 let pixels = std::fs::read(path)
                     .map_err(|e| anyhow::anyhow!("cannot read: {e}"))
                     .and_then(|bytes| digitize::decode(&bytes))
-                    .and_then(|img| digitize::mnist_style(&img));
+                    .and_then(|img| digitize::prepare(&img, &info));
                 (path.clone(), pixels)
             })
             .collect();
         let good: Vec<Vec<u8>> = prepared.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
-        let mut probs = infer::probabilities(backend, &mut model, &good)?.into_iter();
+        let mut probs = infer::probabilities(backend, &mut model, &info, &good)?.into_iter();
         let mut results = Vec::new();
         for (path, pixels) in &prepared {
             let file = path.display().to_string();

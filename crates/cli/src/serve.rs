@@ -53,6 +53,7 @@ struct App<'a, B: Backend> {
     backend: &'a B,
     model: Mutex<Model<B>>,
     labels: Vec<String>,
+    dataset: rr_core::data::DatasetInfo,
     info: serde_json::Value,
 }
 
@@ -67,10 +68,13 @@ impl WithBackend for ServeJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
-        let dataset = ckpt.metadata.get("dataset").cloned().unwrap_or_else(|| "mnist".into());
-        let labels = infer::class_names(&dataset);
-        let info = json!({ "model": ckpt.config.name(), "dataset": dataset, "device": backend.name(), "labels": labels, "checkpoint": args.checkpoint });
-        let app = App { backend, model: Mutex::new(model), labels, info };
+        let dataset = rr_core::data::DatasetInfo::from_metadata(ckpt.metadata.get("dataset").map(String::as_str))?;
+        let labels = dataset.class_names.clone();
+        let info = json!({
+            "model": ckpt.config.name(), "dataset": dataset.name, "input_shape": dataset.shape, "device": backend.name(),
+            "labels": labels, "checkpoint": args.checkpoint
+        });
+        let app = App { backend, model: Mutex::new(model), labels, dataset, info };
         let server =
             Server::http((args.host.as_str(), args.port)).map_err(|e| anyhow!("cannot listen on {}:{}: {e}", args.host, args.port))?;
         let addr = server.server_addr().to_ip().map_or_else(|| format!("{}:{}", args.host, args.port), |a| a.to_string());
@@ -91,6 +95,11 @@ impl WithBackend for ServeJob {
 }
 
 impl<B: Backend> App<'_, B> {
+    /// Values per image in the JSON form: C * H * W.
+    fn pixels(&self) -> usize {
+        self.dataset.shape.iter().product()
+    }
+
     fn handle(&self, mut request: Request) {
         let url = request.url().split('?').next().unwrap_or("").to_string();
         let result = match (request.method(), url.as_str()) {
@@ -138,16 +147,17 @@ impl<B: Backend> App<'_, B> {
         let pixels = match content_type.as_str() {
             "image/png" | "image/jpeg" => {
                 let img = digitize::decode(&body).map_err(|e| reject(400, format!("{e:#}")))?;
-                digitize::mnist_style(&img).map_err(|e| reject(422, format!("{e:#}")))?
+                digitize::prepare(&img, &self.dataset).map_err(|e| reject(422, format!("{e:#}")))?
             }
             "application/json" => {
                 let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| reject(400, format!("malformed JSON: {e}")))?;
                 let values = v
                     .get("pixels")
                     .and_then(|p| p.as_array())
-                    .ok_or_else(|| reject(400, "expected {\"pixels\": [784 numbers from 0 to 255]}"))?;
-                if values.len() != 784 {
-                    return Err(reject(400, format!("expected 784 pixels (28x28), got {}", values.len())));
+                    .ok_or_else(|| reject(400, format!("expected {{\"pixels\": [{} numbers from 0 to 255]}}", self.pixels())))?;
+                if values.len() != self.pixels() {
+                    let [c, h, w] = self.dataset.shape;
+                    return Err(reject(400, format!("expected {} pixels ({c}x{h}x{w}), got {}", self.pixels(), values.len())));
                 }
                 values
                     .iter()
@@ -160,7 +170,7 @@ impl<B: Backend> App<'_, B> {
         };
         let probs = {
             let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
-            infer::probabilities(self.backend, &mut model, &[pixels]).map_err(|e| reject(500, format!("{e:#}")))?
+            infer::probabilities(self.backend, &mut model, &self.dataset, &[pixels]).map_err(|e| reject(500, format!("{e:#}")))?
         };
         let p = &probs[0];
         let class = infer::top_k(p, 1)[0].0;

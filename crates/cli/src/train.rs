@@ -1,9 +1,10 @@
+use crate::dataset::{self, DatasetArg};
 use crate::device::{self, RunStats, WithBackend};
 use crate::CommonArgs;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rr_core::checkpoint;
-use rr_core::data::Mnist;
+use rr_core::data::DatasetInfo;
 use rr_core::model::{Init, Model, ModelConfig};
 use rr_core::optim::{OptimizerKind, Schedule};
 use rr_core::train::{evaluate, AugmentConfig, DeviceDataset, TrainConfig, Trainer};
@@ -20,23 +21,12 @@ pub enum ModelArg {
     Mlp,
     /// The strong model: five conv-BatchNorm-ReLU blocks (--width), ~99.6% on MNIST
     MnistCnn,
-}
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DatasetArg {
-    /// Handwritten digits (shipped in data/mnist)
-    Mnist,
-    /// Zalando's clothing images, same format (pass --data-dir, or install Debian's dataset-fashion-mnist)
-    FashionMnist,
-}
-
-impl DatasetArg {
-    pub fn name(self) -> &'static str {
-        match self {
-            DatasetArg::Mnist => "mnist",
-            DatasetArg::FashionMnist => "fashion-mnist",
-        }
-    }
+    /// torchvision's ResNet-18 with the CIFAR stem (11.2M parameters)
+    Resnet18,
+    /// He et al.'s CIFAR ResNet-20 (0.27M parameters; cheap enough for the CPU)
+    Resnet20,
+    /// He et al.'s CIFAR ResNet-56 (0.86M parameters)
+    Resnet56,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,9 +42,12 @@ pub struct TrainArgs {
     /// Architecture
     #[arg(long, value_enum, default_value = "lenet")]
     model: ModelArg,
-    /// Dataset (same IDX format and image size)
+    /// Dataset
     #[arg(long, value_enum, default_value = "mnist")]
     dataset: DatasetArg,
+    /// image-folder: the side images are resized to
+    #[arg(long, default_value_t = 32)]
+    image_size: usize,
     /// Layer sizes of the MLP, input and output included
     #[arg(long, value_delimiter = ',', default_value = "784,256,128,10")]
     mlp_sizes: Vec<usize>,
@@ -140,6 +133,18 @@ pub struct TrainArgs {
     /// Augmentation: random horizontal flips
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     flip: Option<bool>,
+    /// Augmentation: random crops shifted by up to this many pixels [default: 0; CIFAR and image folders 4]
+    #[arg(long)]
+    crop: Option<usize>,
+    /// Augmentation: how random crops are padded [default: reflect]
+    #[arg(long, value_enum)]
+    crop_padding: Option<PaddingArg>,
+    /// Augmentation: cutout, a square of this side zeroed at a random place [default: 0]
+    #[arg(long)]
+    cutout: Option<usize>,
+    /// Label smoothing of the loss [default: 0; resnets 0.1]
+    #[arg(long)]
+    label_smoothing: Option<f32>,
     /// Continue a run from its checkpoint (RUN/model.safetensors, with RUN/train_state.safetensors
     /// beside it) with its saved settings, up to --epochs in all; outputs go to the same folder
     #[arg(long)]
@@ -168,6 +173,12 @@ pub enum OptimizerArg {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaddingArg {
+    Zero,
+    Reflect,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InitArg {
     Pytorch,
     He,
@@ -190,7 +201,9 @@ const TRAIN_STATE: &str = "train_state.safetensors";
 struct Resumed {
     out: PathBuf,
     model_config: ModelConfig,
-    dataset: String,
+    graph: rr_core::Graph,
+    dataset: DatasetArg,
+    image_size: usize,
     config: TrainConfig,
     epochs_done: usize,
     optimizer_state: Vec<f32>,
@@ -221,10 +234,14 @@ fn read_resume(path: &std::path::Path, epochs: Option<usize>) -> Result<Resumed>
         .find(|(n, _, _)| n == "optimizer.state")
         .map(|(_, _, v)| v)
         .with_context(|| format!("{}: no optimizer state", state_path.display()))?;
+    let info = DatasetInfo::from_metadata(meta.get("dataset").map(String::as_str))?;
+    let (dataset, image_size) = dataset::of_checkpoint(&info)?;
     Ok(Resumed {
         out: dir,
         model_config: ckpt.config,
-        dataset: get("dataset")?.clone(),
+        graph: ckpt.graph,
+        dataset,
+        image_size,
         config,
         epochs_done,
         optimizer_state,
@@ -243,6 +260,9 @@ impl TrainArgs {
                 let (width, dropout) = ModelConfig::mnist_cnn_defaults(self.dataset.name());
                 ModelConfig::MnistCnn { width: self.width.unwrap_or(width), dropout: self.dropout.unwrap_or(dropout) }
             }
+            ModelArg::Resnet18 => ModelConfig::Resnet18,
+            ModelArg::Resnet20 => ModelConfig::CifarResnet { depth: 20 },
+            ModelArg::Resnet56 => ModelConfig::CifarResnet { depth: 56 },
         }
     }
 
@@ -297,7 +317,11 @@ impl TrainArgs {
             Some(false) => *a = AugmentConfig::default(),
             // On with nothing configured: the dataset's ranges.
             Some(true) if a.is_off() => {
-                *a = if self.dataset == DatasetArg::FashionMnist { AugmentConfig::clothes() } else { AugmentConfig::digits() }
+                *a = match self.dataset {
+                    DatasetArg::FashionMnist => AugmentConfig::clothes(),
+                    DatasetArg::Mnist | DatasetArg::Idx => AugmentConfig::digits(),
+                    _ => AugmentConfig::photos(),
+                }
             }
             _ => {}
         }
@@ -307,6 +331,15 @@ impl TrainArgs {
         a.elastic = self.elastic.unwrap_or(a.elastic);
         a.noise = self.noise.unwrap_or(a.noise);
         a.flip = self.flip.unwrap_or(a.flip);
+        a.crop = self.crop.unwrap_or(a.crop);
+        a.cutout = self.cutout.unwrap_or(a.cutout);
+        if let Some(p) = self.crop_padding {
+            a.padding = match p {
+                PaddingArg::Zero => rr_core::backend::Padding::Zero,
+                PaddingArg::Reflect => rr_core::backend::Padding::Reflect,
+            };
+        }
+        c.label_smoothing = self.label_smoothing.unwrap_or(c.label_smoothing);
         c
     }
 }
@@ -315,18 +348,18 @@ impl WithBackend for TrainJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let resumed = args.resume.as_deref().map(|p| read_resume(p, args.epochs)).transpose()?;
-        let (model_config, dataset, config) = match &resumed {
-            Some(r) => (r.model_config.clone(), r.dataset.clone(), r.config.clone()),
+        let (model_config, dataset, image_size, config) = match &resumed {
+            Some(r) => (r.model_config.clone(), r.dataset, r.image_size, r.config.clone()),
             None => {
                 let model_config = args.model_config();
                 let config = args.train_config(&model_config);
-                (model_config, args.dataset.name().to_string(), config)
+                (model_config, args.dataset, args.image_size, config)
             }
         };
         config.validate()?;
-        let dataset = dataset.as_str();
-        let data_dir = device::data_dir(&args.common.data_dir, dataset)?;
-        let mut data = Mnist::load(&data_dir)?;
+        let data_dir = dataset::data_dir(&args.common.data_dir, dataset)?;
+        let mut data = dataset::load(dataset, &data_dir, image_size)?;
+        let info = data.info.clone();
         if let Some(n) = config.train_limit {
             if n == 0 {
                 anyhow::bail!("--limit-train must be at least 1");
@@ -338,11 +371,26 @@ impl WithBackend for TrainJob {
             None => make_out_dir(args.out.clone())?,
         };
 
-        let mut model = Model::with_init(backend, &model_config, config.seed, config.init)?;
-        if let Some(r) = &resumed {
-            let ckpt = checkpoint::load(&r.checkpoint)?;
-            model.load_state_dict(backend, &ckpt.tensors, &r.checkpoint)?;
+        let model = match &resumed {
+            Some(r) => {
+                let mut model = Model::build(backend, r.model_config.clone(), r.graph.clone(), config.seed, config.init)?;
+                let ckpt = checkpoint::load(&r.checkpoint)?;
+                model.load_state_dict(backend, &ckpt.tensors, &r.checkpoint)?;
+                model
+            }
+            None => Model::with_init(backend, &model_config, &info.shape, info.classes, config.seed, config.init)?,
+        };
+        if model.input_shape() != info.shape || model.classes() != info.classes {
+            anyhow::bail!(
+                "the model takes {:?} inputs and predicts {} classes, but {} has {:?} images in {} classes",
+                model.input_shape(),
+                model.classes(),
+                info.name,
+                info.shape,
+                info.classes
+            );
         }
+        let dataset = info.name.as_str();
         let o = &config.optimizer;
         println!(
             "{} {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, {} lr {} ({} schedule), momentum {}{}, weight decay {}",
@@ -371,17 +419,23 @@ impl WithBackend for TrainJob {
         if !config.augment.is_off() {
             let a = &config.augment;
             println!(
-                "augmentation: rotate ±{}°, scale ±{}, shift ±{}, elastic {} px, flips {}, noise {}",
+                "augmentation: rotate ±{}°, scale ±{}, shift ±{}, elastic {} px, flips {}, noise {}, crop ±{} px ({:?} padding), cutout {} px",
                 a.rotate_deg,
                 a.scale,
                 a.translate,
                 a.elastic,
                 if a.flip { "on" } else { "off" },
-                a.noise
+                a.noise,
+                a.crop,
+                a.padding,
+                a.cutout
             );
         }
-        let train_set = DeviceDataset::upload(backend, &data.train)?;
-        let test_set = DeviceDataset::upload(backend, &data.test)?;
+        if config.label_smoothing > 0.0 {
+            println!("label smoothing {}", config.label_smoothing);
+        }
+        let train_set = DeviceDataset::upload(backend, &data.train, &info)?;
+        let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
         let mut trainer = Trainer::new(backend, model, config.clone(), train_set.len)?;
         trainer.use_graphs = !args.no_graphs;
         let (first_epoch, mut best) = match &resumed {
@@ -406,7 +460,7 @@ impl WithBackend for TrainJob {
         };
         let ckpt_path = out.join("model.safetensors");
         let best_path = out.join("best.safetensors");
-        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "dataset": dataset, "data_dir": data_dir });
+        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "dataset": info, "data_dir": data_dir, "image_size": image_size });
         std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&run_config)?)?;
 
         let steps = trainer.steps_per_epoch(train_set.len);
@@ -465,7 +519,7 @@ impl WithBackend for TrainJob {
                 ("test_accuracy", format!("{:.6}", test.accuracy)),
                 ("test_loss", format!("{:.6}", test.loss)),
                 ("train_config", serde_json::to_string(&config)?),
-                ("dataset", dataset.to_string()),
+                ("dataset", serde_json::to_string(&info)?),
             ];
             checkpoint::save(&ckpt_path, backend, &trainer.model, &meta)?;
             if test.accuracy > best {
@@ -483,13 +537,12 @@ impl WithBackend for TrainJob {
                     ("optimizer_steps", trainer.optimizer.steps.to_string()),
                     ("best_test_accuracy", format!("{best}")),
                     ("train_config", serde_json::to_string(&config)?),
-                    ("dataset", dataset.to_string()),
+                    ("dataset", serde_json::to_string(&info)?),
                 ],
             )?;
         }
         if config.epochs > first_epoch {
-            let names = crate::infer::class_names(dataset);
-            crate::plot::draw_run(backend, &out, &mut trainer.model, &data.test, &names)?;
+            crate::plot::draw_run(backend, &out, &mut trainer.model, &data.test, &info)?;
             println!("wrote {} and {}", out.join("curves.png").display(), out.join("confusion.png").display());
         }
         if let Some((what, bytes)) = backend.peak_memory() {

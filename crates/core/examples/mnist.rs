@@ -9,10 +9,11 @@ use rr_core::CpuBackend;
 fn main() -> rr_core::Result<()> {
     let backend = CpuBackend::new(0)?; // all cores
     let mnist = Mnist::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist"))?;
-    let (train, test) = (DeviceDataset::upload(&backend, &mnist.train)?, DeviceDataset::upload(&backend, &mnist.test)?);
+    let (train, test) =
+        (DeviceDataset::upload(&backend, &mnist.train, &mnist.info)?, DeviceDataset::upload(&backend, &mnist.test, &mnist.info)?);
 
     let config = TrainConfig { epochs: 3, ..TrainConfig::default() }; // Nesterov SGD 0.1, one-cycle, batch 128
-    let model = Model::new(&backend, &ModelConfig::Lenet5, config.seed)?;
+    let model = Model::new(&backend, &ModelConfig::Lenet5, &[1, 28, 28], 10, config.seed)?;
     let mut trainer = Trainer::new(&backend, model, config.clone(), train.len)?;
     for epoch in 0..config.epochs {
         let stats = trainer.train_epoch(&backend, &train, epoch, &mut |_, _| {})?;

@@ -790,7 +790,12 @@ pub mod checks {
 
     pub fn gather_batch(spec: &Gather, images: usize, labels: usize, indices: usize, x: usize, y: usize) -> Result<()> {
         if spec.channels == 0 || spec.channels > MAX_CHANNELS || spec.sample_len % spec.channels != 0 {
-            return Err(Error::shape("gather_batch", "channels", format!("1 to {MAX_CHANNELS}, dividing the sample length {}", spec.sample_len), spec.channels));
+            return Err(Error::shape(
+                "gather_batch",
+                "channels",
+                format!("1 to {MAX_CHANNELS}, dividing the sample length {}", spec.sample_len),
+                spec.channels,
+            ));
         }
         if spec.std[..spec.channels].iter().any(|s| !(*s > 0.0 && s.is_finite())) {
             return Err(Error::shape("gather_batch", "std", "> 0 for every channel", format!("{:?}", spec.std)));

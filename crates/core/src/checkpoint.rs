@@ -1,11 +1,14 @@
 //! Checkpoints as safetensors files with PyTorch's state-dict names and layouts
 //! (`conv1.weight` (6, 1, 5, 5), `fc1.weight` (120, 400), ...), so
 //! `model.load_state_dict(safetensors.torch.load_file(path))` works in PyTorch.
-//! The model config is stored as JSON under the metadata key `model`.
+//! The model config is stored as JSON under the metadata key `model` and the
+//! architecture (the [`Graph`]) under `graph`, so any graph model is rebuilt
+//! from its checkpoint alone.
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::model::{Model, ModelConfig, NamedTensor, BATCHES_TRACKED};
+use crate::graph::Graph;
+use crate::model::{Init, Model, ModelConfig, NamedTensor, BATCHES_TRACKED, MNIST_CLASSES, MNIST_INPUT};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -13,11 +16,15 @@ use std::path::Path;
 
 /// Metadata key holding the JSON [`ModelConfig`].
 pub const MODEL_KEY: &str = "model";
+/// Metadata key holding the JSON [`Graph`] (absent in checkpoints of version 0.1 models:
+/// those are MNIST-shaped built-ins).
+pub const GRAPH_KEY: &str = "graph";
 
 /// A checkpoint read from disk.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
     pub config: ModelConfig,
+    pub graph: Graph,
     /// (name, shape, values), sorted by name.
     pub tensors: Vec<NamedTensor>,
     /// Every metadata entry, `model` included.
@@ -31,6 +38,7 @@ pub fn save<B: Backend>(path: &Path, backend: &B, model: &Model<B>, extra: &[(&s
     let mut metadata: Vec<(&str, String)> = extra.to_vec();
     metadata.push(("format", "pt".into()));
     metadata.push((MODEL_KEY, serde_json::to_string(&model.config).expect("config serializes")));
+    metadata.push((GRAPH_KEY, serde_json::to_string(&model.graph).expect("graph serializes")));
     metadata.push(("framework", format!("rusty-recognition {}", env!("CARGO_PKG_VERSION"))));
     save_tensors(path, &model.state_dict(backend)?, &metadata)
 }
@@ -119,13 +127,18 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     })?;
     let config: ModelConfig = serde_json::from_str(config_json)
         .map_err(|e| err(format!("metadata `{MODEL_KEY}` is not a known model config ({e}): {config_json}")))?;
-    Ok(Checkpoint { config, tensors, metadata })
+    let graph = match metadata.get(GRAPH_KEY) {
+        Some(json) => serde_json::from_str(json).map_err(|e| err(format!("metadata `{GRAPH_KEY}` is not a model graph ({e})")))?,
+        None => config.graph(&MNIST_INPUT, MNIST_CLASSES).map_err(|e| err(format!("no `{GRAPH_KEY}` entry and {e}")))?,
+    };
+    graph.shapes().map_err(|e| err(format!("the stored architecture is invalid: {e}")))?;
+    Ok(Checkpoint { config, graph, tensors, metadata })
 }
 
 /// Loads a checkpoint and builds its model on `backend`.
 pub fn load_model<B: Backend>(path: &Path, backend: &B) -> Result<(Model<B>, Checkpoint)> {
     let ckpt = load(path)?;
-    let mut model = Model::new(backend, &ckpt.config, 0)?;
+    let mut model = Model::build(backend, ckpt.config.clone(), ckpt.graph.clone(), 0, Init::PyTorch)?;
     model.load_state_dict(backend, &ckpt.tensors, path)?;
     Ok((model, ckpt))
 }

@@ -547,7 +547,7 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
     let mut r = rng(13);
     for config in [ModelConfig::Lenet5, ModelConfig::Mlp { sizes: vec![784, 32, 10] }, ModelConfig::MnistCnn { width: 3, dropout: 0.25 }] {
         let n = 3;
-        let mut model = Model::new(b, &config, r.random_range(0..1000)).unwrap();
+        let mut model = Model::new(b, &config, &[1, 28, 28], 10, r.random_range(0..1000)).unwrap();
         let x = uniform(&mut r, n * 784, -1.0, 2.0);
         let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..10)).collect();
         let (dx, dlab) = (b.upload(&x).unwrap(), b.upload(&labels).unwrap());

@@ -4,8 +4,10 @@
 //! - [`reference`](mod@reference): plain, obviously-correct implementations of every op; the
 //!   fast backends are tested against these.
 //! - [`cpu`]: the CPU backend (GEMM crate + rayon).
-//! - [`layers`], [`model`]: layers with forward/backward (Linear, Conv2d, pools,
-//!   BatchNorm, Dropout, ...) and models built from config (LeNet-5, MLP, mnist-cnn).
+//! - [`layers`]: layers with forward/backward (Linear, Conv2d, pools, BatchNorm, Dropout, ...).
+//! - [`graph`]: models as graphs (skip connections, several inputs) and the
+//!   builder to write your own; [`model`]: built-in architectures (LeNet-5, MLP,
+//!   mnist-cnn, ResNet-18, CIFAR ResNets) and the [`Model`] that runs any graph.
 //! - [`optim`], [`train`]: SGD/Adam/AdamW with schedules, the recipes, and the
 //!   training / evaluation loops (augmentation on the device).
 //! - [`random`]: counter-based random numbers, the same on every backend.
@@ -18,6 +20,7 @@ pub mod conformance;
 pub mod cpu;
 pub mod data;
 pub mod error;
+pub mod graph;
 pub mod layers;
 pub mod model;
 pub mod optim;
@@ -29,4 +32,5 @@ pub mod train;
 pub use backend::{Backend, Elem, Storage, View, ViewMut};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
+pub use graph::{Conv, Graph, GraphBuilder, NodeId};
 pub use model::{Model, ModelConfig};

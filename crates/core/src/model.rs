@@ -1,30 +1,33 @@
-//! Models built from config: a [`ModelConfig`] names an architecture, [`Model`]
-//! is the sequential network built from it on a backend, with its parameters,
-//! gradients and activations preallocated.
+//! Models: a [`ModelConfig`] names a built-in architecture (LeNet-5, MLP,
+//! mnist-cnn, ResNets) and expands into a [`Graph`] for a given input shape
+//! and class count; a [`Model`] runs any graph on a backend, with its
+//! parameters in one buffer and its activations preallocated. Models of your
+//! own are built with [`crate::graph::GraphBuilder`] and run the same way.
 
 use crate::backend::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::layers::{BatchNorm, Conv2d, Ctx, Dropout, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
+use crate::graph::{Conv, Graph, GraphBuilder, NodeId};
+use crate::layers::{Ctx, Layer};
 use crate::Storage;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-/// MNIST-style input: one channel of 28x28.
-pub const INPUT_SHAPE: [usize; 3] = [1, 28, 28];
-pub const CLASSES: usize = 10;
+/// MNIST-style input: one channel of 28x28 (what checkpoints without a stored graph were trained on).
+pub const MNIST_INPUT: [usize; 3] = [1, 28, 28];
+pub const MNIST_CLASSES: usize = 10;
 
-/// Architectures. Serialized (JSON) into every checkpoint.
+/// Built-in architectures. Serialized (JSON) into every checkpoint beside the graph.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "arch", rename_all = "kebab-case")]
 pub enum ModelConfig {
-    /// LeNet-5 as PyTorch users write it: conv 1->6 5x5 pad 2, ReLU, maxpool 2;
-    /// conv 6->16 5x5, ReLU, maxpool 2; flatten 400; 400->120, ReLU; 120->84, ReLU; 84->10.
+    /// LeNet-5 as PyTorch users write it: conv C->6 5x5 pad 2, ReLU, maxpool 2;
+    /// conv 6->16 5x5, ReLU, maxpool 2; flatten; ->120, ReLU; 120->84, ReLU; 84->classes.
     Lenet5,
     /// Fully connected layers with ReLU between them. `sizes` includes the input
-    /// (784) and the output (10): `[784, 256, 128, 10]`.
+    /// (784 for MNIST) and the output (the classes): `[784, 256, 128, 10]`.
     Mlp { sizes: Vec<usize> },
-    /// The strong model: five 3x3 conv-BatchNorm-ReLU blocks of `width`,
+    /// The strong MNIST model: five 3x3 conv-BatchNorm-ReLU blocks of `width`,
     /// `width`, 2`width`, 2`width`, 4`width` channels (max-pool 2 after the
     /// second and fourth), global average pooling, dropout `dropout`, and one
     /// Linear to the classes. PyTorch names: conv1..conv5, bn1..bn5, fc.
@@ -34,6 +37,16 @@ pub enum ModelConfig {
         #[serde(default)]
         dropout: f32,
     },
+    /// torchvision's ResNet-18 (names and layout) with the CIFAR stem: a 3x3
+    /// conv of stride 1 and no max-pool; 11.2M parameters.
+    Resnet18,
+    /// He et al.'s CIFAR ResNets (2016, section 4.2): depth 6n+2 (20, 32, 44,
+    /// 56, 110), three stages of n basic blocks with 16, 32, 64 channels;
+    /// shortcuts that change shape are 1x1 conv + BatchNorm (option B), named
+    /// like torchvision's (`layer2.0.downsample.0`).
+    CifarResnet { depth: usize },
+    /// A graph built in code; its architecture is the graph stored beside this.
+    Custom { name: String },
 }
 
 fn default_cnn_width() -> usize {
@@ -58,72 +71,118 @@ impl ModelConfig {
         }
     }
 
-    pub fn name(&self) -> &'static str {
+    pub fn name(&self) -> String {
         match self {
-            ModelConfig::Lenet5 => "lenet5",
-            ModelConfig::Mlp { .. } => "mlp",
-            ModelConfig::MnistCnn { .. } => "mnist-cnn",
+            ModelConfig::Lenet5 => "lenet5".into(),
+            ModelConfig::Mlp { .. } => "mlp".into(),
+            ModelConfig::MnistCnn { .. } => "mnist-cnn".into(),
+            ModelConfig::Resnet18 => "resnet18".into(),
+            ModelConfig::CifarResnet { depth } => format!("resnet{depth}"),
+            ModelConfig::Custom { name } => name.clone(),
         }
     }
 
-    /// The layers in order, each with the name its parameters get in the
-    /// state dict (PyTorch's names) or `None` for parameter-free layers.
-    fn layers<B: Backend>(&self) -> Result<Vec<NamedLayer<B>>> {
-        let named = |name: &str, l: Box<dyn Layer<B>>| (Some(name.to_string()), l);
-        let plain = |l: Box<dyn Layer<B>>| (None, l);
-        Ok(match self {
+    /// The architecture for per-sample inputs of `input` shape and `classes` outputs.
+    pub fn graph(&self, input: &[usize], classes: usize) -> Result<Graph> {
+        let mut g = GraphBuilder::new(&self.name(), input);
+        let x = g.input();
+        let logits = match self {
             // Each conv's ReLU is fused into the max-pool after it (they commute).
-            ModelConfig::Lenet5 => vec![
-                named("conv1", Box::new(Conv2d::new(1, 6, 5, 1, 2))),
-                plain(Box::new(MaxPool2d::new(2, 2, 0).with_relu())),
-                named("conv2", Box::new(Conv2d::new(6, 16, 5, 1, 0))),
-                plain(Box::new(MaxPool2d::new(2, 2, 0).with_relu())),
-                plain(Box::new(Flatten)),
-                named("fc1", Box::new(Linear::new(400, 120))),
-                plain(Box::new(Relu)),
-                named("fc2", Box::new(Linear::new(120, 84))),
-                plain(Box::new(Relu)),
-                named("fc3", Box::new(Linear::new(84, 10))),
-            ],
+            ModelConfig::Lenet5 => {
+                let x = g.conv2d("conv1", x, Conv::new(6, 5).pad(2))?;
+                let x = g.relu_max_pool(x, 2, 2)?;
+                let x = g.conv2d("conv2", x, Conv::new(16, 5))?;
+                let x = g.relu_max_pool(x, 2, 2)?;
+                let x = g.flatten(x)?;
+                let x = g.linear("fc1", x, 120)?;
+                let x = g.relu(x)?;
+                let x = g.linear("fc2", x, 84)?;
+                let x = g.relu(x)?;
+                g.linear("fc3", x, classes)?
+            }
             ModelConfig::Mlp { sizes } => {
-                let input: usize = INPUT_SHAPE.iter().product();
-                if sizes.len() < 2 || sizes[0] != input || sizes[sizes.len() - 1] != CLASSES || sizes.contains(&0) {
+                let input_len: usize = input.iter().product();
+                if sizes.len() < 2 || sizes[0] != input_len || sizes[sizes.len() - 1] != classes || sizes.contains(&0) {
                     return Err(Error::config(
                         "MLP sizes",
-                        format!("need at least two non-zero sizes, the first {input} (the image) and the last {CLASSES} (the classes); got {sizes:?}"),
+                        format!("need at least two non-zero sizes, the first {input_len} (the image) and the last {classes} (the classes); got {sizes:?}"),
                     ));
                 }
-                let mut layers = vec![plain(Box::new(Flatten) as Box<dyn Layer<B>>)];
-                for (i, pair) in sizes.windows(2).enumerate() {
+                let mut x = g.flatten(x)?;
+                for (i, &size) in sizes[1..].iter().enumerate() {
                     if i > 0 {
-                        layers.push(plain(Box::new(Relu)));
+                        x = g.relu(x)?;
                     }
-                    layers.push(named(&format!("fc{}", i + 1), Box::new(Linear::new(pair[0], pair[1]))));
+                    x = g.linear(&format!("fc{}", i + 1), x, size)?;
                 }
-                layers
+                x
             }
             &ModelConfig::MnistCnn { width: w, dropout } => {
                 if w == 0 {
                     return Err(Error::config("--width", "must be at least 1"));
                 }
-                let mut layers = Vec::new();
-                let channels = [(1, w), (w, w), (w, 2 * w), (2 * w, 2 * w), (2 * w, 4 * w)];
-                for (i, &(c_in, c_out)) in channels.iter().enumerate() {
-                    layers.push(named(&format!("conv{}", i + 1), Box::new(Conv2d::new(c_in, c_out, 3, 1, 1))));
-                    layers.push(named(&format!("bn{}", i + 1), Box::new(BatchNorm::new_2d(c_out).with_relu())));
+                let mut x = x;
+                for (i, c_out) in [w, w, 2 * w, 2 * w, 4 * w].into_iter().enumerate() {
+                    x = g.conv2d(&format!("conv{}", i + 1), x, Conv::new(c_out, 3).pad(1))?;
+                    x = g.batch_norm_relu(&format!("bn{}", i + 1), x)?;
                     if i == 1 || i == 3 {
-                        layers.push(plain(Box::new(MaxPool2d::new(2, 2, 0))));
+                        x = g.max_pool(x, 2, 2)?;
                     }
                 }
-                layers.push(plain(Box::new(GlobalAvgPool::new())));
+                x = g.global_avg_pool(x)?;
                 if dropout > 0.0 {
-                    layers.push(plain(Box::new(Dropout::new(dropout, 1)?)));
+                    x = g.dropout(x, dropout)?;
                 }
-                layers.push(named("fc", Box::new(Linear::new(4 * w, CLASSES))));
-                layers
+                g.linear("fc", x, classes)?
             }
-        })
+            ModelConfig::Resnet18 => resnet(&mut g, 64, &[(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)], classes)?,
+            &ModelConfig::CifarResnet { depth } => {
+                if depth < 8 || (depth - 2) % 6 != 0 {
+                    return Err(Error::config("resnet depth", format!("must be 6n+2 (20, 32, 44, 56, 110), got {depth}")));
+                }
+                let n = (depth - 2) / 6;
+                resnet(&mut g, 16, &[(16, n, 1), (32, n, 2), (64, n, 2)], classes)?
+            }
+            ModelConfig::Custom { name } => {
+                return Err(Error::config(format!("model `{name}`"), "a custom model's architecture is its stored graph"))
+            }
+        };
+        g.finish(logits)
     }
+}
+
+/// A ResNet with the CIFAR stem: conv 3x3 (`stem` channels) + BN + ReLU, then
+/// stages of (channels, blocks, first stride) of basic blocks, global average
+/// pooling and `fc`; torchvision's names (`layer1.0.conv1`, `layer2.0.downsample.0`).
+fn resnet(g: &mut GraphBuilder, stem: usize, stages: &[(usize, usize, usize)], classes: usize) -> Result<NodeId> {
+    let x = g.input();
+    let x = g.conv2d("conv1", x, Conv::new(stem, 3).pad(1).no_bias())?;
+    let mut x = g.batch_norm_relu("bn1", x)?;
+    for (s, &(channels, blocks, stride)) in stages.iter().enumerate() {
+        for b in 0..blocks {
+            x = basic_block(g, &format!("layer{}.{b}", s + 1), x, channels, if b == 0 { stride } else { 1 })?;
+        }
+    }
+    let x = g.global_avg_pool(x)?;
+    g.linear("fc", x, classes)
+}
+
+/// relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), the shortcut a 1x1
+/// conv + BN where the shape changes.
+pub fn basic_block(g: &mut GraphBuilder, name: &str, x: NodeId, channels: usize, stride: usize) -> Result<NodeId> {
+    let c_in = g.shape(x)[0];
+    let y = g.conv2d(&format!("{name}.conv1"), x, Conv::new(channels, 3).stride(stride).pad(1).no_bias())?;
+    let y = g.batch_norm_relu(&format!("{name}.bn1"), y)?;
+    let y = g.conv2d(&format!("{name}.conv2"), y, Conv::new(channels, 3).pad(1).no_bias())?;
+    let y = g.batch_norm(&format!("{name}.bn2"), y)?;
+    let shortcut = if stride != 1 || c_in != channels {
+        let s = g.conv2d(&format!("{name}.downsample.0"), x, Conv::new(channels, 1).stride(stride).no_bias())?;
+        g.batch_norm(&format!("{name}.downsample.1"), s)?
+    } else {
+        x
+    };
+    let y = g.add(y, shortcut)?;
+    g.relu(y)
 }
 
 /// The name of BatchNorm's step counter in PyTorch state dicts.
@@ -131,9 +190,6 @@ pub const BATCHES_TRACKED: &str = "num_batches_tracked";
 
 /// A host copy of a named parameter tensor: (name, shape, values).
 pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
-
-/// A layer with the name its parameters get in the state dict (`None`: no parameters).
-type NamedLayer<B> = (Option<String>, Box<dyn Layer<B>>);
 
 /// How parameters are initialized. Biases are 0 except with `PyTorch`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,23 +258,42 @@ fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
 /// Each layer's parameters start on a 64-float (256-byte) boundary.
 const PARAM_ALIGN: usize = 64;
 
+/// One node of a built model: its layer (`None` for `add`), inputs and state-dict name.
+struct NodeRt<B: Backend> {
+    layer: Option<Box<dyn Layer<B>>>,
+    inputs: Vec<NodeId>,
+    name: Option<String>,
+}
+
+impl<B: Backend> NodeRt<B> {
+    fn kind(&self) -> &'static str {
+        self.layer.as_ref().map_or("add", |l| l.kind())
+    }
+    /// The prefix of its tensors' names ("layer1.0.conv1").
+    fn prefix(&self) -> &str {
+        self.name.as_deref().unwrap_or(self.kind())
+    }
+}
+
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
-    layers: Vec<Box<dyn Layer<B>>>,
-    /// Each layer's state-dict name (`None`: no parameters or buffers).
-    names: Vec<Option<String>>,
+    /// The architecture (stored in checkpoints).
+    pub graph: Graph,
+    nodes: Vec<NodeRt<B>>,
     /// [seed, step] for the ops that draw random numbers (dropout, augmentation);
     /// the trainer sets the step (see [`crate::random`]).
     pub rng: B::Buf<u32>,
     /// Training forward passes so far: BatchNorm's `num_batches_tracked`.
     pub batches_tracked: u64,
-    /// shapes[0] is the per-sample input shape; shapes[i + 1] is layer i's output.
+    /// shapes[0] is the per-sample input shape; shapes[i + 1] is node i's output.
     shapes: Vec<Vec<usize>>,
     pub params: ParamStore<B>,
-    /// acts[i]: output of layer i, room for `capacity` samples.
+    /// acts[i]: output of node i, room for `capacity` samples.
     acts: Vec<B::Buf<f32>>,
-    /// dacts[i]: dL/d(output of layer i), for every layer but the last (the loss writes that one).
+    /// dacts[i]: dL/d(output of node i), for every node but the last (the loss writes that one).
     dacts: Vec<B::Buf<f32>>,
+    /// Where a second consumer of a tensor writes its gradient before it is summed in.
+    grad_scratch: Option<B::Buf<f32>>,
     capacity: usize,
     grad_capacity: usize,
     /// Bumped whenever a buffer the ops address is replaced (recorded graphs
@@ -227,84 +302,76 @@ pub struct Model<B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Builds the model and initializes it as PyTorch does by default
-    /// (weights and biases uniform in ±1/sqrt(fan_in), i.e. Kaiming-uniform
-    /// with a = sqrt(5)), from `seed`.
-    pub fn new(backend: &B, config: &ModelConfig, seed: u64) -> Result<Self> {
-        Self::with_init(backend, config, seed, Init::PyTorch)
+    /// Builds a built-in architecture for inputs of `input` shape and `classes`
+    /// classes, initialized as PyTorch does by default from `seed`.
+    pub fn new(backend: &B, config: &ModelConfig, input: &[usize], classes: usize, seed: u64) -> Result<Self> {
+        Self::with_init(backend, config, input, classes, seed, Init::PyTorch)
     }
 
-    /// Builds the model with the given initialization, from `seed`.
-    pub fn with_init(backend: &B, config: &ModelConfig, seed: u64, init: Init) -> Result<Self> {
-        let mut named = config.layers::<B>()?;
-        let mut shapes = vec![INPUT_SHAPE.to_vec()];
+    /// Builds a built-in architecture with the given initialization, from `seed`.
+    pub fn with_init(backend: &B, config: &ModelConfig, input: &[usize], classes: usize, seed: u64, init: Init) -> Result<Self> {
+        Self::build(backend, config.clone(), config.graph(input, classes)?, seed, init)
+    }
+
+    /// Builds a model from a graph of your own (see [`crate::graph::GraphBuilder`]).
+    pub fn from_graph(backend: &B, graph: Graph, seed: u64, init: Init) -> Result<Self> {
+        Self::build(backend, ModelConfig::Custom { name: graph.name.clone() }, graph, seed, init)
+    }
+
+    /// Builds `graph` (the architecture `config` names) and initializes it.
+    pub fn build(backend: &B, config: ModelConfig, graph: Graph, seed: u64, init: Init) -> Result<Self> {
+        let shapes = graph.shapes()?;
+        if shapes.last().is_none_or(|s| s.len() != 1) {
+            return Err(Error::config(
+                format!("model `{}`", graph.name),
+                format!("output shape is {:?}, expected (classes)", shapes.last()),
+            ));
+        }
+        let mut nodes = Vec::new();
         let mut entries = Vec::new();
         let mut total = 0usize;
-        for (name, layer) in named.iter_mut() {
-            let out = layer.build(shapes.last().expect("non-empty"))?;
-            shapes.push(out);
-            layer.init_buffers(backend)?;
-            let specs = layer.param_specs();
-            if specs.is_empty() {
-                continue;
-            }
-            total = total.next_multiple_of(PARAM_ALIGN);
-            let mut offsets = Vec::new();
-            for spec in specs {
-                let prefix = name.as_deref().unwrap_or(layer.kind());
-                offsets.push(total);
-                entries.push(ParamEntry {
-                    name: format!("{prefix}.{}", spec.name),
-                    shape: spec.shape.clone(),
-                    offset: total,
-                    fan_in: spec.fan_in,
-                    fan_out: spec.fan_out,
-                    init: spec.init,
-                });
-                total += spec.len();
-            }
-            layer.bind_params(&offsets);
-        }
-        if shapes.last() != Some(&vec![CLASSES]) {
-            return Err(Error::config("model", format!("output shape is {:?}, expected [{CLASSES}]", shapes.last())));
-        }
-        let mut host = vec![0.0f32; total];
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        for e in &entries {
-            let values = &mut host[e.offset..e.offset + e.len()];
-            let is_bias = e.name.ends_with(".bias");
-            if let Some(v) = e.init {
-                values.fill(v);
-                continue;
-            }
-            match init {
-                Init::PyTorch => {
-                    let bound = 1.0 / (e.fan_in as f32).sqrt();
-                    values.iter_mut().for_each(|v| *v = rng.random_range(-bound..bound));
-                }
-                _ if is_bias => values.fill(0.0),
-                Init::He => {
-                    let std = (2.0 / e.fan_in as f32).sqrt();
-                    values.iter_mut().for_each(|v| *v = std * standard_normal(&mut rng));
-                }
-                Init::Xavier => {
-                    let bound = (6.0 / (e.fan_in + e.fan_out) as f32).sqrt();
-                    values.iter_mut().for_each(|v| *v = rng.random_range(-bound..bound));
+        for (i, node) in graph.nodes.iter().enumerate() {
+            let mut layer = node.op.layer::<B>()?;
+            if let Some(layer) = layer.as_mut() {
+                layer.build(&shapes[node.inputs[0].0])?;
+                layer.init_buffers(backend)?;
+                let specs = layer.param_specs();
+                if !specs.is_empty() {
+                    let prefix = node.name.as_deref().ok_or_else(|| {
+                        Error::config(format!("model `{}`", graph.name), format!("node {i} ({}) has parameters but no name", node.label()))
+                    })?;
+                    total = total.next_multiple_of(PARAM_ALIGN);
+                    let mut offsets = Vec::new();
+                    for spec in specs {
+                        offsets.push(total);
+                        entries.push(ParamEntry {
+                            name: format!("{prefix}.{}", spec.name),
+                            shape: spec.shape.clone(),
+                            offset: total,
+                            fan_in: spec.fan_in,
+                            fan_out: spec.fan_out,
+                            init: spec.init,
+                        });
+                        total += spec.len();
+                    }
+                    layer.bind_params(&offsets);
                 }
             }
+            nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone() });
         }
+        let host = initial_values(&entries, total, seed, init);
         let params = ParamStore { data: backend.upload(&host)?, grads: backend.alloc(total)?, entries };
-        let (names, layers) = named.into_iter().unzip();
         Ok(Model {
-            config: config.clone(),
-            layers,
-            names,
+            config,
+            graph,
+            nodes,
             rng: backend.upload(&[crate::random::device_seed(seed), 0])?,
             batches_tracked: 0,
             shapes,
             params,
             acts: Vec::new(),
             dacts: Vec::new(),
+            grad_scratch: None,
             capacity: 0,
             grad_capacity: 0,
             generation: 0,
@@ -316,7 +383,7 @@ impl<B: Backend> Model<B> {
         self.generation
     }
 
-    /// The per-sample input shape, (1, 28, 28).
+    /// The per-sample input shape, e.g. (1, 28, 28).
     pub fn input_shape(&self) -> &[usize] {
         &self.shapes[0]
     }
@@ -329,8 +396,9 @@ impl<B: Backend> Model<B> {
         self.shapes.last().map_or(0, |s| s.iter().product())
     }
 
-    fn out_len(&self, i: usize) -> usize {
-        self.shapes[i + 1].iter().product()
+    /// Elements per sample of tensor `t` (0: the input, i + 1: node i's output).
+    fn tensor_len(&self, t: usize) -> usize {
+        self.shapes[t].iter().product()
     }
 
     /// Preallocates activations for batches of up to `n` samples. Forward calls
@@ -339,8 +407,8 @@ impl<B: Backend> Model<B> {
         if n <= self.capacity {
             return Ok(());
         }
-        self.acts = (0..self.layers.len()).map(|i| backend.alloc(n * self.out_len(i))).collect::<Result<_>>()?;
-        for layer in &mut self.layers {
+        self.acts = (0..self.nodes.len()).map(|i| backend.alloc(n * self.tensor_len(i + 1))).collect::<Result<_>>()?;
+        for layer in self.nodes.iter_mut().filter_map(|node| node.layer.as_mut()) {
             layer.reserve(backend, n)?;
         }
         self.capacity = n;
@@ -355,13 +423,19 @@ impl<B: Backend> Model<B> {
         if n <= self.grad_capacity {
             return Ok(());
         }
-        self.dacts = (0..self.layers.len() - 1).map(|i| backend.alloc(n * self.out_len(i))).collect::<Result<_>>()?;
+        let last = self.nodes.len() - 1;
+        self.dacts = (0..last).map(|i| backend.alloc(n * self.tensor_len(i + 1))).collect::<Result<_>>()?;
+        // A tensor read by several nodes gets its gradients summed through a scratch buffer.
+        let mut reads = vec![0usize; self.shapes.len()];
+        self.nodes.iter().flat_map(|node| &node.inputs).for_each(|t| reads[t.0] += 1);
+        let fan_out = (1..self.shapes.len()).filter(|&t| reads[t] > 1).map(|t| self.tensor_len(t)).max();
+        self.grad_scratch = fan_out.map(|len| backend.alloc(n * len)).transpose()?;
         self.grad_capacity = n;
         self.generation += 1;
         Ok(())
     }
 
-    /// Inference: x: (n, 1, 28, 28) -> logits (n, classes), read with
+    /// Inference: x: (n, input...) -> logits (n, classes), read with
     /// [`Model::logits`]. BatchNorm uses its running statistics, dropout is off.
     pub fn forward(&mut self, backend: &B, n: usize, x: View<'_, B, f32>) -> Result<()> {
         self.forward_mode(backend, n, x, false)
@@ -377,12 +451,21 @@ impl<B: Backend> Model<B> {
     fn forward_mode(&mut self, backend: &B, n: usize, x: View<'_, B, f32>, training: bool) -> Result<()> {
         crate::error::check_len("model forward", "input", n * self.input_len(), x.len)?;
         self.reserve(backend, n)?;
-        let ctx = Ctx { backend, n, params: &self.params.data, training, rng: View::all(&self.rng) };
-        for i in 0..self.layers.len() {
-            let (before, after) = self.acts.split_at_mut(i);
-            let input = if i == 0 { x } else { View::prefix(&before[i - 1], n * self.shapes[i].iter().product::<usize>())? };
-            let output = ViewMut::prefix(&mut after[0], n * self.shapes[i + 1].iter().product::<usize>())?;
-            self.layers[i].forward(&ctx, input, output)?;
+        let lens: Vec<usize> = (0..self.shapes.len()).map(|t| n * self.tensor_len(t)).collect();
+        let Model { nodes, acts, params, rng, .. } = self;
+        let ctx = Ctx { backend, n, params: &params.data, training, rng: View::all(rng) };
+        for (i, node) in nodes.iter_mut().enumerate() {
+            let (before, after) = acts.split_at_mut(i);
+            // x: the model's input, or an earlier node's output
+            let tensor = |t: NodeId| match t.node() {
+                None => Ok(x),
+                Some(s) => View::prefix(&before[s], lens[t.0]),
+            };
+            let y = ViewMut::prefix(&mut after[0], lens[i + 1])?;
+            match node.layer.as_mut() {
+                Some(layer) => layer.forward(&ctx, tensor(node.inputs[0])?, y)?,
+                None => backend.add(tensor(node.inputs[0])?, tensor(node.inputs[1])?, y)?,
+            }
         }
         Ok(())
     }
@@ -393,8 +476,10 @@ impl<B: Backend> Model<B> {
         View::prefix(last, n * self.classes())
     }
 
-    /// Back-propagates dlogits (n, classes) through the network, overwriting
+    /// Back-propagates dlogits (n, classes) through the graph, overwriting
     /// every parameter gradient. `x` must be the input of the last forward pass.
+    /// Each tensor's gradient is written by the last node that reads it (the
+    /// first one backward visits) and summed into by the others.
     pub fn backward(&mut self, backend: &B, n: usize, x: View<'_, B, f32>, dlogits: View<'_, B, f32>) -> Result<()> {
         crate::error::check_len("model backward", "dlogits", n * self.classes(), dlogits.len)?;
         if n > self.capacity.min(self.grad_capacity) {
@@ -405,18 +490,47 @@ impl<B: Backend> Model<B> {
                 n,
             ));
         }
-        let ctx = Ctx { backend, n, params: &self.params.data, training: true, rng: View::all(&self.rng) };
-        let len = |shape: &Vec<usize>| n * shape.iter().product::<usize>();
-        for i in (0..self.layers.len()).rev() {
-            let input = if i == 0 { x } else { View::prefix(&self.acts[i - 1], len(&self.shapes[i]))? };
-            let output = View::prefix(&self.acts[i], len(&self.shapes[i + 1]))?;
-            let (below, above) = self.dacts.split_at_mut(i);
-            let dy = if i + 1 == self.layers.len() { dlogits } else { View::prefix(&above[0], len(&self.shapes[i + 1]))? };
-            let dx = match below.last_mut() {
-                Some(buf) => Some(ViewMut::prefix(buf, len(&self.shapes[i]))?),
-                None => None,
+        let lens: Vec<usize> = (0..self.shapes.len()).map(|t| n * self.tensor_len(t)).collect();
+        let last = self.nodes.len() - 1;
+        let Model { nodes, acts, dacts, grad_scratch, params, rng, .. } = self;
+        let ctx = Ctx { backend, n, params: &params.data, training: true, rng: View::all(rng) };
+        let mut written = vec![false; nodes.len()];
+        for (i, node) in nodes.iter_mut().enumerate().rev() {
+            let (below, above) = dacts.split_at_mut(i.min(last));
+            // dy: (n, output of node i)
+            let dy = if i == last { dlogits } else { View::prefix(&above[0], lens[i + 1])? };
+            let tensor = |t: NodeId| match t.node() {
+                None => Ok(x),
+                Some(s) => View::prefix(&acts[s], lens[t.0]),
             };
-            self.layers[i].backward(&ctx, &mut self.params.grads, input, output, dy, dx)?;
+            let Some(layer) = node.layer.as_mut() else {
+                // add: both inputs receive dy.
+                for t in &node.inputs {
+                    let Some(s) = t.node() else { continue };
+                    let dx = ViewMut::prefix(&mut below[s], lens[t.0])?;
+                    if std::mem::replace(&mut written[s], true) {
+                        backend.add_assign(dy, dx)?;
+                    } else {
+                        backend.copy(dy, dx)?;
+                    }
+                }
+                continue;
+            };
+            let t = node.inputs[0];
+            let (input, output) = (tensor(t)?, View::prefix(&acts[i], lens[i + 1])?);
+            match t.node() {
+                None => layer.backward(&ctx, &mut params.grads, input, output, dy, None)?,
+                Some(s) if !std::mem::replace(&mut written[s], true) => {
+                    let dx = ViewMut::prefix(&mut below[s], lens[t.0])?;
+                    layer.backward(&ctx, &mut params.grads, input, output, dy, Some(dx))?
+                }
+                Some(s) => {
+                    let scratch =
+                        grad_scratch.as_mut().ok_or_else(|| Error::shape("model backward", "gradient scratch", "allocated", "none"))?;
+                    layer.backward(&ctx, &mut params.grads, input, output, dy, Some(ViewMut::prefix(scratch, lens[t.0])?))?;
+                    backend.add_assign(View::prefix(scratch, lens[t.0])?, ViewMut::prefix(&mut below[s], lens[t.0])?)?;
+                }
+            }
         }
         Ok(())
     }
@@ -427,17 +541,17 @@ impl<B: Backend> Model<B> {
         let all = backend.download(View::all(&self.params.data))?;
         let mut out: Vec<NamedTensor> =
             self.params.entries.iter().map(|e| (e.name.clone(), e.shape.clone(), all[e.offset..e.offset + e.len()].to_vec())).collect();
-        for (name, layer) in self.names.iter().zip(&self.layers) {
+        for node in &self.nodes {
+            let Some(layer) = &node.layer else { continue };
             let buffers = layer.buffers();
             if buffers.is_empty() {
                 continue;
             }
-            let prefix = name.as_deref().unwrap_or(layer.kind());
             for b in buffers {
-                out.push((format!("{prefix}.{}", b.name), b.shape, backend.download(b.data)?));
+                out.push((format!("{}.{}", node.prefix(), b.name), b.shape, backend.download(b.data)?));
             }
             // PyTorch keeps this count per BatchNorm layer (an int64 scalar; see checkpoint.rs).
-            out.push((format!("{prefix}.{BATCHES_TRACKED}"), vec![], vec![self.batches_tracked as f32]));
+            out.push((format!("{}.{BATCHES_TRACKED}", node.prefix()), vec![], vec![self.batches_tracked as f32]));
         }
         Ok(out)
     }
@@ -447,11 +561,12 @@ impl<B: Backend> Model<B> {
     /// changes if any does not fit. `source` names where they came from, for errors.
     pub fn load_state_dict(&mut self, backend: &B, tensors: &[NamedTensor], source: &std::path::Path) -> Result<()> {
         let err = |msg: String| Error::Checkpoint { path: source.to_path_buf(), msg };
+        let model = self.graph.name.clone();
         let find = |name: &str, shape: &[usize]| -> Result<&Vec<f32>> {
             let (_, got, data) = tensors
                 .iter()
                 .find(|(n, _, _)| n == name)
-                .ok_or_else(|| err(format!("missing tensor `{name}` (shape {shape:?}) needed by {}", self.config.name())))?;
+                .ok_or_else(|| err(format!("missing tensor `{name}` (shape {shape:?}) needed by {model}")))?;
             if got != shape || data.len() != shape.iter().product::<usize>() {
                 return Err(err(format!("tensor `{name}` has shape {got:?}, the model needs {shape:?}")));
             }
@@ -466,16 +581,16 @@ impl<B: Backend> Model<B> {
         // Buffers: every one checked before any is written.
         let mut buffers: Vec<(usize, &'static str, Vec<f32>)> = Vec::new();
         let mut tracked = None;
-        for (i, (name, layer)) in self.names.iter().zip(&self.layers).enumerate() {
-            let prefix = name.as_deref().unwrap_or(layer.kind());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(layer) = &node.layer else { continue };
             let list = layer.buffers();
             for b in &list {
-                let full = format!("{prefix}.{}", b.name);
+                let full = format!("{}.{}", node.prefix(), b.name);
                 buffers.push((i, b.name, find(&full, &b.shape)?.clone()));
                 expected.push(full);
             }
             if !list.is_empty() {
-                let full = format!("{prefix}.{BATCHES_TRACKED}");
+                let full = format!("{}.{BATCHES_TRACKED}", node.prefix());
                 let count = find(&full, &[])?[0];
                 if !(count >= 0.0 && count.fract() == 0.0) {
                     return Err(err(format!("tensor `{full}` is {count}, expected a count")));
@@ -485,17 +600,67 @@ impl<B: Backend> Model<B> {
             }
         }
         if let Some((extra, _, _)) = tensors.iter().find(|(name, _, _)| !expected.contains(name)) {
-            return Err(err(format!("unexpected tensor `{extra}`: not a parameter or buffer of {}", self.config.name())));
+            return Err(err(format!("unexpected tensor `{extra}`: not a parameter or buffer of {model}")));
         }
         backend.write(ViewMut::all(&mut self.params.data), &host)?;
         for (i, name, data) in buffers {
-            self.layers[i].load_buffer(backend, name, &data)?;
+            self.nodes[i].layer.as_mut().expect("buffers come from layers").load_buffer(backend, name, &data)?;
         }
         self.batches_tracked = tracked.unwrap_or(0);
         Ok(())
     }
 
     pub fn layer_kinds(&self) -> Vec<&'static str> {
-        self.layers.iter().map(|l| l.kind()).collect()
+        self.nodes.iter().map(NodeRt::kind).collect()
     }
+
+    /// A table of the nodes: name, op, inputs, output shape and parameter count.
+    pub fn summary(&self) -> String {
+        let mut out = format!("{:<28} {:<18} {:<10} {:<18} {:>10}\n", "node", "op", "inputs", "output", "params");
+        out.push_str(&format!("{:<28} {:<18} {:<10} {:<18} {:>10}\n", "input", "", "", format!("{:?}", self.shapes[0]), ""));
+        for (i, node) in self.nodes.iter().enumerate() {
+            let prefix = node.name.as_ref().map(|n| format!("{n}."));
+            let params: usize =
+                prefix.map_or(0, |p| self.params.entries.iter().filter(|e| e.name.starts_with(&p)).map(ParamEntry::len).sum());
+            let inputs = node.inputs.iter().map(|t| t.node().map_or("in".to_string(), |s| s.to_string())).collect::<Vec<_>>().join(",");
+            let name = format!("{i}: {}", node.name.as_deref().unwrap_or(""));
+            out.push_str(&format!(
+                "{name:<28} {:<18} {inputs:<10} {:<18} {params:>10}\n",
+                node.kind(),
+                format!("{:?}", self.shapes[i + 1])
+            ));
+        }
+        out.push_str(&format!("{} parameters", self.params.count()));
+        out
+    }
+}
+
+/// Initial parameter values for `entries` (see [`Init`]); biases are 0 except with `PyTorch`.
+fn initial_values(entries: &[ParamEntry], total: usize, seed: u64, init: Init) -> Vec<f32> {
+    let mut host = vec![0.0f32; total];
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    for e in entries {
+        let values = &mut host[e.offset..e.offset + e.len()];
+        let is_bias = e.name.ends_with(".bias");
+        if let Some(v) = e.init {
+            values.fill(v);
+            continue;
+        }
+        match init {
+            Init::PyTorch => {
+                let bound = 1.0 / (e.fan_in as f32).sqrt();
+                values.iter_mut().for_each(|v| *v = rng.random_range(-bound..bound));
+            }
+            _ if is_bias => values.fill(0.0),
+            Init::He => {
+                let std = (2.0 / e.fan_in as f32).sqrt();
+                values.iter_mut().for_each(|v| *v = std * standard_normal(&mut rng));
+            }
+            Init::Xavier => {
+                let bound = (6.0 / (e.fan_in + e.fan_out) as f32).sqrt();
+                values.iter_mut().for_each(|v| *v = rng.random_range(-bound..bound));
+            }
+        }
+    }
+    host
 }

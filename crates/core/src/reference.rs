@@ -4,7 +4,8 @@
 //! against them (see [`crate::conformance`]). Callers check lengths first.
 
 use crate::backend::{
-    AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Padding, Gemm, Pool2dGeom, UpdateRule, ELASTIC_GRID, NO_ARGMAX,
+    AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule,
+    ELASTIC_GRID, NO_ARGMAX,
 };
 use crate::error::{Error, Result};
 use crate::random;

@@ -60,6 +60,9 @@ pub struct AugmentConfig {
     pub cutout: usize,
 }
 
+/// The crop/flip/cutout op's random stream (dropout layers use small salts, the warp 0).
+const CROP_SALT: u32 = 0x4352_4f50;
+
 impl AugmentConfig {
     pub fn is_off(&self) -> bool {
         *self == AugmentConfig::default()
@@ -83,7 +86,14 @@ impl AugmentConfig {
 
     /// Whether the affine warp (rotation, scale, translation, elastic, noise) runs.
     fn warps(&self) -> bool {
-        let warp = AugmentConfig { rotate_deg: self.rotate_deg, scale: self.scale, translate: self.translate, elastic: self.elastic, noise: self.noise, ..Default::default() };
+        let warp = AugmentConfig {
+            rotate_deg: self.rotate_deg,
+            scale: self.scale,
+            translate: self.translate,
+            elastic: self.elastic,
+            noise: self.noise,
+            ..Default::default()
+        };
         !warp.is_off() || (self.flip && !self.crops())
     }
 
@@ -96,7 +106,7 @@ impl AugmentConfig {
         let [c, h, w] = *shape else {
             return Err(Error::config("augmentation", format!("needs image inputs (C, H, W), the model takes {shape:?}")));
         };
-        let spec = CropSpec { n, c, h, w, pad: self.crop, padding: self.padding, flip: self.flip, cutout: self.cutout, salt: 1 };
+        let spec = CropSpec { n, c, h, w, pad: self.crop, padding: self.padding, flip: self.flip, cutout: self.cutout, salt: CROP_SALT };
         spec.validate().map_err(|e| Error::config("augmentation", e.to_string()))?;
         Ok(spec)
     }
@@ -142,19 +152,42 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// The recipe a model trains with by default on `dataset` ("mnist" or
-    /// "fashion-mnist"): LeNet-5 and MLPs as [`TrainConfig::default`] (no
-    /// augmentation); the strong CNN longer and with augmentation (see
-    /// BENCHMARKS.md for what each reaches).
+    /// The recipe a model trains with by default on `dataset` (a
+    /// [`DatasetInfo::name`]): LeNet-5 and MLPs as [`TrainConfig::default`]
+    /// (no augmentation); the strong CNN longer and with augmentation; the
+    /// ResNets with crops and flips, label smoothing and a one-cycle schedule
+    /// (see BENCHMARKS.md for what each reaches).
     pub fn recipe(model: &ModelConfig, dataset: &str) -> Self {
         let fashion = dataset == "fashion-mnist";
+        let photos = !matches!(dataset, "mnist" | "fashion-mnist" | "idx");
+        let nesterov = |lr| OptimizerConfig { nesterov: true, ..OptimizerConfig::sgd(lr, 0.9, 5e-4) };
         match model {
             ModelConfig::MnistCnn { .. } => TrainConfig {
                 epochs: if fashion { 30 } else { 20 },
-                optimizer: OptimizerConfig { nesterov: true, ..OptimizerConfig::sgd(0.1, 0.9, 5e-4) },
+                optimizer: nesterov(0.1),
                 schedule: ScheduleConfig { schedule: Schedule::OneCycle { pct_start: 0.25 }, warmup_epochs: 0.0 },
                 init: Init::He,
                 augment: if fashion { AugmentConfig::clothes() } else { AugmentConfig::digits() },
+                ..TrainConfig::default()
+            },
+            // torch_cifar.py's recipe at batch 256 (lr 0.1 per 128), trained longer.
+            ModelConfig::Resnet18 => TrainConfig {
+                epochs: 20,
+                batch_size: 256,
+                optimizer: nesterov(0.2),
+                schedule: ScheduleConfig { schedule: Schedule::OneCycle { pct_start: 0.25 }, warmup_epochs: 0.0 },
+                augment: if photos { AugmentConfig::photos() } else { AugmentConfig::default() },
+                label_smoothing: 0.1,
+                ..TrainConfig::default()
+            },
+            ModelConfig::CifarResnet { .. } => TrainConfig {
+                epochs: 30,
+                batch_size: 128,
+                optimizer: nesterov(0.1),
+                schedule: ScheduleConfig { schedule: Schedule::OneCycle { pct_start: 0.25 }, warmup_epochs: 0.0 },
+                init: Init::He,
+                augment: if photos { AugmentConfig::photos() } else { AugmentConfig::default() },
+                label_smoothing: 0.1,
                 ..TrainConfig::default()
             },
             _ => TrainConfig::default(),
@@ -243,7 +276,13 @@ struct Batch<B: Backend> {
 
 impl<B: Backend> Batch<B> {
     fn new(backend: &B, capacity: usize, sample_len: usize) -> Result<Self> {
-        Ok(Batch { x: backend.alloc(capacity * sample_len)?, warped: None, cropped: None, y: backend.alloc(capacity)?, stats: backend.alloc(2)? })
+        Ok(Batch {
+            x: backend.alloc(capacity * sample_len)?,
+            warped: None,
+            cropped: None,
+            y: backend.alloc(capacity)?,
+            stats: backend.alloc(2)?,
+        })
     }
 }
 

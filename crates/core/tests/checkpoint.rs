@@ -37,7 +37,7 @@ fn lenet_checkpoint_round_trips_with_pytorch_names() {
     let b = CpuBackend::new(1).unwrap();
     let dir = tmpdir("roundtrip");
     let path = dir.join("m.safetensors");
-    let mut model = Model::new(&b, &ModelConfig::Lenet5, 7).unwrap();
+    let mut model = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, 7).unwrap();
     checkpoint::save(&path, &b, &model, &[("epoch", "3".into())]).unwrap();
     let ckpt = checkpoint::load(&path).unwrap();
     assert_eq!(ckpt.config, ModelConfig::Lenet5);
@@ -72,7 +72,7 @@ fn mlp_checkpoint_round_trips() {
     let b = CpuBackend::new(1).unwrap();
     let path = tmpdir("mlp").join("m.safetensors");
     let config = ModelConfig::Mlp { sizes: vec![784, 33, 10] };
-    let mut model = Model::new(&b, &config, 1).unwrap();
+    let mut model = Model::new(&b, &config, &[1, 28, 28], 10, 1).unwrap();
     checkpoint::save(&path, &b, &model, &[]).unwrap();
     let (mut loaded, ckpt) = checkpoint::load_model(&path, &b).unwrap();
     assert_eq!(ckpt.config, config);
@@ -91,7 +91,7 @@ fn bad_checkpoints_are_clear_errors() {
     let b = CpuBackend::new(1).unwrap();
     let dir = tmpdir("bad");
     let good = dir.join("good.safetensors");
-    let model = Model::new(&b, &ModelConfig::Lenet5, 0).unwrap();
+    let model = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, 0).unwrap();
     checkpoint::save(&good, &b, &model, &[]).unwrap();
     let bytes = std::fs::read(&good).unwrap();
 

@@ -43,7 +43,7 @@ fn initializations_have_the_right_spread() {
     let b = CpuBackend::new(1).unwrap();
     let config = ModelConfig::Mlp { sizes: vec![784, 400, 10] };
     for init in [Init::PyTorch, Init::He, Init::Xavier] {
-        let model = Model::with_init(&b, &config, 3, init).unwrap();
+        let model = Model::with_init(&b, &config, &[1, 28, 28], 10, 3, init).unwrap();
         let all = b.download(View::all(&model.params.data)).unwrap();
         let e = &model.params.entries[0]; // fc1.weight (400, 784)
         let w = &all[e.offset..e.offset + e.len()];
@@ -60,7 +60,7 @@ fn initializations_have_the_right_spread() {
             assert!(bias.iter().all(|&v| v == 0.0), "{init:?}: biases start at 0");
         }
         // The same seed gives the same parameters.
-        let again = Model::with_init(&b, &config, 3, init).unwrap();
+        let again = Model::with_init(&b, &config, &[1, 28, 28], 10, 3, init).unwrap();
         assert_eq!(b.download(View::all(&again.params.data)).unwrap(), all);
     }
 }

@@ -13,9 +13,9 @@ fn lenet_one_epoch_reaches_97_percent() {
     let data = Mnist::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist")).unwrap();
     // The default recipe, planned over one epoch (its one-cycle schedule runs its whole course).
     let config = TrainConfig { epochs: 1, ..TrainConfig::default() };
-    let model = Model::new(&b, &ModelConfig::Lenet5, config.seed).unwrap();
-    let train = DeviceDataset::upload(&b, &data.train).unwrap();
-    let test = DeviceDataset::upload(&b, &data.test).unwrap();
+    let model = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, config.seed).unwrap();
+    let train = DeviceDataset::upload(&b, &data.train, &data.info).unwrap();
+    let test = DeviceDataset::upload(&b, &data.test, &data.info).unwrap();
     let mut trainer = Trainer::new(&b, model, config, train.len).unwrap();
     let start = std::time::Instant::now();
     let stats = trainer.train_epoch(&b, &train, 0, &mut |_, _| {}).unwrap();

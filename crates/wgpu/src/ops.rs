@@ -395,7 +395,13 @@ impl Backend for WgpuBackend {
         checks::add_assign(x.len, y.len)?;
         Err(rr_core::Error::Device { backend: "wgpu", msg: "add_assign: not implemented yet".into() })
     }
-    fn crop_flip(&self, spec: &rr_core::backend::CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn crop_flip(
+        &self,
+        spec: &rr_core::backend::CropSpec,
+        rng: View<'_, Self, u32>,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
         checks::crop_flip(spec, rng.len, x.len, y.len)?;
         Err(rr_core::Error::Device { backend: "wgpu", msg: "crop_flip: not implemented yet".into() })
     }

@@ -7,8 +7,8 @@
 //! build target is baseline x86-64.
 
 use crate::backend::{
-    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
-    NO_ARGMAX,
+    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View,
+    ViewMut, NO_ARGMAX,
 };
 use crate::error::{check_len, Error, Result};
 use crate::reference;
@@ -764,7 +764,10 @@ impl Backend for CpuBackend {
         let (x, y) = (s(x), sm(y));
         let len = (spec.c * spec.h * spec.w).max(1);
         self.pool.install(|| {
-            y.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(i, (yi, xi))| reference::crop_flip_sample(spec, key, i, xi, yi))
+            y.par_chunks_mut(len)
+                .zip(x.par_chunks(len))
+                .enumerate()
+                .for_each(|(i, (yi, xi))| reference::crop_flip_sample(spec, key, i, xi, yi))
         });
         Ok(())
     }

@@ -50,7 +50,13 @@ impl Mnist {
             }
             Ok(Dataset { images: images.data, labels: labels.data, len: n, shape: [1, rows, cols] })
         };
-        Ok(Splits { train: load("train")?, test: load("t10k")?, info: DatasetInfo::mnist(), dir: dir.to_path_buf(), verified: sums.is_some() })
+        Ok(Splits {
+            train: load("train")?,
+            test: load("t10k")?,
+            info: DatasetInfo::mnist(),
+            dir: dir.to_path_buf(),
+            verified: sums.is_some(),
+        })
     }
 }
 

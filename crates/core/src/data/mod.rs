@@ -110,8 +110,7 @@ impl DatasetInfo {
         match value {
             None | Some("mnist") => Ok(Self::mnist()),
             Some("fashion-mnist") => Ok(Self::fashion_mnist()),
-            Some(json) => serde_json::from_str(json)
-                .map_err(|e| Error::config("checkpoint dataset description", format!("{e}: {json}"))),
+            Some(json) => serde_json::from_str(json).map_err(|e| Error::config("checkpoint dataset description", format!("{e}: {json}"))),
         }
     }
 }
@@ -126,4 +125,27 @@ pub struct Splits {
     pub dir: PathBuf,
     /// Whether the files were checked against a `SHA256SUMS.raw`.
     pub verified: bool,
+}
+
+// TEMPORARY until the loaders land: MNIST and Fashion-MNIST only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DatasetKind {
+    Mnist,
+    FashionMnist,
+    Cifar10,
+    Cifar100,
+    ImageFolder { image_size: usize },
+    Idx,
+}
+
+pub fn load(kind: &DatasetKind, dir: &std::path::Path) -> Result<Splits> {
+    let mut s = Mnist::load(dir)?;
+    match kind {
+        DatasetKind::Mnist => Ok(s),
+        DatasetKind::FashionMnist => {
+            s.info = DatasetInfo::fashion_mnist();
+            Ok(s)
+        }
+        _ => Err(Error::config("dataset", "not yet")),
+    }
 }

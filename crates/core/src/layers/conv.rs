@@ -2,28 +2,43 @@ use super::{Ctx, Layer, ParamSpec};
 use crate::backend::{Backend, Conv2dGeom, View, ViewMut};
 use crate::error::{Error, Result};
 
-/// 2-D convolution with square kernels, as `torch.nn.Conv2d` (weight (C_out, C_in, K, K)).
-pub struct Conv2d {
+/// 2-D convolution with square kernels, as `torch.nn.Conv2d` (weight (C_out, C_in, K, K)),
+/// with or without a bias (`bias=False` before a BatchNorm, as in ResNets).
+pub struct Conv2d<B: Backend> {
     pub c_in: usize,
     pub c_out: usize,
     pub kernel: usize,
     pub stride: usize,
     pub pad: usize,
+    pub bias: bool,
     hw: (usize, usize),
     off: usize,
+    /// Without a bias: zeros for the backend's bias input, and a window for
+    /// the [dweight | dbias] it writes (dweight is copied to the gradients).
+    no_bias: Option<(B::Buf<f32>, B::Buf<f32>)>,
 }
 
-impl Conv2d {
+impl<B: Backend> Conv2d<B> {
     pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, pad: usize) -> Self {
-        Conv2d { c_in, c_out, kernel, stride, pad, hw: (0, 0), off: 0 }
+        Conv2d { c_in, c_out, kernel, stride, pad, bias: true, hw: (0, 0), off: 0, no_bias: None }
+    }
+
+    /// The same convolution without a bias parameter.
+    pub fn without_bias(mut self) -> Self {
+        self.bias = false;
+        self
     }
 
     fn geom(&self, n: usize) -> Conv2dGeom {
         Conv2dGeom { n, c_in: self.c_in, h: self.hw.0, w: self.hw.1, c_out: self.c_out, k: self.kernel, stride: self.stride, pad: self.pad }
     }
+
+    fn scratch(&self) -> Result<&(B::Buf<f32>, B::Buf<f32>)> {
+        self.no_bias.as_ref().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))
+    }
 }
 
-impl<B: Backend> Layer<B> for Conv2d {
+impl<B: Backend> Layer<B> for Conv2d<B> {
     fn kind(&self) -> &'static str {
         "conv2d"
     }
@@ -43,23 +58,37 @@ impl<B: Backend> Layer<B> for Conv2d {
     fn param_specs(&self) -> Vec<ParamSpec> {
         let fan_in = self.c_in * self.kernel * self.kernel;
         let fan_out = self.c_out * self.kernel * self.kernel;
-        vec![
-            ParamSpec::new("weight", vec![self.c_out, self.c_in, self.kernel, self.kernel], fan_in, fan_out),
-            ParamSpec::new("bias", vec![self.c_out], fan_in, fan_out),
-        ]
+        let weight = ParamSpec::new("weight", vec![self.c_out, self.c_in, self.kernel, self.kernel], fan_in, fan_out);
+        if !self.bias {
+            return vec![weight];
+        }
+        vec![weight, ParamSpec::new("bias", vec![self.c_out], fan_in, fan_out)]
     }
 
     fn bind_params(&mut self, offsets: &[usize]) {
         // The backend writes [dweight | dbias] as one window: they must be adjacent.
-        assert_eq!(offsets[1], offsets[0] + self.c_out * self.c_in * self.kernel * self.kernel);
+        if self.bias {
+            assert_eq!(offsets[1], offsets[0] + self.c_out * self.c_in * self.kernel * self.kernel);
+        }
         self.off = offsets[0];
+    }
+
+    fn init_buffers(&mut self, backend: &B) -> Result<()> {
+        if !self.bias {
+            let w_len = self.c_out * self.c_in * self.kernel * self.kernel;
+            self.no_bias = Some((backend.alloc(self.c_out)?, backend.alloc(w_len + self.c_out)?));
+        }
+        Ok(())
     }
 
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
         // x: (N, C_in, H, W) -> y: (N, C_out, OH, OW)
         let g = self.geom(ctx.n);
         let w = View::range(ctx.params, self.off, g.w_len())?;
-        let b = View::range(ctx.params, self.off + g.w_len(), g.c_out)?;
+        let b = match self.bias {
+            true => View::range(ctx.params, self.off + g.w_len(), g.c_out)?,
+            false => View::all(&self.scratch()?.0),
+        };
         ctx.backend.conv2d_forward(&g, x, w, b, y)
     }
 
@@ -75,7 +104,13 @@ impl<B: Backend> Layer<B> for Conv2d {
         // dy: (N, C_out, OH, OW) -> dW (C_out, C_in, K, K), db (C_out), dx (N, C_in, H, W)
         let g = self.geom(ctx.n);
         let w = View::range(ctx.params, self.off, g.w_len())?;
-        let dparams = ViewMut::range(grads, self.off, g.w_len() + g.c_out)?;
-        ctx.backend.conv2d_backward(&g, x, w, dy, dx, dparams)
+        if self.bias {
+            let dparams = ViewMut::range(grads, self.off, g.w_len() + g.c_out)?;
+            return ctx.backend.conv2d_backward(&g, x, w, dy, dx, dparams);
+        }
+        let kind = <Self as Layer<B>>::kind(self);
+        let (_, dparams) = self.no_bias.as_mut().ok_or_else(|| Error::shape(kind, "bias-free buffers", "init_buffers first", "none"))?;
+        ctx.backend.conv2d_backward(&g, x, w, dy, dx, ViewMut::all(dparams))?;
+        ctx.backend.copy(View::range(dparams, 0, g.w_len())?, ViewMut::range(grads, self.off, g.w_len())?)
     }
 }

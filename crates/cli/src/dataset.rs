@@ -1,0 +1,119 @@
+//! Which dataset a command reads, where it lives by default, and how a
+//! checkpoint's stored description names it again.
+
+use anyhow::{Context, Result};
+use rr_core::data::{DatasetInfo, Splits};
+use std::path::{Path, PathBuf};
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetArg {
+    /// Handwritten digits (shipped in data/mnist)
+    Mnist,
+    /// Zalando's clothing images, same format (pass --data-dir, or install Debian's dataset-fashion-mnist)
+    FashionMnist,
+    /// CIFAR-10, the official binary batches (data_batch_1.bin ... test_batch.bin, raw or .gz)
+    Cifar10,
+    /// CIFAR-100, the official binary files (train.bin, test.bin, raw or .gz)
+    Cifar100,
+    /// Your own images: DIR/train/<class>/*.png|jpg and DIR/test/<class>/*, resized to --image-size
+    ImageFolder,
+    /// Any pair of IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-*), of any image size
+    Idx,
+}
+
+impl DatasetArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetArg::Mnist => "mnist",
+            DatasetArg::FashionMnist => "fashion-mnist",
+            DatasetArg::Cifar10 => "cifar10",
+            DatasetArg::Cifar100 => "cifar100",
+            DatasetArg::ImageFolder => "image-folder",
+            DatasetArg::Idx => "idx",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        use clap::ValueEnum;
+        Self::value_variants().iter().copied().find(|d| d.name() == name)
+    }
+
+    fn kind(self, image_size: usize) -> rr_core::data::DatasetKind {
+        use rr_core::data::DatasetKind;
+        match self {
+            DatasetArg::Mnist => DatasetKind::Mnist,
+            DatasetArg::FashionMnist => DatasetKind::FashionMnist,
+            DatasetArg::Cifar10 => DatasetKind::Cifar10,
+            DatasetArg::Cifar100 => DatasetKind::Cifar100,
+            DatasetArg::ImageFolder => DatasetKind::ImageFolder { image_size },
+            DatasetArg::Idx => DatasetKind::Idx,
+        }
+    }
+}
+
+/// Loads both splits of `dataset` from `dir`.
+pub fn load(dataset: DatasetArg, dir: &Path, image_size: usize) -> Result<Splits> {
+    Ok(rr_core::data::load(&dataset.kind(image_size), dir)?)
+}
+
+/// The dataset a checkpoint was trained on and the side its images were resized to.
+pub fn of_checkpoint(info: &DatasetInfo) -> Result<(DatasetArg, usize)> {
+    let arg =
+        DatasetArg::from_name(&info.name).with_context(|| format!("the checkpoint was trained on an unknown dataset `{}`", info.name))?;
+    Ok((arg, info.shape[1]))
+}
+
+/// `--data-dir`, or where `dataset` lives by default: the repository's
+/// `data/mnist` (from the working directory, or from where this binary was
+/// built when run elsewhere); for Fashion-MNIST, Debian's
+/// `/usr/share/datasets/fashion-mnist` (package `dataset-fashion-mnist`) or
+/// `data/fashion-mnist`; `data/cifar10` and `data/cifar100` when they exist.
+pub fn data_dir(arg: &Option<PathBuf>, dataset: DatasetArg) -> Result<PathBuf> {
+    if let Some(dir) = arg {
+        return Ok(dir.clone());
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let local = |name: &str| vec![PathBuf::from("data").join(name), repo.join("data").join(name)];
+    let candidates: Vec<PathBuf> = match dataset {
+        DatasetArg::Mnist => local("mnist"),
+        DatasetArg::FashionMnist => [vec![PathBuf::from("/usr/share/datasets/fashion-mnist")], local("fashion-mnist")].concat(),
+        DatasetArg::Cifar10 => local("cifar10"),
+        DatasetArg::Cifar100 => local("cifar100"),
+        DatasetArg::ImageFolder | DatasetArg::Idx => vec![],
+    };
+    match candidates.iter().find(|p| p.is_dir()) {
+        Some(dir) => Ok(dir.clone()),
+        None => match dataset {
+            DatasetArg::Mnist => Ok(candidates[0].clone()),
+            DatasetArg::FashionMnist => anyhow::bail!(
+                "Fashion-MNIST is not shipped with the repository: pass --data-dir DIR (a folder with its four IDX files), or install Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)"
+            ),
+            DatasetArg::Cifar10 | DatasetArg::Cifar100 => anyhow::bail!(
+                "{} is not shipped with the repository: pass --data-dir DIR, a folder with the official binary files (from https://www.cs.toronto.edu/~kriz/cifar.html: the \"binary version\" archive, unpacked; raw or .gz)",
+                dataset.name()
+            ),
+            DatasetArg::ImageFolder | DatasetArg::Idx => anyhow::bail!("--dataset {} needs --data-dir DIR", dataset.name()),
+        },
+    }
+}
+
+/// The dataset description stored in a checkpoint, and its data loaded from
+/// `--data-dir` (or the default folder), refused when it does not match.
+pub fn for_checkpoint(ckpt: &rr_core::checkpoint::Checkpoint, data_dir: &Option<PathBuf>) -> Result<(DatasetInfo, Splits)> {
+    let info = DatasetInfo::from_metadata(ckpt.metadata.get("dataset").map(String::as_str))?;
+    let (arg, image_size) = of_checkpoint(&info)?;
+    let dir = self::data_dir(data_dir, arg)?;
+    let data = load(arg, &dir, image_size)?;
+    if data.info.shape != info.shape || data.info.classes != info.classes {
+        anyhow::bail!(
+            "{} holds {:?} images in {} classes, but the checkpoint's model was trained on {:?} images in {} classes ({})",
+            dir.display(),
+            data.info.shape,
+            data.info.classes,
+            info.shape,
+            info.classes,
+            info.name
+        );
+    }
+    Ok((info, data))
+}

@@ -1,0 +1,383 @@
+//! Models as graphs: a [`Graph`] is a serializable list of nodes in
+//! topological order, each an [`Op`] with the nodes it reads; [`GraphBuilder`]
+//! builds one in plain code with shapes inferred from the input:
+//!
+//! ```
+//! use rr_core::graph::{Conv, GraphBuilder};
+//! # fn main() -> rr_core::Result<()> {
+//! let mut g = GraphBuilder::new("tiny-resnet", &[1, 28, 28]);
+//! let x = g.input();
+//! let x = g.conv2d("stem", x, Conv::new(8, 3).pad(1))?;
+//! let x = g.batch_norm_relu("bn", x)?;
+//! // A residual block: relu(block(x) + x)
+//! let y = g.conv2d("block.conv1", x, Conv::new(8, 3).pad(1).no_bias())?;
+//! let y = g.batch_norm_relu("block.bn1", y)?;
+//! let y = g.conv2d("block.conv2", y, Conv::new(8, 3).pad(1).no_bias())?;
+//! let y = g.batch_norm("block.bn2", y)?;
+//! let y = g.add(y, x)?;
+//! let y = g.relu(y)?;
+//! let y = g.global_avg_pool(y)?;
+//! let logits = g.linear("fc", y, 10)?;
+//! let graph = g.finish(logits)?;
+//! assert_eq!(graph.output_shape()?, vec![10]);
+//! # Ok(()) }
+//! ```
+//!
+//! The graph is stored in every checkpoint (JSON), so any model made of these
+//! ops is rebuilt by `eval`, `predict`, `serve` and `--resume`. Parameter
+//! names are the node names plus `.weight`/`.bias` (`layer1.0.conv1.weight`),
+//! as PyTorch's `state_dict` writes them.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
+use serde::{Deserialize, Serialize};
+
+/// What a node computes. Shapes are per sample (no batch dimension).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    /// `torch.nn.Conv2d` with square kernels: (C_in, H, W) -> (C_out, OH, OW).
+    Conv2d {
+        c_in: usize,
+        c_out: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        bias: bool,
+    },
+    /// `torch.nn.Linear`: (in_features) -> (out_features).
+    Linear {
+        in_features: usize,
+        out_features: usize,
+    },
+    /// `BatchNorm2d` (dims 2: (C, H, W)) or `BatchNorm1d` (dims 1: (C)), ReLU fused when `relu`.
+    BatchNorm {
+        channels: usize,
+        dims: usize,
+        relu: bool,
+    },
+    Relu,
+    /// Max pooling; `relu` fuses a ReLU before it (they commute).
+    MaxPool2d {
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+        relu: bool,
+    },
+    AvgPool2d {
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    },
+    /// (C, H, W) -> (C): the mean over each channel.
+    GlobalAvgPool,
+    /// `salt` tells dropout layers' random streams apart.
+    Dropout {
+        p: f32,
+        salt: u32,
+    },
+    /// (C, H, W) -> (C*H*W).
+    Flatten,
+    /// Two inputs of one shape: their sum (residual connections).
+    Add,
+}
+
+impl Op {
+    /// Inputs the op takes.
+    pub fn arity(&self) -> usize {
+        if matches!(self, Op::Add) {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// The layer that runs this op (`None` for [`Op::Add`], which the model runs itself).
+    pub fn layer<B: Backend>(&self) -> Result<Option<Box<dyn Layer<B>>>> {
+        Ok(Some(match *self {
+            Op::Conv2d { c_in, c_out, kernel, stride, pad, bias } => {
+                let conv = Conv2d::new(c_in, c_out, kernel, stride, pad);
+                Box::new(if bias { conv } else { conv.without_bias() })
+            }
+            Op::Linear { in_features, out_features } => Box::new(Linear::new(in_features, out_features)),
+            Op::BatchNorm { channels, dims, relu } => {
+                let bn = match dims {
+                    1 => BatchNorm::new_1d(channels),
+                    2 => BatchNorm::new_2d(channels),
+                    _ => return Err(Error::config("batch-norm", format!("dims must be 1 or 2, got {dims}"))),
+                };
+                Box::new(if relu { bn.with_relu() } else { bn })
+            }
+            Op::Relu => Box::new(Relu),
+            Op::MaxPool2d { kernel, stride, pad, relu } => {
+                let pool = MaxPool2d::new(kernel, stride, pad);
+                Box::new(if relu { pool.with_relu() } else { pool })
+            }
+            Op::AvgPool2d { kernel, stride, pad } => Box::new(AvgPool2d::new(kernel, stride, pad)),
+            Op::GlobalAvgPool => Box::new(GlobalAvgPool::new()),
+            Op::Dropout { p, salt } => Box::new(Dropout::new(p, salt)?),
+            Op::Flatten => Box::new(Flatten),
+            Op::Add => return Ok(None),
+        }))
+    }
+
+    /// The output shape for these input shapes (the layer's own shape checks).
+    pub fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        if inputs.len() != self.arity() {
+            return Err(Error::config(format!("{self:?}"), format!("takes {} inputs, got {}", self.arity(), inputs.len())));
+        }
+        match self.layer::<crate::CpuBackend>()? {
+            Some(mut layer) => layer.build(inputs[0]),
+            None if inputs[0] == inputs[1] => Ok(inputs[0].to_vec()),
+            None => Err(Error::shape("add", "input shapes", format!("{:?} (the same)", inputs[0]), format!("{:?}", inputs[1]))),
+        }
+    }
+}
+
+/// A tensor in a graph being built: the graph's input or a node's output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeId(pub usize);
+
+impl NodeId {
+    /// The graph's input.
+    pub const INPUT: NodeId = NodeId(0);
+
+    /// The index of the node that computes this tensor (`None` for the input).
+    pub fn node(self) -> Option<usize> {
+        self.0.checked_sub(1)
+    }
+}
+
+/// One node: its op, the tensors it reads and the name its parameters and
+/// buffers get in the state dict (`None`: an op without any).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(flatten)]
+    pub op: Op,
+    pub inputs: Vec<NodeId>,
+}
+
+/// A model's architecture: nodes in topological order; the last one's output is the logits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    pub name: String,
+    /// Per-sample input shape, e.g. (3, 32, 32).
+    pub input: Vec<usize>,
+    pub nodes: Vec<Node>,
+}
+
+impl Graph {
+    /// Every tensor's shape: `[input, node 0's output, ...]`; checks the whole graph.
+    pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
+        if self.nodes.is_empty() {
+            return Err(Error::config(format!("model `{}`", self.name), "has no nodes"));
+        }
+        let mut shapes = vec![self.input.clone()];
+        let mut used = vec![false; self.nodes.len() + 1];
+        for (i, node) in self.nodes.iter().enumerate() {
+            let here = |msg: String| Error::config(format!("model `{}`, node {i} ({})", self.name, node.label()), msg);
+            if let Some(bad) = node.inputs.iter().find(|id| id.0 > i) {
+                return Err(here(format!("reads tensor {} which is not computed before it", bad.0)));
+            }
+            node.inputs.iter().for_each(|id| used[id.0] = true);
+            let ins: Vec<&[usize]> = node.inputs.iter().map(|id| shapes[id.0].as_slice()).collect();
+            let out = node.op.output_shape(&ins).map_err(|e| here(e.to_string()))?;
+            shapes.push(out);
+        }
+        if let Some(unused) = (1..self.nodes.len()).find(|&t| !used[t]) {
+            let node = &self.nodes[unused - 1];
+            return Err(Error::config(
+                format!("model `{}`", self.name),
+                format!("the output of node {} ({}) is never used", unused - 1, node.label()),
+            ));
+        }
+        Ok(shapes)
+    }
+
+    /// The per-sample shape of the logits.
+    pub fn output_shape(&self) -> Result<Vec<usize>> {
+        Ok(self.shapes()?.pop().expect("at least the input"))
+    }
+}
+
+impl Node {
+    /// "conv2d layer1.0.conv1", or just the op for unnamed nodes.
+    pub fn label(&self) -> String {
+        let op = serde_json::to_value(&self.op).ok().and_then(|v| v["op"].as_str().map(String::from)).unwrap_or_default();
+        match &self.name {
+            Some(name) => format!("{op} {name}"),
+            None => op,
+        }
+    }
+}
+
+/// Convolution settings for [`GraphBuilder::conv2d`] (input channels come from the input).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv {
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub bias: bool,
+}
+
+impl Conv {
+    /// `c_out` output channels, a `kernel` x `kernel` window, stride 1, no padding, with bias.
+    pub fn new(c_out: usize, kernel: usize) -> Self {
+        Conv { c_out, kernel, stride: 1, pad: 0, bias: true }
+    }
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+    pub fn pad(mut self, pad: usize) -> Self {
+        self.pad = pad;
+        self
+    }
+    /// No bias (as before a BatchNorm, which has its own shift).
+    pub fn no_bias(mut self) -> Self {
+        self.bias = false;
+        self
+    }
+}
+
+/// Builds a [`Graph`] node by node, checking shapes as it goes.
+pub struct GraphBuilder {
+    graph: Graph,
+    shapes: Vec<Vec<usize>>,
+    dropouts: u32,
+}
+
+impl GraphBuilder {
+    /// A graph called `name` taking per-sample inputs of `input` shape, e.g. `&[3, 32, 32]`.
+    pub fn new(name: &str, input: &[usize]) -> Self {
+        GraphBuilder {
+            graph: Graph { name: name.into(), input: input.to_vec(), nodes: Vec::new() },
+            shapes: vec![input.to_vec()],
+            dropouts: 0,
+        }
+    }
+
+    pub fn input(&self) -> NodeId {
+        NodeId::INPUT
+    }
+
+    /// The per-sample shape of a tensor of this graph.
+    pub fn shape(&self, x: NodeId) -> &[usize] {
+        &self.shapes[x.0]
+    }
+
+    /// Adds a node (the general form of the methods below).
+    pub fn push(&mut self, name: Option<&str>, op: Op, inputs: &[NodeId]) -> Result<NodeId> {
+        let i = self.graph.nodes.len();
+        if let Some(bad) = inputs.iter().find(|id| id.0 > i) {
+            return Err(Error::config(format!("model `{}`", self.graph.name), format!("tensor {} does not exist yet", bad.0)));
+        }
+        if let Some(name) = name {
+            if self.graph.nodes.iter().any(|n| n.name.as_deref() == Some(name)) {
+                return Err(Error::config(format!("model `{}`", self.graph.name), format!("two nodes are named `{name}`")));
+            }
+        }
+        let ins: Vec<&[usize]> = inputs.iter().map(|id| self.shapes[id.0].as_slice()).collect();
+        let node = Node { name: name.map(String::from), op, inputs: inputs.to_vec() };
+        let out = node
+            .op
+            .output_shape(&ins)
+            .map_err(|e| Error::config(format!("model `{}`, {}", self.graph.name, node.label()), e.to_string()))?;
+        self.graph.nodes.push(node);
+        self.shapes.push(out);
+        Ok(NodeId(i + 1))
+    }
+
+    fn channels(&self, x: NodeId, what: &str) -> Result<usize> {
+        match self.shape(x) {
+            [c, _, _] => Ok(*c),
+            other => Err(Error::config(format!("model `{}`, {what}", self.graph.name), format!("needs a (C, H, W) input, got {other:?}"))),
+        }
+    }
+
+    pub fn conv2d(&mut self, name: &str, x: NodeId, conv: Conv) -> Result<NodeId> {
+        let c_in = self.channels(x, name)?;
+        let Conv { c_out, kernel, stride, pad, bias } = conv;
+        self.push(Some(name), Op::Conv2d { c_in, c_out, kernel, stride, pad, bias }, &[x])
+    }
+
+    /// `BatchNorm2d` on (C, H, W) inputs, `BatchNorm1d` on (C) inputs.
+    pub fn batch_norm(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
+        self.batch_norm_op(name, x, false)
+    }
+
+    /// relu(batch_norm(x)) in one op.
+    pub fn batch_norm_relu(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
+        self.batch_norm_op(name, x, true)
+    }
+
+    fn batch_norm_op(&mut self, name: &str, x: NodeId, relu: bool) -> Result<NodeId> {
+        let (channels, dims) = match self.shape(x) {
+            [c, _, _] => (*c, 2),
+            [c] => (*c, 1),
+            other => {
+                return Err(Error::config(
+                    format!("model `{}`, {name}", self.graph.name),
+                    format!("batch norm needs (C, H, W) or (C), got {other:?}"),
+                ))
+            }
+        };
+        self.push(Some(name), Op::BatchNorm { channels, dims, relu }, &[x])
+    }
+
+    pub fn relu(&mut self, x: NodeId) -> Result<NodeId> {
+        self.push(None, Op::Relu, &[x])
+    }
+
+    pub fn max_pool(&mut self, x: NodeId, kernel: usize, stride: usize) -> Result<NodeId> {
+        self.push(None, Op::MaxPool2d { kernel, stride, pad: 0, relu: false }, &[x])
+    }
+
+    /// max_pool(relu(x)) in one op.
+    pub fn relu_max_pool(&mut self, x: NodeId, kernel: usize, stride: usize) -> Result<NodeId> {
+        self.push(None, Op::MaxPool2d { kernel, stride, pad: 0, relu: true }, &[x])
+    }
+
+    pub fn avg_pool(&mut self, x: NodeId, kernel: usize, stride: usize) -> Result<NodeId> {
+        self.push(None, Op::AvgPool2d { kernel, stride, pad: 0 }, &[x])
+    }
+
+    pub fn global_avg_pool(&mut self, x: NodeId) -> Result<NodeId> {
+        self.push(None, Op::GlobalAvgPool, &[x])
+    }
+
+    pub fn flatten(&mut self, x: NodeId) -> Result<NodeId> {
+        self.push(None, Op::Flatten, &[x])
+    }
+
+    /// A Linear layer; (C, H, W) inputs are flattened first.
+    pub fn linear(&mut self, name: &str, x: NodeId, outputs: usize) -> Result<NodeId> {
+        let x = if self.shape(x).len() > 1 { self.flatten(x)? } else { x };
+        let in_features = self.shape(x)[0];
+        self.push(Some(name), Op::Linear { in_features, out_features: outputs }, &[x])
+    }
+
+    /// Dropout with probability `p` (each dropout node draws from its own stream).
+    pub fn dropout(&mut self, x: NodeId, p: f32) -> Result<NodeId> {
+        self.dropouts += 1;
+        self.push(None, Op::Dropout { p, salt: self.dropouts }, &[x])
+    }
+
+    /// `a + b` (the same shape).
+    pub fn add(&mut self, a: NodeId, b: NodeId) -> Result<NodeId> {
+        self.push(None, Op::Add, &[a, b])
+    }
+
+    /// The finished graph; `output` (the logits) must be the last node added.
+    pub fn finish(self, output: NodeId) -> Result<Graph> {
+        if output.0 != self.graph.nodes.len() || output == NodeId::INPUT {
+            return Err(Error::config(format!("model `{}`", self.graph.name), "the output must be the last node added"));
+        }
+        self.graph.shapes()?;
+        Ok(self.graph)
+    }
+}
