@@ -4,7 +4,7 @@
 //! error of their own, the others are still predicted, and the exit code says so.
 
 use image::{GrayImage, ImageFormat, Luma};
-use rr_core::data::Mnist;
+use rr_core::data::{Mnist, Splits};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -25,7 +25,7 @@ fn tmpdir(name: &str) -> PathBuf {
     dir
 }
 
-fn digit(m: &Mnist, i: usize) -> GrayImage {
+fn digit(m: &Splits, i: usize) -> GrayImage {
     GrayImage::from_raw(28, 28, m.test.images[i * 784..(i + 1) * 784].to_vec()).unwrap()
 }
 
@@ -133,7 +133,7 @@ fn an_enormous_image_is_refused() {
     img.save(&path).unwrap();
     let ckpt = dir.join("m.safetensors");
     let b = rr_core::CpuBackend::new(1).unwrap();
-    let model = rr_core::Model::new(&b, &rr_core::ModelConfig::Lenet5, 0).unwrap();
+    let model = rr_core::Model::new(&b, &rr_core::ModelConfig::Lenet5, &[1, 28, 28], 10, 0).unwrap();
     rr_core::checkpoint::save(&ckpt, &b, &model, &[]).unwrap();
     let o = bin().args(["predict", "--device", "cpu", "--checkpoint"]).arg(&ckpt).arg(&path).output().unwrap();
     assert!(!o.status.success());

@@ -540,15 +540,23 @@ pub fn gradcheck_loss<B: Backend>(b: &B, _tol: f32) {
     }
 }
 
-/// End to end through a whole model: LeNet-5's backward (every layer wired
-/// together, loss included) against finite differences of the mean loss.
+/// End to end through whole models: each backward (every layer wired
+/// together, loss included; for the residual network, gradients of tensors
+/// read twice summed) against finite differences of the mean loss.
 pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
     use crate::model::{Model, ModelConfig};
     let mut r = rng(13);
-    for config in [ModelConfig::Lenet5, ModelConfig::Mlp { sizes: vec![784, 32, 10] }, ModelConfig::MnistCnn { width: 3, dropout: 0.25 }] {
+    let cases = [
+        (ModelConfig::Lenet5, vec![1, 28, 28]),
+        (ModelConfig::Mlp { sizes: vec![784, 32, 10] }, vec![1, 28, 28]),
+        (ModelConfig::MnistCnn { width: 3, dropout: 0.25 }, vec![1, 28, 28]),
+        // Three stages of one basic block: identity and 1x1-conv shortcuts.
+        (ModelConfig::CifarResnet { depth: 8 }, vec![3, 8, 8]),
+    ];
+    for (config, input) in cases {
         let n = 3;
-        let mut model = Model::new(b, &config, &[1, 28, 28], 10, r.random_range(0..1000)).unwrap();
-        let x = uniform(&mut r, n * 784, -1.0, 2.0);
+        let mut model = Model::new(b, &config, &input, 10, r.random_range(0..1000)).unwrap();
+        let x = uniform(&mut r, n * input.iter().product::<usize>(), -1.0, 2.0);
         let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..10)).collect();
         let (dx, dlab) = (b.upload(&x).unwrap(), b.upload(&labels).unwrap());
         // Training mode (BatchNorm's batch statistics, dropout's mask: the
@@ -559,12 +567,14 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
             b.softmax_cross_entropy(n, 10, 0.0, model.logits(n).unwrap(), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
             down(b, &stats)[0] as f64 / n as f64
         };
-        if let ModelConfig::MnistCnn { .. } = config {
+        let normalized = matches!(config, ModelConfig::MnistCnn { .. } | ModelConfig::CifarResnet { .. });
+        if normalized {
             // BatchNorm centres every ReLU's input on its kink; a bias of 1
             // keeps most units away from it so that few finite-difference
             // steps cross one (those that do are skipped below).
             let mut p = down(b, &model.params.data);
-            for e in model.params.entries.iter().filter(|e| e.name.starts_with("bn") && e.name.ends_with(".bias")) {
+            let is_bn = |name: &str| name.contains("bn") || name.contains("downsample.1");
+            for e in model.params.entries.iter().filter(|e| is_bn(&e.name) && e.name.ends_with(".bias")) {
                 p[e.offset..e.offset + e.len()].fill(1.0);
             }
             b.write(ViewMut::all(&mut model.params.data), &p).unwrap();
@@ -593,7 +603,7 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
         // for the large ones, which wiring mistakes get wrong by O(1).
         // BatchNorm puts ReLU inputs near their kinks: the strong model needs a smaller step.
         // (Its smaller step makes f32 rounding of the loss count for more: a larger absolute tolerance.)
-        let (eps, abs_tol) = if matches!(config, ModelConfig::MnistCnn { .. }) { (3e-4f32, 4e-3) } else { (1e-3, 2e-3) };
+        let (eps, abs_tol) = if normalized { (3e-4f32, 4e-3) } else { (1e-3, 2e-3) };
         for e in model.params.entries.clone() {
             // The largest-gradient elements of each tensor plus random ones.
             let mut idx: Vec<usize> = (0..e.len()).collect();

@@ -148,3 +148,59 @@ fn atomic_write_replaces_and_leaves_no_temporary() {
     let err = write_atomic(&dir.join("no/such/dir/f.bin"), b"x").unwrap_err().to_string();
     assert!(err.contains("no/such/dir/f.bin"), "{err}");
 }
+
+#[test]
+fn resnet18_has_torchvision_names_and_size() {
+    let b = CpuBackend::new(1).unwrap();
+    let model = Model::new(&b, &ModelConfig::Resnet18, &[3, 32, 32], 10, 0).unwrap();
+    // torchvision's resnet18 with the CIFAR stem and 10 classes (torch_cifar.py's ResNet18).
+    assert_eq!(model.params.count(), 11_173_962);
+    let state = model.state_dict(&b).unwrap();
+    let shapes: HashMap<_, _> = state.iter().map(|(n, s, _)| (n.as_str(), s.clone())).collect();
+    for (name, shape) in [
+        ("conv1.weight", vec![64, 3, 3, 3]),
+        ("bn1.running_mean", vec![64]),
+        ("bn1.num_batches_tracked", vec![]),
+        ("layer1.0.conv1.weight", vec![64, 64, 3, 3]),
+        ("layer1.1.bn2.bias", vec![64]),
+        ("layer2.0.conv1.weight", vec![128, 64, 3, 3]),
+        ("layer2.0.downsample.0.weight", vec![128, 64, 1, 1]),
+        ("layer2.0.downsample.1.running_var", vec![128]),
+        ("layer4.1.conv2.weight", vec![512, 512, 3, 3]),
+        ("fc.weight", vec![10, 512]),
+        ("fc.bias", vec![10]),
+    ] {
+        assert_eq!(shapes.get(name), Some(&shape), "{name}");
+    }
+    // Convolutions have no bias (BatchNorm follows), and only stride-2 blocks have a downsample.
+    assert!(!shapes.contains_key("conv1.bias") && !shapes.contains_key("layer1.0.downsample.0.weight"));
+    // 20 BatchNorms x 5 tensors + 20 convs + fc weight and bias: PyTorch's 122 state-dict entries.
+    assert_eq!(state.len(), 122);
+}
+
+#[test]
+fn graph_models_round_trip_without_their_code() {
+    let b = CpuBackend::new(1).unwrap();
+    let path = tmpdir("graph").join("m.safetensors");
+    let mut model = Model::new(&b, &ModelConfig::CifarResnet { depth: 8 }, &[3, 8, 8], 7, 5).unwrap();
+    checkpoint::save(&path, &b, &model, &[]).unwrap();
+    let (mut loaded, ckpt) = checkpoint::load_model(&path, &b).unwrap();
+    assert_eq!(ckpt.graph, model.graph);
+    assert_eq!(loaded.input_shape(), &[3, 8, 8]);
+    let x = b.upload(&(0..2 * 192).map(|i| (i % 17) as f32 / 17.0).collect::<Vec<_>>()).unwrap();
+    let run = |m: &mut Model<CpuBackend>| {
+        m.forward(&b, 2, View::all(&x)).unwrap();
+        b.download(m.logits(2).unwrap()).unwrap()
+    };
+    assert_eq!(run(&mut loaded), run(&mut model));
+    // A stored graph that does not hold together is refused, naming the problem.
+    let mut tensors = checkpoint::load_tensors(&path).unwrap();
+    let mut graph = model.graph.clone();
+    graph.nodes[3].inputs = vec![rr_core::NodeId(40)];
+    tensors.1.insert("graph".into(), serde_json::to_string(&graph).unwrap());
+    let meta: Vec<(&str, String)> = tensors.1.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let bad = path.with_file_name("bad.safetensors");
+    checkpoint::save_tensors(&bad, &tensors.0, &meta).unwrap();
+    let err = checkpoint::load(&bad).unwrap_err().to_string();
+    assert!(err.contains("not computed before it"), "{err}");
+}
