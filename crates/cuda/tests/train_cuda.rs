@@ -16,8 +16,8 @@ fn lenet_one_epoch_on_the_gpu_reaches_97_percent() {
     let data = Mnist::load(&dir).unwrap();
     let config = TrainConfig { epochs: 1, ..TrainConfig::default() };
     let model = Model::new(&b, &ModelConfig::Lenet5, config.seed).unwrap();
-    let train = DeviceDataset::upload(&b, &data.train).unwrap();
-    let test = DeviceDataset::upload(&b, &data.test).unwrap();
+    let train = DeviceDataset::upload(&b, &data.train, &data.info).unwrap();
+    let test = DeviceDataset::upload(&b, &data.test, &data.info).unwrap();
     let mut trainer = Trainer::new(&b, model, config, train.len).unwrap();
     let stats = trainer.train_epoch(&b, &train, 0, &mut |_, _| {}).unwrap();
     // Replayed (graph) steps count as optimizer steps too (Adam's bias correction uses the count).
