@@ -624,7 +624,13 @@ impl Backend for CudaBackend {
         checks::add_assign(x.len, y.len)?;
         Err(rr_core::Error::Device { backend: "cuda", msg: "add_assign: not implemented yet".into() })
     }
-    fn crop_flip(&self, spec: &rr_core::backend::CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+    fn crop_flip(
+        &self,
+        spec: &rr_core::backend::CropSpec,
+        rng: View<'_, Self, u32>,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
         checks::crop_flip(spec, rng.len, x.len, y.len)?;
         Err(rr_core::Error::Device { backend: "cuda", msg: "crop_flip: not implemented yet".into() })
     }
@@ -656,6 +662,7 @@ impl Backend for CudaBackend {
             ptr_mut(&stats),
             i32c(n)?,
             i32c(classes)?,
+            smoothing,
             grad_scale,
             write
         )
