@@ -5,7 +5,7 @@
 use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use rr_core::backend::{checks, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule};
+use rr_core::backend::{checks, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule, MAX_CHANNELS};
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
@@ -200,6 +200,30 @@ struct AugmentArgs {
 
 // SAFETY: plain #[repr(C)] 4-byte fields, laid out as the CUDA struct.
 unsafe impl cudarc::driver::DeviceRepr for AugmentArgs {}
+
+/// Per-channel normalization as the gather kernel takes it (`struct GatherNorm`
+/// in kernels/data.cu): `x = px * scale[c] - shift[c]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct GatherNorm {
+    scale: [f32; MAX_CHANNELS],
+    shift: [f32; MAX_CHANNELS],
+}
+
+// SAFETY: plain #[repr(C)] f32 arrays, laid out as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for GatherNorm {}
+
+impl GatherNorm {
+    /// The reference's arithmetic (`reference::gather_batch`): scale = 1 / (255 std), shift = mean / std.
+    fn new(spec: &Gather) -> Self {
+        let mut norm = GatherNorm { scale: [0.0; MAX_CHANNELS], shift: [0.0; MAX_CHANNELS] };
+        for c in 0..spec.channels.min(MAX_CHANNELS) {
+            norm.scale[c] = 1.0 / (255.0 * spec.std[c]);
+            norm.shift[c] = spec.mean[c] / spec.std[c];
+        }
+        norm
+    }
+}
 
 /// A pool's geometry as kernel arguments: planes, H, W, K, S, P, OH, OW.
 #[allow(clippy::type_complexity)]
@@ -726,9 +750,9 @@ impl Backend for CudaBackend {
         if spec.n == 0 {
             return Ok(());
         }
-        // Same arithmetic as the reference: px * (1 / (255 std)) - mean / std.
-        let scale = 1.0 / (255.0 * spec.std[0]);
-        let shift = spec.mean[0] / spec.std[0];
+        // Same arithmetic as the reference: px * (1 / (255 std[c])) - mean[c] / std[c].
+        let norm = GatherNorm::new(spec);
+        i32c(spec.n * spec.sample_len)?;
         let cfg = LaunchConfig { grid_dim: (spec.n as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(
             self,
@@ -740,10 +764,10 @@ impl Backend for CudaBackend {
             ptr_mut(&x),
             ptr_mut(&y),
             i32c(spec.n)?,
-            i32c(spec.sample_len)?,
+            i32c(spec.channels)?,
+            i32c(spec.plane())?,
             i32c(labels.len)?,
-            scale,
-            shift
+            norm
         )
     }
 }
