@@ -5,7 +5,9 @@
 use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use rr_core::backend::{checks, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule, MAX_CHANNELS};
+use rr_core::backend::{
+    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule, MAX_CHANNELS,
+};
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
@@ -200,6 +202,24 @@ struct AugmentArgs {
 
 // SAFETY: plain #[repr(C)] 4-byte fields, laid out as the CUDA struct.
 unsafe impl cudarc::driver::DeviceRepr for AugmentArgs {}
+
+/// Crop settings as the kernel takes them (`struct CropArgs` in kernels/random.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct CropArgs {
+    n: i32,
+    c: i32,
+    h: i32,
+    w: i32,
+    pad: i32,
+    reflect: i32,
+    flip: i32,
+    cutout: i32,
+    salt: u32,
+}
+
+// SAFETY: plain #[repr(C)] 4-byte fields, laid out as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for CropArgs {}
 
 /// Per-channel normalization as the gather kernel takes it (`struct GatherNorm`
 /// in kernels/data.cu): `x = px * scale[c] - shift[c]`.
@@ -639,24 +659,40 @@ impl Backend for CudaBackend {
         launch!(self, augment, self.cfg(spec.n * spec.h * spec.w), ptr(&rng), ptr(&x), ptr_mut(&y), args)
     }
 
-    // TEMPORARY (being implemented): the ops below fail until the kernels land.
+    fn crop_flip(&self, spec: &CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::crop_flip(spec, rng.len, x.len, y.len)?;
+        if spec.is_empty() {
+            return Ok(());
+        }
+        i32c(spec.len())?;
+        let args = CropArgs {
+            n: i32c(spec.n)?,
+            c: i32c(spec.c)?,
+            h: i32c(spec.h)?,
+            w: i32c(spec.w)?,
+            pad: i32c(spec.pad)?,
+            reflect: (spec.padding == Padding::Reflect) as i32,
+            flip: spec.flip as i32,
+            cutout: i32c(spec.cutout)?,
+            salt: spec.salt,
+        };
+        launch!(self, crop_flip, self.cfg(spec.n * spec.h * spec.w), ptr(&rng), ptr(&x), ptr_mut(&y), args)
+    }
+
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add(a.len, b.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "cuda", msg: "add: not implemented yet".into() })
+        if a.len == 0 {
+            return Ok(());
+        }
+        launch!(self, add, self.cfg(a.len), ptr(&a), ptr(&b), ptr_mut(&y), i32c(a.len)?)
     }
+
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add_assign(x.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "cuda", msg: "add_assign: not implemented yet".into() })
-    }
-    fn crop_flip(
-        &self,
-        spec: &rr_core::backend::CropSpec,
-        rng: View<'_, Self, u32>,
-        x: View<'_, Self, f32>,
-        y: ViewMut<'_, Self, f32>,
-    ) -> Result<()> {
-        checks::crop_flip(spec, rng.len, x.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "cuda", msg: "crop_flip: not implemented yet".into() })
+        if x.len == 0 {
+            return Ok(());
+        }
+        launch!(self, add_assign, self.cfg(x.len), ptr(&x), ptr_mut(&y), i32c(x.len)?)
     }
 
     fn softmax_cross_entropy(
