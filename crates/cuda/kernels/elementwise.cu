@@ -1,4 +1,4 @@
-// Element-wise ops: fill, ReLU, bias broadcast, column sums, copy.
+// Element-wise ops: fill, ReLU, sums, bias broadcast, column sums, copy.
 
 extern "C" __global__ void fill_f32(float* y, int n, float v) {
     GRID_STRIDE(i, n) y[i] = v;
@@ -12,6 +12,16 @@ extern "C" __global__ void relu_forward(const float* __restrict__ x, float* __re
 // dx = dy * (y > 0)
 extern "C" __global__ void relu_backward(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx, int n) {
     GRID_STRIDE(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+// y = a + b (residual connections)
+extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, int n) {
+    GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+}
+
+// y += x (gradient sums where an output feeds several nodes)
+extern "C" __global__ void add_assign_f32(const float* __restrict__ x, float* __restrict__ y, int n) {
+    GRID_STRIDE(i, n) y[i] += x[i];
 }
 
 // c (rows, cols) = beta * c + bias[col]; c is not read when beta == 0.

@@ -1,9 +1,11 @@
-// Fused softmax cross-entropy: one thread per sample; the block reduces the
-// loss and the correct count and adds them to stats[0], stats[1] once.
+// Fused softmax cross-entropy with label smoothing s (PyTorch's label_smoothing):
+// one thread per sample; loss (1 - s)(logZ - x[label]) + s(logZ - mean_c x[c]),
+// gradient grad_scale * (p_c - ((1 - s)[c == label] + s / C)). The block reduces
+// the loss and the correct count and adds them to stats[0], stats[1] once.
 
 extern "C" __global__ void softmax_cross_entropy(const float* __restrict__ logits, const unsigned* __restrict__ labels,
                                                  float* __restrict__ dlogits, float* __restrict__ stats,
-                                                 int n, int classes, float grad_scale, int write_grad) {
+                                                 int n, int classes, float smoothing, float grad_scale, int write_grad) {
     __shared__ float s_loss[32], s_correct[32];
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     float loss = 0.0f, correct = 0.0f;
@@ -13,16 +15,24 @@ extern "C" __global__ void softmax_cross_entropy(const float* __restrict__ logit
         float mx = row[0];
         int arg = 0;
         for (int c = 1; c < classes; c++) if (row[c] > mx) { mx = row[c]; arg = c; }
-        float sum = 0.0f;
-        for (int c = 0; c < classes; c++) sum += expf(row[c] - mx);
+        float sum = 0.0f, total = 0.0f;
+        for (int c = 0; c < classes; c++) {
+            sum += expf(row[c] - mx);
+            total += row[c];
+        }
         float log_z = mx + logf(sum);
+        float mean = total / (float)classes;
         if (label < (unsigned)classes) {
-            loss = log_z - row[label];
+            loss = (1.0f - smoothing) * (log_z - row[label]) + smoothing * (log_z - mean);
             correct = arg == (int)label ? 1.0f : 0.0f;
         }
         if (write_grad) {
             float* d = dlogits + (long long)i * classes;
-            for (int c = 0; c < classes; c++) d[c] = grad_scale * (expf(row[c] - log_z) - (c == (int)label ? 1.0f : 0.0f));
+            float uniform = smoothing / (float)classes;
+            for (int c = 0; c < classes; c++) {
+                float target = (c == (int)label ? 1.0f - smoothing : 0.0f) + uniform;
+                d[c] = grad_scale * (expf(row[c] - log_z) - target);
+            }
         }
     }
     loss = warp_sum(loss);

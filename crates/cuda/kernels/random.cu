@@ -1,6 +1,6 @@
-// Ops that draw random numbers: dropout and data augmentation. rng = [seed, step]
+// Ops that draw random numbers: dropout, data augmentation and random crops. rng = [seed, step]
 // lives on the device, so a recorded step draws fresh numbers when the step
-// changes. Mirrors rr_core::reference (dropout_forward, augment_sample).
+// changes. Mirrors rr_core::reference (dropout_forward, augment_sample, crop_flip_sample).
 
 extern "C" __global__ void dropout_forward(const unsigned* __restrict__ rng, const float* __restrict__ x, float* __restrict__ y,
                                            float* __restrict__ mask, int n, float p, unsigned salt) {
@@ -83,5 +83,53 @@ extern "C" __global__ void augment(const unsigned* __restrict__ rng, const float
             if (a.noise > 0.0f) val += a.noise * rr_normal(nkey, (unsigned)(i * a.c * hw + o));
             y[(long long)i * a.c * hw + o] = val;
         }
+    }
+}
+
+// Random crop (zero or reflect padding), horizontal flip and cutout (mirrors CropArgs in ops.rs).
+struct CropArgs {
+    int n, c, h, w, pad;
+    int reflect, flip, cutout;
+    unsigned salt;
+};
+
+// Sample i's integer in 0..m from draw j of its block of 8: min(floor(u * m), m - 1), the
+// product in f32 as CropSpec::params does it.
+__device__ __forceinline__ int crop_int(unsigned key, int i, unsigned j, int m) {
+    int v = (int)(rr_uniform(key, (unsigned)i * 8u + j) * (float)m);
+    return min(v, m - 1);
+}
+
+// Source index of output coordinate o shifted by shift - pad on a side of len pixels,
+// or -1 where zero padding reads 0. Reflect mirrors without repeating the edge
+// (-1 -> 1, len -> len - 2); pad < len, so one fold suffices.
+__device__ __forceinline__ int crop_source(int o, int shift, int pad, int len, int reflect) {
+    int i = o + shift - pad;
+    if (i >= 0 && i < len) return i;
+    if (!reflect) return -1;
+    return i < 0 ? -i : 2 * (len - 1) - i;
+}
+
+// One thread per output pixel of every sample (all channels). x, y: (n, c, h, w), not overlapping.
+extern "C" __global__ void crop_flip(const unsigned* __restrict__ rng, const float* __restrict__ x, float* __restrict__ y, CropArgs a) {
+    unsigned key = rr_stream_key(rng[0], rng[1], a.salt);
+    int hw = a.h * a.w;
+    int shifts = 2 * a.pad + 1;
+    GRID_STRIDE(t, a.n * hw) {
+        int i = t / hw, p = t - i * hw, r = p / a.w, s = p - r * a.w;
+        int dy = crop_int(key, i, 0u, shifts), dx = crop_int(key, i, 1u, shifts);
+        bool flip = a.flip && rr_uniform(key, (unsigned)i * 8u + 2u) < 0.5f;
+        bool in_cut = false;
+        if (a.cutout > 0) {
+            int cy = crop_int(key, i, 3u, a.h) - a.cutout / 2, cx = crop_int(key, i, 4u, a.w) - a.cutout / 2;
+            in_cut = r >= cy && r < cy + a.cutout && s >= cx && s < cx + a.cutout;
+        }
+        int sy = crop_source(r, dy, a.pad, a.h, a.reflect);
+        int sx = crop_source(flip ? a.w - 1 - s : s, dx, a.pad, a.w, a.reflect);
+        bool read = !in_cut && sy >= 0 && sx >= 0;
+        int src = read ? sy * a.w + sx : 0;
+        const float* in = x + (long long)i * a.c * hw;
+        float* out = y + (long long)i * a.c * hw;
+        for (int c = 0; c < a.c; c++) out[(long long)c * hw + p] = read ? in[(long long)c * hw + src] : 0.0f;
     }
 }

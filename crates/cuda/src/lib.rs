@@ -94,6 +94,8 @@ struct Kernels {
     fill: CudaFunction,
     relu_forward: CudaFunction,
     relu_backward: CudaFunction,
+    add: CudaFunction,
+    add_assign: CudaFunction,
     bias_rows: CudaFunction,
     column_sums: CudaFunction,
     im2col_ones: CudaFunction,
@@ -118,6 +120,7 @@ struct Kernels {
     dropout_forward: CudaFunction,
     dropout_backward: CudaFunction,
     augment: CudaFunction,
+    crop_flip: CudaFunction,
 }
 
 /// Scratch space reused across ops (im2col columns, transposed activations).
@@ -224,6 +227,8 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         fill: f("fill_f32")?,
         relu_forward: f("relu_forward")?,
         relu_backward: f("relu_backward")?,
+        add: f("add_f32")?,
+        add_assign: f("add_assign_f32")?,
         bias_rows: f("bias_rows")?,
         column_sums: f("column_sums")?,
         im2col_ones: f("im2col_ones")?,
@@ -248,6 +253,7 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         dropout_forward: f("dropout_forward")?,
         dropout_backward: f("dropout_backward")?,
         augment: f("augment")?,
+        crop_flip: f("crop_flip")?,
         _module: module,
     })
 }

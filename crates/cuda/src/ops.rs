@@ -5,7 +5,9 @@
 use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use rr_core::backend::{checks, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule};
+use rr_core::backend::{
+    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule, MAX_CHANNELS,
+};
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
@@ -200,6 +202,48 @@ struct AugmentArgs {
 
 // SAFETY: plain #[repr(C)] 4-byte fields, laid out as the CUDA struct.
 unsafe impl cudarc::driver::DeviceRepr for AugmentArgs {}
+
+/// Crop settings as the kernel takes them (`struct CropArgs` in kernels/random.cu).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct CropArgs {
+    n: i32,
+    c: i32,
+    h: i32,
+    w: i32,
+    pad: i32,
+    reflect: i32,
+    flip: i32,
+    cutout: i32,
+    salt: u32,
+}
+
+// SAFETY: plain #[repr(C)] 4-byte fields, laid out as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for CropArgs {}
+
+/// Per-channel normalization as the gather kernel takes it (`struct GatherNorm`
+/// in kernels/data.cu): `x = px * scale[c] - shift[c]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct GatherNorm {
+    scale: [f32; MAX_CHANNELS],
+    shift: [f32; MAX_CHANNELS],
+}
+
+// SAFETY: plain #[repr(C)] f32 arrays, laid out as the CUDA struct.
+unsafe impl cudarc::driver::DeviceRepr for GatherNorm {}
+
+impl GatherNorm {
+    /// The reference's arithmetic (`reference::gather_batch`): scale = 1 / (255 std), shift = mean / std.
+    fn new(spec: &Gather) -> Self {
+        let mut norm = GatherNorm { scale: [0.0; MAX_CHANNELS], shift: [0.0; MAX_CHANNELS] };
+        for c in 0..spec.channels.min(MAX_CHANNELS) {
+            norm.scale[c] = 1.0 / (255.0 * spec.std[c]);
+            norm.shift[c] = spec.mean[c] / spec.std[c];
+        }
+        norm
+    }
+}
 
 /// A pool's geometry as kernel arguments: planes, H, W, K, S, P, OH, OW.
 #[allow(clippy::type_complexity)]
@@ -615,13 +659,37 @@ impl Backend for CudaBackend {
         launch!(self, augment, self.cfg(spec.n * spec.h * spec.w), ptr(&rng), ptr(&x), ptr_mut(&y), args)
     }
 
-    // TEMPORARY (being implemented): the ops below fail until the kernels land.
+    fn crop_flip(&self, spec: &CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::crop_flip(spec, rng.len, x.len, y.len)?;
+        if spec.is_empty() {
+            return Ok(());
+        }
+        i32c(spec.len())?;
+        let args = CropArgs {
+            n: i32c(spec.n)?,
+            c: i32c(spec.c)?,
+            h: i32c(spec.h)?,
+            w: i32c(spec.w)?,
+            pad: i32c(spec.pad)?,
+            reflect: (spec.padding == Padding::Reflect) as i32,
+            flip: spec.flip as i32,
+            cutout: i32c(spec.cutout)?,
+            salt: spec.salt,
+        };
+        launch!(self, crop_flip, self.cfg(spec.n * spec.h * spec.w), ptr(&rng), ptr(&x), ptr_mut(&y), args)
+    }
+
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add(a.len, b.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "cuda", msg: "add: not implemented yet".into() })
+        if a.len == 0 {
+            return Ok(());
+        }
+        launch!(self, add, self.cfg(a.len), ptr(&a), ptr(&b), ptr_mut(&y), i32c(a.len)?)
     }
+
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add_assign(x.len, y.len)?;
+<<<<<<< HEAD
         Err(rr_core::Error::Device { backend: "cuda", msg: "add_assign: not implemented yet".into() })
     }
     fn crop_flip(
@@ -633,6 +701,12 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         checks::crop_flip(spec, rng.len, x.len, y.len)?;
         Err(rr_core::Error::Device { backend: "cuda", msg: "crop_flip: not implemented yet".into() })
+=======
+        if x.len == 0 {
+            return Ok(());
+        }
+        launch!(self, add_assign, self.cfg(x.len), ptr(&x), ptr_mut(&y), i32c(x.len)?)
+>>>>>>> h-cuda
     }
 
     fn softmax_cross_entropy(
@@ -662,6 +736,7 @@ impl Backend for CudaBackend {
             ptr_mut(&stats),
             i32c(n)?,
             i32c(classes)?,
+            smoothing,
             grad_scale,
             write
         )
@@ -725,9 +800,9 @@ impl Backend for CudaBackend {
         if spec.n == 0 {
             return Ok(());
         }
-        // Same arithmetic as the reference: px * (1 / (255 std)) - mean / std.
-        let scale = 1.0 / (255.0 * spec.std[0]);
-        let shift = spec.mean[0] / spec.std[0];
+        // Same arithmetic as the reference: px * (1 / (255 std[c])) - mean[c] / std[c].
+        let norm = GatherNorm::new(spec);
+        i32c(spec.n * spec.sample_len)?;
         let cfg = LaunchConfig { grid_dim: (spec.n as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(
             self,
@@ -739,10 +814,10 @@ impl Backend for CudaBackend {
             ptr_mut(&x),
             ptr_mut(&y),
             i32c(spec.n)?,
-            i32c(spec.sample_len)?,
+            i32c(spec.channels)?,
+            i32c(spec.plane())?,
             i32c(labels.len)?,
-            scale,
-            shift
+            norm
         )
     }
 }
