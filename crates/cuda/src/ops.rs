@@ -689,24 +689,10 @@ impl Backend for CudaBackend {
 
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add_assign(x.len, y.len)?;
-<<<<<<< HEAD
-        Err(rr_core::Error::Device { backend: "cuda", msg: "add_assign: not implemented yet".into() })
-    }
-    fn crop_flip(
-        &self,
-        spec: &rr_core::backend::CropSpec,
-        rng: View<'_, Self, u32>,
-        x: View<'_, Self, f32>,
-        y: ViewMut<'_, Self, f32>,
-    ) -> Result<()> {
-        checks::crop_flip(spec, rng.len, x.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "cuda", msg: "crop_flip: not implemented yet".into() })
-=======
         if x.len == 0 {
             return Ok(());
         }
         launch!(self, add_assign, self.cfg(x.len), ptr(&x), ptr_mut(&y), i32c(x.len)?)
->>>>>>> h-cuda
     }
 
     fn softmax_cross_entropy(
