@@ -105,7 +105,8 @@ fn mnist_loads_and_verifies_the_shipped_files() {
     let m = Mnist::load(&repo_mnist()).unwrap();
     assert!(m.verified, "data/mnist ships SHA256SUMS.raw");
     assert_eq!((m.train.len, m.test.len), (60_000, 10_000));
-    assert_eq!((m.train.rows, m.train.cols), (28, 28));
+    assert_eq!(m.train.shape, [1, 28, 28]);
+    assert_eq!(m.info, rr_core::data::DatasetInfo::mnist());
     assert_eq!(m.train.images.len(), 60_000 * 784);
     // Every class is present in both splits.
     for split in [&m.train, &m.test] {

@@ -4,16 +4,82 @@
 //! `predict` and `serve` know what a model expects.
 //!
 //! Loaders: the IDX family ([`mnist`]: MNIST, Fashion-MNIST and any IDX pair).
+//!
+//! Folders may hold a `SHA256SUMS.raw` ([`checksums`]); files listed there are verified.
+//! Every failure is an [`Error`] naming the file and what was expected, never a panic.
 
+pub mod checksums;
 pub mod idx;
 pub mod mnist;
 
+pub use checksums::Checksums;
 pub use idx::{parse_idx, read_idx, IdxArray};
 pub use mnist::{Mnist, MNIST_MEAN, MNIST_STD};
 
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Per-channel mean and standard deviation (population) of u8 images
+/// `(len, C, H, W)` scaled to [0, 1]. A channel with no spread gets std 1 (so
+/// that normalization stays finite); an empty set gets mean 0, std 1.
+pub fn channel_stats(images: &[u8], shape: [usize; 3]) -> (Vec<f32>, Vec<f32>) {
+    let [c, h, w] = shape;
+    let plane = h * w;
+    if c == 0 || plane == 0 || images.len() < c * plane {
+        return (vec![0.0; c], vec![1.0; c]);
+    }
+    // (sum, sum of squares) per channel; u64 cannot overflow for any realistic size.
+    let sums = images
+        .par_chunks(c * plane)
+        .fold(
+            || vec![(0u64, 0u64); c],
+            |mut acc, img| {
+                for (ch, px) in img.chunks_exact(plane).enumerate() {
+                    let (s, q) = px.iter().fold((0u64, 0u64), |(s, q), &p| (s + p as u64, q + (p as u64) * (p as u64)));
+                    acc[ch].0 += s;
+                    acc[ch].1 += q;
+                }
+                acc
+            },
+        )
+        .reduce(|| vec![(0u64, 0u64); c], |a, b| a.iter().zip(&b).map(|(x, y)| (x.0 + y.0, x.1 + y.1)).collect());
+    let n = (images.len() / (c * plane) * plane) as f64;
+    let mut mean = Vec::with_capacity(c);
+    let mut std = Vec::with_capacity(c);
+    for &(s, q) in &sums {
+        let m = s as f64 / n / 255.0;
+        let var = (q as f64 / n / (255.0 * 255.0) - m * m).max(0.0);
+        mean.push(m as f32);
+        let sd = var.sqrt() as f32;
+        std.push(if sd > 1e-6 { sd } else { 1.0 });
+    }
+    (mean, std)
+}
+
+/// Reads a class-names file: one name a line, surrounding spaces trimmed,
+/// blank lines ignored. An empty file or a repeated name is an error.
+pub fn read_names_file(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_names(&bytes, path)
+}
+
+/// Parses the bytes of a class-names file; `path` is only used in error messages.
+pub fn parse_names(bytes: &[u8], path: &Path) -> Result<Vec<String>> {
+    let bad = |msg: String| Error::Dataset { path: path.to_path_buf(), msg };
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("class names must be UTF-8 text: {e}")))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if names.is_empty() {
+        return Err(bad("no class names: expected one a line".into()));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if let Some(j) = names[..i].iter().position(|m| m == n) {
+            return Err(bad(format!("class name {n:?} appears twice (lines {} and {} of the names)", j + 1, i + 1)));
+        }
+    }
+    Ok(names)
+}
 
 /// One split: images as u8 (len, C, H, W), labels as u8 (len).
 #[derive(Clone, Debug)]
@@ -110,8 +176,7 @@ impl DatasetInfo {
         match value {
             None | Some("mnist") => Ok(Self::mnist()),
             Some("fashion-mnist") => Ok(Self::fashion_mnist()),
-            Some(json) => serde_json::from_str(json)
-                .map_err(|e| Error::config("checkpoint dataset description", format!("{e}: {json}"))),
+            Some(json) => serde_json::from_str(json).map_err(|e| Error::config("checkpoint dataset description", format!("{e}: {json}"))),
         }
     }
 }
