@@ -12,18 +12,29 @@ pub struct IdxArray {
     pub data: Vec<u8>,
 }
 
-/// Reads the decompressed bytes of a raw or gzipped file.
+/// Reads the decompressed bytes of a raw or gzipped file (recognized by the
+/// gzip magic bytes, whatever its name). Corrupt or truncated gzip data is an
+/// [`Error::Dataset`] naming the file.
 pub fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(gzip_size_hint(&raw));
         flate2::read::MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| Error::Idx { path: path.to_path_buf(), msg: format!("corrupt gzip data: {e}") })?;
+            .map_err(|e| Error::Dataset { path: path.to_path_buf(), msg: format!("corrupt gzip data: {e}") })?;
         Ok(out)
     } else {
         Ok(raw)
     }
+}
+
+/// The decompressed size a gzip stream records in its trailer (modulo 2^32),
+/// bounded by what deflate can expand `raw` to, so that a lying trailer cannot
+/// make us reserve much memory: only a capacity hint.
+fn gzip_size_hint(raw: &[u8]) -> usize {
+    let Some(trailer) = raw.len().checked_sub(4).map(|i| &raw[i..]) else { return 0 };
+    let isize = u32::from_le_bytes(trailer.try_into().expect("4 bytes")) as usize;
+    isize.min(raw.len().saturating_mul(1032))
 }
 
 /// Reads an IDX file (raw or `.gz`).

@@ -1,107 +1,159 @@
-//! MNIST-style datasets (MNIST, Fashion-MNIST): four IDX files in a folder,
+//! The IDX family: MNIST, Fashion-MNIST and any other pair of IDX splits, four
+//! files in a folder (`train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,
+//! `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte`, each raw or `.gz`),
 //! optionally checked against a `SHA256SUMS.raw` of their decompressed bytes.
 
-use super::idx::{parse_idx, read_maybe_gz};
-use super::{Dataset, DatasetInfo, Splits};
+use super::checksums::{read_verified, Checksums, VerifiedFile};
+use super::idx::{parse_idx, IdxArray};
+use super::{channel_stats, read_names_file, Dataset, DatasetInfo, Splits};
 use crate::error::{Error, Result};
-use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Normalization used by the whole MNIST literature (and torchvision examples).
 pub const MNIST_MEAN: f32 = 0.1307;
 pub const MNIST_STD: f32 = 0.3081;
 
+/// The optional class-names file of a generic IDX folder (one name a line).
+pub const IDX_CLASSES_FILE: &str = "classes.txt";
+
 /// MNIST-style datasets: `Mnist::load(dir)` reads the four IDX files.
 pub struct Mnist;
 
-const CHECKSUMS: &str = "SHA256SUMS.raw";
+/// Which dataset of the IDX family a folder holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavor {
+    Mnist,
+    Fashion,
+    /// Any image size and channel count, classes from the labels.
+    Any,
+}
+
+impl Flavor {
+    fn name(self) -> &'static str {
+        match self {
+            Flavor::Mnist => "MNIST",
+            Flavor::Fashion => "Fashion-MNIST",
+            Flavor::Any => "IDX",
+        }
+    }
+}
 
 impl Mnist {
-    /// Loads `train-*` and `t10k-*` files (raw or `.gz`) from `dir`, checking
-    /// them against `dir/SHA256SUMS.raw` when that file exists.
+    /// Loads MNIST: `train-*` and `t10k-*` files (raw or `.gz`) from `dir`,
+    /// checking them against `dir/SHA256SUMS.raw` when that file exists.
+    /// Images must be 28x28 with labels 0 to 9.
     pub fn load(dir: &Path) -> Result<Splits> {
-        if !dir.is_dir() {
-            return Err(Error::Dataset {
-                path: dir.to_path_buf(),
-                msg: "not a folder; expected one holding train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz)".into(),
-            });
-        }
-        let sums = read_checksums(dir)?;
-        let load = |split: &str| -> Result<Dataset> {
-            let (ipath, ibytes) = read_verified(dir, &format!("{split}-images-idx3-ubyte"), sums.as_deref())?;
-            let (lpath, lbytes) = read_verified(dir, &format!("{split}-labels-idx1-ubyte"), sums.as_deref())?;
-            let images = parse_idx(ibytes, &ipath)?;
-            let labels = parse_idx(lbytes, &lpath)?;
-            let bad = |path: &Path, msg: String| Error::Dataset { path: path.to_path_buf(), msg };
-            let [n, rows, cols] = images.dims[..] else {
-                return Err(bad(&ipath, format!("images must have 3 dimensions (count, rows, cols), found {:?}", images.dims)));
+        load_folder(dir, Flavor::Mnist)
+    }
+
+    /// Loads Fashion-MNIST (the same files and checks as [`Mnist::load`]),
+    /// described by [`DatasetInfo::fashion_mnist`].
+    pub fn load_fashion(dir: &Path) -> Result<Splits> {
+        load_folder(dir, Flavor::Fashion)
+    }
+
+    /// Loads any pair of IDX splits with the MNIST file names: images of any
+    /// size, 3-D `(n, rows, cols)` (one channel) or 4-D `(n, C, rows, cols)`;
+    /// classes = largest label + 1 over both splits, named by
+    /// `dir/classes.txt` (one a line) when present; mean and std per channel
+    /// computed from the training images.
+    pub fn load_idx(dir: &Path) -> Result<Splits> {
+        load_folder(dir, Flavor::Any)
+    }
+}
+
+const FILES: &str = "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz)";
+
+fn load_folder(dir: &Path, flavor: Flavor) -> Result<Splits> {
+    if !dir.is_dir() {
+        return Err(Error::Dataset { path: dir.to_path_buf(), msg: format!("not a folder; expected one holding {FILES}") });
+    }
+    let sums = Checksums::read(dir)?;
+    let (train, test) = rayon::join(|| load_split(dir, "train", flavor, sums.as_ref()), || load_split(dir, "t10k", flavor, sums.as_ref()));
+    let ((train, train_verified), (test, test_verified)) = (train?, test?);
+    let bad = |path: &Path, msg: String| Error::Dataset { path: path.to_path_buf(), msg };
+    if train.shape != test.shape {
+        return Err(bad(dir, format!("training images are {:?} (C, H, W) but test images are {:?}", train.shape, test.shape)));
+    }
+    let info = match flavor {
+        Flavor::Mnist => DatasetInfo::mnist(),
+        Flavor::Fashion => DatasetInfo::fashion_mnist(),
+        Flavor::Any => {
+            let max_label = train.labels.iter().chain(&test.labels).copied().max().unwrap_or(0) as usize;
+            let names_path = dir.join(IDX_CLASSES_FILE);
+            let class_names = if names_path.is_file() {
+                let names = read_names_file(&names_path)?;
+                if names.len() <= max_label {
+                    return Err(bad(
+                        &names_path,
+                        format!("{} class names, but the labels go up to {max_label}: need at least {} names", names.len(), max_label + 1),
+                    ));
+                }
+                if names.len() > 256 {
+                    return Err(bad(&names_path, format!("{} class names: at most 256 classes (labels are bytes)", names.len())));
+                }
+                names
+            } else {
+                (0..=max_label).map(|c| c.to_string()).collect()
             };
+            let (mean, std) = channel_stats(&train.images, train.shape);
+            DatasetInfo { name: "idx".into(), shape: train.shape, classes: class_names.len(), class_names, mean, std }
+        }
+    };
+    info.validate().map_err(|e| bad(dir, e.to_string()))?;
+    Ok(Splits { train, test, info, dir: dir.to_path_buf(), verified: train_verified && test_verified })
+}
+
+/// Reads one split's images and labels; returns it and whether both files were checksummed.
+fn load_split(dir: &Path, split: &str, flavor: Flavor, sums: Option<&Checksums>) -> Result<(Dataset, bool)> {
+    let (images, labels) = rayon::join(
+        || read_verified(dir, &format!("{split}-images-idx3-ubyte"), sums),
+        || read_verified(dir, &format!("{split}-labels-idx1-ubyte"), sums),
+    );
+    let (VerifiedFile { path: ipath, bytes: ibytes, verified: iv }, VerifiedFile { path: lpath, bytes: lbytes, verified: lv }) =
+        (images?, labels?);
+    let images: IdxArray = parse_idx(ibytes, &ipath)?;
+    let labels: IdxArray = parse_idx(lbytes, &lpath)?;
+    let bad = |path: &Path, msg: String| Error::Dataset { path: path.to_path_buf(), msg };
+    let name = flavor.name();
+    let (n, shape) = match (flavor, &images.dims[..]) {
+        (Flavor::Mnist | Flavor::Fashion, &[n, rows, cols]) => {
             if (rows, cols) != (28, 28) {
-                return Err(bad(&ipath, format!("images are {rows}x{cols}; the models expect 28x28")));
-            }
-            if labels.dims != [n] {
                 return Err(bad(
-                    &lpath,
-                    format!("expected {n} labels (one per image in {}), found dimensions {:?}", ipath.display(), labels.dims),
+                    &ipath,
+                    format!("images are {rows}x{cols}; {name} images are 28x28 (the `idx` dataset kind reads other sizes)"),
                 ));
             }
-            if let Some(i) = labels.data.iter().position(|&l| l >= 10) {
-                return Err(bad(&lpath, format!("label {} at index {i} is out of range 0..10", labels.data[i])));
-            }
-            Ok(Dataset { images: images.data, labels: labels.data, len: n, shape: [1, rows, cols] })
-        };
-        Ok(Splits {
-            train: load("train")?,
-            test: load("t10k")?,
-            info: DatasetInfo::mnist(),
-            dir: dir.to_path_buf(),
-            verified: sums.is_some(),
-        })
+            (n, [1, rows, cols])
+        }
+        (Flavor::Mnist | Flavor::Fashion, dims) => {
+            return Err(bad(&ipath, format!("images must have 3 dimensions (count, rows, cols), found {dims:?}")));
+        }
+        (Flavor::Any, &[n, rows, cols]) => (n, [1, rows, cols]),
+        (Flavor::Any, &[n, c, rows, cols]) => (n, [c, rows, cols]),
+        (Flavor::Any, dims) => {
+            return Err(bad(
+                &ipath,
+                format!("images must have 3 dimensions (count, rows, cols) or 4 (count, channels, rows, cols), found {dims:?}"),
+            ));
+        }
+    };
+    if shape.contains(&0) {
+        return Err(bad(&ipath, format!("images of {:?} (C, H, W): every size must be non-zero", shape)));
     }
-}
-
-fn read_checksums(dir: &Path) -> Result<Option<Vec<(String, String)>>> {
-    let path = dir.join(CHECKSUMS);
-    if !path.exists() {
-        return Ok(None);
+    if shape[0] > crate::backend::MAX_CHANNELS {
+        return Err(bad(&ipath, format!("{} channels: at most {} are supported", shape[0], crate::backend::MAX_CHANNELS)));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    let mut sums = Vec::new();
-    for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let mut parts = line.split_whitespace();
-        match (parts.next(), parts.next()) {
-            (Some(hash), Some(name)) if hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()) => {
-                sums.push((name.trim_start_matches('*').to_string(), hash.to_ascii_lowercase()))
-            }
-            _ => {
-                return Err(Error::Dataset {
-                    path,
-                    msg: format!("line {}: expected `<64 hex digits>  <file name>`, found {line:?}", i + 1),
-                })
-            }
+    if n == 0 {
+        return Err(bad(&ipath, "holds no images".into()));
+    }
+    if labels.dims != [n] {
+        return Err(bad(&lpath, format!("expected {n} labels (one per image in {}), found dimensions {:?}", ipath.display(), labels.dims)));
+    }
+    if flavor != Flavor::Any {
+        if let Some(i) = labels.data.iter().position(|&l| l >= 10) {
+            return Err(bad(&lpath, format!("label {} at index {i} is out of range 0..10", labels.data[i])));
         }
     }
-    Ok(Some(sums))
-}
-
-/// Finds `stem.gz` or `stem` in `dir`, decompresses it and checks its SHA-256.
-fn read_verified(dir: &Path, stem: &str, sums: Option<&[(String, String)]>) -> Result<(PathBuf, Vec<u8>)> {
-    let path = [dir.join(format!("{stem}.gz")), dir.join(stem)]
-        .into_iter()
-        .find(|p| p.is_file())
-        .ok_or_else(|| Error::Dataset { path: dir.to_path_buf(), msg: format!("missing {stem}.gz (or {stem})") })?;
-    let bytes = read_maybe_gz(&path)?;
-    if let Some(sums) = sums {
-        if let Some((_, expected)) = sums.iter().find(|(name, _)| name == stem) {
-            let actual = hex(&Sha256::digest(&bytes));
-            if actual != *expected {
-                return Err(Error::Checksum { path, expected: expected.clone(), actual });
-            }
-        }
-    }
-    Ok((path, bytes))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    Ok((Dataset { images: images.data, labels: labels.data, len: n, shape }, iv && lv))
 }

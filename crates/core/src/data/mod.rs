@@ -3,17 +3,186 @@
 //! normalization). The description travels in every checkpoint, so `eval`,
 //! `predict` and `serve` know what a model expects.
 //!
-//! Loaders: the IDX family ([`mnist`]: MNIST, Fashion-MNIST and any IDX pair).
+//! One entry point, [`load`], takes a [`DatasetKind`] and a folder:
+//! - the IDX family ([`mnist`]): MNIST, Fashion-MNIST and any IDX pair;
+//! - [`cifar`]: CIFAR-10 and CIFAR-100 in the official binary layout (raw or `.gz`);
+//! - [`folder`]: an image folder (`train/<class>/*.png|jpg`, `test/<class>/...`);
+//! - [`shapes`]: writes a small synthetic image folder for tests and demos.
+//!
+//! Folders may hold a `SHA256SUMS.raw` ([`checksums`]); files listed there are verified.
+//! Every failure is an [`Error`] naming the file and what was expected, never a panic.
 
+pub mod checksums;
+pub mod cifar;
+pub mod folder;
 pub mod idx;
 pub mod mnist;
+pub mod shapes;
 
+pub use checksums::Checksums;
+pub use cifar::{Cifar10, Cifar100, CIFAR100_CLASSES, CIFAR100_MEAN, CIFAR100_STD, CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD};
+pub use folder::{ImageFolder, MAX_IMAGE_SIZE};
 pub use idx::{parse_idx, read_idx, IdxArray};
 pub use mnist::{Mnist, MNIST_MEAN, MNIST_STD};
+pub use shapes::{write_shapes_folder, SHAPE_CLASSES};
 
 use crate::error::{Error, Result};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+/// Which loader reads a folder; `name()` / [`FromStr`](std::str::FromStr) use
+/// the names "mnist", "fashion-mnist", "cifar10", "cifar100", "image-folder"
+/// (optionally "image-folder:SIZE", default size 32) and "idx".
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    Mnist,
+    FashionMnist,
+    Cifar10,
+    Cifar100,
+    /// An image folder; every image is resized to `image_size` x `image_size` RGB.
+    ImageFolder {
+        image_size: usize,
+    },
+    /// Any pair of IDX splits with the MNIST file names.
+    Idx,
+}
+
+impl DatasetKind {
+    /// The names [`FromStr`](std::str::FromStr) accepts (image-folder also as "image-folder:SIZE").
+    pub const NAMES: [&'static str; 6] = ["mnist", "fashion-mnist", "cifar10", "cifar100", "image-folder", "idx"];
+
+    /// The image size "image-folder" means without an explicit ":SIZE".
+    pub const DEFAULT_IMAGE_SIZE: usize = 32;
+
+    /// The kind's name, as stored in [`DatasetInfo::name`].
+    pub fn name(&self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
+            DatasetKind::Cifar10 => "cifar10",
+            DatasetKind::Cifar100 => "cifar100",
+            DatasetKind::ImageFolder { .. } => "image-folder",
+            DatasetKind::Idx => "idx",
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetKind {
+    /// The name; an image folder as "image-folder:SIZE" (which parses back).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatasetKind::ImageFolder { image_size } => write!(f, "image-folder:{image_size}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        let unknown = || {
+            Error::config(
+                "dataset kind",
+                format!("unknown dataset {s:?}: expected one of {} (or image-folder:SIZE)", Self::NAMES.join(", ")),
+            )
+        };
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "mnist" => DatasetKind::Mnist,
+            "fashion-mnist" | "fashion_mnist" | "fashion" => DatasetKind::FashionMnist,
+            "cifar10" | "cifar-10" => DatasetKind::Cifar10,
+            "cifar100" | "cifar-100" => DatasetKind::Cifar100,
+            "idx" => DatasetKind::Idx,
+            "image-folder" | "imagefolder" => DatasetKind::ImageFolder { image_size: Self::DEFAULT_IMAGE_SIZE },
+            other => {
+                let size = ["image-folder:", "image-folder=", "imagefolder:", "imagefolder="]
+                    .iter()
+                    .find_map(|p| other.strip_prefix(p))
+                    .ok_or_else(unknown)?;
+                let image_size = size.parse::<usize>().map_err(|_| {
+                    Error::config("dataset kind", format!("{s:?}: the image size after `image-folder:` must be a whole number of pixels"))
+                })?;
+                folder::check_image_size(image_size).map_err(|msg| Error::config("dataset kind", format!("{s:?}: {msg}")))?;
+                DatasetKind::ImageFolder { image_size }
+            }
+        })
+    }
+}
+
+/// Loads the dataset of kind `kind` from the folder `dir`.
+pub fn load(kind: &DatasetKind, dir: &Path) -> Result<Splits> {
+    match kind {
+        DatasetKind::Mnist => Mnist::load(dir),
+        DatasetKind::FashionMnist => Mnist::load_fashion(dir),
+        DatasetKind::Cifar10 => Cifar10::load(dir),
+        DatasetKind::Cifar100 => Cifar100::load(dir),
+        DatasetKind::ImageFolder { image_size } => ImageFolder::load(dir, *image_size),
+        DatasetKind::Idx => Mnist::load_idx(dir),
+    }
+}
+
+/// Per-channel mean and standard deviation (population) of u8 images
+/// `(len, C, H, W)` scaled to [0, 1]. A channel with no spread gets std 1 (so
+/// that normalization stays finite); an empty set gets mean 0, std 1.
+pub fn channel_stats(images: &[u8], shape: [usize; 3]) -> (Vec<f32>, Vec<f32>) {
+    let [c, h, w] = shape;
+    let plane = h * w;
+    if c == 0 || plane == 0 || images.len() < c * plane {
+        return (vec![0.0; c], vec![1.0; c]);
+    }
+    // (sum, sum of squares) per channel; u64 cannot overflow for any realistic size.
+    let sums = images
+        .par_chunks(c * plane)
+        .fold(
+            || vec![(0u64, 0u64); c],
+            |mut acc, img| {
+                for (ch, px) in img.chunks_exact(plane).enumerate() {
+                    let (s, q) = px.iter().fold((0u64, 0u64), |(s, q), &p| (s + p as u64, q + (p as u64) * (p as u64)));
+                    acc[ch].0 += s;
+                    acc[ch].1 += q;
+                }
+                acc
+            },
+        )
+        .reduce(|| vec![(0u64, 0u64); c], |a, b| a.iter().zip(&b).map(|(x, y)| (x.0 + y.0, x.1 + y.1)).collect());
+    let n = (images.len() / (c * plane) * plane) as f64;
+    let mut mean = Vec::with_capacity(c);
+    let mut std = Vec::with_capacity(c);
+    for &(s, q) in &sums {
+        let m = s as f64 / n / 255.0;
+        let var = (q as f64 / n / (255.0 * 255.0) - m * m).max(0.0);
+        mean.push(m as f32);
+        let sd = var.sqrt() as f32;
+        std.push(if sd > 1e-6 { sd } else { 1.0 });
+    }
+    (mean, std)
+}
+
+/// Reads a class-names file: one name a line, surrounding spaces trimmed,
+/// blank lines ignored. An empty file or a repeated name is an error.
+pub fn read_names_file(path: &Path) -> Result<Vec<String>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    parse_names(&bytes, path)
+}
+
+/// Parses the bytes of a class-names file; `path` is only used in error messages.
+pub fn parse_names(bytes: &[u8], path: &Path) -> Result<Vec<String>> {
+    let bad = |msg: String| Error::Dataset { path: path.to_path_buf(), msg };
+    let text = std::str::from_utf8(bytes).map_err(|e| bad(format!("class names must be UTF-8 text: {e}")))?;
+    let names: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+    if names.is_empty() {
+        return Err(bad("no class names: expected one a line".into()));
+    }
+    for (i, n) in names.iter().enumerate() {
+        if let Some(j) = names[..i].iter().position(|m| m == n) {
+            return Err(bad(format!("class name {n:?} appears twice (lines {} and {} of the names)", j + 1, i + 1)));
+        }
+    }
+    Ok(names)
+}
 
 /// One split: images as u8 (len, C, H, W), labels as u8 (len).
 #[derive(Clone, Debug)]
@@ -125,27 +294,4 @@ pub struct Splits {
     pub dir: PathBuf,
     /// Whether the files were checked against a `SHA256SUMS.raw`.
     pub verified: bool,
-}
-
-// TEMPORARY until the loaders land: MNIST and Fashion-MNIST only.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DatasetKind {
-    Mnist,
-    FashionMnist,
-    Cifar10,
-    Cifar100,
-    ImageFolder { image_size: usize },
-    Idx,
-}
-
-pub fn load(kind: &DatasetKind, dir: &std::path::Path) -> Result<Splits> {
-    let mut s = Mnist::load(dir)?;
-    match kind {
-        DatasetKind::Mnist => Ok(s),
-        DatasetKind::FashionMnist => {
-            s.info = DatasetInfo::fashion_mnist();
-            Ok(s)
-        }
-        _ => Err(Error::config("dataset", "not yet")),
-    }
 }
