@@ -814,6 +814,10 @@ impl Backend for CpuBackend {
         if let Some(&bad) = indices.iter().find(|&&i| i as usize >= labels.len()) {
             return Err(Error::shape("gather_batch", "index", format!("< {} (dataset size)", labels.len()), bad));
         }
+        if spec.sample_len == 0 {
+            // Images of no pixels: only the labels to gather (and chunks of x of length 0 cannot be split).
+            return reference::gather_batch(spec, images, labels, indices, x, y);
+        }
         // Groups of samples in parallel, each group by the reference code.
         let group = 16;
         let one = Gather { n: group, ..*spec };
