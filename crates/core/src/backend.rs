@@ -789,7 +789,7 @@ pub mod checks {
     }
 
     pub fn gather_batch(spec: &Gather, images: usize, labels: usize, indices: usize, x: usize, y: usize) -> Result<()> {
-        if spec.channels == 0 || spec.channels > MAX_CHANNELS || spec.sample_len % spec.channels != 0 {
+        if spec.channels == 0 || spec.channels > MAX_CHANNELS || !spec.sample_len.is_multiple_of(spec.channels) {
             return Err(Error::shape(
                 "gather_batch",
                 "channels",
