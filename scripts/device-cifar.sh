@@ -23,6 +23,10 @@ checks)
     echo "== LeNet-5 bench, before (rr-before), round $i"; $B/rr-before bench --device cuda 2>&1 | grep BENCH
     echo "== LeNet-5 bench, this build, round $i"; $B/rusty-recognition bench --device cuda 2>&1 | grep BENCH
   done
+  if [ -f "$RUN/model.safetensors" ]; then
+    echo "== PyTorch strict load of the last ResNet-18 run (TF32 off)"
+    python3 scripts/load_resnet_in_pytorch.py "$RUN/model.safetensors" "$DATA" --torch-cifar $B/torch_cifar.py
+  fi
   echo "== PyTorch torch_cifar.py, bf16 + channels-last (default)"
   python3 $B/torch_cifar.py --data "$DATA" 2>&1 | tail -4
   echo "== PyTorch torch_cifar.py --amp off (fp32)"

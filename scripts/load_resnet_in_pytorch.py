@@ -71,6 +71,9 @@ def main():
         raise SystemExit(f"this script builds resnet18 and the CIFAR resnets, not {config['arch']}")
     model.load_state_dict(load_file(a.checkpoint), strict=True)  # every name and shape must match
     dev = "cuda" if torch.cuda.is_available() else "cpu"
+    # Plain fp32 like ours (PyTorch lets cuDNN use TF32 for convolutions by default).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     model = model.to(dev).eval()
     x, y = read_test(a.data, info["classes"])
     mean = torch.tensor(info["mean"], device=dev).view(1, 3, 1, 1); std = torch.tensor(info["std"], device=dev).view(1, 3, 1, 1)
