@@ -1,4 +1,4 @@
-//! `rusty-recognition`: train, evaluate and checkpoint networks on MNIST-style data.
+//! `rusty-recognition`: train, evaluate and checkpoint networks on image datasets.
 
 mod bench;
 mod dataset;
@@ -19,7 +19,7 @@ use std::process::ExitCode;
 #[command(
     name = "rusty-recognition",
     version,
-    about = "Train and evaluate convolutional networks on MNIST-style data, on the CPU or a GPU"
+    about = "Train and evaluate convolutional networks on image datasets (MNIST, CIFAR, your own folders), on the CPU or a GPU"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,7 +32,7 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Evaluate a checkpoint on the test set.
     Eval(eval::EvalArgs),
-    /// Predict the class of PNG/JPEG images (any size; preprocessed the way MNIST was made).
+    /// Predict the class of PNG/JPEG images (any size; preprocessed as the checkpoint's dataset was).
     Predict(predict::PredictArgs),
     /// Serve a draw-a-digit web page and a JSON prediction API for a checkpoint.
     Serve(serve::ServeArgs),
@@ -45,7 +45,8 @@ enum Command {
 /// Options shared by every command that reads data and runs a model.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CommonArgs {
-    /// Folder with the four MNIST IDX files (raw or .gz) [default: the repository's data/mnist]
+    /// The dataset's folder (MNIST: the four IDX files, raw or .gz; CIFAR: the binary batches;
+    /// image-folder: train/ and test/) [default: the repository's data/mnist]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// Device: auto (the first GPU if usable, else the CPU), cpu, cuda or cuda:N
