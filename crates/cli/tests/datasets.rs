@@ -76,7 +76,13 @@ fn an_image_folder_of_colour_shapes_is_learned() {
     assert!(right >= 3, "at least 3 of the 4 shapes predicted right: {results}");
 
     // A checkpoint of 3x32x32 images is refused on MNIST's 1x28x28 ones, with both shapes named.
-    let o = bin().args(["eval", "--device", "cpu", "--checkpoint"]).arg(&ckpt).arg("--data-dir").arg(common::repo().join("data/mnist")).output().unwrap();
+    let o = bin()
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(&ckpt)
+        .arg("--data-dir")
+        .arg(common::repo().join("data/mnist"))
+        .output()
+        .unwrap();
     assert!(!o.status.success());
     assert!(text(&o).contains("error:"), "{}", text(&o));
 }

@@ -37,7 +37,7 @@ fn main() -> Result<()> {
     let logits = g.linear("fc", x, mnist.info.classes)?;
     let graph = g.finish(logits)?;
 
-    let config = TrainConfig { epochs: 1, ..TrainConfig::default() }; // Nesterov SGD 0.1, one-cycle, batch 128
+    let config = TrainConfig { epochs: 2, ..TrainConfig::default() }; // Nesterov SGD 0.1, one-cycle, batch 128
     let model = Model::from_graph(&backend, graph, config.seed, Init::He)?;
     println!("{}", model.summary());
     let train = DeviceDataset::upload(&backend, &mnist.train, &mnist.info)?;

@@ -13,9 +13,15 @@ pub struct Conv2d<B: Backend> {
     pub bias: bool,
     hw: (usize, usize),
     off: usize,
-    /// Without a bias: zeros for the backend's bias input, and a window for
-    /// the [dweight | dbias] it writes (dweight is copied to the gradients).
-    no_bias: Option<(B::Buf<f32>, B::Buf<f32>)>,
+    /// Without a bias: what stands in for it (see [`BiasFree`]).
+    no_bias: Option<BiasFree<B>>,
+}
+
+/// A bias-free convolution's buffers: zeros for the backend's bias input, and
+/// a window for the [dweight | dbias] it writes (dweight is copied to the gradients).
+struct BiasFree<B: Backend> {
+    zeros: B::Buf<f32>,
+    dparams: B::Buf<f32>,
 }
 
 impl<B: Backend> Conv2d<B> {
@@ -33,7 +39,7 @@ impl<B: Backend> Conv2d<B> {
         Conv2dGeom { n, c_in: self.c_in, h: self.hw.0, w: self.hw.1, c_out: self.c_out, k: self.kernel, stride: self.stride, pad: self.pad }
     }
 
-    fn scratch(&self) -> Result<&(B::Buf<f32>, B::Buf<f32>)> {
+    fn bias_free(&self) -> Result<&BiasFree<B>> {
         self.no_bias.as_ref().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))
     }
 }
@@ -76,7 +82,7 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
     fn init_buffers(&mut self, backend: &B) -> Result<()> {
         if !self.bias {
             let w_len = self.c_out * self.c_in * self.kernel * self.kernel;
-            self.no_bias = Some((backend.alloc(self.c_out)?, backend.alloc(w_len + self.c_out)?));
+            self.no_bias = Some(BiasFree { zeros: backend.alloc(self.c_out)?, dparams: backend.alloc(w_len + self.c_out)? });
         }
         Ok(())
     }
@@ -87,7 +93,7 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
         let w = View::range(ctx.params, self.off, g.w_len())?;
         let b = match self.bias {
             true => View::range(ctx.params, self.off + g.w_len(), g.c_out)?,
-            false => View::all(&self.scratch()?.0),
+            false => View::all(&self.bias_free()?.zeros),
         };
         ctx.backend.conv2d_forward(&g, x, w, b, y)
     }
@@ -108,8 +114,8 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
             let dparams = ViewMut::range(grads, self.off, g.w_len() + g.c_out)?;
             return ctx.backend.conv2d_backward(&g, x, w, dy, dx, dparams);
         }
-        let kind = <Self as Layer<B>>::kind(self);
-        let (_, dparams) = self.no_bias.as_mut().ok_or_else(|| Error::shape(kind, "bias-free buffers", "init_buffers first", "none"))?;
+        let BiasFree { dparams, .. } =
+            self.no_bias.as_mut().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))?;
         ctx.backend.conv2d_backward(&g, x, w, dy, dx, ViewMut::all(dparams))?;
         ctx.backend.copy(View::range(dparams, 0, g.w_len())?, ViewMut::range(grads, self.off, g.w_len())?)
     }
