@@ -62,6 +62,8 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
 
 /// Bytes per parameter slot (the minimum uniform offset alignment wgpu allows everywhere).
 const SLOT: u64 = 256;
+/// Parameter words a kernel sees (`Params` in common.wgsl): the first 128 bytes of its slot.
+const PARAM_WORDS: usize = 32;
 /// Slots in the arena: dispatches per batch before a forced submit.
 const SLOTS: u64 = 4096;
 
@@ -370,6 +372,9 @@ impl WgpuBackend {
         ids: &[u64],
     ) -> Result<()> {
         let k = KERNELS.iter().position(|(name, ..)| *name == kernel).expect("kernel in the table");
+        if params.len() > PARAM_WORDS {
+            return Err(device_err(format!("{kernel}: {} parameter words, above the {PARAM_WORDS} a kernel sees", params.len())));
+        }
         if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
             return Ok(());
         }
@@ -398,7 +403,7 @@ impl WgpuBackend {
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &self.arena,
                     offset: 0,
-                    size: wgpu::BufferSize::new(64),
+                    size: wgpu::BufferSize::new(PARAM_WORDS as u64 * 4),
                 }),
             }];
             for (i, b) in buffers.iter().enumerate() {
@@ -564,7 +569,7 @@ fn compile(device: &wgpu::Device) -> Result<Vec<Kernel>> {
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(64),
+                    min_binding_size: wgpu::BufferSize::new(PARAM_WORDS as u64 * 4),
                 },
                 count: None,
             }];
