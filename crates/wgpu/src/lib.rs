@@ -38,6 +38,8 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
     ("relu_forward", "elementwise", 1, 1),
     ("relu_backward", "elementwise", 2, 1),
     ("mul", "elementwise", 2, 1),
+    ("add", "elementwise", 2, 1),
+    ("add_assign", "elementwise", 1, 1),
     ("column_sums", "elementwise", 1, 1),
     ("copy_words", "elementwise", 1, 1),
     ("gemm", "gemm", 3, 1),

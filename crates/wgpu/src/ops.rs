@@ -386,16 +386,32 @@ impl Backend for WgpuBackend {
         self.run("augment", grid(spec.n * spec.h * spec.w), &p, &[r(&rng), r(&x), w(&y)])
     }
 
-    // TEMPORARY (being implemented): the ops below fail until the kernels land.
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add(a.len, b.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "wgpu", msg: "add: not implemented yet".into() })
+        if a.len == 0 {
+            return Ok(());
+        }
+        let p = [u(a.offset)?, u(b.offset)?, u(y.offset)?, u(a.len)?];
+        self.run("add", grid(a.len), &p, &[r(&a), r(&b), w(&y)])
     }
+
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add_assign(x.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "wgpu", msg: "add_assign: not implemented yet".into() })
+        if x.len == 0 {
+            return Ok(());
+        }
+        let p = [u(x.offset)?, u(y.offset)?, u(x.len)?];
+        self.run("add_assign", grid(x.len), &p, &[r(&x), w(&y)])
     }
-    fn crop_flip(&self, spec: &rr_core::backend::CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+
+    // TEMPORARY (being implemented): fails until its kernel lands.
+    fn crop_flip(
+        &self,
+        spec: &rr_core::backend::CropSpec,
+        rng: View<'_, Self, u32>,
+        x: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
         checks::crop_flip(spec, rng.len, x.len, y.len)?;
         Err(rr_core::Error::Device { backend: "wgpu", msg: "crop_flip: not implemented yet".into() })
     }
