@@ -56,6 +56,7 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
     ("bn_backward_dx", "norm", 6, 1),
     ("dropout_forward", "random", 2, 2),
     ("augment", "random", 2, 1),
+    ("crop_flip", "random", 2, 1),
     ("softmax_cross_entropy", "loss", 2, 2),
     ("sgd_step", "optim", 2, 2),
     ("adam_step", "optim", 2, 2),

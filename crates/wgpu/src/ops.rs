@@ -3,7 +3,9 @@
 //! buffers, then sizes; f32 values go as bits.
 
 use crate::{device_err, WgpuBackend, WgpuBuf};
-use rr_core::backend::{checks, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule};
+use rr_core::backend::{
+    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule,
+};
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
@@ -404,16 +406,28 @@ impl Backend for WgpuBackend {
         self.run("add_assign", grid(x.len), &p, &[r(&x), w(&y)])
     }
 
-    // TEMPORARY (being implemented): fails until its kernel lands.
-    fn crop_flip(
-        &self,
-        spec: &rr_core::backend::CropSpec,
-        rng: View<'_, Self, u32>,
-        x: View<'_, Self, f32>,
-        y: ViewMut<'_, Self, f32>,
-    ) -> Result<()> {
+    fn crop_flip(&self, spec: &CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::crop_flip(spec, rng.len, x.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "wgpu", msg: "crop_flip: not implemented yet".into() })
+        if spec.is_empty() {
+            return Ok(());
+        }
+        // Every index the kernel computes is below len (checked to fit a word).
+        u(spec.len())?;
+        let p = [
+            u(rng.offset)?,
+            u(x.offset)?,
+            u(y.offset)?,
+            u(spec.n)?,
+            u(spec.c)?,
+            u(spec.h)?,
+            u(spec.w)?,
+            u(spec.pad)?,
+            (spec.padding == Padding::Reflect) as u32,
+            spec.flip as u32,
+            u(spec.cutout)?,
+            spec.salt,
+        ];
+        self.run("crop_flip", grid(spec.n * spec.h * spec.w), &p, &[r(&rng), r(&x), w(&y)])
     }
 
     fn softmax_cross_entropy(
