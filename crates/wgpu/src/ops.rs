@@ -458,6 +458,9 @@ impl Backend for WgpuBackend {
             u(classes)?,
             f(grad_scale),
             dlogits.is_some() as u32,
+            f(smoothing),
+            // As the reference computes it (a division in WGSL may be approximate).
+            f(smoothing / classes as f32),
         ];
         self.run("softmax_cross_entropy", (1, 1, 1), &p, &[r(&logits), r(&labels), grad, w(&stats)])
     }
