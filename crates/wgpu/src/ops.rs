@@ -4,7 +4,7 @@
 
 use crate::{device_err, WgpuBackend, WgpuBuf};
 use rr_core::backend::{
-    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule,
+    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule, MAX_CHANNELS,
 };
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
@@ -504,9 +504,15 @@ impl Backend for WgpuBackend {
         // A kernel cannot fail: an index outside the dataset leaves its sample unwritten
         // (the trainer's indices come from a permutation of the dataset; the CPU backend
         // reports a bad one as an error).
-        let scale = 1.0 / (255.0 * spec.std[0]);
-        let shift = spec.mean[0] / spec.std[0];
-        let p = [
+        // x = px * scale[c] - shift[c], as the reference computes them (channels past
+        // `channels` are never read: 0).
+        let (mut scale, mut shift) = ([0.0f32; MAX_CHANNELS], [0.0f32; MAX_CHANNELS]);
+        for c in 0..spec.channels {
+            scale[c] = 1.0 / (255.0 * spec.std[c]);
+            shift[c] = spec.mean[c] / spec.std[c];
+        }
+        u(spec.n * spec.sample_len)?;
+        let mut p = vec![
             u(images.offset)?,
             u(labels.offset)?,
             u(indices.offset)?,
@@ -515,9 +521,10 @@ impl Backend for WgpuBackend {
             u(spec.n)?,
             u(spec.sample_len)?,
             u(labels.len)?,
-            f(scale),
-            f(shift),
+            u(spec.plane())?,
         ];
+        p.extend(scale.map(f));
+        p.extend(shift.map(f));
         self.run("gather_batch", grid(spec.n * spec.sample_len), &p, &[r(&images), r(&labels), r(&indices), w(&x), w(&y)])
     }
 }
