@@ -10,7 +10,8 @@
 //! Functions panic on failure (they are test bodies).
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Hyper, Pool2dGeom, UpdateRule, View, ViewMut,
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Hyper, Padding, Pool2dGeom, UpdateRule, View,
+    ViewMut,
 };
 use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Ctx, Dropout, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use crate::reference;
@@ -29,7 +30,8 @@ macro_rules! backend_conformance_tests {
             avgpool2d, batchnorm, dropout, augment,
             gradcheck_linear, gradcheck_conv2d, gradcheck_maxpool2d, gradcheck_relu,
             gradcheck_flatten, gradcheck_loss, gradcheck_avgpool2d, gradcheck_batchnorm,
-            gradcheck_dropout, gradcheck_model);
+            gradcheck_dropout, gradcheck_model,
+            add, crop_flip, label_smoothing, gather_channels, gradcheck_label_smoothing);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
         $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*
@@ -540,6 +542,53 @@ pub fn gradcheck_loss<B: Backend>(b: &B, _tol: f32) {
     }
 }
 
+/// The label-smoothed loss's gradient against finite differences of the mean loss
+/// (every logit of the small cases, 40 random ones of the 100-class ones).
+pub fn gradcheck_label_smoothing<B: Backend>(b: &B, _tol: f32) {
+    let mut r = rng(23);
+    for (n, classes, smoothing) in [(1, 10, 0.1f32), (6, 10, 0.3), (4, 3, 0.1), (5, 3, 0.3), (3, 100, 0.1), (2, 100, 0.3)] {
+        let logits = uniform(&mut r, n * classes, -3.0, 3.0);
+        let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..classes as u32)).collect();
+        let dlab = b.upload(&labels).unwrap();
+        let mean_loss = |l: &[f32]| -> f64 {
+            let dl = b.upload(l).unwrap();
+            let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
+            b.softmax_cross_entropy(n, classes, smoothing, View::all(&dl), View::all(&dlab), 1.0, None, ViewMut::all(&mut stats)).unwrap();
+            down(b, &stats)[0] as f64 / n as f64
+        };
+        let dl = b.upload(&logits).unwrap();
+        let mut d = poisoned(b, n * classes);
+        let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
+        b.softmax_cross_entropy(
+            n,
+            classes,
+            smoothing,
+            View::all(&dl),
+            View::all(&dlab),
+            1.0 / n as f32,
+            Some(ViewMut::all(&mut d)),
+            ViewMut::all(&mut stats),
+        )
+        .unwrap();
+        let d = down(b, &d);
+        let elements: Vec<usize> =
+            if n * classes <= 60 { (0..n * classes).collect() } else { (0..40).map(|_| r.random_range(0..n * classes)).collect() };
+        let eps = 1e-2f32;
+        for i in elements {
+            let (mut p, mut m) = (logits.clone(), logits.clone());
+            p[i] += eps;
+            m[i] -= eps;
+            let numeric = (mean_loss(&p) - mean_loss(&m)) / (2.0 * eps as f64);
+            let err = (d[i] as f64 - numeric).abs();
+            assert!(
+                err <= 1e-3 + 1e-2 * numeric.abs(),
+                "softmax_cross_entropy n={n} classes={classes} smoothing={smoothing}: dlogits[{i}] {} vs finite difference {numeric}",
+                d[i]
+            );
+        }
+    }
+}
+
 /// End to end through a whole model: LeNet-5's backward (every layer wired
 /// together, loss included) against finite differences of the mean loss.
 pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
@@ -798,6 +847,287 @@ pub fn augment<B: Backend>(b: &B, tol: f32) {
         if spec.rotate_deg == 0.0 && spec.scale == 0.0 && spec.translate == 0.0 && spec.elastic == 0.0 && spec.noise == 0.0 {
             assert_close("augment with nothing to do is the identity", &down(b, &y), &x, 1e-6);
         }
+    }
+}
+
+/// `add` and `add_assign` on windows at different offsets of larger buffers
+/// (nothing outside the output window may change), one length of ~5M.
+pub fn add<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(19);
+    for len in [1usize, 1000, 33_000, 5_000_011] {
+        let a = uniform(&mut r, len, -1.0, 1.0);
+        let bv = uniform(&mut r, len, -1.0, 1.0);
+        let mut want = vec![0.0; len];
+        reference::add(&a, &bv, &mut want);
+        // a at offset 1, b at offset 0, y at offset 2.
+        let da = b.upload(&[&[7.0f32][..], &a].concat()).unwrap();
+        let db = b.upload(&[&bv[..], &[7.0, 7.0]].concat()).unwrap();
+        let (va, vb) = (View::range(&da, 1, len).unwrap(), View::range(&db, 0, len).unwrap());
+        let mut y = poisoned(b, len + 3);
+        b.add(va, vb, ViewMut::range(&mut y, 2, len).unwrap()).unwrap();
+        let got = down(b, &y);
+        assert!(got[..2].iter().chain(&got[2 + len..]).all(|v| v.is_nan()), "add wrote outside its window (len {len})");
+        assert_close(&format!("add len={len}"), &got[2..2 + len], &want, tol);
+        drop((y, got));
+        // y = b, then y += a twice; y is a window at offset 1 and the elements around it keep their values.
+        let mut acc = b.upload(&[&[5.0f32][..], &bv, &[6.0]].concat()).unwrap();
+        let mut want = bv;
+        for pass in 1..=2 {
+            b.add_assign(va, ViewMut::range(&mut acc, 1, len).unwrap()).unwrap();
+            reference::add_assign(&a, &mut want);
+            let got = down(b, &acc);
+            assert_eq!((got[0], got[len + 1]), (5.0, 6.0), "add_assign wrote outside its window (len {len})");
+            assert_close(&format!("add_assign len={len} pass {pass}"), &got[1..=len], &want, tol);
+        }
+        if len <= 1000 {
+            // Both inputs one window: y = 2a.
+            let mut y = poisoned(b, len);
+            b.add(va, va, ViewMut::all(&mut y)).unwrap();
+            let twice: Vec<f32> = a.iter().map(|v| 2.0 * v).collect();
+            assert_close(&format!("add a+a len={len}"), &down(b, &y), &twice, tol);
+        }
+    }
+    // Mismatched lengths are shape errors.
+    let (x3, x4): (B::Buf<f32>, B::Buf<f32>) = (b.alloc(3).unwrap(), b.alloc(4).unwrap());
+    let mut y4: B::Buf<f32> = b.alloc(4).unwrap();
+    let err = b.add(View::all(&x3), View::all(&x4), ViewMut::all(&mut y4));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "add", .. })), "{err:?}");
+    let err = b.add(View::all(&x4), View::all(&x4), ViewMut::prefix(&mut y4, 3).unwrap());
+    assert!(matches!(err, Err(crate::Error::Shape { op: "add", .. })), "{err:?}");
+    let err = b.add_assign(View::all(&x3), ViewMut::all(&mut y4));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "add_assign", .. })), "{err:?}");
+}
+
+/// Crop geometries: the CIFAR and MNIST sizes, non-square images both ways,
+/// reflect padding as large as it may be, cutout as large as the image, batch 1
+/// and 64, an empty batch.
+pub fn crop_cases() -> Vec<CropSpec> {
+    use Padding::{Reflect, Zero};
+    let s = |n, c, h, w, pad, padding, flip, cutout| CropSpec { n, c, h, w, pad, padding, flip, cutout, salt: 11 };
+    vec![
+        // Nothing to do: the identity.
+        s(1, 1, 28, 28, 0, Zero, false, 0),
+        s(1, 3, 32, 32, 4, Reflect, true, 8),
+        s(64, 3, 32, 32, 4, Zero, true, 8),
+        s(64, 3, 32, 32, 4, Reflect, true, 0),
+        s(64, 1, 28, 28, 2, Zero, false, 8),
+        s(1, 1, 28, 28, 2, Reflect, false, 0),
+        s(5, 3, 17, 23, 2, Reflect, true, 8),
+        s(5, 3, 17, 23, 4, Zero, true, 0),
+        s(3, 1, 23, 17, 4, Reflect, false, 8),
+        // No shift: flips and cutout only.
+        s(7, 3, 17, 23, 0, Reflect, true, 8),
+        // Reflect padding of side - 1, the most PyTorch allows.
+        s(4, 2, 5, 3, 2, Reflect, true, 3),
+        // A cutout as large as the image.
+        s(2, 1, 6, 6, 3, Zero, true, 6),
+        s(0, 3, 32, 32, 4, Reflect, true, 8),
+    ]
+}
+
+/// Exact equality (a crop only moves values; padding and cutout are 0), with
+/// the first mismatch named by sample, channel, row and column.
+fn assert_same_image(what: &str, spec: &CropSpec, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
+        let (plane, hw) = (spec.h * spec.w, spec.c * spec.h * spec.w);
+        let (n, c, row, col) = (i / hw, (i % hw) / plane, (i % plane) / spec.w, i % spec.w);
+        panic!("{what}: sample {n} channel {c} pixel (row {row}, col {col}): got {}, want {}", got[i], want[i]);
+    }
+}
+
+pub fn crop_flip<B: Backend>(b: &B, _tol: f32) {
+    let mut r = rng(20);
+    for spec in crop_cases() {
+        let len = spec.len();
+        let states = [[r.random::<u32>(), r.random_range(0..100_000)], [0, 0], [u32::MAX, r.random::<u32>()]];
+        for state in states {
+            let x = uniform(&mut r, len, -1.0, 1.0);
+            let mut want = vec![0.0; len];
+            reference::crop_flip(&spec, &state, &x, &mut want);
+            // rng, x and y are windows at offsets of larger buffers.
+            let dstate = b.upload(&[u32::MAX - 1, state[0], state[1], 3]).unwrap();
+            let dx = b.upload(&[&[9.0f32][..], &x].concat()).unwrap();
+            let mut y = poisoned(b, len + 2);
+            b.crop_flip(
+                &spec,
+                View::range(&dstate, 1, 2).unwrap(),
+                View::range(&dx, 1, len).unwrap(),
+                ViewMut::range(&mut y, 1, len).unwrap(),
+            )
+            .unwrap();
+            let got = down(b, &y);
+            assert!(got[0].is_nan() && got[len + 1].is_nan(), "crop_flip wrote outside its window {spec:?}");
+            assert_same_image(&format!("crop_flip {spec:?} rng {state:?}"), &spec, &got[1..=len], &want);
+            if spec.pad == 0 && !spec.flip && spec.cutout == 0 {
+                assert_same_image("crop_flip with nothing to do is the identity", &spec, &got[1..=len], &x);
+            }
+        }
+    }
+    // Bad specs and lengths are errors (not panics, not out-of-bounds reads), and write nothing.
+    let base = CropSpec { n: 2, c: 3, h: 8, w: 8, pad: 2, padding: Padding::Reflect, flip: true, cutout: 4, salt: 1 };
+    let bad = [
+        CropSpec { h: 4, pad: 4, ..base },
+        CropSpec { w: 3, pad: 3, ..base },
+        CropSpec { pad: 9, ..base },
+        CropSpec { h: 1, w: 1, pad: 1, ..base },
+        CropSpec { pad: 65, padding: Padding::Zero, ..base },
+        CropSpec { cutout: 9, ..base },
+    ];
+    let state = b.upload(&[1u32, 2]).unwrap();
+    for spec in bad {
+        let x = b.upload(&vec![1.0f32; spec.len()]).unwrap();
+        let mut y = poisoned(b, spec.len());
+        let err = b.crop_flip(&spec, View::all(&state), View::all(&x), ViewMut::all(&mut y));
+        assert!(matches!(err, Err(crate::Error::Shape { op: "crop_flip", .. })), "{spec:?}: {err:?}");
+        assert!(down(b, &y).iter().all(|v| v.is_nan()), "crop_flip wrote its output although the spec was refused: {spec:?}");
+    }
+    let len = base.len();
+    let (x, short) = (b.upload(&vec![1.0f32; len]).unwrap(), b.upload(&vec![1.0f32; len - 1]).unwrap());
+    let mut y = poisoned(b, len);
+    let mut long = poisoned(b, len + 1);
+    for err in [
+        b.crop_flip(&base, View::prefix(&state, 1).unwrap(), View::all(&x), ViewMut::all(&mut y)),
+        b.crop_flip(&base, View::all(&state), View::all(&short), ViewMut::all(&mut y)),
+        b.crop_flip(&base, View::all(&state), View::all(&x), ViewMut::all(&mut long)),
+    ] {
+        assert!(matches!(err, Err(crate::Error::Shape { op: "crop_flip", .. })), "{err:?}");
+    }
+}
+
+/// The smoothed loss (summed over samples) and its gradient `grad_scale * (softmax - target)`
+/// worked out from the definition in f64: `-sum_c target_c log p_c`, `target = (1 - s) onehot + s / C`.
+fn smoothed_loss_f64(classes: usize, smoothing: f32, logits: &[f32], labels: &[u32], grad_scale: f32) -> (f64, Vec<f64>) {
+    let s = smoothing as f64;
+    let mut loss = 0.0;
+    let mut grad = vec![0.0; logits.len()];
+    for (i, (row, &label)) in logits.chunks_exact(classes).zip(labels).enumerate() {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let log_z = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        for (c, &v) in row.iter().enumerate() {
+            let target = (1.0 - s) * (c == label as usize) as u8 as f64 + s / classes as f64;
+            let log_p = v as f64 - log_z;
+            loss -= target * log_p;
+            grad[i * classes + c] = grad_scale as f64 * (log_p.exp() - target);
+        }
+    }
+    (loss, grad)
+}
+
+/// Softmax cross-entropy with label smoothing (PyTorch's `label_smoothing`),
+/// against the reference and against the definition worked out in f64.
+pub fn label_smoothing<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(21);
+    for classes in [3usize, 10, 100] {
+        for smoothing in [0.0f32, 0.1, 0.3] {
+            for (n, scale) in [(1usize, 3.0f32), (37, 1.0), (129, 20.0)] {
+                let logits = uniform(&mut r, n * classes, -scale, scale);
+                let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..classes as u32)).collect();
+                let grad_scale = 1.0 / n as f32;
+                let (mut want_d, mut want_stats) = (vec![0.0; n * classes], vec![1.5, 2.0]);
+                reference::softmax_cross_entropy(n, classes, smoothing, &logits, &labels, grad_scale, Some(&mut want_d), &mut want_stats)
+                    .unwrap();
+                let (def_loss, def_d) = smoothed_loss_f64(classes, smoothing, &logits, &labels, grad_scale);
+                let def_d: Vec<f32> = def_d.iter().map(|&v| v as f32).collect();
+                let what = format!("softmax_cross_entropy n={n} classes={classes} smoothing={smoothing}");
+                let (dl, dlab) = (b.upload(&logits).unwrap(), b.upload(&labels).unwrap());
+                for with_grad in [true, false] {
+                    let mut d = poisoned(b, n * classes);
+                    let mut stats = b.upload(&[1.5f32, 2.0]).unwrap();
+                    b.softmax_cross_entropy(
+                        n,
+                        classes,
+                        smoothing,
+                        View::all(&dl),
+                        View::all(&dlab),
+                        grad_scale,
+                        with_grad.then(|| ViewMut::all(&mut d)),
+                        ViewMut::all(&mut stats),
+                    )
+                    .unwrap();
+                    let s = down(b, &stats);
+                    assert_close(&format!("{what}: loss"), &s[..1], &want_stats[..1], tol.max(1e-5));
+                    // (The loss is summed in f32 from f32 log-sum-exps: 1e-4 of the definition.)
+                    assert_close(&format!("{what}: loss (definition)"), &[s[0] - 1.5], &[def_loss as f32], 1e-4);
+                    assert_eq!(s[1], want_stats[1], "{what}: correct count");
+                    if with_grad {
+                        let d = down(b, &d);
+                        assert_close(&format!("{what}: dlogits"), &d, &want_d, tol);
+                        assert_close(&format!("{what}: dlogits (definition)"), &d, &def_d, 1e-4);
+                    } else {
+                        assert!(down(b, &d).iter().all(|v| v.is_nan()), "{what}: dlogits written although not requested");
+                    }
+                }
+            }
+        }
+    }
+    // Smoothing outside [0, 1) is a shape error.
+    let (logits, labels) = (b.upload(&[0.5f32, -0.5, 1.0]).unwrap(), b.upload(&[1u32]).unwrap());
+    for smoothing in [1.0f32, 1.5, -0.1, f32::NAN] {
+        let mut stats: B::Buf<f32> = b.alloc(2).unwrap();
+        let err = b.softmax_cross_entropy(1, 3, smoothing, View::all(&logits), View::all(&labels), 1.0, None, ViewMut::all(&mut stats));
+        assert!(matches!(err, Err(crate::Error::Shape { op: "softmax_cross_entropy", .. })), "smoothing {smoothing}: {err:?}");
+    }
+}
+
+/// Per-channel gather normalization: one channel (MNIST), three with distinct
+/// means and deviations (CIFAR, and a non-square image), four. The entries past
+/// `channels` are NaN and 0: a backend that reads them writes NaN or infinities.
+pub fn gather_channels<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(22);
+    let nan = f32::NAN;
+    let cases = [
+        (1usize, 784usize, [0.1307, nan, nan, nan], [0.3081, 0.0, 0.0, 0.0]),
+        (3, 3 * 32 * 32, [0.4914, 0.4822, 0.4465, nan], [0.2470, 0.2435, 0.2616, 0.0]),
+        (3, 3 * 17 * 23, [0.9, 0.1, 0.5, nan], [0.05, 2.0, 0.5, 0.0]),
+        (4, 4 * 5 * 7, [0.2, 0.4, 0.6, 0.8], [0.1, 0.3, 0.9, 1.7]),
+    ];
+    for (channels, sample_len, mean, std) in cases {
+        let count = 50usize;
+        let images: Vec<u8> = (0..count * sample_len).map(|_| r.random_range(0..=255u8)).collect();
+        let labels: Vec<u8> = (0..count).map(|_| r.random_range(0..=255u8)).collect();
+        let (di, dl) = (b.upload(&images).unwrap(), b.upload(&labels).unwrap());
+        for n in [1usize, 37, 128] {
+            let idx: Vec<u32> = (0..n).map(|_| r.random_range(0..count as u32)).collect();
+            let spec = Gather { n, sample_len, channels, mean, std };
+            let (mut wx, mut wy) = (vec![0.0; n * sample_len], vec![0u32; n]);
+            reference::gather_batch(&spec, &images, &labels, &idx, &mut wx, &mut wy).unwrap();
+            let didx = b.upload(&idx).unwrap();
+            let mut x = poisoned(b, n * sample_len);
+            let mut y = b.upload(&vec![u32::MAX; n]).unwrap();
+            b.gather_batch(&spec, View::all(&di), View::all(&dl), View::all(&didx), ViewMut::all(&mut x), ViewMut::all(&mut y)).unwrap();
+            let x = down(b, &x);
+            let what = format!("gather_batch channels={channels} sample_len={sample_len} n={n}");
+            assert_close(&format!("{what}: x"), &x, &wx, tol);
+            assert_eq!(down(b, &y), wy, "{what}: labels");
+            // Each channel plane against the definition (px / 255 - mean) / std in f64.
+            let plane = sample_len / channels;
+            for (i, &k) in idx.iter().enumerate() {
+                for c in 0..channels {
+                    let at = |s: usize| s * sample_len + c * plane;
+                    let src = &images[at(k as usize)..at(k as usize) + plane];
+                    let def: Vec<f32> = src.iter().map(|&p| ((p as f64 / 255.0 - mean[c] as f64) / std[c] as f64) as f32).collect();
+                    assert_close(&format!("{what}: sample {i} channel {c} (definition)"), &x[at(i)..at(i) + plane], &def, 1e-5);
+                }
+            }
+        }
+    }
+    // Channels that do not divide the sample, none, too many, a deviation that is not positive: shape errors.
+    let (images, labels, idx) = (b.upload(&vec![0u8; 2 * 784]).unwrap(), b.upload(&[0u8, 1]).unwrap(), b.upload(&[1u32]).unwrap());
+    let ok = Gather { n: 1, sample_len: 784, channels: 1, mean: [0.5; 4], std: [0.5; 4] };
+    for spec in [
+        Gather { channels: 3, ..ok },
+        Gather { channels: 5, ..ok },
+        Gather { channels: 0, ..ok },
+        Gather { channels: 2, std: [0.5, 0.0, 0.5, 0.5], ..ok },
+        Gather { channels: 4, std: [0.5, 0.5, 0.5, f32::NAN], ..ok },
+        Gather { std: [-0.5, 1.0, 1.0, 1.0], ..ok },
+    ] {
+        let mut x = poisoned(b, 784);
+        let mut y: B::Buf<u32> = b.alloc(1).unwrap();
+        let err =
+            b.gather_batch(&spec, View::all(&images), View::all(&labels), View::all(&idx), ViewMut::all(&mut x), ViewMut::all(&mut y));
+        assert!(matches!(err, Err(crate::Error::Shape { op: "gather_batch", .. })), "{spec:?}: {err:?}");
     }
 }
 

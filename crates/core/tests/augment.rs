@@ -2,9 +2,10 @@
 //! is compared with the same transform worked out here from its definition
 //! (a 3x3 affine matrix, inverted in f64, and bilinear sampling), and with
 //! transforms whose result is known exactly (quarter turns, integer shifts,
-//! mirror images).
+//! mirror images). Random crops are checked the same way: padded explicitly
+//! (zeros, or PyTorch's reflect padding), cropped, mirrored and cut out by hand.
 
-use rr_core::backend::{AugmentParams, AugmentSpec, View, ViewMut};
+use rr_core::backend::{AugmentParams, AugmentSpec, CropParams, CropSpec, Padding, View, ViewMut};
 use rr_core::{random, reference, Backend, CpuBackend};
 
 const SIDE: usize = 28;
@@ -198,4 +199,228 @@ fn noise_has_the_requested_spread_and_elastic_moves_pixels_a_little() {
         }
     }
     assert!(changed > n * 24 * 24 / 2, "elastic distortion changed only {changed} pixels");
+}
+
+// ---- random crops, flips and cutout -----------------------------------------
+
+/// One (h, w) plane padded by `p` on every side as PyTorch's
+/// `F.pad(x, (p, p, p, p), mode)` does, built by copying rather than by an
+/// index formula: zeros around the image, or (reflect) the rows mirrored about
+/// the first and last row (which are not repeated), then the columns of the
+/// full padded height mirrored the same way (so the corners mirror both ways).
+fn pad_plane(img: &[f32], h: usize, w: usize, p: usize, padding: Padding) -> Vec<Vec<f32>> {
+    let mut out = vec![vec![0.0f32; w + 2 * p]; h + 2 * p];
+    for (r, row) in img.chunks_exact(w).enumerate() {
+        out[r + p][p..p + w].copy_from_slice(row);
+    }
+    if padding == Padding::Reflect {
+        for k in 1..=p {
+            out[p - k] = out[p + k].clone();
+            out[p + h - 1 + k] = out[p + h - 1 - k].clone();
+        }
+        for row in out.iter_mut() {
+            for k in 1..=p {
+                row[p - k] = row[p + k];
+                row[p + w - 1 + k] = row[p + w - 1 - k];
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn reflect_padding_is_pytorchs() {
+    // torch.nn.functional.pad(torch.arange(12.).reshape(1, 1, 3, 4), (2, 2, 2, 2), mode="reflect")
+    let want: [[f32; 8]; 7] = [
+        [10., 9., 8., 9., 10., 11., 10., 9.],
+        [6., 5., 4., 5., 6., 7., 6., 5.],
+        [2., 1., 0., 1., 2., 3., 2., 1.],
+        [6., 5., 4., 5., 6., 7., 6., 5.],
+        [10., 9., 8., 9., 10., 11., 10., 9.],
+        [6., 5., 4., 5., 6., 7., 6., 5.],
+        [2., 1., 0., 1., 2., 3., 2., 1.],
+    ];
+    let img: Vec<f32> = (0..12).map(|v| v as f32).collect();
+    let got = pad_plane(&img, 3, 4, 2, Padding::Reflect);
+    assert_eq!(got, want.iter().map(|r| r.to_vec()).collect::<Vec<_>>());
+    let zero = pad_plane(&img, 3, 4, 1, Padding::Zero);
+    assert_eq!(zero[0], vec![0.0; 6]);
+    assert_eq!(zero[2], vec![0., 4., 5., 6., 7., 0.]);
+}
+
+/// Sample `i` of a crop_flip batch worked out step by step: pad, take the
+/// (h, w) window at (dy, dx), mirror it left to right, zero the cutout square.
+fn crop_by_hand(spec: &CropSpec, p: &CropParams, x: &[f32]) -> Vec<f32> {
+    let (h, w) = (spec.h, spec.w);
+    let mut out = Vec::with_capacity(spec.c * h * w);
+    for plane in x.chunks_exact(h * w) {
+        let padded = pad_plane(plane, h, w, spec.pad, spec.padding);
+        let mut window: Vec<Vec<f32>> = padded[p.dy..p.dy + h].iter().map(|row| row[p.dx..p.dx + w].to_vec()).collect();
+        if p.flip {
+            window.iter_mut().for_each(|row| row.reverse());
+        }
+        if spec.cutout > 0 {
+            let clip = |start: i64, side: usize| (start.max(0) as usize)..((start + spec.cutout as i64).clamp(0, side as i64) as usize);
+            for r in clip(p.cut_y, h) {
+                for s in clip(p.cut_x, w) {
+                    window[r][s] = 0.0;
+                }
+            }
+        }
+        out.extend(window.into_iter().flatten());
+    }
+    out
+}
+
+fn crop_flip(b: &CpuBackend, spec: &CropSpec, state: [u32; 2], x: &[f32]) -> Vec<f32> {
+    let (rng, xin) = (b.upload(&state).unwrap(), b.upload(x).unwrap());
+    let mut y: Vec<f32> = b.upload(&vec![f32::NAN; x.len()]).unwrap();
+    b.crop_flip(spec, View::all(&rng), View::all(&xin), ViewMut::all(&mut y)).unwrap();
+    y
+}
+
+/// Distinct, non-zero pixel values (so a pixel read from the wrong place, or a
+/// zero written where none belongs, cannot go unnoticed).
+fn distinct_images(len: usize) -> Vec<f32> {
+    (0..len).map(|i| (i + 1) as f32).collect()
+}
+
+#[test]
+fn crop_flip_matches_padding_cropping_flipping_and_cutout_by_hand() {
+    let b = CpuBackend::new(2).unwrap();
+    let (mut flipped, mut shifted, mut cut, mut samples) = (0, 0, 0, 0);
+    for (c, h, w, n) in [(3, 32, 32, 64), (1, 28, 28, 1), (3, 17, 23, 9), (1, 23, 17, 9)] {
+        for padding in [Padding::Zero, Padding::Reflect] {
+            for pad in [0, 2, 4] {
+                for flip in [false, true] {
+                    for cutout in [0, 8] {
+                        let spec = CropSpec { n, c, h, w, pad, padding, flip, cutout, salt: 5 };
+                        let x = distinct_images(spec.len());
+                        for state in [[1, 0], [77, 12_345], [u32::MAX, 3]] {
+                            let got = crop_flip(&b, &spec, state, &x);
+                            let key = random::stream_key(state[0], state[1], spec.salt);
+                            let len = c * h * w;
+                            for i in 0..n {
+                                let p = spec.params(key, i);
+                                assert!(p.dy <= 2 * pad && p.dx <= 2 * pad && (flip || !p.flip), "{spec:?}: draw {p:?}");
+                                let centre = |start: i64| start + (cutout / 2) as i64;
+                                assert!((0..h as i64).contains(&centre(p.cut_y)) && (0..w as i64).contains(&centre(p.cut_x)), "{p:?}");
+                                let want = crop_by_hand(&spec, &p, &x[i * len..(i + 1) * len]);
+                                let g = &got[i * len..(i + 1) * len];
+                                if let Some(j) = g.iter().zip(&want).position(|(g, w)| g != w) {
+                                    let (ch, r, s) = (j / (h * w), (j / w) % h, j % w);
+                                    panic!(
+                                        "{spec:?} rng {state:?} sample {i} ({p:?}) channel {ch} pixel ({r}, {s}): got {}, want {}",
+                                        g[j], want[j]
+                                    );
+                                }
+                                samples += 1;
+                                flipped += p.flip as usize;
+                                shifted += (p.dy != pad || p.dx != pad) as usize;
+                                cut += (cutout > 0) as usize;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // The cases above did flip, shift and cut out (the comparison was not vacuous).
+    assert!(flipped > samples / 8 && shifted > samples / 3 && cut > samples / 3, "{flipped} flipped, {shifted} shifted of {samples}");
+}
+
+#[test]
+fn crop_flip_with_the_same_seed_and_step_gives_the_same_batch() {
+    let b = CpuBackend::new(2).unwrap();
+    let spec = CropSpec { n: 16, c: 3, h: 32, w: 32, pad: 4, padding: Padding::Reflect, flip: true, cutout: 8, salt: 2 };
+    let x = distinct_images(spec.len());
+    let a = crop_flip(&b, &spec, [5, 100], &x);
+    assert_eq!(a, crop_flip(&b, &spec, [5, 100], &x), "same seed and step");
+    assert_ne!(a, crop_flip(&b, &spec, [5, 101], &x), "the next step draws new crops");
+    assert_ne!(a, crop_flip(&b, &spec, [6, 100], &x), "another seed draws new crops");
+    assert_ne!(a, crop_flip(&b, &CropSpec { salt: 3, ..spec }, [5, 100], &x), "another salt draws new crops");
+    // Every sample of a step gets its own draw, and so does every step.
+    let key = |step| random::stream_key(5, step, spec.salt);
+    let draws: std::collections::HashSet<_> = (0..spec.n).map(|i| format!("{:?}", spec.params(key(100), i))).collect();
+    assert!(draws.len() > spec.n / 2, "only {} distinct draws of {}", draws.len(), spec.n);
+    let same = (0..spec.n).filter(|&i| spec.params(key(100), i) == spec.params(key(101), i)).count();
+    assert!(same <= 1, "{same} samples drew the same crop on two steps");
+}
+
+#[test]
+fn crop_flip_draws_cover_every_offset_and_flip_half_the_time() {
+    // Every pixel of an 8x8 image holds 1 + its index, padding reads 0: from a
+    // cropped output the offsets and the flip can be read back.
+    let b = CpuBackend::new(2).unwrap();
+    let (n, side, pad) = (4000usize, 8usize, 3usize);
+    for flip in [true, false] {
+        let spec = CropSpec { n, c: 1, h: side, w: side, pad, padding: Padding::Zero, flip, cutout: 0, salt: 4 };
+        let x: Vec<f32> = (0..spec.len()).map(|i| (1 + i % (side * side)) as f32).collect();
+        let state = [42, 7];
+        let y = crop_flip(&b, &spec, state, &x);
+        let key = random::stream_key(state[0], state[1], spec.salt);
+        let (mut dys, mut dxs, mut flips) = (vec![0usize; 2 * pad + 1], vec![0usize; 2 * pad + 1], 0);
+        for i in 0..n {
+            let img = &y[i * side * side..(i + 1) * side * side];
+            // At most `pad` of 8 columns read padding: some row has two neighbours inside the image.
+            let (r, s) = (0..side * side - 1)
+                .map(|j| (j / side, j % side))
+                .find(|&(r, s)| s + 1 < side && img[r * side + s] != 0.0 && img[r * side + s + 1] != 0.0)
+                .expect("an image pixel in the crop");
+            let v = img[r * side + s] as usize - 1;
+            let (src_r, src_s) = (v / side, v % side);
+            let is_flipped = img[r * side + s + 1] < img[r * side + s];
+            let col = if is_flipped { side - 1 - s } else { s };
+            let (dy, dx) = (src_r + pad - r, src_s + pad - col);
+            let p = spec.params(key, i);
+            assert_eq!((dy, dx, is_flipped), (p.dy, p.dx, p.flip), "sample {i}: the output shows another draw than params gives");
+            dys[dy] += 1;
+            dxs[dx] += 1;
+            flips += is_flipped as usize;
+        }
+        // Uniform over the 2 pad + 1 offsets (expected n / 7 = 571 each, standard deviation 22).
+        let expected = n / (2 * pad + 1);
+        for (axis, counts) in [("dy", &dys), ("dx", &dxs)] {
+            assert!(
+                counts.iter().all(|&k| k.abs_diff(expected) < expected / 5),
+                "{axis} offsets not uniform over 0..={}: {counts:?}",
+                2 * pad
+            );
+        }
+        let rate = flips as f64 / n as f64;
+        if flip {
+            assert!((rate - 0.5).abs() < 0.05, "flipped {rate} of the samples");
+        } else {
+            assert_eq!(flips, 0, "flipped although flip is off");
+        }
+    }
+}
+
+#[test]
+fn cutout_zeroes_one_square_around_a_uniform_centre() {
+    // An image of ones, no shift, no flip: the zeros of the output are the cutout square.
+    let b = CpuBackend::new(2).unwrap();
+    let (n, h, w, side) = (3000usize, 9usize, 7usize, 4usize);
+    let spec = CropSpec { n, c: 2, h, w, pad: 0, padding: Padding::Zero, flip: false, cutout: side, salt: 8 };
+    let y = crop_flip(&b, &spec, [9, 9], &vec![1.0; spec.len()]);
+    let (mut rows_seen, mut cols_seen) = (vec![0usize; h], vec![0usize; w]);
+    for i in 0..n {
+        let img = &y[i * 2 * h * w..(i + 1) * 2 * h * w];
+        assert_eq!(img[..h * w], img[h * w..], "sample {i}: both channels share the square");
+        let zeros: Vec<(usize, usize)> = (0..h * w).filter(|&j| img[j] == 0.0).map(|j| (j / w, j % w)).collect();
+        let (r0, r1) = (zeros.iter().map(|z| z.0).min().unwrap(), zeros.iter().map(|z| z.0).max().unwrap());
+        let (c0, c1) = (zeros.iter().map(|z| z.1).min().unwrap(), zeros.iter().map(|z| z.1).max().unwrap());
+        // A full rectangle, `side` wide unless clipped at an edge.
+        assert_eq!(zeros.len(), (r1 - r0 + 1) * (c1 - c0 + 1), "sample {i}: the zeros are not a rectangle");
+        let extent_ok = |lo: usize, hi: usize, len: usize| hi - lo + 1 == side || (hi - lo + 1 < side && (lo == 0 || hi == len - 1));
+        assert!(extent_ok(r0, r1, h) && extent_ok(c0, c1, w), "sample {i}: rows {r0}..={r1}, columns {c0}..={c1}");
+        // The centre (first row + side / 2) is uniform over the image.
+        let centre = |lo: usize, hi: usize| if hi - lo + 1 == side || lo > 0 { lo + side / 2 } else { hi + 1 + side / 2 - side };
+        rows_seen[centre(r0, r1)] += 1;
+        cols_seen[centre(c0, c1)] += 1;
+    }
+    for (axis, seen, len) in [("row", &rows_seen, h), ("column", &cols_seen, w)] {
+        let expected = n / len;
+        assert!(seen.iter().all(|&k| k.abs_diff(expected) < expected / 4), "cutout {axis} centres not uniform: {seen:?}");
+    }
 }

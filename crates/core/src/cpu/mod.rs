@@ -7,8 +7,8 @@
 //! build target is baseline x86-64.
 
 use crate::backend::{
-    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
-    NO_ARGMAX,
+    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View,
+    ViewMut, NO_ARGMAX,
 };
 use crate::error::{check_len, Error, Result};
 use crate::reference;
@@ -764,7 +764,10 @@ impl Backend for CpuBackend {
         let (x, y) = (s(x), sm(y));
         let len = (spec.c * spec.h * spec.w).max(1);
         self.pool.install(|| {
-            y.par_chunks_mut(len).zip(x.par_chunks(len)).enumerate().for_each(|(i, (yi, xi))| reference::crop_flip_sample(spec, key, i, xi, yi))
+            y.par_chunks_mut(len)
+                .zip(x.par_chunks(len))
+                .enumerate()
+                .for_each(|(i, (yi, xi))| reference::crop_flip_sample(spec, key, i, xi, yi))
         });
         Ok(())
     }
@@ -810,6 +813,10 @@ impl Backend for CpuBackend {
         let (images, labels, indices, x, y) = (s(images), s(labels), s(indices), sm(x), sm(y));
         if let Some(&bad) = indices.iter().find(|&&i| i as usize >= labels.len()) {
             return Err(Error::shape("gather_batch", "index", format!("< {} (dataset size)", labels.len()), bad));
+        }
+        if spec.sample_len == 0 {
+            // Images of no pixels: only the labels to gather (and chunks of x of length 0 cannot be split).
+            return reference::gather_batch(spec, images, labels, indices, x, y);
         }
         // Groups of samples in parallel, each group by the reference code.
         let group = 16;
