@@ -511,7 +511,9 @@ impl Backend for WgpuBackend {
             scale[c] = 1.0 / (255.0 * spec.std[c]);
             shift[c] = spec.mean[c] / spec.std[c];
         }
-        u(spec.n * spec.sample_len)?;
+        // One invocation per output pixel, or per sample where images have no pixels.
+        let invocations = spec.n * spec.sample_len.max(1);
+        u(invocations)?;
         let mut p = vec![
             u(images.offset)?,
             u(labels.offset)?,
@@ -525,6 +527,6 @@ impl Backend for WgpuBackend {
         ];
         p.extend(scale.map(f));
         p.extend(shift.map(f));
-        self.run("gather_batch", grid(spec.n * spec.sample_len), &p, &[r(&images), r(&labels), r(&indices), w(&x), w(&y)])
+        self.run("gather_batch", grid(invocations), &p, &[r(&images), r(&labels), r(&indices), w(&x), w(&y)])
     }
 }
