@@ -392,6 +392,7 @@ impl WgpuBackend {
         let slot = p.slots;
         p.slots += 1;
         let words = (SLOT / 4) as usize;
+        // The words past `params` stay 0 (loss.wgsl relies on it).
         p.params.resize((slot as usize + 1) * words, 0);
         p.params[slot as usize * words..][..params.len()].copy_from_slice(params);
         let mut key_ids = [0u64; 8];
