@@ -1,10 +1,10 @@
 // Shared by every kernel. Each kernel is compiled on its own with a generated
-// header that declares its buffers: `p` (uniform parameters, 16 words), then
+// header that declares its buffers: `p` (uniform parameters, 32 words), then
 // `r0, r1, ...` (read-only) and `w0, w1, ...` (read-write), all array<u32>:
 // f32 data is read and written through bitcast.
 
 struct Params {
-    w: array<vec4<u32>, 4>,
+    w: array<vec4<u32>, 8>,
 }
 
 fn pu(i: u32) -> u32 {

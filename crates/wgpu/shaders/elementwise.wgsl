@@ -41,6 +41,27 @@ fn mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) g
     }
 }
 
+//! kernel add
+// [a, b, y, n]: y = a + b
+@compute @workgroup_size(256)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < pu(3u)) {
+        w0[pu(2u) + i] = bitcast<u32>(bitcast<f32>(r0[pu(0u) + i]) + bitcast<f32>(r1[pu(1u) + i]));
+    }
+}
+
+//! kernel add_assign
+// [x, y, n]: y += x
+@compute @workgroup_size(256)
+fn add_assign(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let i = flat(gid, groups);
+    if (i < pu(2u)) {
+        let o = pu(1u) + i;
+        w0[o] = bitcast<u32>(bitcast<f32>(w0[o]) + bitcast<f32>(r0[pu(0u) + i]));
+    }
+}
+
 //! kernel column_sums
 // [dy, db, rows, cols]: db[j] = sum_i dy[i, j]; one workgroup per column, its
 // invocations splitting the rows, then a tree sum.

@@ -1,5 +1,5 @@
 // Ops that draw random numbers (rng = [seed, step] on the device); mirrors
-// rr_core::reference::{dropout_forward, augment_sample}.
+// rr_core::reference::{dropout_forward, augment_sample, crop_flip_sample}.
 
 //! kernel dropout_forward
 // [rng, x, y, mask, n, p, salt, scale]; r0 = rng, r1 = x, w0 = y, w1 = mask. The scale 1/(1-p)
@@ -99,5 +99,70 @@ fn augment(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
             val += pf(12u) * rr_normal(nkey, i * c * hw + o);
         }
         w0[pu(2u) + i * c * hw + o] = bitcast<u32>(val);
+    }
+}
+
+//! kernel crop_flip
+// [rng, x, y, n, c, h, w, pad, reflect, flip, cutout, salt]; r0 = rng, r1 = x, w0 = y; one
+// invocation per output pixel (all channels). Sample i's draws are CropSpec::params': draws
+// i * 8 + 0..5 of the stream (dy, dx, flip, cutout row, cutout column); values are copied as bits.
+
+// An integer in 0..m from draw j of sample i: min(floor(u * m), m - 1) (exact in f32; m >= 1).
+fn crop_int(key: u32, i: u32, j: u32, m: u32) -> u32 {
+    return min(u32(rr_uniform(key, i * 8u + j) * f32(m)), m - 1u);
+}
+
+// The source coordinate of output coordinate o shifted by shift - pad in a side of len pixels,
+// or -1 where zero padding reads 0 (reference::crop_source; reflect has pad < len: one fold).
+fn crop_source(o: u32, shift: u32, pad: u32, len: u32, reflect: bool) -> i32 {
+    let i = i32(o + shift) - i32(pad);
+    let n = i32(len);
+    if (i >= 0 && i < n) {
+        return i;
+    }
+    if (!reflect) {
+        return -1;
+    }
+    return select(2 * (n - 1) - i, -i, i < 0);
+}
+
+@compute @workgroup_size(256)
+fn crop_flip(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
+    let n = pu(3u); let c = pu(4u); let h = pu(5u); let w = pu(6u);
+    let pad = pu(7u); let reflect = pu(8u) != 0u; let cutout = pu(10u);
+    let hw = h * w;
+    let t = flat(gid, groups);
+    if (t >= n * hw) {
+        return;
+    }
+    let key = rr_stream_key(r0[pu(0u)], r0[pu(0u) + 1u], pu(11u));
+    let i = t / hw;
+    let p = t - i * hw;
+    let row = p / w;
+    let col = p - row * w;
+    let shifts = 2u * pad + 1u;
+    let dy = crop_int(key, i, 0u, shifts);
+    let dx = crop_int(key, i, 1u, shifts);
+    let flip = pu(9u) != 0u && rr_uniform(key, i * 8u + 2u) < 0.5;
+    let sx = select(col, w - 1u - col, flip);
+    // The cutout square is placed on the output (after the flip), as the reference does.
+    var in_cut = false;
+    if (cutout > 0u) {
+        let cut_y = i32(crop_int(key, i, 3u, h)) - i32(cutout / 2u);
+        let cut_x = i32(crop_int(key, i, 4u, w)) - i32(cutout / 2u);
+        let k = i32(cutout);
+        in_cut = i32(row) >= cut_y && i32(row) < cut_y + k && i32(col) >= cut_x && i32(col) < cut_x + k;
+    }
+    let src_y = crop_source(row, dy, pad, h, reflect);
+    let src_x = crop_source(sx, dx, pad, w, reflect);
+    let read = !in_cut && src_y >= 0 && src_x >= 0;
+    let src = pu(1u) + i * c * hw + u32(src_y) * w + u32(src_x);
+    let dst = pu(2u) + i * c * hw + p;
+    for (var ch = 0u; ch < c; ch++) {
+        var v = 0u;
+        if (read) {
+            v = r1[src + ch * hw];
+        }
+        w0[dst + ch * hw] = v;
     }
 }

@@ -38,6 +38,8 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
     ("relu_forward", "elementwise", 1, 1),
     ("relu_backward", "elementwise", 2, 1),
     ("mul", "elementwise", 2, 1),
+    ("add", "elementwise", 2, 1),
+    ("add_assign", "elementwise", 1, 1),
     ("column_sums", "elementwise", 1, 1),
     ("copy_words", "elementwise", 1, 1),
     ("gemm", "gemm", 3, 1),
@@ -54,6 +56,7 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
     ("bn_backward_dx", "norm", 6, 1),
     ("dropout_forward", "random", 2, 2),
     ("augment", "random", 2, 1),
+    ("crop_flip", "random", 2, 1),
     ("softmax_cross_entropy", "loss", 2, 2),
     ("sgd_step", "optim", 2, 2),
     ("adam_step", "optim", 2, 2),
@@ -62,6 +65,8 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
 
 /// Bytes per parameter slot (the minimum uniform offset alignment wgpu allows everywhere).
 const SLOT: u64 = 256;
+/// Parameter words a kernel sees (`Params` in common.wgsl): the first 128 bytes of its slot.
+const PARAM_WORDS: usize = 32;
 /// Slots in the arena: dispatches per batch before a forced submit.
 const SLOTS: u64 = 4096;
 
@@ -370,6 +375,9 @@ impl WgpuBackend {
         ids: &[u64],
     ) -> Result<()> {
         let k = KERNELS.iter().position(|(name, ..)| *name == kernel).expect("kernel in the table");
+        if params.len() > PARAM_WORDS {
+            return Err(device_err(format!("{kernel}: {} parameter words, above the {PARAM_WORDS} a kernel sees", params.len())));
+        }
         if groups.0 == 0 || groups.1 == 0 || groups.2 == 0 {
             return Ok(());
         }
@@ -384,6 +392,7 @@ impl WgpuBackend {
         let slot = p.slots;
         p.slots += 1;
         let words = (SLOT / 4) as usize;
+        // The words past `params` stay 0 (loss.wgsl relies on it).
         p.params.resize((slot as usize + 1) * words, 0);
         p.params[slot as usize * words..][..params.len()].copy_from_slice(params);
         let mut key_ids = [0u64; 8];
@@ -398,7 +407,7 @@ impl WgpuBackend {
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                     buffer: &self.arena,
                     offset: 0,
-                    size: wgpu::BufferSize::new(64),
+                    size: wgpu::BufferSize::new(PARAM_WORDS as u64 * 4),
                 }),
             }];
             for (i, b) in buffers.iter().enumerate() {
@@ -564,7 +573,7 @@ fn compile(device: &wgpu::Device) -> Result<Vec<Kernel>> {
                 ty: wgpu::BindingType::Buffer {
                     ty: wgpu::BufferBindingType::Uniform,
                     has_dynamic_offset: true,
-                    min_binding_size: wgpu::BufferSize::new(64),
+                    min_binding_size: wgpu::BufferSize::new(PARAM_WORDS as u64 * 4),
                 },
                 count: None,
             }];

@@ -3,7 +3,9 @@
 //! buffers, then sizes; f32 values go as bits.
 
 use crate::{device_err, WgpuBackend, WgpuBuf};
-use rr_core::backend::{checks, AugmentSpec, BatchNormGeom, Conv2dGeom, DropoutSpec, Gather, Gemm, Pool2dGeom, UpdateRule};
+use rr_core::backend::{
+    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule, MAX_CHANNELS,
+};
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
 
@@ -386,24 +388,46 @@ impl Backend for WgpuBackend {
         self.run("augment", grid(spec.n * spec.h * spec.w), &p, &[r(&rng), r(&x), w(&y)])
     }
 
-    // TEMPORARY (being implemented): the ops below fail until the kernels land.
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add(a.len, b.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "wgpu", msg: "add: not implemented yet".into() })
+        if a.len == 0 {
+            return Ok(());
+        }
+        let p = [u(a.offset)?, u(b.offset)?, u(y.offset)?, u(a.len)?];
+        self.run("add", grid(a.len), &p, &[r(&a), r(&b), w(&y)])
     }
+
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add_assign(x.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "wgpu", msg: "add_assign: not implemented yet".into() })
+        if x.len == 0 {
+            return Ok(());
+        }
+        let p = [u(x.offset)?, u(y.offset)?, u(x.len)?];
+        self.run("add_assign", grid(x.len), &p, &[r(&x), w(&y)])
     }
-    fn crop_flip(
-        &self,
-        spec: &rr_core::backend::CropSpec,
-        rng: View<'_, Self, u32>,
-        x: View<'_, Self, f32>,
-        y: ViewMut<'_, Self, f32>,
-    ) -> Result<()> {
+
+    fn crop_flip(&self, spec: &CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::crop_flip(spec, rng.len, x.len, y.len)?;
-        Err(rr_core::Error::Device { backend: "wgpu", msg: "crop_flip: not implemented yet".into() })
+        if spec.is_empty() {
+            return Ok(());
+        }
+        // Every index the kernel computes is below len (checked to fit a word).
+        u(spec.len())?;
+        let p = [
+            u(rng.offset)?,
+            u(x.offset)?,
+            u(y.offset)?,
+            u(spec.n)?,
+            u(spec.c)?,
+            u(spec.h)?,
+            u(spec.w)?,
+            u(spec.pad)?,
+            (spec.padding == Padding::Reflect) as u32,
+            spec.flip as u32,
+            u(spec.cutout)?,
+            spec.salt,
+        ];
+        self.run("crop_flip", grid(spec.n * spec.h * spec.w), &p, &[r(&rng), r(&x), w(&y)])
     }
 
     fn softmax_cross_entropy(
@@ -434,6 +458,9 @@ impl Backend for WgpuBackend {
             u(classes)?,
             f(grad_scale),
             dlogits.is_some() as u32,
+            f(smoothing),
+            // As the reference computes it (a division in WGSL may be approximate).
+            f(smoothing / classes as f32),
         ];
         self.run("softmax_cross_entropy", (1, 1, 1), &p, &[r(&logits), r(&labels), grad, w(&stats)])
     }
@@ -477,9 +504,17 @@ impl Backend for WgpuBackend {
         // A kernel cannot fail: an index outside the dataset leaves its sample unwritten
         // (the trainer's indices come from a permutation of the dataset; the CPU backend
         // reports a bad one as an error).
-        let scale = 1.0 / (255.0 * spec.std[0]);
-        let shift = spec.mean[0] / spec.std[0];
-        let p = [
+        // x = px * scale[c] - shift[c], as the reference computes them (channels past
+        // `channels` are never read: 0).
+        let (mut scale, mut shift) = ([0.0f32; MAX_CHANNELS], [0.0f32; MAX_CHANNELS]);
+        for c in 0..spec.channels {
+            scale[c] = 1.0 / (255.0 * spec.std[c]);
+            shift[c] = spec.mean[c] / spec.std[c];
+        }
+        // One invocation per output pixel, or per sample where images have no pixels.
+        let invocations = spec.n * spec.sample_len.max(1);
+        u(invocations)?;
+        let mut p = vec![
             u(images.offset)?,
             u(labels.offset)?,
             u(indices.offset)?,
@@ -488,9 +523,10 @@ impl Backend for WgpuBackend {
             u(spec.n)?,
             u(spec.sample_len)?,
             u(labels.len)?,
-            f(scale),
-            f(shift),
+            u(spec.plane())?,
         ];
-        self.run("gather_batch", grid(spec.n * spec.sample_len), &p, &[r(&images), r(&labels), r(&indices), w(&x), w(&y)])
+        p.extend(scale.map(f));
+        p.extend(shift.map(f));
+        self.run("gather_batch", grid(invocations), &p, &[r(&images), r(&labels), r(&indices), w(&x), w(&y)])
     }
 }
