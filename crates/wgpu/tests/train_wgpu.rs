@@ -20,7 +20,7 @@ fn forty_steps_of_lenet_lower_the_loss_and_learn() {
     data.train.truncate(2560);
     data.test.truncate(1000);
     let config = TrainConfig { epochs: 2, ..TrainConfig::default() };
-    let model = Model::new(&b, &ModelConfig::Lenet5, config.seed).unwrap();
+    let model = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, config.seed).unwrap();
     let (train, test) =
         (DeviceDataset::upload(&b, &data.train, &data.info).unwrap(), DeviceDataset::upload(&b, &data.test, &data.info).unwrap());
     let mut trainer = Trainer::new(&b, model, config, train.len).unwrap();
@@ -38,7 +38,7 @@ fn lenet_one_epoch_on_a_real_gpu_reaches_97_percent() {
     let b = WgpuBackend::new(false).unwrap_or_else(|e| panic!("needs a real GPU: {e}"));
     let data = mnist();
     let config = TrainConfig { epochs: 1, ..TrainConfig::default() };
-    let model = Model::new(&b, &ModelConfig::Lenet5, config.seed).unwrap();
+    let model = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, config.seed).unwrap();
     let (train, test) =
         (DeviceDataset::upload(&b, &data.train, &data.info).unwrap(), DeviceDataset::upload(&b, &data.test, &data.info).unwrap());
     let mut trainer = Trainer::new(&b, model, config, train.len).unwrap();
