@@ -99,21 +99,30 @@ pub fn data_dir(arg: &Option<PathBuf>, dataset: DatasetArg) -> Result<PathBuf> {
 
 /// The dataset description stored in a checkpoint, and its data loaded from
 /// `--data-dir` (or the default folder), refused when it does not match.
-pub fn for_checkpoint(ckpt: &rr_core::checkpoint::Checkpoint, data_dir: &Option<PathBuf>) -> Result<(DatasetInfo, Splits)> {
-    let info = DatasetInfo::from_metadata(ckpt.metadata.get("dataset").map(String::as_str))?;
+pub fn for_checkpoint(ckpt: &rr_core::checkpoint::Checkpoint, path: &Path, data_dir: &Option<PathBuf>) -> Result<(DatasetInfo, Splits)> {
+    let info = ckpt.dataset(path)?;
     let (arg, image_size) = of_checkpoint(&info)?;
     let dir = self::data_dir(data_dir, arg)?;
     let data = load(arg, &dir, image_size)?;
-    if data.info.shape != info.shape || data.info.classes != info.classes {
+    check_same(&info, &data.info, &dir)?;
+    Ok((info, data))
+}
+
+/// Refuses data whose shape, classes or class names are not those a model was trained on.
+pub fn check_same(trained: &DatasetInfo, data: &DatasetInfo, dir: &Path) -> Result<()> {
+    if data.shape != trained.shape || data.classes != trained.classes {
         anyhow::bail!(
-            "{} holds {:?} images in {} classes, but the checkpoint's model was trained on {:?} images in {} classes ({})",
+            "{} holds {:?} images in {} classes, but the model was trained on {:?} images in {} classes ({})",
             dir.display(),
-            data.info.shape,
-            data.info.classes,
-            info.shape,
-            info.classes,
-            info.name
+            data.shape,
+            data.classes,
+            trained.shape,
+            trained.classes,
+            trained.name
         );
     }
-    Ok((info, data))
+    if data.class_names != trained.class_names {
+        anyhow::bail!("{} names its classes {:?}, but the model was trained on {:?}", dir.display(), data.class_names, trained.class_names);
+    }
+    Ok(())
 }

@@ -27,8 +27,9 @@ struct EvalJob(EvalArgs);
 impl WithBackend for EvalJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
-        let (mut model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
-        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &args.common.data_dir)?;
+        let ckpt_path = args.checkpoint.clone();
+        let (mut model, ckpt) = checkpoint::load_model(&ckpt_path, backend)?;
+        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir)?;
         let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
         let start = Instant::now();
         let stats = evaluate(backend, &mut model, &test_set, args.batch_size)?;

@@ -240,8 +240,9 @@ struct PlotJob(PlotArgs);
 impl WithBackend for PlotJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
-        let (mut model, ckpt) = checkpoint::load_model(&args.run_dir.join("model.safetensors"), backend)?;
-        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &args.common.data_dir)?;
+        let ckpt_path = args.run_dir.join("model.safetensors");
+        let (mut model, ckpt) = checkpoint::load_model(&ckpt_path, backend)?;
+        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir)?;
         draw_run(backend, &args.run_dir, &mut model, &data.test, &info)?;
         println!("wrote {} and {}", args.run_dir.join("curves.png").display(), args.run_dir.join("confusion.png").display());
         Ok(RunStats::default())

@@ -51,7 +51,7 @@ impl WithBackend for PredictJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (mut model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
-        let info = rr_core::data::DatasetInfo::from_metadata(ckpt.metadata.get("dataset").map(String::as_str))?;
+        let info = ckpt.dataset(&args.checkpoint)?;
         let names = info.class_names.clone();
         // Each file on its own: one bad file is reported and the others are still predicted.
         let prepared: Vec<(PathBuf, Result<Vec<u8>>)> = args

@@ -3,7 +3,7 @@
 //! - `GET /`: one self-contained page (canvas, clear button, live bar chart).
 //! - `GET /api/info`: the model, device and class labels.
 //! - `POST /api/predict`: a PNG/JPEG drawing (`Content-Type: image/png` or
-//!   `image/jpeg`, preprocessed like `predict`), or JSON `{"pixels": [784 values
+//!   `image/jpeg`, preprocessed like `predict`), or JSON `{"pixels": [C*H*W values
 //!   0..255]}` (already MNIST-style: 28x28, light ink on dark); answers
 //!   `{"class", "label", "probabilities", "labels"}`.
 //!
@@ -68,7 +68,7 @@ impl WithBackend for ServeJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let (model, ckpt) = checkpoint::load_model(&args.checkpoint, backend)?;
-        let dataset = rr_core::data::DatasetInfo::from_metadata(ckpt.metadata.get("dataset").map(String::as_str))?;
+        let dataset = ckpt.dataset(&args.checkpoint)?;
         let labels = dataset.class_names.clone();
         let info = json!({
             "model": ckpt.config.name(), "dataset": dataset.name, "input_shape": dataset.shape, "device": backend.name(),

@@ -48,9 +48,9 @@ pub struct TrainArgs {
     /// image-folder: the side images are resized to
     #[arg(long, default_value_t = 32)]
     image_size: usize,
-    /// Layer sizes of the MLP, input and output included
-    #[arg(long, value_delimiter = ',', default_value = "784,256,128,10")]
-    mlp_sizes: Vec<usize>,
+    /// Layer sizes of the MLP, input and output included [default: C*H*W,256,128,classes, e.g. 784,256,128,10]
+    #[arg(long, value_delimiter = ',')]
+    mlp_sizes: Option<Vec<usize>>,
     /// mnist-cnn: channels of the first block (the others have 2x and 4x) [default: 32; fashion-mnist 48]
     #[arg(long)]
     width: Option<usize>,
@@ -60,16 +60,16 @@ pub struct TrainArgs {
     /// Train on the first N training images only (quick experiments)
     #[arg(long)]
     limit_train: Option<usize>,
-    /// Epochs in all (with --resume: the new total) [default: the model's recipe: 5 for lenet and mlp; mnist-cnn 20, on fashion-mnist 30]
+    /// Epochs in all (with --resume: the new total) [default: the model's recipe: 5 for lenet and mlp; mnist-cnn 20, on fashion-mnist 30; resnet18 20; resnet20/56 30]
     #[arg(long)]
     epochs: Option<usize>,
-    /// [default: 128]
+    /// [default: 128; resnet18 256]
     #[arg(long)]
     batch_size: Option<usize>,
     /// Optimizer [default: sgd]
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
-    /// Base learning rate [default: 0.1]
+    /// Base learning rate [default: 0.1; resnet18 0.2]
     #[arg(long)]
     lr: Option<f32>,
     /// SGD momentum [default: 0.9]
@@ -105,7 +105,7 @@ pub struct TrainArgs {
     /// Linear warm-up from 0 over this many epochs (any schedule)
     #[arg(long, default_value_t = 0.0)]
     warmup_epochs: f32,
-    /// Parameter initialization [default: pytorch; mnist-cnn he]
+    /// Parameter initialization [default: pytorch; mnist-cnn, resnet20/56 he]
     #[arg(long, value_enum)]
     init: Option<InitArg>,
     /// Seed for initialization, shuffling, augmentation and dropout: the same seed gives the same run
@@ -133,7 +133,8 @@ pub struct TrainArgs {
     /// Augmentation: random horizontal flips
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
     flip: Option<bool>,
-    /// Augmentation: random crops shifted by up to this many pixels [default: 0; CIFAR and image folders 4]
+    /// Augmentation: random crops shifted by up to this many pixels [default: 0; on CIFAR and image folders
+    /// with --augment or a resnet/mnist-cnn recipe: 4]
     #[arg(long)]
     crop: Option<usize>,
     /// Augmentation: how random crops are padded [default: reflect]
@@ -204,6 +205,9 @@ struct Resumed {
     graph: rr_core::Graph,
     dataset: DatasetArg,
     image_size: usize,
+    /// The dataset description and folder of the run (older runs: no folder).
+    trained_on: DatasetInfo,
+    data_dir: Option<PathBuf>,
     config: TrainConfig,
     epochs_done: usize,
     optimizer_state: Vec<f32>,
@@ -234,9 +238,11 @@ fn read_resume(path: &std::path::Path, epochs: Option<usize>) -> Result<Resumed>
         .find(|(n, _, _)| n == "optimizer.state")
         .map(|(_, _, v)| v)
         .with_context(|| format!("{}: no optimizer state", state_path.display()))?;
-    let info = DatasetInfo::from_metadata(meta.get("dataset").map(String::as_str))?;
+    let info = ckpt.dataset(path)?;
     let (dataset, image_size) = dataset::of_checkpoint(&info)?;
     Ok(Resumed {
+        trained_on: info,
+        data_dir: meta.get("data_dir").map(PathBuf::from),
         out: dir,
         model_config: ckpt.config,
         graph: ckpt.graph,
@@ -252,10 +258,14 @@ fn read_resume(path: &std::path::Path, epochs: Option<usize>) -> Result<Resumed>
 }
 
 impl TrainArgs {
-    fn model_config(&self) -> ModelConfig {
+    /// The architecture asked for, for a dataset of `info`'s shape and classes.
+    fn model_config(&self, info: &DatasetInfo) -> ModelConfig {
         match self.model {
             ModelArg::Lenet => ModelConfig::Lenet5,
-            ModelArg::Mlp => ModelConfig::Mlp { sizes: self.mlp_sizes.clone() },
+            ModelArg::Mlp => {
+                let default = || vec![info.shape.iter().product(), 256, 128, info.classes];
+                ModelConfig::Mlp { sizes: self.mlp_sizes.clone().unwrap_or_else(default) }
+            }
             ModelArg::MnistCnn => {
                 let (width, dropout) = ModelConfig::mnist_cnn_defaults(self.dataset.name());
                 ModelConfig::MnistCnn { width: self.width.unwrap_or(width), dropout: self.dropout.unwrap_or(dropout) }
@@ -348,18 +358,29 @@ impl WithBackend for TrainJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
         let resumed = args.resume.as_deref().map(|p| read_resume(p, args.epochs)).transpose()?;
-        let (model_config, dataset, image_size, config) = match &resumed {
-            Some(r) => (r.model_config.clone(), r.dataset, r.image_size, r.config.clone()),
+        let (dataset, image_size) = match &resumed {
+            Some(r) => (r.dataset, r.image_size),
+            None => (args.dataset, args.image_size),
+        };
+        // A resumed run reads the folder it was trained on unless told otherwise.
+        let dir_arg = args.common.data_dir.clone().or_else(|| resumed.as_ref().and_then(|r| r.data_dir.clone()));
+        let data_dir = dataset::data_dir(&dir_arg, dataset)?;
+        let mut data = dataset::load(dataset, &data_dir, image_size)?;
+        if let Some(r) = &resumed {
+            dataset::check_same(&r.trained_on, &data.info, &data_dir)?;
+            // The normalization the run was trained with (an image folder's statistics may have moved).
+            data.info = r.trained_on.clone();
+        }
+        let info = data.info.clone();
+        let (model_config, config) = match &resumed {
+            Some(r) => (r.model_config.clone(), r.config.clone()),
             None => {
-                let model_config = args.model_config();
+                let model_config = args.model_config(&info);
                 let config = args.train_config(&model_config);
-                (model_config, args.dataset, args.image_size, config)
+                (model_config, config)
             }
         };
         config.validate()?;
-        let data_dir = dataset::data_dir(&args.common.data_dir, dataset)?;
-        let mut data = dataset::load(dataset, &data_dir, image_size)?;
-        let info = data.info.clone();
         if let Some(n) = config.train_limit {
             if n == 0 {
                 anyhow::bail!("--limit-train must be at least 1");
@@ -538,6 +559,7 @@ impl WithBackend for TrainJob {
                     ("best_test_accuracy", format!("{best}")),
                     ("train_config", serde_json::to_string(&config)?),
                     ("dataset", serde_json::to_string(&info)?),
+                    ("data_dir", data_dir.display().to_string()),
                 ],
             )?;
         }

@@ -53,7 +53,7 @@ fn main() -> Result<()> {
 
     // The architecture travels with the checkpoint: it loads back without this code.
     let path = std::env::temp_dir().join(format!("custom_model-{}.safetensors", std::process::id()));
-    checkpoint::save(&path, &backend, &trainer.model, &[])?;
+    checkpoint::save(&path, &backend, &trainer.model, &[mnist.info.metadata_entry()])?;
     let (mut loaded, _) = checkpoint::load_model(&path, &backend)?;
     let again = evaluate(&backend, &mut loaded, &test, 1000)?;
     assert_eq!(again.correct, result.correct, "the reloaded checkpoint predicts the same");

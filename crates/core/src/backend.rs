@@ -446,9 +446,9 @@ impl Gather {
 #[serde(rename_all = "lowercase")]
 pub enum Padding {
     /// Outside the image reads 0 (the mean colour, after normalization).
-    #[default]
     Zero,
     /// Mirror at the edge without repeating it (PyTorch's `reflect`): -1 reads 1.
+    #[default]
     Reflect,
 }
 

@@ -135,6 +135,31 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     Ok(Checkpoint { config, graph, tensors, metadata })
 }
 
+impl Checkpoint {
+    /// The description of the data the model was trained on (metadata `dataset`),
+    /// checked against the model's input shape and classes. Checkpoints without
+    /// one are taken as MNIST's only when the model takes MNIST's shape.
+    pub fn dataset(&self, path: &Path) -> Result<crate::data::DatasetInfo> {
+        let err = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
+        let stored = self.metadata.get("dataset").map(String::as_str);
+        let info = crate::data::DatasetInfo::from_metadata(stored).map_err(|e| err(e.to_string()))?;
+        let shapes = self.graph.shapes().map_err(|e| err(e.to_string()))?;
+        let classes: usize = shapes.last().map_or(0, |s| s.iter().product());
+        if shapes[0] != info.shape || classes != info.classes {
+            let what = if stored.is_some() {
+                "its dataset description says"
+            } else {
+                "it has no dataset description (metadata `dataset`), and MNIST has"
+            };
+            return Err(err(format!(
+                "the model takes {:?} inputs in {classes} classes, but {what} {:?} images in {} classes",
+                shapes[0], info.shape, info.classes
+            )));
+        }
+        Ok(info)
+    }
+}
+
 /// Loads a checkpoint and builds its model on `backend`.
 pub fn load_model<B: Backend>(path: &Path, backend: &B) -> Result<(Model<B>, Checkpoint)> {
     let ckpt = load(path)?;

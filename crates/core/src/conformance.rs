@@ -596,16 +596,22 @@ pub fn gradcheck_label_smoothing<B: Backend>(b: &B, _tol: f32) {
 pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
     use crate::model::{Model, ModelConfig};
     let mut r = rng(13);
+    let builtin = |config: ModelConfig, input: &[usize]| {
+        let graph = config.graph(input, 10).unwrap();
+        (config, graph)
+    };
     let cases = [
-        (ModelConfig::Lenet5, vec![1, 28, 28]),
-        (ModelConfig::Mlp { sizes: vec![784, 32, 10] }, vec![1, 28, 28]),
-        (ModelConfig::MnistCnn { width: 3, dropout: 0.25 }, vec![1, 28, 28]),
+        builtin(ModelConfig::Lenet5, &[1, 28, 28]),
+        builtin(ModelConfig::Mlp { sizes: vec![784, 32, 10] }, &[1, 28, 28]),
+        builtin(ModelConfig::MnistCnn { width: 3, dropout: 0.25 }, &[1, 28, 28]),
         // Three stages of one basic block: identity and 1x1-conv shortcuts.
-        (ModelConfig::CifarResnet { depth: 8 }, vec![3, 8, 8]),
+        builtin(ModelConfig::CifarResnet { depth: 8 }, &[3, 8, 8]),
+        (ModelConfig::Custom { name: "adds".into() }, adds_graph()),
     ];
-    for (config, input) in cases {
+    for (config, graph) in cases {
         let n = 3;
-        let mut model = Model::new(b, &config, &input, 10, r.random_range(0..1000)).unwrap();
+        let input = graph.input.clone();
+        let mut model = Model::build(b, config.clone(), graph, r.random_range(0..1000), crate::model::Init::PyTorch).unwrap();
         let x = uniform(&mut r, n * input.iter().product::<usize>(), -1.0, 2.0);
         let labels: Vec<u32> = (0..n).map(|_| r.random_range(0..10)).collect();
         let (dx, dlab) = (b.upload(&x).unwrap(), b.upload(&labels).unwrap());
@@ -706,6 +712,21 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
             assert!(checked >= 4 || vanishing, "{} model: only {checked} elements of {} were away from kinks", config.name(), e.name);
         }
     }
+}
+
+/// A graph whose adds read one tensor twice and the graph's input:
+/// relu(2 conv(x) + x), pooled, then a Linear.
+fn adds_graph() -> crate::graph::Graph {
+    use crate::graph::{Conv, GraphBuilder};
+    let mut g = GraphBuilder::new("adds", &[2, 6, 6]);
+    let x = g.input();
+    let y = g.conv2d("conv", x, Conv::new(2, 3).pad(1)).unwrap();
+    let y = g.add(y, y).unwrap();
+    let y = g.add(y, x).unwrap();
+    let y = g.relu(y).unwrap();
+    let y = g.global_avg_pool(y).unwrap();
+    let logits = g.linear("fc", y, 10).unwrap();
+    g.finish(logits).unwrap()
 }
 
 pub fn avgpool2d<B: Backend>(b: &B, tol: f32) {

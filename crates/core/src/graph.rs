@@ -177,8 +177,14 @@ impl Graph {
         }
         let mut shapes = vec![self.input.clone()];
         let mut used = vec![false; self.nodes.len() + 1];
+        let mut names = std::collections::HashSet::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let here = |msg: String| Error::config(format!("model `{}`, node {i} ({})", self.name, node.label()), msg);
+            if let Some(name) = &node.name {
+                if !names.insert(name.as_str()) {
+                    return Err(here(format!("another node is named `{name}` (parameter names must be unique)")));
+                }
+            }
             if let Some(bad) = node.inputs.iter().find(|id| id.0 > i) {
                 return Err(here(format!("reads tensor {} which is not computed before it", bad.0)));
             }

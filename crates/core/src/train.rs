@@ -167,7 +167,11 @@ impl TrainConfig {
                 optimizer: nesterov(0.1),
                 schedule: ScheduleConfig { schedule: Schedule::OneCycle { pct_start: 0.25 }, warmup_epochs: 0.0 },
                 init: Init::He,
-                augment: if fashion { AugmentConfig::clothes() } else { AugmentConfig::digits() },
+                augment: match (fashion, photos) {
+                    (true, _) => AugmentConfig::clothes(),
+                    (_, true) => AugmentConfig::photos(),
+                    _ => AugmentConfig::digits(),
+                },
                 ..TrainConfig::default()
             },
             // torch_cifar.py's recipe at batch 256 (lr 0.1 per 128), trained longer.

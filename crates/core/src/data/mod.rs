@@ -276,11 +276,21 @@ impl DatasetInfo {
     /// Reads the `dataset` metadata of a checkpoint: this struct as JSON, or
     /// the bare name older checkpoints stored ("mnist", "fashion-mnist").
     pub fn from_metadata(value: Option<&str>) -> Result<Self> {
-        match value {
-            None | Some("mnist") => Ok(Self::mnist()),
-            Some("fashion-mnist") => Ok(Self::fashion_mnist()),
-            Some(json) => serde_json::from_str(json).map_err(|e| Error::config("checkpoint dataset description", format!("{e}: {json}"))),
-        }
+        let info = match value {
+            None | Some("mnist") => Self::mnist(),
+            Some("fashion-mnist") => Self::fashion_mnist(),
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| Error::config("checkpoint dataset description", format!("{e}: {json}")))?
+            }
+        };
+        info.validate()?;
+        Ok(info)
+    }
+
+    /// Metadata entry that stores this description in a checkpoint
+    /// (`checkpoint::save(path, backend, model, &[info.metadata_entry()])`).
+    pub fn metadata_entry(&self) -> (&'static str, String) {
+        ("dataset", serde_json::to_string(self).expect("a dataset description serializes"))
     }
 }
 
