@@ -271,9 +271,9 @@ impl GraphBuilder {
         NodeId::INPUT
     }
 
-    /// The per-sample shape of a tensor of this graph.
+    /// The per-sample shape of a tensor of this graph (empty for an id this builder did not make).
     pub fn shape(&self, x: NodeId) -> &[usize] {
-        &self.shapes[x.0]
+        self.shapes.get(x.0).map_or(&[], Vec::as_slice)
     }
 
     /// Adds a node (the general form of the methods below).
@@ -363,7 +363,9 @@ impl GraphBuilder {
     /// A Linear layer; (C, H, W) inputs are flattened first.
     pub fn linear(&mut self, name: &str, x: NodeId, outputs: usize) -> Result<NodeId> {
         let x = if self.shape(x).len() > 1 { self.flatten(x)? } else { x };
-        let in_features = self.shape(x)[0];
+        let &[in_features] = self.shape(x) else {
+            return Err(Error::config(format!("model `{}`, {name}", self.graph.name), format!("no such tensor {} or an empty shape", x.0)));
+        };
         self.push(Some(name), Op::Linear { in_features, out_features: outputs }, &[x])
     }
 

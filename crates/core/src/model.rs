@@ -170,7 +170,7 @@ fn resnet(g: &mut GraphBuilder, stem: usize, stages: &[(usize, usize, usize)], c
 /// relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)), the shortcut a 1x1
 /// conv + BN where the shape changes.
 pub fn basic_block(g: &mut GraphBuilder, name: &str, x: NodeId, channels: usize, stride: usize) -> Result<NodeId> {
-    let c_in = g.shape(x)[0];
+    let c_in = g.shape(x).first().copied().unwrap_or(0);
     let y = g.conv2d(&format!("{name}.conv1"), x, Conv::new(channels, 3).stride(stride).pad(1).no_bias())?;
     let y = g.batch_norm_relu(&format!("{name}.bn1"), y)?;
     let y = g.conv2d(&format!("{name}.conv2"), y, Conv::new(channels, 3).pad(1).no_bias())?;
