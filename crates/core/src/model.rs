@@ -294,6 +294,10 @@ pub struct Model<B: Backend> {
     dacts: Vec<B::Buf<f32>>,
     /// Where a second consumer of a tensor writes its gradient before it is summed in.
     grad_scratch: Option<B::Buf<f32>>,
+    /// Elements per sample of each tensor (shapes' products), and which tensors'
+    /// gradients backward has written so far (kept so that a step allocates nothing).
+    tensor_lens: Vec<usize>,
+    written: Vec<bool>,
     capacity: usize,
     grad_capacity: usize,
     /// Bumped whenever a buffer the ops address is replaced (recorded graphs
@@ -361,7 +365,11 @@ impl<B: Backend> Model<B> {
         }
         let host = initial_values(&entries, total, seed, init);
         let params = ParamStore { data: backend.upload(&host)?, grads: backend.alloc(total)?, entries };
+        let tensor_lens = shapes.iter().map(|s| s.iter().product()).collect();
+        let written = vec![false; graph.nodes.len()];
         Ok(Model {
+            tensor_lens,
+            written,
             config,
             graph,
             nodes,
@@ -398,7 +406,7 @@ impl<B: Backend> Model<B> {
 
     /// Elements per sample of tensor `t` (0: the input, i + 1: node i's output).
     fn tensor_len(&self, t: usize) -> usize {
-        self.shapes[t].iter().product()
+        self.tensor_lens[t]
     }
 
     /// Preallocates activations for batches of up to `n` samples. Forward calls
@@ -451,17 +459,17 @@ impl<B: Backend> Model<B> {
     fn forward_mode(&mut self, backend: &B, n: usize, x: View<'_, B, f32>, training: bool) -> Result<()> {
         crate::error::check_len("model forward", "input", n * self.input_len(), x.len)?;
         self.reserve(backend, n)?;
-        let lens: Vec<usize> = (0..self.shapes.len()).map(|t| n * self.tensor_len(t)).collect();
-        let Model { nodes, acts, params, rng, .. } = self;
+        let Model { nodes, acts, params, rng, tensor_lens, .. } = self;
+        let len = |t: usize| n * tensor_lens[t];
         let ctx = Ctx { backend, n, params: &params.data, training, rng: View::all(rng) };
         for (i, node) in nodes.iter_mut().enumerate() {
             let (before, after) = acts.split_at_mut(i);
             // x: the model's input, or an earlier node's output
             let tensor = |t: NodeId| match t.node() {
                 None => Ok(x),
-                Some(s) => View::prefix(&before[s], lens[t.0]),
+                Some(s) => View::prefix(&before[s], len(t.0)),
             };
-            let y = ViewMut::prefix(&mut after[0], lens[i + 1])?;
+            let y = ViewMut::prefix(&mut after[0], len(i + 1))?;
             match node.layer.as_mut() {
                 Some(layer) => layer.forward(&ctx, tensor(node.inputs[0])?, y)?,
                 None => backend.add(tensor(node.inputs[0])?, tensor(node.inputs[1])?, y)?,
@@ -490,24 +498,24 @@ impl<B: Backend> Model<B> {
                 n,
             ));
         }
-        let lens: Vec<usize> = (0..self.shapes.len()).map(|t| n * self.tensor_len(t)).collect();
         let last = self.nodes.len() - 1;
-        let Model { nodes, acts, dacts, grad_scratch, params, rng, .. } = self;
+        let Model { nodes, acts, dacts, grad_scratch, params, rng, tensor_lens, written, .. } = self;
+        let len = |t: usize| n * tensor_lens[t];
         let ctx = Ctx { backend, n, params: &params.data, training: true, rng: View::all(rng) };
-        let mut written = vec![false; nodes.len()];
+        written.fill(false);
         for (i, node) in nodes.iter_mut().enumerate().rev() {
             let (below, above) = dacts.split_at_mut(i.min(last));
             // dy: (n, output of node i)
-            let dy = if i == last { dlogits } else { View::prefix(&above[0], lens[i + 1])? };
+            let dy = if i == last { dlogits } else { View::prefix(&above[0], len(i + 1))? };
             let tensor = |t: NodeId| match t.node() {
                 None => Ok(x),
-                Some(s) => View::prefix(&acts[s], lens[t.0]),
+                Some(s) => View::prefix(&acts[s], len(t.0)),
             };
             let Some(layer) = node.layer.as_mut() else {
                 // add: both inputs receive dy.
                 for t in &node.inputs {
                     let Some(s) = t.node() else { continue };
-                    let dx = ViewMut::prefix(&mut below[s], lens[t.0])?;
+                    let dx = ViewMut::prefix(&mut below[s], len(t.0))?;
                     if std::mem::replace(&mut written[s], true) {
                         backend.add_assign(dy, dx)?;
                     } else {
@@ -517,18 +525,18 @@ impl<B: Backend> Model<B> {
                 continue;
             };
             let t = node.inputs[0];
-            let (input, output) = (tensor(t)?, View::prefix(&acts[i], lens[i + 1])?);
+            let (input, output) = (tensor(t)?, View::prefix(&acts[i], len(i + 1))?);
             match t.node() {
                 None => layer.backward(&ctx, &mut params.grads, input, output, dy, None)?,
                 Some(s) if !std::mem::replace(&mut written[s], true) => {
-                    let dx = ViewMut::prefix(&mut below[s], lens[t.0])?;
+                    let dx = ViewMut::prefix(&mut below[s], len(t.0))?;
                     layer.backward(&ctx, &mut params.grads, input, output, dy, Some(dx))?
                 }
                 Some(s) => {
                     let scratch =
                         grad_scratch.as_mut().ok_or_else(|| Error::shape("model backward", "gradient scratch", "allocated", "none"))?;
-                    layer.backward(&ctx, &mut params.grads, input, output, dy, Some(ViewMut::prefix(scratch, lens[t.0])?))?;
-                    backend.add_assign(View::prefix(scratch, lens[t.0])?, ViewMut::prefix(&mut below[s], lens[t.0])?)?;
+                    layer.backward(&ctx, &mut params.grads, input, output, dy, Some(ViewMut::prefix(scratch, len(t.0))?))?;
+                    backend.add_assign(View::prefix(scratch, len(t.0))?, ViewMut::prefix(&mut below[s], len(t.0))?)?;
                 }
             }
         }

@@ -246,8 +246,8 @@ pub fn optimizer_step(rule: &UpdateRule, hyper: &[f32], p: &mut [f32], g: &[f32]
 pub fn gather_batch(s: &Gather, images: &[u8], labels: &[u8], indices: &[u32], x: &mut [f32], y: &mut [u32]) -> Result<()> {
     let plane = s.plane();
     // x = px * scale - shift: one multiply-add per pixel.
-    let scale: Vec<f32> = s.std.iter().map(|sd| 1.0 / (255.0 * sd)).collect();
-    let shift: Vec<f32> = s.mean.iter().zip(&s.std).map(|(m, sd)| m / sd).collect();
+    let scale = s.std.map(|sd| 1.0 / (255.0 * sd));
+    let shift: [f32; 4] = std::array::from_fn(|c| s.mean[c] / s.std[c]);
     for (i, &idx) in indices.iter().enumerate().take(s.n) {
         let idx = idx as usize;
         if idx >= labels.len() {

@@ -384,15 +384,14 @@ impl<B: Backend> Trainer<B> {
             ViewMut::prefix(&mut self.batch.y, n)?,
         )?;
         // Augmentation: the affine warp, then crop/flip/cutout, each when configured.
-        let shape = self.model.input_shape().to_vec();
         let mut x = View::prefix(&self.batch.x, x_len)?;
         if let Some(warped) = self.batch.warped.as_mut() {
-            let spec = self.config.augment.spec(n, &shape, &data.info)?;
+            let spec = self.config.augment.spec(n, self.model.input_shape(), &data.info)?;
             backend.augment(&spec, View::all(&self.model.rng), x, ViewMut::prefix(warped, x_len)?)?;
             x = View::prefix(warped, x_len)?;
         }
         if let Some(cropped) = self.batch.cropped.as_mut() {
-            let spec = self.config.augment.crop_spec(n, &shape)?;
+            let spec = self.config.augment.crop_spec(n, self.model.input_shape())?;
             backend.crop_flip(&spec, View::all(&self.model.rng), x, ViewMut::prefix(cropped, x_len)?)?;
             x = View::prefix(cropped, x_len)?;
         }
