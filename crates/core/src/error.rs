@@ -11,13 +11,11 @@ pub enum Error {
     #[error("{op}: {what}: expected {expected}, got {got}")]
     Shape { op: &'static str, what: String, expected: String, got: String },
 
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// A file could not be read or written. The OS error is part of the
+    /// message and not a `source()`: error reporters that print the chain
+    /// (anyhow's `{:#}`) would print it twice.
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
 
     /// An IDX data file is malformed.
     #[error("{path}: not a valid IDX file: {msg}")]
@@ -54,7 +52,7 @@ impl Error {
     }
 
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), error: source }
     }
 
     pub fn config(what: impl Into<String>, msg: impl Into<String>) -> Self {

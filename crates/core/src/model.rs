@@ -82,8 +82,28 @@ impl ModelConfig {
         }
     }
 
+    /// Checks the settings that need no input shape: width, dropout, depth.
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            ModelConfig::MnistCnn { width, dropout } => {
+                if width == 0 {
+                    return Err(Error::config("--width", "must be at least 1"));
+                }
+                if !(0.0..1.0).contains(&dropout) {
+                    return Err(Error::config("--dropout", format!("must be in [0, 1), got {dropout}")));
+                }
+            }
+            ModelConfig::CifarResnet { depth } if depth < 8 || (depth - 2) % 6 != 0 => {
+                return Err(Error::config("resnet depth", format!("must be 6n+2 (20, 32, 44, 56, 110), got {depth}")));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
     /// The architecture for per-sample inputs of `input` shape and `classes` outputs.
     pub fn graph(&self, input: &[usize], classes: usize) -> Result<Graph> {
+        self.validate()?;
         let mut g = GraphBuilder::new(&self.name(), input);
         let x = g.input();
         let logits = match self {
@@ -118,9 +138,6 @@ impl ModelConfig {
                 x
             }
             &ModelConfig::MnistCnn { width: w, dropout } => {
-                if w == 0 {
-                    return Err(Error::config("--width", "must be at least 1"));
-                }
                 let mut x = x;
                 for (i, c_out) in [w, w, 2 * w, 2 * w, 4 * w].into_iter().enumerate() {
                     x = g.conv2d(&format!("conv{}", i + 1), x, Conv::new(c_out, 3).pad(1))?;
@@ -137,9 +154,6 @@ impl ModelConfig {
             }
             ModelConfig::Resnet18 => resnet(&mut g, 64, &[(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)], classes)?,
             &ModelConfig::CifarResnet { depth } => {
-                if depth < 8 || (depth - 2) % 6 != 0 {
-                    return Err(Error::config("resnet depth", format!("must be 6n+2 (20, 32, 44, 56, 110), got {depth}")));
-                }
                 let n = (depth - 2) / 6;
                 resnet(&mut g, 16, &[(16, n, 1), (32, n, 2), (64, n, 2)], classes)?
             }

@@ -15,7 +15,7 @@
 //! checksummed in parallel.
 
 use super::checksums::{find, read_verified, Checksums, VerifiedFile};
-use super::{parse_names, Dataset, DatasetInfo, Splits};
+use super::{parse_names, Dataset, DatasetInfo, Split, Splits};
 use crate::error::{Error, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -153,6 +153,11 @@ impl Cifar10 {
     pub fn load(dir: &Path) -> Result<Splits> {
         load(dir, &CIFAR10)
     }
+
+    /// The test batch alone (`test_batch.bin`), as [`Cifar10::load`] reads it.
+    pub fn load_test(dir: &Path) -> Result<Split> {
+        load_test(dir, &CIFAR10)
+    }
 }
 
 impl Cifar100 {
@@ -160,6 +165,11 @@ impl Cifar100 {
     /// `dir/cifar-100-binary`), checking them against `SHA256SUMS.raw` when present.
     pub fn load(dir: &Path) -> Result<Splits> {
         load(dir, &CIFAR100)
+    }
+
+    /// `test.bin` alone, as [`Cifar100::load`] reads it.
+    pub fn load_test(dir: &Path) -> Result<Split> {
+        load_test(dir, &CIFAR100)
     }
 }
 
@@ -238,22 +248,33 @@ fn resolve(dir: &Path, layout: &Layout) -> Result<PathBuf> {
 
 fn load(dir: &Path, layout: &Layout) -> Result<Splits> {
     let dir = resolve(dir, layout)?;
-    let sums = Checksums::read(&dir)?;
     let files: Vec<&str> = layout.files().collect();
+    let (mut parts, verified, info) = load_files(&dir, layout, &files)?;
+    let test = concat(parts.split_off(layout.train.len()));
+    Ok(Splits { train: concat(parts), test, info, dir, verified })
+}
+
+fn load_test(dir: &Path, layout: &Layout) -> Result<Split> {
+    let dir = resolve(dir, layout)?;
+    let (parts, verified, info) = load_files(&dir, layout, layout.test)?;
+    Ok(Split { data: concat(parts), info, dir, verified })
+}
+
+/// Reads `files` of `dir`, and the description; whether every file was checksummed.
+fn load_files(dir: &Path, layout: &Layout, files: &[&str]) -> Result<(Vec<Parsed>, bool, DatasetInfo)> {
+    let sums = Checksums::read(dir)?;
     // Decompress, checksum and parse every file in parallel; report the first
     // failing file in the fixed file order, so the error is deterministic.
     let parsed: Vec<Result<(Parsed, bool)>> = files
         .par_iter()
         .map(|stem| {
-            let VerifiedFile { path, bytes, verified } = read_verified(&dir, stem, sums.as_ref())?;
+            let VerifiedFile { path, bytes, verified } = read_verified(dir, stem, sums.as_ref())?;
             Ok((parse_records(&bytes, &path, layout)?, verified))
         })
         .collect();
-    let mut parsed = parsed.into_iter().collect::<Result<Vec<_>>>()?;
+    let parsed = parsed.into_iter().collect::<Result<Vec<_>>>()?;
     let verified = sums.is_some() && parsed.iter().all(|(_, v)| *v);
-    let test_parts: Vec<Parsed> = parsed.split_off(layout.train.len()).into_iter().map(|(p, _)| p).collect();
-    let train_parts: Vec<Parsed> = parsed.into_iter().map(|(p, _)| p).collect();
-    let class_names = read_class_names(&dir, layout, sums.as_ref())?;
+    let class_names = read_class_names(dir, layout, sums.as_ref())?;
     let info = DatasetInfo {
         name: layout.name.into(),
         shape: [3, 32, 32],
@@ -262,8 +283,8 @@ fn load(dir: &Path, layout: &Layout) -> Result<Splits> {
         mean: layout.mean.to_vec(),
         std: layout.std.to_vec(),
     };
-    info.validate().map_err(|e| Error::Dataset { path: dir.clone(), msg: e.to_string() })?;
-    Ok(Splits { train: concat(train_parts), test: concat(test_parts), info, dir, verified })
+    info.validate().map_err(|e| Error::Dataset { path: dir.to_path_buf(), msg: e.to_string() })?;
+    Ok((parsed.into_iter().map(|(p, _)| p).collect(), verified, info))
 }
 
 /// One file's records.

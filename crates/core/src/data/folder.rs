@@ -10,7 +10,7 @@
 //! Hidden files and folders (names starting with `.`) and files with other
 //! extensions are ignored.
 
-use super::{channel_stats, Dataset, DatasetInfo, Splits};
+use super::{channel_stats, Dataset, DatasetInfo, Split, Splits};
 use crate::error::{Error, Result};
 use image::{imageops, ImageReader, Limits};
 use rayon::prelude::*;
@@ -43,24 +43,9 @@ impl ImageFolder {
     /// Loads `dir/train` and `dir/test`, every image as RGB `image_size` x `image_size`.
     pub fn load(dir: &Path, image_size: usize) -> Result<Splits> {
         let bad = |path: &Path, msg: String| Error::Dataset { path: path.to_path_buf(), msg };
-        check_image_size(image_size).map_err(|msg| bad(dir, msg))?;
-        if !dir.is_dir() {
-            return Err(bad(dir, "not a folder; expected one holding train/<class>/*.png|jpg|jpeg and test/<class>/...".into()));
-        }
-        let train_dir = dir.join("train");
-        let test_dir = dir.join("test");
-        for d in [&train_dir, &test_dir] {
-            if !d.is_dir() {
-                return Err(bad(d, "missing folder: an image folder holds train/<class>/*.png|jpg|jpeg and test/<class>/...".into()));
-            }
-        }
+        let [train_dir, test_dir] = split_dirs(dir, image_size, &["train", "test"])?;
         let train_classes = list_classes(&train_dir)?;
-        if train_classes.len() > MAX_CLASSES {
-            return Err(bad(
-                &train_dir,
-                format!("{} class folders: at most {MAX_CLASSES} classes (labels are bytes)", train_classes.len()),
-            ));
-        }
+        check_class_count(&train_dir, &train_classes)?;
         let test_classes = list_classes(&test_dir)?;
         for (name, _) in &train_classes {
             if !test_classes.iter().any(|(n, _)| n == name) {
@@ -79,12 +64,56 @@ impl ImageFolder {
         let shape = [3, image_size, image_size];
         let train = decode_split(&train_classes, shape)?;
         let test = decode_split(&test_classes, shape)?;
-        let (mean, std) = channel_stats(&train.images, shape);
-        let class_names: Vec<String> = train_classes.into_iter().map(|(n, _)| n).collect();
-        let info = DatasetInfo { name: "image-folder".into(), shape, classes: class_names.len(), class_names, mean, std };
-        info.validate().map_err(|e| bad(dir, e.to_string()))?;
+        let info = describe(dir, train_classes, &train)?;
         Ok(Splits { train, test, info, dir: dir.to_path_buf(), verified: false })
     }
+
+    /// `dir/test` alone: classes named by its subfolders (sorted), mean and
+    /// std from its images.
+    pub fn load_test(dir: &Path, image_size: usize) -> Result<Split> {
+        let [test_dir] = split_dirs(dir, image_size, &["test"])?;
+        let classes = list_classes(&test_dir)?;
+        check_class_count(&test_dir, &classes)?;
+        let data = decode_split(&classes, [3, image_size, image_size])?;
+        let info = describe(dir, classes, &data)?;
+        Ok(Split { data, info, dir: dir.to_path_buf(), verified: false })
+    }
+}
+
+/// `dir`'s subfolders `splits`, checked to exist (and the image size to be usable).
+fn split_dirs<const N: usize>(dir: &Path, image_size: usize, splits: &[&str; N]) -> Result<[PathBuf; N]> {
+    let bad = |path: &Path, msg: String| Error::Dataset { path: path.to_path_buf(), msg };
+    check_image_size(image_size).map_err(|msg| bad(dir, msg))?;
+    if !dir.is_dir() {
+        return Err(bad(dir, "not a folder; expected one holding train/<class>/*.png|jpg|jpeg and test/<class>/...".into()));
+    }
+    let dirs = splits.map(|s| dir.join(s));
+    for d in &dirs {
+        if !d.is_dir() {
+            return Err(bad(d, "missing folder: an image folder holds train/<class>/*.png|jpg|jpeg and test/<class>/...".into()));
+        }
+    }
+    Ok(dirs)
+}
+
+fn check_class_count(split: &Path, classes: &[(String, Vec<PathBuf>)]) -> Result<()> {
+    if classes.len() > MAX_CLASSES {
+        return Err(Error::Dataset {
+            path: split.to_path_buf(),
+            msg: format!("{} class folders: at most {MAX_CLASSES} classes (labels are bytes)", classes.len()),
+        });
+    }
+    Ok(())
+}
+
+/// The description of a folder whose classes are `classes`, normalized by the statistics of `stats_from`.
+fn describe(dir: &Path, classes: Vec<(String, Vec<PathBuf>)>, stats_from: &Dataset) -> Result<DatasetInfo> {
+    let bad = |msg: String| Error::Dataset { path: dir.to_path_buf(), msg };
+    let (mean, std) = channel_stats(&stats_from.images, stats_from.shape);
+    let class_names: Vec<String> = classes.into_iter().map(|(n, _)| n).collect();
+    let info = DatasetInfo { name: "image-folder".into(), shape: stats_from.shape, classes: class_names.len(), class_names, mean, std };
+    info.validate().map_err(|e| bad(e.to_string()))?;
+    Ok(info)
 }
 
 fn names(classes: &[(String, Vec<PathBuf>)]) -> String {

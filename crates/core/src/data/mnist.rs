@@ -5,7 +5,7 @@
 
 use super::checksums::{read_verified, Checksums, VerifiedFile};
 use super::idx::{parse_idx, IdxArray};
-use super::{channel_stats, read_names_file, Dataset, DatasetInfo, Splits};
+use super::{channel_stats, read_names_file, Dataset, DatasetInfo, Split, Splits};
 use crate::error::{Error, Result};
 use std::path::Path;
 
@@ -60,26 +60,66 @@ impl Mnist {
     pub fn load_idx(dir: &Path) -> Result<Splits> {
         load_folder(dir, Flavor::Any)
     }
+
+    /// The test split of [`Mnist::load`] alone (the `t10k-*` files).
+    pub fn load_test(dir: &Path) -> Result<Split> {
+        load_test_folder(dir, Flavor::Mnist)
+    }
+
+    /// The test split of [`Mnist::load_fashion`] alone.
+    pub fn load_fashion_test(dir: &Path) -> Result<Split> {
+        load_test_folder(dir, Flavor::Fashion)
+    }
+
+    /// The test split of [`Mnist::load_idx`] alone: classes counted from the
+    /// test labels (or `classes.txt`), mean and std from the test images.
+    pub fn load_idx_test(dir: &Path) -> Result<Split> {
+        load_test_folder(dir, Flavor::Any)
+    }
 }
 
 const FILES: &str = "train-images-idx3-ubyte(.gz), train-labels-idx1-ubyte(.gz), t10k-images-idx3-ubyte(.gz), t10k-labels-idx1-ubyte(.gz)";
 
-fn load_folder(dir: &Path, flavor: Flavor) -> Result<Splits> {
+fn check_folder(dir: &Path) -> Result<()> {
     if !dir.is_dir() {
         return Err(Error::Dataset { path: dir.to_path_buf(), msg: format!("not a folder; expected one holding {FILES}") });
     }
+    Ok(())
+}
+
+fn load_folder(dir: &Path, flavor: Flavor) -> Result<Splits> {
+    check_folder(dir)?;
     let sums = Checksums::read(dir)?;
     let (train, test) = rayon::join(|| load_split(dir, "train", flavor, sums.as_ref()), || load_split(dir, "t10k", flavor, sums.as_ref()));
     let ((train, train_verified), (test, test_verified)) = (train?, test?);
-    let bad = |path: &Path, msg: String| Error::Dataset { path: path.to_path_buf(), msg };
     if train.shape != test.shape {
-        return Err(bad(dir, format!("training images are {:?} (C, H, W) but test images are {:?}", train.shape, test.shape)));
+        return Err(Error::Dataset {
+            path: dir.to_path_buf(),
+            msg: format!("training images are {:?} (C, H, W) but test images are {:?}", train.shape, test.shape),
+        });
     }
+    let info = describe(dir, flavor, &[&train, &test], &train)?;
+    Ok(Splits { train, test, info, dir: dir.to_path_buf(), verified: train_verified && test_verified })
+}
+
+fn load_test_folder(dir: &Path, flavor: Flavor) -> Result<Split> {
+    check_folder(dir)?;
+    let sums = Checksums::read(dir)?;
+    let (data, verified) = load_split(dir, "t10k", flavor, sums.as_ref())?;
+    let info = describe(dir, flavor, &[&data], &data)?;
+    Ok(Split { data, info, dir: dir.to_path_buf(), verified })
+}
+
+/// The description of a folder's splits: fixed for MNIST and Fashion-MNIST;
+/// for any IDX pair, classes from the labels of `labelled` (named by
+/// `classes.txt` when present) and normalization from the images of `stats_from`.
+fn describe(dir: &Path, flavor: Flavor, labelled: &[&Dataset], stats_from: &Dataset) -> Result<DatasetInfo> {
+    let bad = |path: &Path, msg: String| Error::Dataset { path: path.to_path_buf(), msg };
     let info = match flavor {
         Flavor::Mnist => DatasetInfo::mnist(),
         Flavor::Fashion => DatasetInfo::fashion_mnist(),
         Flavor::Any => {
-            let max_label = train.labels.iter().chain(&test.labels).copied().max().unwrap_or(0) as usize;
+            let max_label = labelled.iter().flat_map(|d| &d.labels).copied().max().unwrap_or(0) as usize;
             let names_path = dir.join(IDX_CLASSES_FILE);
             let class_names = if names_path.is_file() {
                 let names = read_names_file(&names_path)?;
@@ -96,12 +136,12 @@ fn load_folder(dir: &Path, flavor: Flavor) -> Result<Splits> {
             } else {
                 (0..=max_label).map(|c| c.to_string()).collect()
             };
-            let (mean, std) = channel_stats(&train.images, train.shape);
-            DatasetInfo { name: "idx".into(), shape: train.shape, classes: class_names.len(), class_names, mean, std }
+            let (mean, std) = channel_stats(&stats_from.images, stats_from.shape);
+            DatasetInfo { name: "idx".into(), shape: stats_from.shape, classes: class_names.len(), class_names, mean, std }
         }
     };
     info.validate().map_err(|e| bad(dir, e.to_string()))?;
-    Ok(Splits { train, test, info, dir: dir.to_path_buf(), verified: train_verified && test_verified })
+    Ok(info)
 }
 
 /// Reads one split's images and labels; returns it and whether both files were checksummed.

@@ -124,6 +124,21 @@ pub fn load(kind: &DatasetKind, dir: &Path) -> Result<Splits> {
     }
 }
 
+/// Loads only the test split of kind `kind` from `dir` (what evaluating a
+/// trained model needs). Its description is the loader's from the test split
+/// alone: for `idx` and image folders, classes and normalization come from the
+/// test files, so callers evaluating a model use the model's description.
+pub fn load_test(kind: &DatasetKind, dir: &Path) -> Result<Split> {
+    match kind {
+        DatasetKind::Mnist => Mnist::load_test(dir),
+        DatasetKind::FashionMnist => Mnist::load_fashion_test(dir),
+        DatasetKind::Cifar10 => Cifar10::load_test(dir),
+        DatasetKind::Cifar100 => Cifar100::load_test(dir),
+        DatasetKind::ImageFolder { image_size } => ImageFolder::load_test(dir, *image_size),
+        DatasetKind::Idx => Mnist::load_idx_test(dir),
+    }
+}
+
 /// Per-channel mean and standard deviation (population) of u8 images
 /// `(len, C, H, W)` scaled to [0, 1]. A channel with no spread gets std 1 (so
 /// that normalization stays finite); an empty set gets mean 0, std 1.
@@ -292,6 +307,17 @@ impl DatasetInfo {
     pub fn metadata_entry(&self) -> (&'static str, String) {
         ("dataset", serde_json::to_string(self).expect("a dataset description serializes"))
     }
+}
+
+/// One split loaded alone ([`load_test`]) and its description.
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub data: Dataset,
+    pub info: DatasetInfo,
+    /// Where it was read from.
+    pub dir: PathBuf,
+    /// Whether the files were checked against a `SHA256SUMS.raw`.
+    pub verified: bool,
 }
 
 /// A loaded dataset: both splits and their description.
