@@ -14,15 +14,16 @@ use std::time::Instant;
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     /// Training epochs to time (the first is warm-up; the median of the rest is reported)
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 6, allow_negative_numbers = true)]
     epochs: usize,
-    #[arg(long, default_value_t = 128)]
+    /// Training batch size
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     batch_size: usize,
-    /// Batch size of the inference benchmark
-    #[arg(long, default_value_t = 10_000)]
+    /// Batch size of the inference benchmark (at most the 10,000 test images)
+    #[arg(long, default_value_t = 10_000, allow_negative_numbers = true)]
     infer_batch: usize,
     /// Timed inference passes (after 3 warm-up passes)
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, allow_negative_numbers = true)]
     infer_reps: usize,
     /// Run every step op by op instead of replaying a recorded CUDA graph
     #[arg(long)]
@@ -33,6 +34,16 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let start = Instant::now();
+    for (option, value) in [
+        ("--epochs", args.epochs),
+        ("--batch-size", args.batch_size),
+        ("--infer-batch", args.infer_batch),
+        ("--infer-reps", args.infer_reps),
+    ] {
+        if value == 0 {
+            anyhow::bail!("{option} must be at least 1, got 0");
+        }
+    }
     device::dispatch(args.common.device, args.common.threads, false, BenchJob(args, start)).map(|_| ())
 }
 
@@ -61,6 +72,9 @@ impl WithBackend for BenchJob {
         let model = Model::new(backend, &ModelConfig::Lenet5, &data.info.shape, data.info.classes, config.seed)?;
         let mut trainer = Trainer::new(backend, model, config, train_set.len)?;
         trainer.use_graphs = !args.no_graphs;
+        if args.no_graphs {
+            device::note_no_graphs(&backend.name());
+        }
         println!(
             "bench: LeNet-5, batch {}, {} on {} ({})",
             args.batch_size,
@@ -89,7 +103,7 @@ impl WithBackend for BenchJob {
         let epoch_median = median(warm);
 
         // Inference: the test images gathered once, then forward passes only.
-        let n = args.infer_batch.min(test_set.len).max(1);
+        let n = args.infer_batch.min(test_set.len);
         let model = &mut trainer.model;
         let mut x = backend.alloc::<f32>(n * test_set.sample_len)?;
         let mut y = backend.alloc::<u32>(n)?;
@@ -108,7 +122,7 @@ impl WithBackend for BenchJob {
         }
         backend.synchronize()?;
         let mut pass_ms = Vec::new();
-        for _ in 0..args.infer_reps.max(1) {
+        for _ in 0..args.infer_reps {
             let (a, t) = (backend.mark()?, Instant::now());
             model.forward(backend, n, View::all(&x))?;
             let b = backend.mark()?;

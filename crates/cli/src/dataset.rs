@@ -2,10 +2,11 @@
 //! checkpoint's stored description names it again.
 
 use anyhow::{Context, Result};
-use rr_core::data::{DatasetInfo, Splits};
+use rr_core::data::{Dataset, DatasetInfo, Splits};
 use std::path::{Path, PathBuf};
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum DatasetArg {
     /// Handwritten digits (shipped in data/mnist)
     Mnist,
@@ -36,6 +37,29 @@ impl DatasetArg {
     pub fn from_name(name: &str) -> Option<Self> {
         use clap::ValueEnum;
         Self::value_variants().iter().copied().find(|d| d.name() == name)
+    }
+
+    /// The (C, H, W) of the images, where that is known before reading them.
+    pub fn known_shape(self, image_size: usize) -> Option<[usize; 3]> {
+        match self {
+            DatasetArg::Mnist | DatasetArg::FashionMnist => Some([1, 28, 28]),
+            DatasetArg::Cifar10 | DatasetArg::Cifar100 => Some([3, 32, 32]),
+            DatasetArg::ImageFolder => Some([3, image_size, image_size]),
+            DatasetArg::Idx => None,
+        }
+    }
+
+    /// The description (shape and classes) where that is known before reading the data.
+    pub fn known_info(self, image_size: usize) -> Option<DatasetInfo> {
+        let classes = match self {
+            DatasetArg::Mnist | DatasetArg::FashionMnist | DatasetArg::Cifar10 => 10,
+            DatasetArg::Cifar100 => 100,
+            DatasetArg::ImageFolder | DatasetArg::Idx => return None,
+        };
+        let shape = self.known_shape(image_size)?;
+        let c = shape[0];
+        let class_names = (0..classes).map(|i| i.to_string()).collect();
+        Some(DatasetInfo { name: self.name().into(), shape, classes, class_names, mean: vec![0.5; c], std: vec![0.25; c] })
     }
 
     fn kind(self, image_size: usize) -> rr_core::data::DatasetKind {
@@ -106,6 +130,46 @@ pub fn for_checkpoint(ckpt: &rr_core::checkpoint::Checkpoint, path: &Path, data_
     let data = load(arg, &dir, image_size)?;
     check_same(&info, &data.info, &dir)?;
     Ok((info, data))
+}
+
+/// The test split of the dataset a checkpoint was trained on (the training
+/// files are not read), with the checkpoint's description.
+pub fn test_for_checkpoint(
+    ckpt: &rr_core::checkpoint::Checkpoint,
+    path: &Path,
+    data_dir: &Option<PathBuf>,
+) -> Result<(DatasetInfo, Dataset)> {
+    let info = ckpt.dataset(path)?;
+    let (arg, image_size) = of_checkpoint(&info)?;
+    let dir = self::data_dir(data_dir, arg)?;
+    let split = rr_core::data::load_test(&arg.kind(image_size), &dir)?;
+    check_test_split(&info, &split.info, &dir)?;
+    Ok((info, split.data))
+}
+
+/// Refuses a test split that does not fit a model: another image shape, or
+/// classes that are not the model's (as the labels are positions, the test
+/// split's classes must be the first of the model's; an IDX test split may
+/// lack the highest labels).
+fn check_test_split(trained: &DatasetInfo, test: &DatasetInfo, dir: &Path) -> Result<()> {
+    if test.shape != trained.shape {
+        anyhow::bail!(
+            "{} holds {:?} images, but the model was trained on {:?} images ({})",
+            dir.display(),
+            test.shape,
+            trained.shape,
+            trained.name
+        );
+    }
+    if !trained.class_names.starts_with(&test.class_names) {
+        anyhow::bail!(
+            "{} names its test classes {:?}, but the model was trained on {:?}",
+            dir.display(),
+            test.class_names,
+            trained.class_names
+        );
+    }
+    Ok(())
 }
 
 /// Refuses data whose shape, classes or class names are not those a model was trained on.

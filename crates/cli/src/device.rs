@@ -24,7 +24,7 @@ impl FromStr for DeviceArg {
         match s {
             "auto" => Ok(DeviceArg::Auto),
             "cpu" => Ok(DeviceArg::Cpu),
-            "cuda" | "gpu" => Ok(DeviceArg::Cuda(0)),
+            "cuda" => Ok(DeviceArg::Cuda(0)),
             "wgpu" => Ok(DeviceArg::Wgpu),
             other => match other.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Ok(DeviceArg::Cuda(n)),
@@ -48,18 +48,37 @@ pub struct RunStats {
 }
 
 /// Opens the device and runs `f` on it; with `profile`, through the
-/// op-timing wrapper, then prints the table.
-pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, profile: bool, f: F) -> Result<RunStats> {
+/// op-timing wrapper, then prints the table. `threads` (`--threads`) sizes
+/// the CPU backend's pool (none or 0: one thread per core).
+pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: Option<usize>, profile: bool, f: F) -> Result<RunStats> {
+    check_threads(threads)?;
+    let cpu = || CpuBackend::new(threads.unwrap_or(0));
+    let not_cpu = |name: &str| {
+        if threads.is_some() {
+            eprintln!("note: --threads sizes the CPU backend's pool; it does nothing on {name}");
+        }
+    };
     match device {
-        DeviceArg::Cpu => run_on(CpuBackend::new(threads)?, profile, f),
-        DeviceArg::Cuda(n) => run_on(CudaBackend::new(n)?, profile, f),
+        DeviceArg::Cpu => run_on(cpu()?, profile, f),
+        DeviceArg::Cuda(n) => {
+            let gpu = CudaBackend::new(n)?;
+            not_cpu(&gpu.name());
+            run_on(gpu, profile, f)
+        }
         DeviceArg::Wgpu => {
             let gpu = WgpuBackend::new(true)?;
             eprintln!("adapter: {}", gpu.name());
+            if gpu.is_software() {
+                eprintln!("note: this is a software adapter (the CPU emulating a GPU): --device cpu is faster");
+            }
+            not_cpu(&gpu.name());
             run_on(gpu, profile, f)
         }
         DeviceArg::Auto => match CudaBackend::new(0) {
-            Ok(gpu) => run_on(gpu, profile, f),
+            Ok(gpu) => {
+                not_cpu(&gpu.name());
+                run_on(gpu, profile, f)
+            }
             Err(e) => {
                 // The short reason; `--device cuda` prints the full one (paths searched).
                 let reason = e.to_string();
@@ -68,15 +87,36 @@ pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, profile: bool
                 match WgpuBackend::new(false) {
                     Ok(gpu) => {
                         eprintln!("note: no usable CUDA GPU ({reason}); running on {}", gpu.name());
+                        not_cpu(&gpu.name());
                         run_on(gpu, profile, f)
                     }
                     Err(w) => {
                         eprintln!("note: no usable GPU (CUDA: {reason}; wgpu: {w}); running on the CPU");
-                        run_on(CpuBackend::new(threads)?, profile, f)
+                        run_on(cpu()?, profile, f)
                     }
                 }
             }
         },
+    }
+}
+
+/// `--no-graphs` where steps are never recorded: say it does nothing.
+pub fn note_no_graphs(backend_name: &str) {
+    if !backend_name.starts_with("cuda") {
+        eprintln!("note: --no-graphs does nothing on {backend_name}: only the CUDA backend records and replays steps");
+    }
+}
+
+/// More threads than a few per core only slow the CPU backend down (and
+/// 100,000 of them take minutes to start): refuse them.
+fn check_threads(threads: Option<usize>) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = 4 * cores;
+    match threads {
+        Some(n) if n > most => {
+            anyhow::bail!("--threads {n}: at most {most} (4 per core; this machine has {cores}), or 0 for one per core")
+        }
+        _ => Ok(()),
     }
 }
 

@@ -12,13 +12,17 @@ pub struct EvalArgs {
     /// A .safetensors checkpoint written by `train`
     #[arg(long)]
     checkpoint: PathBuf,
-    #[arg(long, default_value_t = 1000)]
+    /// Images per forward pass
+    #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     batch_size: usize,
     #[command(flatten)]
     common: CommonArgs,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        anyhow::bail!("--batch-size must be at least 1, got 0");
+    }
     device::dispatch(args.common.device, args.common.threads, false, EvalJob(args)).map(|_| ())
 }
 
@@ -29,8 +33,8 @@ impl WithBackend for EvalJob {
         let args = self.0;
         let ckpt_path = args.checkpoint.clone();
         let (mut model, ckpt) = checkpoint::load_model(&ckpt_path, backend)?;
-        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir)?;
-        let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
+        let (info, test) = crate::dataset::test_for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir)?;
+        let test_set = DeviceDataset::upload(backend, &test, &info)?;
         let start = Instant::now();
         let stats = evaluate(backend, &mut model, &test_set, args.batch_size)?;
         let seconds = start.elapsed().as_secs_f64();
@@ -45,7 +49,7 @@ impl WithBackend for EvalJob {
             seconds,
             crate::train::group_thousands((stats.samples as f64 / seconds) as u64)
         );
-        let matrix = crate::plot::confusion(backend, &mut model, &data.test, &info)?;
+        let matrix = crate::plot::confusion(backend, &mut model, &test, &info)?;
         print!("{}", crate::plot::confusion_text(&matrix, &info.class_names));
         Ok(RunStats::default())
     }

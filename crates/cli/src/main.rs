@@ -11,7 +11,7 @@ mod predict;
 mod serve;
 mod train;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -29,16 +29,55 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a model; prints one line per epoch and writes metrics.csv and a checkpoint.
+    #[command(after_help = "\
+Trains a model on a dataset and writes a run folder: metrics.csv, model.safetensors, best.safetensors,
+train_state.safetensors (for --resume), config.json (for --config), curves.png and confusion.png.
+
+Examples:
+  rusty-recognition train                                   # LeNet-5 on the shipped MNIST, 5 epochs
+  rusty-recognition train --model mnist-cnn --out runs/cnn  # the strong model, 20 epochs (~99.6%)
+  rusty-recognition train --limit-train 3000 --epochs 1 --log-interval 20
+  rusty-recognition train --config runs/cnn/config.json --out runs/cnn-again   # repeat a run
+  rusty-recognition train --resume runs/cnn/model.safetensors --epochs 30      # train it further")]
     Train(Box<train::TrainArgs>),
     /// Evaluate a checkpoint on the test set.
+    #[command(after_help = "\
+Prints the test loss and accuracy, the accuracy of each class and the confusion matrix; reads only the
+test split of the dataset the checkpoint was trained on.
+
+Examples:
+  rusty-recognition eval --checkpoint runs/cnn/model.safetensors
+  rusty-recognition eval --checkpoint runs/fashion/best.safetensors --data-dir /usr/share/datasets/fashion-mnist")]
     Eval(eval::EvalArgs),
     /// Predict the class of PNG/JPEG images (any size; preprocessed as the checkpoint's dataset was).
+    #[command(after_help = "\
+Prints each image's class and its top-3 probabilities (--json: one JSON array).
+
+Examples:
+  rusty-recognition predict --checkpoint runs/cnn/model.safetensors seven.png
+  rusty-recognition predict --json --checkpoint runs/cnn/model.safetensors *.png")]
     Predict(predict::PredictArgs),
     /// Serve a draw-a-digit web page and a JSON prediction API for a checkpoint.
+    #[command(after_help = "\
+Serves a page to draw or upload an image, and POST /api/predict (PNG/JPEG or {\"pixels\": [...]}).
+
+Examples:
+  rusty-recognition serve --checkpoint runs/cnn/model.safetensors             # http://127.0.0.1:8000/
+  rusty-recognition serve --checkpoint runs/cnn/model.safetensors --port 0    # any free port")]
     Serve(serve::ServeArgs),
     /// Redraw a run folder's curves.png and confusion.png from its metrics.csv and checkpoint.
+    #[command(after_help = "\
+Example:
+  rusty-recognition plot runs/cnn")]
     Plot(plot::PlotArgs),
     /// Time LeNet-5 training epochs and inference on a device (the figures of BENCHMARKS.md).
+    #[command(after_help = "\
+Prints one line per epoch, then a BENCH line: median epoch time, training and inference images/s,
+peak memory.
+
+Examples:
+  rusty-recognition bench --device cuda
+  rusty-recognition bench --device cpu --epochs 3 --infer-reps 5")]
     Bench(bench::BenchArgs),
 }
 
@@ -49,12 +88,13 @@ pub struct CommonArgs {
     /// image-folder: train/ and test/) [default: the repository's data/mnist]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Device: auto (the first GPU if usable, else the CPU), cpu, cuda or cuda:N
+    /// Device: auto (the first CUDA GPU if usable, else a hardware GPU through wgpu, else the CPU),
+    /// cpu, cuda, cuda:N, or wgpu (the best adapter wgpu finds: Vulkan, Metal, DirectX 12, software ones included)
     #[arg(long, default_value = "auto")]
     pub device: device::DeviceArg,
-    /// CPU worker threads (0 = one per core)
-    #[arg(long, default_value_t = 0)]
-    pub threads: usize,
+    /// CPU backend worker threads, at most 4 per core [default: 0 = one per core]
+    #[arg(long, allow_negative_numbers = true)]
+    pub threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -65,20 +105,36 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Train(args) => train::run(*args),
-        Command::Eval(args) => eval::run(args),
-        Command::Predict(args) => predict::run(args),
-        Command::Serve(args) => serve::run(args),
-        Command::Plot(args) => plot::run(args),
-        Command::Bench(args) => bench::run(args),
-    };
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let result = refuse_unused_options(&matches).and_then(|()| run(cli.command));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Shared options that some commands have no use for.
+fn refuse_unused_options(matches: &clap::ArgMatches) -> anyhow::Result<()> {
+    if let Some((name @ ("predict" | "serve"), sub)) = matches.subcommand() {
+        let given = matches!(sub.try_get_raw("data_dir"), Ok(Some(_)));
+        if given {
+            anyhow::bail!("--data-dir: {name} reads no dataset (the checkpoint describes the images it expects)");
+        }
+    }
+    Ok(())
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Train(args) => train::run(*args),
+        Command::Eval(args) => eval::run(args),
+        Command::Predict(args) => predict::run(args),
+        Command::Serve(args) => serve::run(args),
+        Command::Plot(args) => plot::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -1,6 +1,9 @@
 //! The `train` command: trains a model epoch by epoch, printing a line and writing a checkpoint after each.
 
 mod args;
+mod config_file;
+mod plan;
+mod progress;
 mod run_dir;
 
 pub use args::TrainArgs;
@@ -9,57 +12,67 @@ use run_dir::*;
 use crate::dataset;
 use crate::device::{self, RunStats, WithBackend};
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use config_file::RunConfig;
+use plan::Plan;
+use progress::{EpochBar, StepLog};
 use rr_core::checkpoint;
 use rr_core::model::Model;
-use rr_core::optim::Schedule;
-use rr_core::train::{evaluate, DeviceDataset, Trainer};
+use rr_core::optim::{OptimizerKind, Schedule};
+use rr_core::train::{evaluate, DeviceDataset, TrainConfig, Trainer};
 use rr_core::Backend;
 use std::io::Write;
 use std::time::Instant;
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, args.profile, TrainJob(args)).map(|_| ())
+    let (device, threads) = (args.common.device, args.common.threads);
+    // Every option is checked before the device opens or any data is read.
+    let plan = args.plan()?;
+    device::dispatch(device, threads, plan.profile, TrainJob(plan)).map(|_| ())
 }
 
-struct TrainJob(TrainArgs);
+struct TrainJob(Plan);
 
 impl WithBackend for TrainJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
-        let args = self.0;
-        let resumed = args.resume.as_deref().map(|p| read_resume(p, args.epochs)).transpose()?;
-        let (dataset, image_size) = match &resumed {
-            Some(r) => (r.dataset, r.image_size),
-            None => (args.dataset, args.image_size),
-        };
-        // A resumed run reads the folder it was trained on unless told otherwise.
-        let dir_arg = args.common.data_dir.clone().or_else(|| resumed.as_ref().and_then(|r| r.data_dir.clone()));
-        let data_dir = dataset::data_dir(&dir_arg, dataset)?;
-        let mut data = dataset::load(dataset, &data_dir, image_size)?;
+        let mut plan = self.0;
+        for note in &plan.notes {
+            eprintln!("{note}");
+        }
+        let resumed = plan.resumed.take();
+        let data_dir = dataset::data_dir(&plan.data_dir, plan.dataset)?;
+        let mut data = dataset::load(plan.dataset, &data_dir, plan.image_size)?;
         if let Some(r) = &resumed {
             dataset::check_same(&r.trained_on, &data.info, &data_dir)?;
             // The normalization the run was trained with (an image folder's statistics may have moved).
             data.info = r.trained_on.clone();
         }
         let info = data.info.clone();
-        let (model_config, config) = match &resumed {
-            Some(r) => (r.model_config.clone(), r.config.clone()),
-            None => {
-                let model_config = args.model_config(&info);
-                let config = args.train_config(&model_config);
-                (model_config, config)
-            }
-        };
-        config.validate()?;
-        if let Some(n) = config.train_limit {
-            if n == 0 {
-                anyhow::bail!("--limit-train must be at least 1");
-            }
+        let model_config = plan.model_config(&info);
+        if let Some(n) = plan.config.train_limit {
             data.train.truncate(n);
         }
+        if let Some(scale_lr) = plan.short_run {
+            let before = plan.config.batch_size;
+            if plan.config.fit_short_run(data.train.len, scale_lr) {
+                println!(
+                    "short run: batch {} and lr {} ({} steps at batch {before}; the default recipe takes at least {} where it can: pass --batch-size to choose)",
+                    plan.config.batch_size,
+                    plan.config.optimizer.lr,
+                    plan.config.epochs * data.train.len.div_ceil(before),
+                    rr_core::train::SHORT_RUN_STEPS,
+                );
+            }
+        }
+        let config = plan.config.clone();
+        config.validate()?;
         let out = match &resumed {
             Some(r) => r.out.clone(),
-            None => make_out_dir(args.out.clone())?,
+            None => {
+                if let Some(dir) = plan.out.as_deref().filter(|_| plan.overwrite) {
+                    plan::clear_run_files(dir)?;
+                }
+                make_out_dir(plan.out.clone())?
+            }
         };
 
         let model = match &resumed {
@@ -81,31 +94,18 @@ impl WithBackend for TrainJob {
                 info.classes
             );
         }
-        let dataset = info.name.as_str();
-        let o = &config.optimizer;
         println!(
-            "{} {} ({} parameters) on {} | {dataset}: {} train / {} test images from {}{} | {} epochs, batch {}, {} lr {} ({} schedule), momentum {}{}, weight decay {}",
+            "{} {} ({} parameters) on {} | {}: {} train / {} test images from {}{} | {}",
             if resumed.is_some() { "resuming" } else { "training" },
             model_config.name(),
             model.params.count(),
             backend.name(),
+            info.name,
             data.train.len,
             data.test.len,
             data_dir.display(),
             if data.verified { " (SHA-256 verified)" } else { "" },
-            config.epochs,
-            config.batch_size,
-            serde_json::to_value(o.kind)?.as_str().unwrap_or("?"),
-            o.lr,
-            match config.schedule.schedule {
-                Schedule::Constant => "constant",
-                Schedule::Step { .. } => "step",
-                Schedule::Cosine => "cosine",
-                Schedule::OneCycle { .. } => "one-cycle",
-            },
-            o.momentum,
-            if o.nesterov { " (Nesterov)" } else { "" },
-            o.weight_decay,
+            describe_recipe(&config),
         );
         if !config.augment.is_off() {
             let a = &config.augment;
@@ -128,7 +128,10 @@ impl WithBackend for TrainJob {
         let train_set = DeviceDataset::upload(backend, &data.train, &info)?;
         let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
         let mut trainer = Trainer::new(backend, model, config.clone(), train_set.len)?;
-        trainer.use_graphs = !args.no_graphs;
+        trainer.use_graphs = !plan.no_graphs;
+        if plan.no_graphs {
+            device::note_no_graphs(&backend.name());
+        }
         let (first_epoch, mut best) = match &resumed {
             Some(r) => {
                 trainer.optimizer.restore(backend, &r.optimizer_state, r.optimizer_steps)?;
@@ -151,22 +154,35 @@ impl WithBackend for TrainJob {
         };
         let ckpt_path = out.join("model.safetensors");
         let best_path = out.join("best.safetensors");
-        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "dataset": info, "data_dir": data_dir, "image_size": image_size });
+        let run_config = RunConfig {
+            model: model_config.clone(),
+            train: config.clone(),
+            device: backend.name(),
+            dataset: info.clone(),
+            data_dir: data_dir.clone(),
+            image_size: plan.image_size,
+            eval_batch_size: Some(plan.eval_batch_size),
+        };
         std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&run_config)?)?;
+        let mut step_log = plan.log_interval.map(|every| StepLog::open(&out, every, resumed.is_some())).transpose()?;
 
         let steps = trainer.steps_per_epoch(train_set.len);
         for epoch in first_epoch..config.epochs {
-            let bar = ProgressBar::with_draw_target(Some(steps as u64), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} steps, {elapsed} elapsed, eta {eta}")
-                    .expect("valid template")
-                    .progress_chars("=> "),
-            );
-            bar.set_prefix(format!("{}/{}", epoch + 1, config.epochs));
-            let lr = trainer.lr_at(epoch as f64);
+            let mut bar = EpochBar::new(epoch, config.epochs, steps);
+            // metrics.csv's lr: the mean over the epoch's steps.
+            let lr = trainer.epoch_lrs(epoch, steps).iter().map(|&l| l as f64).sum::<f64>() / steps.max(1) as f64;
+            if let Some(log) = &mut step_log {
+                log.begin_epoch();
+            }
             let start = Instant::now();
-            let train = trainer.train_epoch(backend, &train_set, epoch, &mut |done, _| bar.set_position(done as u64));
-            bar.finish_and_clear();
+            let train = trainer.train_epoch_with(backend, &train_set, epoch, &mut |r| {
+                bar.update(r)?;
+                match &mut step_log {
+                    Some(log) => log.after_step(epoch, r, &bar),
+                    None => Ok(()),
+                }
+            });
+            bar.finish();
             let train = train.map_err(|e| {
                 let kept = if epoch > first_epoch || resumed.is_some() {
                     format!("; the last good checkpoint (epoch {epoch}) is intact: {}", ckpt_path.display())
@@ -179,7 +195,7 @@ impl WithBackend for TrainJob {
             run.steps += steps;
             run.images += train.samples;
             run.seconds += seconds;
-            let test = evaluate(backend, &mut trainer.model, &test_set, args.eval_batch_size)?;
+            let test = evaluate(backend, &mut trainer.model, &test_set, plan.eval_batch_size)?;
             let rate = train.samples as f64 / seconds;
             println!(
                 "epoch {:>2}/{}  train_loss {:.4}  train_acc {:6.2}%  test_loss {:.4}  test_acc {:6.2}%  {:6.2}s  {:>9} img/s",
@@ -202,7 +218,7 @@ impl WithBackend for TrainJob {
                 test.accuracy,
                 seconds,
                 rate,
-                lr
+                lr as f32
             )?;
             csv.flush()?;
             let meta = [
@@ -241,9 +257,37 @@ impl WithBackend for TrainJob {
             println!("{what}: {:.1} MB", bytes as f64 / 1e6);
         }
         println!("wrote {} and {} (best: {})", metrics_path.display(), ckpt_path.display(), best_path.display());
+        if let Some(log) = &step_log {
+            println!("wrote {}", log.path().display());
+        }
         println!("evaluate with: rusty-recognition eval --checkpoint {}", ckpt_path.display());
         Ok(run)
     }
+}
+
+/// The optimizer, schedule and the settings that apply to them, for the header.
+fn describe_recipe(c: &TrainConfig) -> String {
+    let o = &c.optimizer;
+    let optimizer = match o.kind {
+        OptimizerKind::Sgd => format!("sgd lr {}, momentum {}{}", o.lr, o.momentum, if o.nesterov { " (Nesterov)" } else { "" }),
+        OptimizerKind::Adam | OptimizerKind::AdamW => {
+            let name = if o.kind == OptimizerKind::Adam { "adam" } else { "adamw" };
+            format!("{name} lr {}, betas ({}, {}), eps {}", o.lr, o.beta1, o.beta2, o.eps)
+        }
+    };
+    let schedule = match &c.schedule.schedule {
+        Schedule::Constant => "constant schedule".to_string(),
+        Schedule::Step { milestones, gamma } => {
+            let at: Vec<String> = milestones.iter().map(|m| m.to_string()).collect();
+            format!("step schedule (x{gamma} after epochs {})", at.join(","))
+        }
+        Schedule::Cosine => "cosine schedule".to_string(),
+        Schedule::OneCycle { pct_start } => format!("one-cycle schedule ({:.0}% warm-up)", pct_start * 100.0),
+    };
+    let warmup =
+        if c.schedule.warmup_epochs > 0.0 { format!(", linear warm-up over {} epochs", c.schedule.warmup_epochs) } else { String::new() };
+    let epochs = if c.epochs == 1 { "1 epoch".to_string() } else { format!("{} epochs", c.epochs) };
+    format!("{epochs}, batch {}, {optimizer}, weight decay {}, {schedule}{warmup}", c.batch_size, o.weight_decay)
 }
 
 pub fn group_thousands(v: u64) -> String {
