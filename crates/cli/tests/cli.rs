@@ -188,6 +188,9 @@ fn wgpu_trains_and_evaluates_and_auto_skips_software_adapters() {
     let (stdout, stderr) = text(&o);
     assert!(o.status.success(), "train --device wgpu failed:\n{stdout}\n{stderr}");
     assert!(stderr.contains("adapter: wgpu (") && stdout.contains("on wgpu ("), "{stdout}\n{stderr}");
+    // A software adapter (llvmpipe in CI) is named as such.
+    let software = stdout.contains(", Cpu,");
+    assert_eq!(stderr.contains("note: this is a software adapter"), software, "{stdout}\n{stderr}");
     let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     let acc: f64 = csv.lines().nth(1).unwrap().split(',').nth(4).unwrap().parse().unwrap();
     assert!(acc > 0.5, "1024 images of an MLP on wgpu: test accuracy {acc}");

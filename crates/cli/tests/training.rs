@@ -130,6 +130,9 @@ fn the_strong_model_resumes_bit_identically_with_batchnorm_dropout_and_augmentat
         "0.3",
         "--limit-train",
         "1024",
+        // Eight steps an epoch (not the smaller batches a default short run gets).
+        "--batch-size",
+        "128",
         "--elastic",
         "1",
         "--noise",
@@ -164,11 +167,133 @@ fn the_strong_model_resumes_bit_identically_with_batchnorm_dropout_and_augmentat
 #[test]
 fn a_short_run_of_the_strong_model_learns() {
     let out = tmpdir("cnn-learns");
-    ok(&train_cnn(&out, &["--width", "8", "--limit-train", "12800", "--epochs", "1"]));
+    // Batch 128 as before short runs got smaller batches (which learn more, but take longer on the CPU).
+    ok(&train_cnn(&out, &["--width", "8", "--limit-train", "12800", "--epochs", "1", "--batch-size", "128"]));
     let last = metrics(&out).pop().unwrap();
     let acc: f64 = last.split(',').nth(4).unwrap().parse().unwrap();
     assert!(acc > 0.6, "100 steps of mnist-cnn: test accuracy {acc} (chance is 0.1)");
     // eval in inference mode (running statistics) reproduces the training run's figure.
     let eval = ok(&bin().args(["eval", "--device", "cpu", "--checkpoint"]).arg(out.join("model.safetensors")).output().unwrap());
     assert!(eval.contains(&format!("test_acc {:.2}%", 100.0 * acc)), "{eval} vs {acc}");
+}
+
+/// The default recipe learns however short the run: 3,000 images for one
+/// epoch (24 steps at batch 128, near chance before short runs got smaller
+/// batches) pass 80% on the MNIST test set.
+#[test]
+fn a_short_run_of_the_default_recipe_learns() {
+    let out = tmpdir("short-default");
+    let stdout = ok(&bin()
+        .args(["train", "--device", "cpu", "--threads", "2", "--limit-train", "3000", "--epochs", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap());
+    assert!(stdout.contains("short run: batch 32 and lr 0.025"), "{stdout}");
+    let acc: f64 = metrics(&out).pop().unwrap().split(',').nth(4).unwrap().parse().unwrap();
+    assert!(acc >= 0.80, "the default recipe on 3000 images, 1 epoch: test accuracy {acc}");
+}
+
+/// steps.csv's rows: (epoch, step, loss, accuracy, lr, images/s).
+fn step_rows(dir: &Path) -> Vec<(usize, usize, f64, f64, f64, f64)> {
+    let csv = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("epoch,step,train_loss,train_acc,lr,images_per_sec"));
+    lines
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            assert_eq!(f.len(), 6, "{l}");
+            let x = |i: usize| f[i].parse::<f64>().unwrap();
+            (f[0].parse().unwrap(), f[1].parse().unwrap(), x(2), x(3), x(4), x(5))
+        })
+        .collect()
+}
+
+/// --log-interval prints a line and writes a steps.csv row every N steps of
+/// the run; a resumed run takes a new --lr (header, schedule, metrics.csv's
+/// mean lr) and appends to steps.csv.
+#[test]
+fn step_logs_and_a_resumed_run_with_a_new_learning_rate() {
+    let out = tmpdir("steps");
+    let common = ["--limit-train", "1000", "--batch-size", "100", "--schedule", "constant", "--log-interval", "3"];
+    let first = ok(&train(&out, &[&["--epochs", "1"][..], &common].concat()));
+    assert_eq!(first.lines().filter(|l| l.starts_with("step ")).count(), 3, "{first}");
+    assert!(!tmpdir("no-steps").join("steps.csv").exists());
+    let resumed = ok(&bin()
+        .args(["train", "--device", "cpu", "--threads", "2", "--epochs", "2", "--lr", "0.05", "--log-interval", "3", "--resume"])
+        .arg(out.join("model.safetensors"))
+        .output()
+        .unwrap());
+    assert!(resumed.contains("resuming") && resumed.contains("sgd lr 0.05,"), "{resumed}");
+    let rows = step_rows(&out);
+    // 10 steps an epoch: steps 3, 6, 9, then 12, 15, 18 of the run.
+    let steps: Vec<(usize, usize)> = rows.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(steps, [(1, 3), (1, 6), (1, 9), (2, 12), (2, 15), (2, 18)]);
+    for &(epoch, _, loss, acc, lr, rate) in &rows {
+        assert!(loss.is_finite() && loss > 0.0 && (0.0..=1.0).contains(&acc) && rate > 0.0, "{rows:?}");
+        assert_eq!(lr, if epoch == 1 { 0.1 } else { 0.05 });
+    }
+    assert!(rows[5].2 < rows[0].2, "the loss falls: {rows:?}");
+    let lrs: Vec<String> = metrics(&out).iter().skip(1).map(|r| r.rsplit(',').next().unwrap().to_string()).collect();
+    assert_eq!(lrs, ["0.1", "0.05"], "metrics.csv's lr is each epoch's mean");
+}
+
+/// `--config RUN/config.json` repeats a run exactly; options given beside it
+/// win, and a TOML file of options works the same way.
+#[test]
+fn a_run_config_repeats_the_run_and_options_override_it() {
+    let (a, b, c, d) = (tmpdir("cfg-a"), tmpdir("cfg-b"), tmpdir("cfg-c"), tmpdir("cfg-d"));
+    ok(&train(&a, &["--limit-train", "2000", "--epochs", "2", "--seed", "3", "--batch-size", "100", "--lr", "0.1"]));
+    let config = std::fs::read_to_string(a.join("config.json")).unwrap();
+    assert!(config.contains("\"lr\": 0.1,") && !config.contains("0.1000000"), "f32 values are written as given:\n{config}");
+    let rerun = |out: &Path, extra: &[&str]| {
+        ok(&bin()
+            .args(["train", "--device", "cpu", "--threads", "2", "--config"])
+            .arg(a.join("config.json"))
+            .arg("--out")
+            .arg(out)
+            .args(extra)
+            .output()
+            .unwrap())
+    };
+    rerun(&b, &[]);
+    assert_eq!(metrics(&a), metrics(&b), "the repeated run differs");
+    assert!(tensors(&a.join("model.safetensors")) == tensors(&b.join("model.safetensors")), "the repeated run has other weights");
+    let header = rerun(&c, &["--lr", "0.05"]);
+    assert!(header.contains("sgd lr 0.05,") && header.contains("2000 train"), "{header}");
+    assert_ne!(metrics(&a), metrics(&c), "--lr beside --config must take effect");
+
+    let toml = d.with_extension("toml");
+    std::fs::write(&toml, "model = \"mlp\"\nmlp-sizes = [784, 16, 10]\nlimit-train = 1000\nepochs = 1\nbatch-size = 100\n").unwrap();
+    let o = ok(&bin()
+        .args(["train", "--device", "cpu", "--threads", "2", "--epochs", "2", "--config"])
+        .arg(&toml)
+        .arg("--out")
+        .arg(&d)
+        .output()
+        .unwrap());
+    assert!(o.contains("training mlp (12730 parameters)") && o.contains("1000 train") && o.contains("2 epochs, batch 100"), "{o}");
+    std::fs::write(&toml, "learning-rate = 0.1\n").unwrap();
+    let o = bin().args(["train", "--config"]).arg(&toml).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.code() == Some(1) && err.contains("unknown field `learning-rate`") && err.contains(toml.to_str().unwrap()), "{err}");
+}
+
+/// eval reads only the test split: a folder with the two t10k files is enough.
+#[test]
+fn eval_needs_only_the_test_files() {
+    let (run, data) = (tmpdir("eval-run"), tmpdir("eval-data"));
+    ok(&train(&run, &["--mlp-sizes", "784,16,10", "--limit-train", "1000", "--epochs", "1"]));
+    std::fs::create_dir_all(&data).unwrap();
+    for f in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist").join(f), data.join(f)).unwrap();
+    }
+    let acc: f64 = metrics(&run).pop().unwrap().split(',').nth(4).unwrap().parse().unwrap();
+    let o = ok(&bin()
+        .args(["eval", "--device", "cpu", "--checkpoint"])
+        .arg(run.join("model.safetensors"))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap());
+    assert!(o.contains(&format!("({}/10000)", (acc * 1e4).round())), "eval must reproduce {acc}:\n{o}");
 }
