@@ -661,3 +661,45 @@ pub fn evaluate<B: Backend>(backend: &B, model: &mut Model<B>, data: &DeviceData
     let sums = backend.download(View::all(&batch.stats))?;
     Ok(PassStats::from_sums(&sums, data.len))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_short_runs_get_smaller_batches() {
+        // LeNet-5's 5 epochs of MNIST (2,345 steps) and one full epoch (469) stay as they are.
+        for epochs in [5, 1] {
+            let mut c = TrainConfig { epochs, ..TrainConfig::default() };
+            assert!(!c.fit_short_run(60_000, true));
+            assert_eq!((c.batch_size, c.optimizer.lr), (128, 0.1));
+        }
+        // 3,000 images for one epoch: 24 steps at 128, 47 at 64, 94 at 32 (the floor).
+        let mut c = TrainConfig { epochs: 1, ..TrainConfig::default() };
+        assert!(c.fit_short_run(3000, true));
+        assert_eq!((c.batch_size, c.optimizer.lr), (32, 0.025));
+        // 12,800 images: 100 steps at 128, 200 at 64; a given learning rate stays.
+        let mut c = TrainConfig { epochs: 1, ..TrainConfig::default() };
+        assert!(c.fit_short_run(12_800, false));
+        assert_eq!((c.batch_size, c.optimizer.lr), (64, 0.1));
+    }
+
+    #[test]
+    fn invalid_values_name_their_option() {
+        let bad = |c: TrainConfig, needle: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
+        };
+        let c = TrainConfig::default;
+        bad(TrainConfig { epochs: 0, ..c() }, "--epochs");
+        bad(TrainConfig { train_limit: Some(0), ..c() }, "--limit-train");
+        bad(TrainConfig { augment: AugmentConfig { translate: 1.0, ..Default::default() }, ..c() }, "--translate");
+        bad(TrainConfig { augment: AugmentConfig { rotate_deg: -1.0, ..Default::default() }, ..c() }, "--rotate");
+        let crop = |crop, padding| AugmentConfig { crop, padding, ..Default::default() };
+        assert!(crop(27, Padding::Reflect).validate_for(&[1, 28, 28]).is_ok());
+        assert!(crop(28, Padding::Reflect).validate_for(&[1, 28, 28]).unwrap_err().to_string().contains("--crop"));
+        assert!(crop(28, Padding::Zero).validate_for(&[1, 28, 28]).is_ok());
+        let cutout = AugmentConfig { cutout: 29, ..Default::default() };
+        assert!(cutout.validate_for(&[1, 28, 28]).unwrap_err().to_string().contains("--cutout"));
+    }
+}

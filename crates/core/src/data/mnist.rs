@@ -197,3 +197,26 @@ fn load_split(dir: &Path, split: &str, flavor: Flavor, sums: Option<&Checksums>)
     }
     Ok((Dataset { images: images.data, labels: labels.data, len: n, shape }, iv && lv))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test split loads from a folder without the training files, as the full load describes it.
+    #[test]
+    fn the_test_split_loads_alone() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/mnist");
+        let dir = std::env::temp_dir().join(format!("rr-mnist-test-only-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"] {
+            std::fs::copy(repo.join(f), dir.join(f)).unwrap();
+        }
+        let full = Mnist::load(&repo).unwrap();
+        let test = Mnist::load_test(&dir).unwrap();
+        assert_eq!((test.data.len, &test.data.labels, &test.info), (full.test.len, &full.test.labels, &full.info));
+        assert!(Mnist::load(&dir).unwrap_err().to_string().contains("train-images"));
+        let idx = Mnist::load_idx_test(&dir).unwrap();
+        assert_eq!((idx.info.classes, idx.info.shape, idx.data.images.len()), (10, [1, 28, 28], 10_000 * 784));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
