@@ -68,6 +68,10 @@ pub struct Target {
 fn apply_precision<B: Backend>(backend: &B, arg: PrecisionArg) -> Result<()> {
     let offered = backend.precisions();
     let precision = match arg {
+        PrecisionArg::Auto if backend.name().starts_with("cuda") && !offered.contains(&Precision::Bf16) => {
+            eprintln!("note: cuDNN 9 (libcudnn.so.9) was not found: convolutions run on this backend's own fp32 kernels");
+            Precision::Fp32
+        }
         PrecisionArg::Auto => [Precision::Bf16, Precision::Fp32].into_iter().find(|p| offered.contains(p)).unwrap_or(Precision::Fp32),
         PrecisionArg::Exactly(p) if !offered.contains(&p) && backend.name().starts_with("cpu") => {
             eprintln!("note: the CPU computes in fp32 only; --precision {p} does not apply there");

@@ -1221,8 +1221,9 @@ pub fn precisions<B: Backend>(b: &B, _tol: f32) {
         let tol = 8.0 * p.unit_roundoff();
         let mut r = rng(40);
         let g = |n, c_in, h, w, c_out, k, stride, pad| Conv2dGeom { n, c_in, h, w, c_out, k, stride, pad };
-        // ResNet-like layers: 3x3, a strided 3x3, the 1x1 shortcut, an odd 5x5.
-        for geom in [g(4, 64, 8, 8, 64, 3, 1, 1), g(3, 32, 9, 7, 48, 3, 2, 1), g(2, 64, 8, 8, 128, 1, 2, 0), g(2, 16, 6, 6, 32, 5, 1, 2)] {
+        // ResNet-like layers: the RGB stem, 3x3, a strided 3x3, the 1x1 shortcut, an odd 5x5.
+        let layers = [g(2, 3, 8, 8, 64, 3, 1, 1), g(4, 64, 8, 8, 64, 3, 1, 1), g(3, 32, 9, 7, 48, 3, 2, 1), g(2, 64, 8, 8, 128, 1, 2, 0)];
+        for geom in layers.into_iter().chain([g(2, 16, 6, 6, 32, 5, 1, 2), g(1, 40, 5, 3, 33, 3, 1, 2)]) {
             precision_conv(b, &mut r, &geom, p, tol);
         }
         let spec = Gemm::new(300, 130, 257);

@@ -23,21 +23,6 @@ __device__ __forceinline__ float f16_to_32(unsigned short b, int half) {
     return __uint_as_float((unsigned)b << 16);
 }
 
-// y[i] = round(x[i] * scale)
-extern "C" __global__ void narrow_f32(const float* __restrict__ x, unsigned short* __restrict__ y, int n, float scale, int half) {
-    GRID_STRIDE(i, n) y[i] = f32_to_16(x[i] * scale, half);
-}
-
-// x: (N, C, HW) 16-bit -> y = x * scale (+ bias[c] when bias is given), fp32
-extern "C" __global__ void widen_f32(const unsigned short* __restrict__ x, const float* __restrict__ bias, float* __restrict__ y,
-                                     int n, int c, int hw, float scale, int half) {
-    GRID_STRIDE(i, n) {
-        float v = f16_to_32(x[i], half) * scale;
-        if (bias) v += bias[(i / hw) % c];
-        y[i] = v;
-    }
-}
-
 // db[c] = sum over n and hw of dy[n, c, hw]; one block per channel.
 // dy: (N, C, HW) -> db: (C)
 extern "C" __global__ void channel_sums(const float* __restrict__ dy, float* __restrict__ db, int n, int c, int hw) {
@@ -47,4 +32,41 @@ extern "C" __global__ void channel_sums(const float* __restrict__ dy, float* __r
     for (int i = threadIdx.x; i < n * hw; i += blockDim.x) acc += dy[((long long)(i / hw) * c + ch) * hw + i % hw];
     acc = block_sum_d(acc, shared);
     if (threadIdx.x == 0) db[ch] = (float)acc;
+}
+
+// The same roundings with a layout change, for tensor cores' channels-last
+// convolutions: each of the N matrices (C, HW) is transposed to (HW, C) through
+// a 32x32 tile in shared memory, so both reads and writes are coalesced.
+// Block (32, 8); grid (ceil(HW/32), ceil(C/32), N).
+// x: (N, C, HW) fp32 -> y: (N, HW, C) 16-bit
+extern "C" __global__ void narrow_to_nhwc(const float* __restrict__ x, unsigned short* __restrict__ y, int c, int hw, int half) {
+    __shared__ float tile[32][33];
+    long long base = (long long)blockIdx.z * c * hw;
+    int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+    for (int j = threadIdx.y; j < 32; j += 8) {
+        int ch = c0 + j, p = p0 + threadIdx.x;
+        if (ch < c && p < hw) tile[j][threadIdx.x] = x[base + (long long)ch * hw + p];
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += 8) {
+        int p = p0 + j, ch = c0 + threadIdx.x;
+        if (ch < c && p < hw) y[base + (long long)p * c + ch] = f32_to_16(tile[threadIdx.x][j], half);
+    }
+}
+
+// x: (N, HW, C) 16-bit -> y: (N, C, HW) fp32, plus bias[c] when given.
+extern "C" __global__ void widen_from_nhwc(const unsigned short* __restrict__ x, const float* __restrict__ bias, float* __restrict__ y,
+                                          int c, int hw, int half) {
+    __shared__ float tile[32][33];
+    long long base = (long long)blockIdx.z * c * hw;
+    int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+    for (int j = threadIdx.y; j < 32; j += 8) {
+        int p = p0 + j, ch = c0 + threadIdx.x;
+        if (ch < c && p < hw) tile[j][threadIdx.x] = f16_to_32(x[base + (long long)p * c + ch], half);
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += 8) {
+        int ch = c0 + j, p = p0 + threadIdx.x;
+        if (ch < c && p < hw) y[base + (long long)ch * hw + p] = tile[threadIdx.x][j] + (bias ? bias[ch] : 0.0f);
+    }
 }

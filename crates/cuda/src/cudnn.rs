@@ -10,18 +10,21 @@
 //! For tf32, cuDNN reads and writes the fp32 tensors directly.
 //!
 //! A plan (descriptors and algorithms) is made once per shape and precision and
-//! cached; algorithms come from cuDNN's heuristics (no timing runs, so a plan can
-//! be made anywhere, even while a CUDA graph is being recorded).
+//! cached. Each algorithm is the fastest cuDNN measures on the first call's
+//! operands (as PyTorch's `cudnn.benchmark`); under graph capture, where timing
+//! is not allowed, cuDNN's heuristics choose instead.
 
 use crate::{device_err, CudaBackend, CudaBuf};
 use cudarc::cudnn::{result as dnn, sys};
 use rr_core::backend::Conv2dGeom;
 use rr_core::{Precision, Result};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
 
-/// Workspace beyond this is not worth it: algorithms needing more are passed over.
-const MAX_WORKSPACE: usize = 1 << 30;
+/// The algorithms' workspace: allocated once, before any graph is recorded;
+/// algorithms that need more are passed over.
+pub(crate) const WORKSPACE: usize = 256 << 20;
 
 pub(crate) struct Cudnn {
     handle: sys::cudnnHandle_t,
@@ -46,11 +49,12 @@ pub(crate) struct Plan {
     pub y: sys::cudnnTensorDescriptor_t,
     pub w: sys::cudnnFilterDescriptor_t,
     pub conv: sys::cudnnConvolutionDescriptor_t,
-    pub fwd: sys::cudnnConvolutionFwdAlgo_t,
-    pub bwd_data: sys::cudnnConvolutionBwdDataAlgo_t,
-    pub bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t,
-    /// Bytes of workspace the largest of the three algorithms needs.
-    pub workspace: usize,
+    /// 16-bit operands are channels-last (NHWC), the layout tensor cores read;
+    /// fp32 ones (tf32) stay NCHW.
+    pub channels_last: bool,
+    fwd: OnceLock<sys::cudnnConvolutionFwdAlgo_t>,
+    bwd_data: OnceLock<sys::cudnnConvolutionBwdDataAlgo_t>,
+    bwd_filter: OnceLock<sys::cudnnConvolutionBwdFilterAlgo_t>,
 }
 
 // SAFETY: descriptors are immutable after `Plan::new`; cuDNN only reads them.
@@ -86,10 +90,20 @@ fn data_type(p: Precision) -> sys::cudnnDataType_t {
     }
 }
 
+/// Raw device addresses of a convolution's operands, for timing algorithms
+/// (outputs are overwritten) and running them.
+pub(crate) struct Operands {
+    pub x: u64,
+    pub w: u64,
+    pub y: u64,
+    pub workspace: u64,
+}
+
 impl Plan {
-    fn new(handle: sys::cudnnHandle_t, g: &Conv2dGeom, p: Precision) -> Result<Self> {
+    fn new(g: &Conv2dGeom, p: Precision) -> Result<Self> {
         let dt = data_type(p);
-        let nchw = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW;
+        let channels_last = matches!(p, Precision::Bf16 | Precision::Fp16);
+        let format = if channels_last { sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC } else { sys::cudnnTensorFormat_t::CUDNN_TENSOR_NCHW };
         // SAFETY: descriptors are created before they are set and owned by the plan.
         unsafe {
             let plan = Plan {
@@ -97,18 +111,19 @@ impl Plan {
                 y: dnn::create_tensor_descriptor().map_err(|e| dnn_err("tensor descriptor", e))?,
                 w: dnn::create_filter_descriptor().map_err(|e| dnn_err("filter descriptor", e))?,
                 conv: dnn::create_convolution_descriptor().map_err(|e| dnn_err("convolution descriptor", e))?,
-                fwd: sys::cudnnConvolutionFwdAlgo_t::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
-                bwd_data: sys::cudnnConvolutionBwdDataAlgo_t::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
-                bwd_filter: sys::cudnnConvolutionBwdFilterAlgo_t::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
-                workspace: 0,
+                channels_last,
+                fwd: OnceLock::new(),
+                bwd_data: OnceLock::new(),
+                bwd_filter: OnceLock::new(),
             };
             let set = |what: &str, r: std::result::Result<(), dnn::CudnnError>| r.map_err(|e| dnn_err(what, e));
-            set("x descriptor", dnn::set_tensor4d_descriptor(plan.x, nchw, dt, [int(g.n)?, int(g.c_in)?, int(g.h)?, int(g.w)?]))?;
+            set("x descriptor", dnn::set_tensor4d_descriptor(plan.x, format, dt, [int(g.n)?, int(g.c_in)?, int(g.h)?, int(g.w)?]))?;
+            let y_dims = [int(g.n)?, int(g.c_out)?, int(g.out_h())?, int(g.out_w())?];
+            set("y descriptor", dnn::set_tensor4d_descriptor(plan.y, format, dt, y_dims))?;
             set(
-                "y descriptor",
-                dnn::set_tensor4d_descriptor(plan.y, nchw, dt, [int(g.n)?, int(g.c_out)?, int(g.out_h())?, int(g.out_w())?]),
+                "filter descriptor",
+                dnn::set_filter4d_descriptor(plan.w, dt, format, [int(g.c_out)?, int(g.c_in)?, int(g.k)?, int(g.k)?]),
             )?;
-            set("filter descriptor", dnn::set_filter4d_descriptor(plan.w, dt, nchw, [int(g.c_out)?, int(g.c_in)?, int(g.k)?, int(g.k)?]))?;
             let (pad, stride) = (int(g.pad)?, int(g.stride)?);
             let cross = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
             let compute = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
@@ -118,48 +133,149 @@ impl Plan {
                 _ => sys::cudnnMathType_t::CUDNN_TENSOR_OP_MATH,
             };
             set("math type", dnn::set_convolution_math_type(plan.conv, math))?;
-            plan.choose_algorithms(handle)
+            Ok(plan)
         }
     }
 
-    /// The fastest algorithm of each pass by cuDNN's heuristics that runs with
-    /// at most MAX_WORKSPACE bytes, preferring deterministic ones.
-    unsafe fn choose_algorithms(mut self, handle: sys::cudnnHandle_t) -> Result<Self> {
-        const N: usize = 8;
+    /// The forward algorithm: timed by cuDNN on these operands the first time
+    /// (outside graph capture, which timing would break), else its heuristics.
+    pub unsafe fn forward_algo(&self, h: sys::cudnnHandle_t, o: &Operands, capturing: bool) -> Result<sys::cudnnConvolutionFwdAlgo_t> {
+        if let Some(a) = self.fwd.get() {
+            return Ok(*a);
+        }
+        let mut perf: [sys::cudnnConvolutionFwdAlgoPerf_t; ALGOS] = std::mem::zeroed();
         let mut count = 0;
-        let mut fwd: [sys::cudnnConvolutionFwdAlgoPerf_t; N] = std::mem::zeroed();
-        dnn::get_convolution_forward_algorithm(handle, self.x, self.w, self.conv, self.y, N as i32, &mut count, fwd.as_mut_ptr())
-            .map_err(|e| dnn_err("forward algorithm", e))?;
-        let f = pick(&fwd[..count as usize], |p| (p.status, p.memory, p.determinism)).ok_or_else(|| dnn_err("forward", "no algorithm"))?;
-        self.fwd = fwd[f].algo;
-        let mut bd: [sys::cudnnConvolutionBwdDataAlgoPerf_t; N] = std::mem::zeroed();
-        sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, self.w, self.y, self.conv, self.x, N as i32, &mut count, bd.as_mut_ptr())
-            .result()
-            .map_err(|e| dnn_err("backward-data algorithm", e))?;
-        let d =
-            pick(&bd[..count as usize], |p| (p.status, p.memory, p.determinism)).ok_or_else(|| dnn_err("backward data", "no algorithm"))?;
-        self.bwd_data = bd[d].algo;
-        let mut bf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; N] = std::mem::zeroed();
-        dnn::get_convolution_backward_filter_algorithm(handle, self.x, self.y, self.conv, self.w, N as i32, &mut count, bf.as_mut_ptr())
-            .map_err(|e| dnn_err("backward-filter algorithm", e))?;
-        let w = pick(&bf[..count as usize], |p| (p.status, p.memory, p.determinism))
-            .ok_or_else(|| dnn_err("backward filter", "no algorithm"))?;
-        self.bwd_filter = bf[w].algo;
-        self.workspace = fwd[f].memory.max(bd[d].memory).max(bf[w].memory);
-        Ok(self)
+        let status = if capturing {
+            sys::cudnnGetConvolutionForwardAlgorithm_v7(h, self.x, self.w, self.conv, self.y, ALGOS as i32, &mut count, perf.as_mut_ptr())
+        } else {
+            sys::cudnnFindConvolutionForwardAlgorithmEx(
+                h,
+                self.x,
+                vp(o.x),
+                self.w,
+                vp(o.w),
+                self.conv,
+                self.y,
+                vm(o.y),
+                ALGOS as i32,
+                &mut count,
+                perf.as_mut_ptr(),
+                vm(o.workspace),
+                WORKSPACE,
+            )
+        };
+        status.result().map_err(|e| dnn_err("forward algorithm search", e))?;
+        let i = pick(&perf[..count as usize], |p| (p.status, p.memory)).ok_or_else(|| dnn_err("forward", "no algorithm fits"))?;
+        Ok(*self.fwd.get_or_init(|| perf[i].algo))
+    }
+
+    /// The backward-data algorithm (as [`Plan::forward_algo`]); `o.x` is dx, `o.y` is dy.
+    pub unsafe fn backward_data_algo(
+        &self,
+        h: sys::cudnnHandle_t,
+        o: &Operands,
+        capturing: bool,
+    ) -> Result<sys::cudnnConvolutionBwdDataAlgo_t> {
+        if let Some(a) = self.bwd_data.get() {
+            return Ok(*a);
+        }
+        let mut perf: [sys::cudnnConvolutionBwdDataAlgoPerf_t; ALGOS] = std::mem::zeroed();
+        let mut count = 0;
+        let status = if capturing {
+            sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                h,
+                self.w,
+                self.y,
+                self.conv,
+                self.x,
+                ALGOS as i32,
+                &mut count,
+                perf.as_mut_ptr(),
+            )
+        } else {
+            sys::cudnnFindConvolutionBackwardDataAlgorithmEx(
+                h,
+                self.w,
+                vp(o.w),
+                self.y,
+                vp(o.y),
+                self.conv,
+                self.x,
+                vm(o.x),
+                ALGOS as i32,
+                &mut count,
+                perf.as_mut_ptr(),
+                vm(o.workspace),
+                WORKSPACE,
+            )
+        };
+        status.result().map_err(|e| dnn_err("backward-data algorithm search", e))?;
+        let i = pick(&perf[..count as usize], |p| (p.status, p.memory)).ok_or_else(|| dnn_err("backward data", "no algorithm fits"))?;
+        Ok(*self.bwd_data.get_or_init(|| perf[i].algo))
+    }
+
+    /// The backward-filter algorithm (as [`Plan::forward_algo`]); `o.w` is dw, `o.y` is dy.
+    pub unsafe fn backward_filter_algo(
+        &self,
+        h: sys::cudnnHandle_t,
+        o: &Operands,
+        capturing: bool,
+    ) -> Result<sys::cudnnConvolutionBwdFilterAlgo_t> {
+        if let Some(a) = self.bwd_filter.get() {
+            return Ok(*a);
+        }
+        let mut perf: [sys::cudnnConvolutionBwdFilterAlgoPerf_t; ALGOS] = std::mem::zeroed();
+        let mut count = 0;
+        let status = if capturing {
+            sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                h,
+                self.x,
+                self.y,
+                self.conv,
+                self.w,
+                ALGOS as i32,
+                &mut count,
+                perf.as_mut_ptr(),
+            )
+        } else {
+            sys::cudnnFindConvolutionBackwardFilterAlgorithmEx(
+                h,
+                self.x,
+                vp(o.x),
+                self.y,
+                vp(o.y),
+                self.conv,
+                self.w,
+                vm(o.w),
+                ALGOS as i32,
+                &mut count,
+                perf.as_mut_ptr(),
+                vm(o.workspace),
+                WORKSPACE,
+            )
+        };
+        status.result().map_err(|e| dnn_err("backward-filter algorithm search", e))?;
+        let i = pick(&perf[..count as usize], |p| (p.status, p.memory)).ok_or_else(|| dnn_err("backward filter", "no algorithm fits"))?;
+        Ok(*self.bwd_filter.get_or_init(|| perf[i].algo))
     }
 }
 
-/// Index of the first (fastest) usable result, deterministic ones first.
-fn pick<T>(results: &[T], key: impl Fn(&T) -> (sys::cudnnStatus_t, usize, sys::cudnnDeterminism_t)) -> Option<usize> {
-    let usable = |i: &usize| {
-        let (status, memory, _) = key(&results[*i]);
-        status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && memory <= MAX_WORKSPACE
-    };
-    let deterministic = |i: &usize| key(&results[*i]).2 == sys::cudnnDeterminism_t::CUDNN_DETERMINISTIC;
-    let first = (0..results.len()).find(usable)?;
-    // A deterministic algorithm among the two fastest is worth taking.
-    Some((first..results.len().min(first + 2)).filter(usable).find(deterministic).unwrap_or(first))
+const ALGOS: usize = 8;
+
+fn vp(p: u64) -> *const c_void {
+    p as *const c_void
+}
+
+fn vm(p: u64) -> *mut c_void {
+    p as *mut c_void
+}
+
+/// Index of the fastest usable result (cuDNN sorts them fastest first).
+fn pick<T>(results: &[T], key: impl Fn(&T) -> (sys::cudnnStatus_t, usize)) -> Option<usize> {
+    results.iter().position(|r| {
+        let (status, memory) = key(r);
+        status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && memory <= WORKSPACE
+    })
 }
 
 /// Device buffers reused across calls. Outgrown ones are kept, not freed:
@@ -196,7 +312,7 @@ impl Cudnn {
         if let Some(plan) = plans.get(&(*g, p)) {
             return Ok(plan.clone());
         }
-        let plan = Arc::new(Plan::new(self.handle, g, p)?);
+        let plan = Arc::new(Plan::new(g, p)?);
         plans.insert((*g, p), plan.clone());
         Ok(plan)
     }

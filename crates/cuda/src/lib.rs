@@ -123,9 +123,9 @@ struct Kernels {
     dropout_backward: CudaFunction,
     augment: CudaFunction,
     crop_flip: CudaFunction,
-    narrow_f32: CudaFunction,
-    widen_f32: CudaFunction,
     channel_sums: CudaFunction,
+    narrow_to_nhwc: CudaFunction,
+    widen_from_nhwc: CudaFunction,
 }
 
 /// Scratch space reused across ops (im2col columns, transposed activations).
@@ -271,9 +271,9 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         dropout_backward: f("dropout_backward")?,
         augment: f("augment")?,
         crop_flip: f("crop_flip")?,
-        narrow_f32: f("narrow_f32")?,
-        widen_f32: f("widen_f32")?,
         channel_sums: f("channel_sums")?,
+        narrow_to_nhwc: f("narrow_to_nhwc")?,
+        widen_from_nhwc: f("widen_from_nhwc")?,
         _module: module,
     })
 }

@@ -160,7 +160,8 @@ impl CudaBackend {
     /// cuDNN and the precision for a wide convolution below fp32, if both apply.
     fn tensor_cores(&self, g: &Conv2dGeom) -> Option<(&crate::cudnn::Cudnn, Precision)> {
         let p = self.precision();
-        (p != Precision::Fp32 && wide(g)).then_some(())?;
+        // From 32 output channels (ResNet's 3-channel stem included); LeNet's layers stay.
+        (p != Precision::Fp32 && g.c_out >= 32).then_some(())?;
         self.dnn.as_ref().map(|dnn| (dnn, p))
     }
 

@@ -2,8 +2,9 @@
 //! crate::cudnn for the design). Every call checks its arguments first in ops.rs.
 
 use super::{i32c, BLOCK};
-use crate::cudnn::Cudnn;
+use crate::cudnn::{Cudnn, Operands, WORKSPACE};
 use crate::{device_err, ptr, ptr_mut, CudaBackend};
+use cudarc::cudnn::result as dnn;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use rr_core::backend::Conv2dGeom;
 use rr_core::{Precision, Result, View, ViewMut};
@@ -22,15 +23,32 @@ fn vm(p: u64) -> *mut c_void {
     p as *mut c_void
 }
 
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+fn scalar(v: &f32) -> *const c_void {
+    (v as *const f32).cast()
+}
+
+/// Launch shape of the tiled layout changes: 32x32 tiles of each (C, HW) matrix.
+fn tiles(n: usize, c: usize, hw: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (hw.div_ceil(32) as u32, c.div_ceil(32) as u32, n as u32), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
+}
+
 impl CudaBackend {
-    /// Rounds `n` floats at `src` to 16 bits at `dst`.
-    fn narrow(&self, src: u64, dst: u64, n: usize, p: Precision) -> Result<()> {
-        launch!(self, narrow_f32, self.cfg(n), src, dst, i32c(n)?, 1.0f32, half(p))
+    /// (N, C, HW) fp32 at `src` -> (N, HW, C) 16-bit at `dst`.
+    fn narrow_nhwc(&self, src: u64, dst: u64, (n, c, hw): (usize, usize, usize), p: Precision) -> Result<()> {
+        launch!(self, narrow_to_nhwc, tiles(n, c, hw), src, dst, i32c(c)?, i32c(hw)?, half(p))
     }
 
-    /// Widens `n` 16-bit values at `src` (N, C, HW) to floats at `dst`, adding `bias` (0: none) per channel.
-    fn widen(&self, src: u64, bias: u64, dst: u64, n: usize, (c, hw): (usize, usize), p: Precision) -> Result<()> {
-        launch!(self, widen_f32, self.cfg(n), src, bias, dst, i32c(n)?, i32c(c.max(1))?, i32c(hw.max(1))?, 1.0f32, half(p))
+    /// (N, HW, C) 16-bit at `src` -> (N, C, HW) fp32 at `dst`, plus `bias` (0: none) per channel.
+    fn widen_nchw(&self, src: u64, bias: u64, dst: u64, (n, c, hw): (usize, usize, usize), p: Precision) -> Result<()> {
+        launch!(self, widen_from_nhwc, tiles(n, c, hw), src, bias, dst, i32c(c)?, i32c(hw)?, half(p))
+    }
+
+    fn capturing(&self) -> bool {
+        use cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        self.stream.capture_status() != Ok(CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
     // x: (N, C_in, H, W), w: (C_out, C_in, K, K), bias: (C_out) -> y: (N, C_out, OH, OW)
@@ -47,55 +65,48 @@ impl CudaBackend {
     ) -> Result<()> {
         let plan = dnn.plan(g, p)?;
         let ohw = g.out_h() * g.out_w();
-        let (one, zero) = (1.0f32, 0.0f32);
-        if p == Precision::Tf32 {
-            // y = bias, then y += x * w on tensor cores.
+        let sixteen = plan.channels_last;
+        let bytes = if sixteen { [2 * g.x_len(), 2 * g.w_len(), 2 * g.y_len()] } else { [0; 3] };
+        let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2]])?;
+        let o = if sixteen {
+            self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+            self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
+            Operands { x: s[1], w: s[2], y: s[3], workspace: s[0] }
+        } else {
+            Operands { x: ptr(x), w: ptr(w), y: ptr_mut(y), workspace: s[0] }
+        };
+        // SAFETY: descriptors match the checked buffer sizes; the workspace holds WORKSPACE bytes.
+        let algo = unsafe { plan.forward_algo(dnn.handle(), &o, self.capturing())? };
+        // fp32 output: y = bias, then y += x * w. 16-bit: y16 = x * w, widened with the bias below.
+        let beta = if sixteen {
+            &ZERO
+        } else {
             launch!(self, bias_channels, self.cfg(g.y_len()), ptr_mut(y), ptr(bias), i32c(g.y_len())?, i32c(g.c_out)?, i32c(ohw)?)?;
-            let (_guard, s) = dnn.slots(self, &[plan.workspace])?;
-            // SAFETY: descriptors match the checked buffer sizes; the workspace holds plan.workspace bytes.
-            return unsafe {
-                cudarc::cudnn::result::convolution_forward(
-                    dnn.handle(),
-                    (&one as *const f32).cast(),
-                    plan.x,
-                    vp(ptr(x)),
-                    plan.w,
-                    vp(ptr(w)),
-                    plan.conv,
-                    plan.fwd,
-                    vm(s[0]),
-                    plan.workspace,
-                    (&one as *const f32).cast(),
-                    plan.y,
-                    vm(ptr_mut(y)),
-                )
-            }
-            .map_err(|e| device_err(format!("cuDNN convolution forward {g:?}: {e:?}")));
-        }
-        let (_guard, s) = dnn.slots(self, &[2 * g.x_len(), 2 * g.w_len(), 2 * g.y_len(), plan.workspace])?;
-        let (x16, w16, y16, ws) = (s[0], s[1], s[2], s[3]);
-        self.narrow(ptr(x), x16, g.x_len(), p)?;
-        self.narrow(ptr(w), w16, g.w_len(), p)?;
-        // SAFETY: as above, on the 16-bit copies.
+            &ONE
+        };
+        // SAFETY: as above.
         unsafe {
-            cudarc::cudnn::result::convolution_forward(
+            dnn::convolution_forward(
                 dnn.handle(),
-                (&one as *const f32).cast(),
+                scalar(&ONE),
                 plan.x,
-                vp(x16),
+                vp(o.x),
                 plan.w,
-                vp(w16),
+                vp(o.w),
                 plan.conv,
-                plan.fwd,
-                vm(ws),
-                plan.workspace,
-                (&zero as *const f32).cast(),
+                algo,
+                vm(o.workspace),
+                WORKSPACE,
+                scalar(beta),
                 plan.y,
-                vm(y16),
+                vm(o.y),
             )
         }
         .map_err(|e| device_err(format!("cuDNN convolution forward {g:?}: {e:?}")))?;
-        self.widen(y16, ptr(bias), ptr_mut(y), g.y_len(), (g.c_out, ohw), p)
+        if sixteen {
+            self.widen_nchw(o.y, ptr(bias), ptr_mut(y), (g.n, g.c_out, ohw), p)?;
+        }
+        Ok(())
     }
 
     /// dparams = [dW (C_out, C_in, K, K) | db (C_out)], dx (N, C_in, H, W) when given.
@@ -114,68 +125,71 @@ impl CudaBackend {
     ) -> Result<()> {
         let plan = dnn.plan(g, p)?;
         let ohw = g.out_h() * g.out_w();
-        let (one, zero) = (1.0f32, 0.0f32);
         let dw = ptr_mut(dparams);
         let db = dw + 4 * g.w_len() as u64;
         let cfg = LaunchConfig { grid_dim: (g.c_out as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(self, channel_sums, cfg, ptr(dy), db, i32c(g.n)?, i32c(g.c_out)?, i32c(ohw)?)?;
-        let bytes =
-            if p == Precision::Tf32 { [0; 5] } else { [2 * g.x_len(), 2 * g.w_len(), 2 * g.y_len(), 2 * g.x_len().max(g.w_len()), 0] };
-        let (_guard, s) = dnn.slots(self, &[bytes[0], bytes[1], bytes[2], bytes[3], plan.workspace])?;
-        let ws = s[4];
-        // Operands as cuDNN reads them: the fp32 tensors (tf32) or 16-bit copies.
-        let (xs, wsrc, dys, out) = if p == Precision::Tf32 {
-            (ptr(x), ptr(w), ptr(dy), 0)
+        let sixteen = plan.channels_last;
+        let bytes = if sixteen { [2 * g.x_len(), 2 * g.w_len(), 2 * g.y_len(), 2 * g.x_len().max(g.w_len())] } else { [0; 4] };
+        let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2], bytes[3]])?;
+        // Operands as cuDNN reads them: the fp32 tensors (tf32), or channels-last 16-bit copies
+        // with one buffer (s[4]) receiving dW, then dx, each widened back before the next.
+        let (xs, ws, dys) = if sixteen {
+            self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+            self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
+            self.narrow_nhwc(ptr(dy), s[3], (g.n, g.c_out, ohw), p)?;
+            (s[1], s[2], s[3])
         } else {
-            self.narrow(ptr(x), s[0], g.x_len(), p)?;
-            self.narrow(ptr(w), s[1], g.w_len(), p)?;
-            self.narrow(ptr(dy), s[2], g.y_len(), p)?;
-            (s[0], s[1], s[2], s[3])
+            (ptr(x), ptr(w), ptr(dy))
         };
         let err = |what: &str, e| device_err(format!("cuDNN convolution {what} {g:?}: {e:?}"));
-        // SAFETY (both calls): descriptors match the checked buffer sizes; outputs do not alias inputs.
+        let o = Operands { x: xs, w: if sixteen { s[4] } else { dw }, y: dys, workspace: s[0] };
+        // SAFETY (every call below): descriptors match the checked buffer sizes; outputs do not alias inputs.
         unsafe {
-            cudarc::cudnn::result::convolution_backward_filter(
+            let algo = plan.backward_filter_algo(dnn.handle(), &o, self.capturing())?;
+            dnn::convolution_backward_filter(
                 dnn.handle(),
-                (&one as *const f32).cast(),
+                scalar(&ONE),
                 plan.x,
-                vp(xs),
+                vp(o.x),
                 plan.y,
-                vp(dys),
+                vp(o.y),
                 plan.conv,
-                plan.bwd_filter,
-                vm(ws),
-                plan.workspace,
-                (&zero as *const f32).cast(),
+                algo,
+                vm(o.workspace),
+                WORKSPACE,
+                scalar(&ZERO),
                 plan.w,
-                vm(if out == 0 { dw } else { out }),
+                vm(o.w),
             )
         }
         .map_err(|e| err("backward filter", e))?;
-        if out != 0 {
-            self.widen(out, 0, dw, g.w_len(), (1, 1), p)?;
+        if sixteen {
+            self.widen_nchw(s[4], 0, dw, (g.c_out, g.c_in, g.k * g.k), p)?;
         }
         let Some(dx) = dx else { return Ok(()) };
+        let o = Operands { x: if sixteen { s[4] } else { ptr_mut(dx) }, w: ws, y: dys, workspace: s[0] };
         unsafe {
-            cudarc::cudnn::result::convolution_backward_data(
+            let algo = plan.backward_data_algo(dnn.handle(), &o, self.capturing())?;
+            dnn::convolution_backward_data(
                 dnn.handle(),
-                (&one as *const f32).cast(),
+                scalar(&ONE),
                 plan.w,
-                vp(wsrc),
+                vp(o.w),
                 plan.y,
-                vp(dys),
+                vp(o.y),
                 plan.conv,
-                plan.bwd_data,
-                vm(ws),
-                plan.workspace,
-                (&zero as *const f32).cast(),
+                algo,
+                vm(o.workspace),
+                WORKSPACE,
+                scalar(&ZERO),
                 plan.x,
-                vm(if out == 0 { ptr_mut(dx) } else { out }),
+                vm(o.x),
             )
         }
         .map_err(|e| err("backward data", e))?;
-        if out != 0 {
-            self.widen(out, 0, ptr_mut(dx), g.x_len(), (1, 1), p)?;
+        if sixteen {
+            self.widen_nchw(s[4], 0, ptr_mut(dx), (g.n, g.c_in, g.h * g.w), p)?;
         }
         Ok(())
     }
