@@ -23,17 +23,6 @@ __device__ __forceinline__ float f16_to_32(unsigned short b, int half) {
     return __uint_as_float((unsigned)b << 16);
 }
 
-// db[c] = sum over n and hw of dy[n, c, hw]; one block per channel.
-// dy: (N, C, HW) -> db: (C)
-extern "C" __global__ void channel_sums(const float* __restrict__ dy, float* __restrict__ db, int n, int c, int hw) {
-    __shared__ double shared[32];
-    int ch = blockIdx.x;
-    double acc = 0.0;
-    for (int i = threadIdx.x; i < n * hw; i += blockDim.x) acc += dy[((long long)(i / hw) * c + ch) * hw + i % hw];
-    acc = block_sum_d(acc, shared);
-    if (threadIdx.x == 0) db[ch] = (float)acc;
-}
-
 // The same roundings with a layout change, for tensor cores' channels-last
 // convolutions: each of the N matrices (C, HW) is transposed to (HW, C) through
 // a 32x32 tile in shared memory, so both reads and writes are coalesced.

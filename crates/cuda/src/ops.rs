@@ -139,6 +139,37 @@ impl CudaBackend {
     }
 }
 
+impl CudaBackend {
+    /// Samples per slice of the two-phase channel sums: enough (C, S) blocks to fill every SM a few times.
+    fn slices(&self, n: usize, c: usize) -> i32 {
+        (8 * self.sms as usize).div_ceil(c.max(1)).clamp(1, n.max(1)) as i32
+    }
+
+    /// Phase one of the per-channel sums of norm.cu (`mode` as there) over
+    /// (N, C, HW) tensors [x, y, dy, saved]; returns the partials' address,
+    /// valid while the guard is held.
+    fn channel_partials(
+        &self,
+        mode: i32,
+        (n, c, hw): (usize, usize, usize),
+        [x, y, dy, saved]: [u64; 4],
+        relu: bool,
+    ) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64)> {
+        let slices = self.slices(n, c);
+        // (C, S, 2) doubles, as floats.
+        let (guard, _, partial) = self.scratch(0, 4 * c * slices as usize)?;
+        let cfg = LaunchConfig { grid_dim: (c as u32, slices as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, channel_partials, cfg, x, y, dy, saved, partial, i32c(n)?, i32c(c)?, i32c(hw)?, mode, relu as i32)?;
+        Ok((guard, partial))
+    }
+
+    /// db[c] = sum over n and hw of dy (N, C, HW).
+    fn channel_sums(&self, dy: u64, db: u64, (n, c, hw): (usize, usize, usize)) -> Result<()> {
+        let (_guard, partial) = self.channel_partials(2, (n, c, hw), [0, 0, dy, 0], false)?;
+        launch!(self, channel_partials_finish, self.cfg(c), partial, db, i32c(c)?, self.slices(n, c), 2i32)
+    }
+}
+
 /// cuBLAS's compute type for fp32 operands at a precision below fp32.
 fn fast_compute(p: Precision) -> Option<cudarc::cublas::sys::cublasComputeType_t> {
     use cudarc::cublas::sys::cublasComputeType_t::*;
@@ -652,8 +683,10 @@ impl Backend for CudaBackend {
         }
         let (n, c, hw) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?);
         let stats = if training {
-            let cfg = LaunchConfig { grid_dim: (g.c as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-            launch!(self, bn_stats, cfg, ptr(&x), ptr_mut(&running), ptr_mut(&saved), n, c, hw, g.eps, g.momentum)?;
+            let (_guard, partial) = self.channel_partials(0, (g.n, g.c, g.hw), [ptr(&x), 0, 0, 0], false)?;
+            let m = i32c(g.n * g.hw)?;
+            let (slices, finish) = (self.slices(g.n, g.c), self.cfg(g.c));
+            launch!(self, bn_stats_finish, finish, partial, ptr_mut(&running), ptr_mut(&saved), c, slices, m, g.eps, g.momentum)?;
             ptr_mut(&saved)
         } else {
             ptr_mut(&running)
@@ -688,8 +721,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         checks::batchnorm_backward(g, x.len, y.len, dy.len, params.len, saved.len, dx.as_ref().map(|d| d.len), dparams.len)?;
         let (n, c, hw, relu) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?, g.relu as i32);
-        let cfg = LaunchConfig { grid_dim: (g.c as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, bn_backward_reduce, cfg, ptr(&x), ptr(&y), ptr(&dy), ptr(&saved), ptr_mut(&dparams), n, c, hw, relu)?;
+        let (guard, partial) = self.channel_partials(1, (g.n, g.c, g.hw), [ptr(&x), ptr(&y), ptr(&dy), ptr(&saved)], g.relu)?;
+        launch!(self, channel_partials_finish, self.cfg(g.c), partial, ptr_mut(&dparams), c, self.slices(g.n, g.c), 1i32)?;
+        drop(guard);
         match dx {
             Some(dx) if !g.is_empty() => launch!(
                 self,

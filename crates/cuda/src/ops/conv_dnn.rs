@@ -1,7 +1,7 @@
 //! `conv2d_forward` / `conv2d_backward` through cuDNN at tf32 or bf16 (see
 //! crate::cudnn for the design). Every call checks its arguments first in ops.rs.
 
-use super::{i32c, BLOCK};
+use super::i32c;
 use crate::cudnn::{Cudnn, Operands, WORKSPACE};
 use crate::{device_err, ptr, ptr_mut, CudaBackend};
 use cudarc::cudnn::result as dnn;
@@ -127,8 +127,7 @@ impl CudaBackend {
         let ohw = g.out_h() * g.out_w();
         let dw = ptr_mut(dparams);
         let db = dw + 4 * g.w_len() as u64;
-        let cfg = LaunchConfig { grid_dim: (g.c_out as u32, 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, channel_sums, cfg, ptr(dy), db, i32c(g.n)?, i32c(g.c_out)?, i32c(ohw)?)?;
+        self.channel_sums(ptr(dy), db, (g.n, g.c_out, ohw))?;
         let sixteen = plan.channels_last;
         let bytes = if sixteen { [2 * g.x_len(), 2 * g.w_len(), 2 * g.y_len(), 2 * g.x_len().max(g.w_len())] } else { [0; 4] };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2], bytes[3]])?;
