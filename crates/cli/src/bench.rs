@@ -44,7 +44,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             anyhow::bail!("{option} must be at least 1, got 0");
         }
     }
-    device::dispatch(args.common.device, args.common.threads, false, BenchJob(args, start)).map(|_| ())
+    device::dispatch(args.common.target(), false, BenchJob(args, start)).map(|_| ())
 }
 
 struct BenchJob(BenchArgs, Instant);

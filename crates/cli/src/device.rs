@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use rr_core::profile::Profiled;
-use rr_core::{Backend, CpuBackend};
+use rr_core::{Backend, CpuBackend, Precision};
 use rr_cuda::CudaBackend;
 use rr_wgpu::WgpuBackend;
 
@@ -34,6 +34,58 @@ impl FromStr for DeviceArg {
     }
 }
 
+/// `--precision`: a precision, or the best the device offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    Auto,
+    Exactly(Precision),
+}
+
+impl FromStr for PrecisionArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(PrecisionArg::Auto),
+            other => other
+                .parse()
+                .map(PrecisionArg::Exactly)
+                .map_err(|_| format!("unknown precision `{other}`: expected auto, fp32, tf32, bf16 or fp16")),
+        }
+    }
+}
+
+/// Where and how to run: the device, CPU threads (none or 0: one per core) and the precision.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub device: DeviceArg,
+    pub threads: Option<usize>,
+    pub precision: PrecisionArg,
+}
+
+/// Applies `--precision` to a backend: `auto` takes bf16 where offered (tensor
+/// cores keep accuracy there), else fp32; a precision the device lacks is an
+/// error on a GPU, and a note on the CPU, which always computes in fp32.
+fn apply_precision<B: Backend>(backend: &B, arg: PrecisionArg) -> Result<()> {
+    let offered = backend.precisions();
+    let precision = match arg {
+        PrecisionArg::Auto if backend.name().starts_with("cuda") && !offered.contains(&Precision::Bf16) => {
+            eprintln!("note: cuDNN 9 (libcudnn.so.9) was not found: convolutions run on this backend's own fp32 kernels");
+            Precision::Fp32
+        }
+        PrecisionArg::Auto => [Precision::Bf16, Precision::Fp32].into_iter().find(|p| offered.contains(p)).unwrap_or(Precision::Fp32),
+        PrecisionArg::Exactly(p) if !offered.contains(&p) && backend.name().starts_with("cpu") => {
+            eprintln!("note: the CPU computes in fp32 only; --precision {p} does not apply there");
+            Precision::Fp32
+        }
+        PrecisionArg::Exactly(p) => p,
+    };
+    backend.set_precision(precision).map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
+    if precision != Precision::Fp32 {
+        eprintln!("precision: {precision} convolutions and products (fp32 weights, optimizer state, BatchNorm statistics and loss)");
+    }
+    Ok(())
+}
+
 /// Something to run once the backend is known.
 pub trait WithBackend {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats>;
@@ -48,9 +100,9 @@ pub struct RunStats {
 }
 
 /// Opens the device and runs `f` on it; with `profile`, through the
-/// op-timing wrapper, then prints the table. `threads` (`--threads`) sizes
-/// the CPU backend's pool (none or 0: one thread per core).
-pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: Option<usize>, profile: bool, f: F) -> Result<RunStats> {
+/// op-timing wrapper, then prints the table.
+pub fn dispatch<F: WithBackend>(target: Target, profile: bool, f: F) -> Result<RunStats> {
+    let (threads, precision) = (target.threads, target.precision);
     check_threads(threads)?;
     let cpu = || CpuBackend::new(threads.unwrap_or(0));
     let not_cpu = |name: &str| {
@@ -58,12 +110,12 @@ pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: Option<usize>, profi
             eprintln!("note: --threads sizes the CPU backend's pool; it does nothing on {name}");
         }
     };
-    match device {
-        DeviceArg::Cpu => run_on(cpu()?, profile, f),
+    match target.device {
+        DeviceArg::Cpu => run_on(cpu()?, precision, profile, f),
         DeviceArg::Cuda(n) => {
             let gpu = CudaBackend::new(n)?;
             not_cpu(&gpu.name());
-            run_on(gpu, profile, f)
+            run_on(gpu, precision, profile, f)
         }
         DeviceArg::Wgpu => {
             let gpu = WgpuBackend::new(true)?;
@@ -72,12 +124,12 @@ pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: Option<usize>, profi
                 eprintln!("note: this is a software adapter (the CPU emulating a GPU): --device cpu is faster");
             }
             not_cpu(&gpu.name());
-            run_on(gpu, profile, f)
+            run_on(gpu, precision, profile, f)
         }
         DeviceArg::Auto => match CudaBackend::new(0) {
             Ok(gpu) => {
                 not_cpu(&gpu.name());
-                run_on(gpu, profile, f)
+                run_on(gpu, precision, profile, f)
             }
             Err(e) => {
                 // The short reason; `--device cuda` prints the full one (paths searched).
@@ -88,11 +140,11 @@ pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: Option<usize>, profi
                     Ok(gpu) => {
                         eprintln!("note: no usable CUDA GPU ({reason}); running on {}", gpu.name());
                         not_cpu(&gpu.name());
-                        run_on(gpu, profile, f)
+                        run_on(gpu, precision, profile, f)
                     }
                     Err(w) => {
                         eprintln!("note: no usable GPU (CUDA: {reason}; wgpu: {w}); running on the CPU");
-                        run_on(cpu()?, profile, f)
+                        run_on(cpu()?, precision, profile, f)
                     }
                 }
             }
@@ -120,10 +172,11 @@ fn check_threads(threads: Option<usize>) -> Result<()> {
     }
 }
 
-fn run_on<B: Backend, F: WithBackend>(backend: B, profile: bool, f: F) -> Result<RunStats>
+fn run_on<B: Backend, F: WithBackend>(backend: B, precision: PrecisionArg, profile: bool, f: F) -> Result<RunStats>
 where
     B::Mark: Send,
 {
+    apply_precision(&backend, precision)?;
     if !profile {
         return f.run(&backend);
     }

@@ -23,7 +23,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1, got 0");
     }
-    device::dispatch(args.common.device, args.common.threads, false, EvalJob(args)).map(|_| ())
+    device::dispatch(args.common.target(), false, EvalJob(args)).map(|_| ())
 }
 
 struct EvalJob(EvalArgs);

@@ -95,6 +95,17 @@ pub struct CommonArgs {
     /// CPU backend worker threads, at most 4 per core [default: 0 = one per core]
     #[arg(long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
+    /// Precision of convolutions and matrix products: auto (bf16 on a CUDA GPU with cuDNN, else fp32),
+    /// fp32, tf32 (CUDA), bf16 (CUDA with cuDNN); weights, optimizer state and the loss stay fp32
+    #[arg(long, default_value = "auto")]
+    pub precision: device::PrecisionArg,
+}
+
+impl CommonArgs {
+    /// Where and how to run.
+    pub fn target(&self) -> device::Target {
+        device::Target { device: self.device, threads: self.threads, precision: self.precision }
+    }
 }
 
 fn main() -> ExitCode {

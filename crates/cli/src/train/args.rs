@@ -248,7 +248,7 @@ pub struct TrainArgs {
     /// Continue a run from its checkpoint (RUN/model.safetensors, with RUN/train_state.safetensors
     /// beside it) with its saved settings, up to --epochs in all; outputs go to the same folder.
     /// A resumed run may change --epochs (required), --lr, --eval-batch-size, --log-interval,
-    /// --data-dir, --device, --threads, --profile and --no-graphs; other options are refused
+    /// --data-dir, --device, --threads, --precision, --profile and --no-graphs; other options are refused
     #[arg(long)]
     pub(super) resume: Option<PathBuf>,
     /// Output folder; an existing one must be empty unless --overwrite [default: runs/DATE-TIME]

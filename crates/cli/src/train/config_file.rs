@@ -15,8 +15,11 @@ use std::path::{Path, PathBuf};
 pub(super) struct RunConfig {
     pub(super) model: ModelConfig,
     pub(super) train: TrainConfig,
-    /// Where the run trained (informative: --config does not pick the device).
+    /// Where and at what precision the run trained (informative: --config
+    /// picks neither; pass --device and --precision).
     pub(super) device: String,
+    #[serde(default)]
+    pub(super) precision: rr_core::Precision,
     pub(super) dataset: DatasetInfo,
     pub(super) data_dir: PathBuf,
     pub(super) image_size: usize,

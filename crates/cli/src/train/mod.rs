@@ -24,10 +24,10 @@ use std::io::Write;
 use std::time::Instant;
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    let (device, threads) = (args.common.device, args.common.threads);
+    let target = args.common.target();
     // Every option is checked before the device opens or any data is read.
     let plan = args.plan()?;
-    device::dispatch(device, threads, plan.profile, TrainJob(plan)).map(|_| ())
+    device::dispatch(target, plan.profile, TrainJob(plan)).map(|_| ())
 }
 
 struct TrainJob(Plan);
@@ -158,6 +158,7 @@ impl WithBackend for TrainJob {
             model: model_config.clone(),
             train: config.clone(),
             device: backend.name(),
+            precision: backend.precision(),
             dataset: info.clone(),
             data_dir: data_dir.clone(),
             image_size: plan.image_size,

@@ -15,7 +15,7 @@ use rr_core::optim::{OptimizerKind, Schedule};
 use rr_core::train::TrainConfig;
 use std::path::{Path, PathBuf};
 
-/// The options a resumed run may change (besides --log-interval, --data-dir, --device, --threads, --profile, --no-graphs).
+/// The options a resumed run may change (besides --log-interval, --data-dir, --device, --threads, --precision, --profile, --no-graphs).
 const RESUME_MAY_CHANGE: [&str; 3] = ["--epochs", "--lr", "--eval-batch-size"];
 
 /// The files a run writes to its folder (what --overwrite replaces).
@@ -81,7 +81,7 @@ impl TrainArgs {
         let refused: Vec<String> = self.recipe.given().into_iter().filter(|o| !RESUME_MAY_CHANGE.contains(&o.as_str())).collect();
         if !refused.is_empty() {
             bail!(
-                "{} cannot change when resuming: a resumed run keeps its saved settings and may change only {}, --log-interval, --data-dir, --device, --threads, --profile and --no-graphs",
+                "{} cannot change when resuming: a resumed run keeps its saved settings and may change only {}, --log-interval, --data-dir, --device, --threads, --precision, --profile and --no-graphs",
                 refused.join(", "),
                 RESUME_MAY_CHANGE.join(", ")
             );
