@@ -99,6 +99,7 @@ fn options_that_do_not_apply_are_refused() {
         (&["--image-size", "20"], &["--image-size", "image-folder only", "mnist"]),
         (&["--augment", "false", "--rotate", "5"], &["--rotate", "conflicts with --augment false"]),
         (&["--crop-padding", "zero"], &["--crop-padding", "--crop is 0"]),
+        (&["--overwrite"], &["--overwrite", "--out"]),
     ];
     for (extra, needles) in cases {
         refused(&train(extra), needles);

@@ -163,6 +163,9 @@ impl TrainArgs {
             None => options.model_config(base_model.as_ref(), dataset, &DatasetInfo::mnist()).validate()?,
         }
         let eval_batch_size = check_eval_batch_size(options.eval_batch_size.or(run.and_then(|r| r.eval_batch_size)))?;
+        if self.overwrite && self.out.is_none() {
+            bail!("--overwrite applies to an existing --out folder; without --out every run gets a new one");
+        }
         check_out(self.out.as_deref(), self.overwrite)?;
         Ok(Plan {
             dataset,
