@@ -57,6 +57,17 @@ pub struct CommonArgs {
     pub threads: usize,
 }
 
+/// The device options alone, for commands that read no dataset (`predict`, `serve`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
+    /// Device: auto (the first GPU if usable, else the CPU), cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto")]
+    pub device: device::DeviceArg,
+    /// CPU worker threads (0 = one per core)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
 fn main() -> ExitCode {
     // Like other command-line tools, stop quietly when the reader of our
     // output goes away (`rusty-recognition eval ... | head`) instead of panicking.
