@@ -22,7 +22,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    device::dispatch(args.device.device, args.device.threads, false, PredictJob(args)).map(|_| ())
+    device::dispatch(args.device.target(), false, PredictJob(args)).map(|_| ())
 }
 
 struct PredictJob(PredictArgs);

@@ -68,7 +68,7 @@ impl ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     args.validate()?;
-    device::dispatch(args.device.device, args.device.threads, false, ServeJob(args)).map(|_| ())
+    device::dispatch(args.device.target(), false, ServeJob(args)).map(|_| ())
 }
 
 struct ServeJob(ServeArgs);
