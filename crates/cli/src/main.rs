@@ -11,7 +11,7 @@ mod predict;
 mod serve;
 mod train;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -88,6 +88,20 @@ pub struct CommonArgs {
     /// image-folder: train/ and test/) [default: the repository's data/mnist]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub run_on: DeviceArgs,
+}
+
+impl CommonArgs {
+    /// Where and how to run.
+    pub fn target(&self) -> device::Target {
+        self.run_on.target()
+    }
+}
+
+/// Where and how to run, alone for the commands that read no dataset (`predict`, `serve`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
     /// Device: auto (the first CUDA GPU if usable, else a hardware GPU through wgpu, else the CPU),
     /// cpu, cuda, cuda:N, or wgpu (the best adapter wgpu finds: Vulkan, Metal, DirectX 12, software ones included)
     #[arg(long, default_value = "auto")]
@@ -101,7 +115,7 @@ pub struct CommonArgs {
     pub precision: device::PrecisionArg,
 }
 
-impl CommonArgs {
+impl DeviceArgs {
     /// Where and how to run.
     pub fn target(&self) -> device::Target {
         device::Target { device: self.device, threads: self.threads, precision: self.precision }
@@ -116,9 +130,8 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    let result = refuse_unused_options(&matches).and_then(|()| run(cli.command));
+    let cli = Cli::parse();
+    let result = run(cli.command);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -126,17 +139,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Shared options that some commands have no use for.
-fn refuse_unused_options(matches: &clap::ArgMatches) -> anyhow::Result<()> {
-    if let Some((name @ ("predict" | "serve"), sub)) = matches.subcommand() {
-        let given = matches!(sub.try_get_raw("data_dir"), Ok(Some(_)));
-        if given {
-            anyhow::bail!("--data-dir: {name} reads no dataset (the checkpoint describes the images it expects)");
-        }
-    }
-    Ok(())
 }
 
 fn run(command: Command) -> anyhow::Result<()> {

@@ -104,10 +104,6 @@ fn options_that_do_not_apply_are_refused() {
     for (extra, needles) in cases {
         refused(&train(extra), needles);
     }
-    refused(
-        &["predict", "--data-dir", "data/mnist", "--checkpoint", "/no/such/ckpt", "x.png"],
-        &["--data-dir", "predict reads no dataset"],
-    );
     // Negative numbers reach the validation instead of clap's "unexpected argument".
     let err = refused(&train(&["--lr", "-1"]), &["--lr"]);
     assert!(!err.contains("unexpected argument"), "{err}");
