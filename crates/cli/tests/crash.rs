@@ -408,8 +408,38 @@ fn a_run_of_no_epochs_says_so_and_a_resume_rebuilds_lost_views() {
     std::fs::remove_file(run.join("model.safetensors")).unwrap();
     std::fs::write(run.join("metrics.csv"), "epoch,train").unwrap();
     std::fs::write(run.join(".best.safetensors.tmp-12345"), "half a file").unwrap();
+    // A per-step log with rows of an epoch the kill interrupted, the last one cut short.
+    let steps = "epoch,step,train_loss\n1,8,2.3\n2,16,2.2\n3,8,2.1\n3,16,2";
+    std::fs::write(run.join("steps.csv"), steps).unwrap();
     let out = ok(&resume(&run, 2, &[]));
     assert!(out.contains("nothing to train") && !out.contains("train_loss"), "{out}");
     assert!(Outcome::read(&run) == reference);
     assert_eq!(temporaries(&run), Vec::<String>::new());
+    assert_eq!(std::fs::read_to_string(run.join("steps.csv")).unwrap(), "epoch,step,train_loss\n1,8,2.3\n2,16,2.2\n");
+}
+
+#[test]
+fn eval_predict_and_serve_refuse_a_checkpoint_whose_dataset_does_not_fit_its_model() {
+    let run = tmpdir("misfit");
+    ok(&train(&run, &["--epochs", "1"]));
+    // A LeNet (1x28x28 inputs) that says it was trained on 3x32x32 images.
+    let (tensors, mut meta) = checkpoint::load_tensors(&run.join("model.safetensors")).unwrap();
+    let mut info: serde_json::Value = serde_json::from_str(&meta["dataset"]).unwrap();
+    info["shape"] = serde_json::json!([3, 32, 32]);
+    info["mean"] = serde_json::json!([0.5, 0.5, 0.5]);
+    info["std"] = serde_json::json!([0.25, 0.25, 0.25]);
+    meta.insert("dataset".into(), info.to_string());
+    let misfit = run.join("misfit.safetensors");
+    save_with(&misfit, &tensors, &meta);
+    let says = "the model takes [1, 28, 28] inputs in 10 classes, but its dataset description says [3, 32, 32] images";
+    let cpu = ["--device", "cpu", "--checkpoint"];
+    let eval = bin().arg("eval").args(cpu).arg(&misfit).output().unwrap();
+    let predict = bin().arg("predict").args(cpu).arg(&misfit).arg(repo().join("README.md")).output().unwrap();
+    let mut serve =
+        bin().arg("serve").args(cpu).arg(&misfit).args(["--port", "0"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    assert!(!kill_after(&mut serve, Duration::from_secs(60)), "serve started with a misfit checkpoint");
+    for o in [eval, predict, serve.wait_with_output().unwrap()] {
+        let err = fails(&o);
+        assert!(err.contains(says), "{err}");
+    }
 }

@@ -29,7 +29,8 @@
 //! (bit-identical on the CPU). Before it trains it removes the `.NAME.tmp-PID`
 //! files of killed writes and rewrites the views of epoch k (the repair; a
 //! rewrite of identical content when nothing was interrupted), so every epoch
-//! begins with views that match the commit, as the first case relies on. A new
+//! begins with views that match the commit, as the first case relies on (and
+//! cuts `steps.csv`, appended to as an epoch trains, to the committed epochs). A new
 //! run commits epoch 0 (the initial weights; no checkpoint views, metrics.csv
 //! with its header only) before it trains: it can be resumed from then on.
 //!
@@ -57,6 +58,9 @@ pub(super) const MODEL_FILE: &str = "model.safetensors";
 pub(super) const BEST_FILE: &str = "best.safetensors";
 pub(super) const METRICS_FILE: &str = "metrics.csv";
 const CONFIG_FILE: &str = "config.json";
+/// CSV logs appended to while an epoch trains (first column: the 1-based
+/// epoch), so a kill leaves rows of an epoch that was not committed.
+const EPOCH_LOGS: [&str; 1] = ["steps.csv"];
 
 /// The commit record's last tensor.
 const OPTIMIZER_TENSOR: &str = "optimizer.state";
@@ -165,6 +169,9 @@ impl RunDir {
         let metrics = r.commit.meta.get("metrics").cloned().unwrap_or_else(|| format!("{CSV_HEADER}\n"));
         let run = RunDir::open(r.out.clone(), run_meta(r.run_id.clone(), &r.config, info, data)?, data_dir, metrics, r.best)?;
         run.write_views(&r.commit)?;
+        for log in EPOCH_LOGS {
+            cut_log(&run.path(log), r.epochs_done)?;
+        }
         run.write_config(run_config)?;
         Ok(run)
     }
@@ -232,8 +239,8 @@ impl RunDir {
     /// The commit record, then its views.
     fn write(&self, commit: &Commit) -> Result<()> {
         checkpoint::save_tensors(&self.path(TRAIN_STATE), &commit.tensors, &commit.meta(|_| true))?;
-        // (Where the crash tests ask for it, a wider window of views behind the commit.)
-        checkpoint::test_write_delay();
+        // (Where the crash tests ask for it, a wide window of views behind the commit.)
+        (0..3).for_each(|_| checkpoint::test_write_delay());
         self.write_views(commit)
     }
 
@@ -261,6 +268,19 @@ fn run_meta(
     let mut meta = vec![(RUN_ID, run_id), ("train_config", serde_json::to_string(config)?), info.metadata_entry()];
     meta.extend(data);
     Ok(meta)
+}
+
+/// Cuts a CSV log to its header and the whole rows of epochs 1..=epochs
+/// (when it exists): what a resume keeps of a log the kill interrupted.
+fn cut_log(path: &Path, epochs: usize) -> Result<()> {
+    let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
+    let committed = |row: &&str| row.split(',').next().and_then(|e| e.parse::<usize>().ok()).is_some_and(|e| e <= epochs);
+    let mut lines = text.split_inclusive('\n').filter(|l| l.ends_with('\n'));
+    let kept: String = lines.next().into_iter().chain(lines.filter(committed)).collect();
+    if kept != text {
+        checkpoint::write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// A fresh id for a run: 128 random bits (the standard library's hasher keys
