@@ -11,9 +11,10 @@
 
 use rr_core::checkpoint;
 use rr_core::data::Dataset;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
@@ -187,15 +188,52 @@ struct Kind {
 /// Each write sleeps three times this long (inside and after it).
 const WRITE_DELAY_MS: &str = "6";
 
-fn start(kind: &Kind, dir: &Path) -> Child {
-    let mut c = bin();
-    c.args(["train", "--device", "cpu", "--threads", "1", "--epochs", &kind.epochs.to_string()]);
-    if dir.join("train_state.safetensors").exists() {
-        c.arg("--resume").arg(dir);
-    } else {
-        c.args(kind.args).arg("--data-dir").arg(tiny()).arg("--out").arg(dir);
+/// A training process of the kill test, its stdout read line by line as it comes.
+struct Training {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stdout: String,
+}
+
+impl Training {
+    /// A new run of `kind` in `dir`, or a resume of the one there.
+    fn start(kind: &Kind, dir: &Path) -> Training {
+        let mut c = bin();
+        c.args(["train", "--device", "cpu", "--threads", "1", "--epochs", &kind.epochs.to_string()]);
+        if dir.join("train_state.safetensors").exists() {
+            c.arg("--resume").arg(dir);
+        } else {
+            c.args(kind.args).arg("--data-dir").arg(tiny()).arg("--out").arg(dir);
+        }
+        c.env(checkpoint::TEST_WRITE_DELAY_VAR, WRITE_DELAY_MS).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || stdout.lines().map_while(Result::ok).try_for_each(|l| send.send(l)));
+        Training { child, lines, stdout: String::new() }
     }
-    c.env(checkpoint::TEST_WRITE_DELAY_VAR, WRITE_DELAY_MS).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
+
+    /// Waits for a line holding `what`; false when the process ended first.
+    fn wait_for(&mut self, what: &str) -> bool {
+        while let Ok(line) = self.lines.recv() {
+            self.stdout += &line;
+            self.stdout.push('\n');
+            if line.contains(what) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Its stdout, after checking that it succeeded (unless `killed`).
+    fn finish(mut self, killed: bool) -> String {
+        self.wait_for("\0");
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        assert!(killed || status.success(), "{}\n{stderr}", self.stdout);
+        self.stdout
+    }
 }
 
 /// Waits up to `delay` for `child` to finish; kills it (SIGKILL) if it has
@@ -267,10 +305,9 @@ fn check_after_kill(dir: &Path, pid: u32, out: &str, cov: &mut Coverage) {
 fn kill_test(kind: Kind, kills: usize, seed: u64) {
     let started = Instant::now();
     let straight = tmpdir(&format!("{}-straight", kind.name));
-    let mut child = start(&kind, &straight);
-    assert!(!kill_after(&mut child, Duration::from_secs(600)));
-    ok(&child.wait_with_output().unwrap());
+    Training::start(&kind, &straight).finish(false);
     let full = started.elapsed();
+    let epoch = full / kind.epochs as u32;
     let reference = Outcome::read(&straight);
     assert_eq!(reference.metrics.len(), kind.epochs + 1);
     let dir = tmpdir(&format!("{}-killed", kind.name));
@@ -280,19 +317,28 @@ fn kill_test(kind: Kind, kills: usize, seed: u64) {
         let _ = std::fs::remove_dir_all(&dir);
         cov.chains += 1;
         loop {
-            let mut child = start(&kind, &dir);
-            let pid = child.id();
-            // Most kills anywhere from the start to past the end of the rest
-            // of the run, a third early: in the start-up, the repair, the first steps.
-            let span = if delays.unit() < 0.67 { 0.6 } else { 0.1 };
-            let killed = kill_after(&mut child, full.mul_f64(span * delays.unit()));
-            let o = child.wait_with_output().unwrap();
+            let state = dir.join("train_state.safetensors");
+            let done = if state.exists() { epoch_and_run(&state).0 } else { 0 };
+            // (With all epochs committed, what is left is the repair and the plots.)
+            let left = (kind.epochs - done) as f64 / kind.epochs as f64 + 0.1;
+            let mut run = Training::start(&kind, &dir);
+            let pid = run.child.id();
+            // A third of the kills soon after an epoch's line: in its commit, its
+            // views or the next steps; half anywhere in what is left of the run
+            // (or just past its end); the rest early: start-up, repair, first steps.
+            let phase = delays.unit();
+            let killed = if phase < 0.33 {
+                run.wait_for("train_loss") && kill_after(&mut run.child, epoch.mul_f64(0.5 * delays.unit()))
+            } else {
+                let span = if phase < 0.83 { 0.1 + 0.9 * left } else { 0.1 };
+                kill_after(&mut run.child, full.mul_f64(span * delays.unit()))
+            };
+            let stdout = run.finish(killed);
             if !killed {
-                ok(&o);
                 break;
             }
             cov.kills += 1;
-            check_after_kill(&dir, pid, &String::from_utf8_lossy(&o.stdout), &mut cov);
+            check_after_kill(&dir, pid, &stdout, &mut cov);
         }
         assert_eq!(temporaries(&dir), Vec::<String>::new(), "a completed run leaves no temporary files");
         assert_eq!(epoch_and_run(&dir.join("train_state.safetensors")).0, kind.epochs);

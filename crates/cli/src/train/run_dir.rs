@@ -14,25 +14,27 @@
 //!
 //! Every file is written by [`checkpoint::write_atomic`] (temporary file,
 //! fsync, rename, fsync of the folder), so each name holds a complete old or
-//! new version at any instant. After epoch k the run writes the commit, then
-//! the views: the model, the best model when k is the best epoch so far, the
-//! metrics. A kill
-//! - before the commit's rename leaves epoch k-1 committed, with its views
-//!   complete (they were, before epoch k began: see below);
-//! - after it leaves epoch k committed, and each view at epoch k-1 or k.
+//! new version at any instant, and the run refuses to write a NaN or an
+//! infinity. After epoch k it writes the commit, then the views: the model,
+//! the best model when k is the best epoch so far, the metrics.
 //!
-//! Either way `eval` loads a complete model.safetensors, and metrics.csv holds
-//! epochs 1..j once each, j being k-1 or k.
+//! Invariant: when an epoch begins to train, every view matches the commit
+//! (model and metrics at its epoch, the best model at its best epoch). A new
+//! run makes it true by committing epoch 0 (the initial weights; metrics.csv
+//! with its header only, no checkpoint) before it trains; a process that
+//! trained epoch k keeps it by writing the commit and the views of k before it
+//! trains k+1; `--resume` makes it true again before it trains: it removes the
+//! `.NAME.tmp-PID` files of killed writes, rewrites the views of the commit
+//! (the repair; identical content when nothing was interrupted) and cuts
+//! `steps.csv`, appended to as an epoch trains, to the committed epochs.
 //!
-//! `--resume` reads the run from the commit record only, never from a view,
-//! so it restarts from exactly the state a straight run had after epoch k
-//! (bit-identical on the CPU). Before it trains it removes the `.NAME.tmp-PID`
-//! files of killed writes and rewrites the views of epoch k (the repair; a
-//! rewrite of identical content when nothing was interrupted), so every epoch
-//! begins with views that match the commit, as the first case relies on (and
-//! cuts `steps.csv`, appended to as an epoch trains, to the committed epochs). A new
-//! run commits epoch 0 (the initial weights; no checkpoint views, metrics.csv
-//! with its header only) before it trains: it can be resumed from then on.
+//! So a kill while epoch k trains or before the rename of its commit leaves
+//! epoch k-1 committed, with matching views; a kill after that rename leaves
+//! epoch k committed and each view at epoch k-1 or k. Either way `eval` loads
+//! a complete model.safetensors (once epoch 1 is committed) and metrics.csv
+//! holds epochs 1..j once each, j being k-1 or k. `--resume` reads the run
+//! from the commit only, never from a view, so it restarts from exactly the
+//! state a straight run had after the committed epoch (bit-identical on the CPU).
 //!
 //! `--resume` refuses what does not belong together, naming it: a checkpoint
 //! in the folder (or the one named) of another run or of a later epoch than
@@ -191,16 +193,13 @@ impl RunDir {
     }
 
     /// Commits the epoch just trained, then writes its views (see the module's
-    /// documentation). Refuses to save a NaN or an infinity.
+    /// documentation).
     pub(super) fn save_epoch<B: Backend>(&mut self, backend: &B, trainer: &Trainer<B>, record: &EpochRecord) -> Result<()> {
         self.metrics.push_str(&record.csv_row());
         if record.test.accuracy > self.best.accuracy {
             self.best = Best { accuracy: record.test.accuracy, epoch: Some(record.epoch) };
         }
         let commit = self.commit(backend, trainer, record.epoch, Some(&record.test))?;
-        if let Some((name, value)) = commit.first_non_finite() {
-            anyhow::bail!("epoch {}: `{name}` holds {value}, so it was not saved; {}", record.epoch, self.last_good(record.epoch - 1));
-        }
         self.write(&commit)
     }
 
@@ -236,8 +235,12 @@ impl RunDir {
         Ok(Commit { tensors, meta, epoch, best_epoch: self.best.epoch })
     }
 
-    /// The commit record, then its views.
+    /// The commit record, then its views; never a NaN or an infinity.
     fn write(&self, commit: &Commit) -> Result<()> {
+        if let Some((name, value)) = commit.first_non_finite() {
+            let done = commit.epoch.saturating_sub(1);
+            anyhow::bail!("epoch {}: `{name}` holds {value}, so it was not saved; {}", commit.epoch, self.last_good(done));
+        }
         checkpoint::save_tensors(&self.path(TRAIN_STATE), &commit.tensors, &commit.meta(|_| true))?;
         // (Where the crash tests ask for it, a wide window of views behind the commit.)
         (0..3).for_each(|_| checkpoint::test_write_delay());
