@@ -55,6 +55,17 @@ pub struct CommonArgs {
     /// CPU worker threads (0 = one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Precision of convolutions and matrix products: auto (bf16 on a CUDA GPU with cuDNN, else fp32),
+    /// fp32, tf32 (CUDA), bf16 (CUDA with cuDNN); weights, optimizer state and the loss stay fp32
+    #[arg(long, default_value = "auto")]
+    pub precision: device::PrecisionArg,
+}
+
+impl CommonArgs {
+    /// Where and how to run.
+    pub fn target(&self) -> device::Target {
+        device::Target { device: self.device, threads: self.threads, precision: self.precision }
+    }
 }
 
 fn main() -> ExitCode {

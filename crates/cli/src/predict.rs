@@ -22,7 +22,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, false, PredictJob(args)).map(|_| ())
+    device::dispatch(args.common.target(), false, PredictJob(args)).map(|_| ())
 }
 
 struct PredictJob(PredictArgs);

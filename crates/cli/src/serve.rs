@@ -44,7 +44,7 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, false, ServeJob(args)).map(|_| ())
+    device::dispatch(args.common.target(), false, ServeJob(args)).map(|_| ())
 }
 
 struct ServeJob(ServeArgs);

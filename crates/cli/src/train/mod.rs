@@ -17,7 +17,7 @@ use rr_core::Backend;
 use std::time::Instant;
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, args.profile, TrainJob(args)).map(|_| ())
+    device::dispatch(args.common.target(), args.profile, TrainJob(args)).map(|_| ())
 }
 
 struct TrainJob(TrainArgs);
@@ -121,7 +121,7 @@ impl WithBackend for TrainJob {
         let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
         let mut trainer = Trainer::new(backend, model, config.clone(), train_set.len)?;
         trainer.use_graphs = !args.no_graphs;
-        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "dataset": info, "data_dir": data_dir, "image_size": image_size });
+        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "precision": backend.precision(), "dataset": info, "data_dir": data_dir, "image_size": image_size });
         let fingerprints = dataset::fingerprint_entries(&data);
         let (first_epoch, mut run_dir) = match &resumed {
             Some(r) => {
