@@ -49,6 +49,20 @@ pub struct CommonArgs {
     /// image-folder: train/ and test/) [default: the repository's data/mnist]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub run_on: DeviceArgs,
+}
+
+impl CommonArgs {
+    /// Where and how to run.
+    pub fn target(&self) -> device::Target {
+        self.run_on.target()
+    }
+}
+
+/// Where and how to run, alone for the commands that read no dataset (`predict`, `serve`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
     /// Device: auto (the first GPU if usable, else the CPU), cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: device::DeviceArg,
@@ -61,7 +75,7 @@ pub struct CommonArgs {
     pub precision: device::PrecisionArg,
 }
 
-impl CommonArgs {
+impl DeviceArgs {
     /// Where and how to run.
     pub fn target(&self) -> device::Target {
         device::Target { device: self.device, threads: self.threads, precision: self.precision }
