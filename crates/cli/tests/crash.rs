@@ -33,6 +33,13 @@ fn tmpdir(name: &str) -> PathBuf {
     dir
 }
 
+/// Removes a test's folders once it passed (a failing test leaves them to look at).
+fn clean(dirs: &[&Path]) {
+    for d in dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
 fn ok(o: &Output) -> String {
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "{out}\n{err}");
@@ -346,6 +353,7 @@ fn kill_test(kind: Kind, kills: usize, seed: u64) {
     }
     eprintln!("{}: straight run {:.2}s; {cov:?}; {:.1}s in all", kind.name, full.as_secs_f64(), started.elapsed().as_secs_f64());
     assert!(cov.inside_a_write > 0 && cov.views_behind > 0 && cov.after_an_epoch > 0, "kills missed a phase: {cov:?}");
+    clean(&[&straight, &dir]);
 }
 
 #[test]
@@ -382,6 +390,7 @@ fn resume_refuses_files_of_another_run_or_of_a_later_epoch() {
     std::fs::write(a.join("train_state.safetensors"), old_state).unwrap();
     let err = fails(&resume(&a, 3, &[]));
     assert!(err.contains("is at epoch 2") && err.contains("only at epoch 1"), "{err}");
+    clean(&[&a, &b]);
 }
 
 #[test]
@@ -394,6 +403,7 @@ fn resume_refuses_other_data_than_the_run_trained_on() {
     // All of MNIST: its test set (named) is not the run's.
     let err = fails(&resume(&run, 2, &["--data-dir", "data/mnist"]));
     assert!(err.contains("data/mnist holds the mnist test set, but the run was trained on mnist with the test set of SHA-256"), "{err}");
+    clean(&[&run, &other]);
 }
 
 #[test]
@@ -416,6 +426,7 @@ fn eval_refuses_a_checkpoint_of_another_dataset_unless_told() {
     let old = run.join("old.safetensors");
     save_with(&old, &tensors, &meta);
     assert!(named(&fails(&eval(&old, &[]))));
+    clean(&[&run]);
 }
 
 #[test]
@@ -437,6 +448,7 @@ fn a_run_whose_optimizer_state_overflows_stops_and_a_non_finite_state_is_not_res
     save_with(&state, &poisoned, &meta);
     let err = fails(&resume(&run, 3, &[]));
     assert!(err.contains("`optimizer.state` holds NaN") && err.contains("cannot be resumed"), "{err}");
+    clean(&[&run]);
 }
 
 #[test]
@@ -462,6 +474,7 @@ fn a_run_of_no_epochs_says_so_and_a_resume_rebuilds_lost_views() {
     assert!(Outcome::read(&run) == reference);
     assert_eq!(temporaries(&run), Vec::<String>::new());
     assert_eq!(std::fs::read_to_string(run.join("steps.csv")).unwrap(), "epoch,step,train_loss\n1,8,2.3\n2,16,2.2\n");
+    clean(&[&run, &straight]);
 }
 
 #[test]
@@ -488,4 +501,5 @@ fn eval_predict_and_serve_refuse_a_checkpoint_whose_dataset_does_not_fit_its_mod
         let err = fails(&o);
         assert!(err.contains(says), "{err}");
     }
+    clean(&[&run]);
 }
