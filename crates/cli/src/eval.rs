@@ -15,6 +15,10 @@ pub struct EvalArgs {
     /// Images per forward pass
     #[arg(long, default_value_t = 1000, allow_negative_numbers = true)]
     batch_size: usize,
+    /// Evaluate on a test set other than the one the checkpoint was trained with
+    /// (by default refused: e.g. MNIST data for a Fashion-MNIST model)
+    #[arg(long)]
+    allow_other_dataset: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -33,7 +37,7 @@ impl WithBackend for EvalJob {
         let args = self.0;
         let ckpt_path = args.checkpoint.clone();
         let (mut model, ckpt) = checkpoint::load_model(&ckpt_path, backend)?;
-        let (info, test) = crate::dataset::test_for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir)?;
+        let (info, test) = crate::dataset::test_for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir, args.allow_other_dataset)?;
         let test_set = DeviceDataset::upload(backend, &test, &info)?;
         let start = Instant::now();
         let stats = evaluate(backend, &mut model, &test_set, args.batch_size)?;

@@ -219,7 +219,8 @@ fn step_logs_and_a_resumed_run_with_a_new_learning_rate() {
     assert_eq!(first.lines().filter(|l| l.starts_with("step ")).count(), 3, "{first}");
     let resumed = ok(&bin()
         .args(["train", "--device", "cpu", "--threads", "2", "--epochs", "2", "--lr", "0.05", "--log-interval", "3", "--resume"])
-        .arg(out.join("model.safetensors"))
+        // (Any file of the run names it, its training state too.)
+        .arg(out.join("train_state.safetensors"))
         .output()
         .unwrap());
     assert!(resumed.contains("resuming") && resumed.contains("sgd lr 0.05,"), "{resumed}");

@@ -242,9 +242,6 @@ impl TrainConfig {
 
     /// Checks every value; errors name the `train` option that sets it.
     pub fn validate(&self) -> Result<()> {
-        if self.epochs == 0 {
-            return Err(Error::config("--epochs", "must be at least 1, got 0"));
-        }
         if self.batch_size == 0 {
             return Err(Error::config("--batch-size", "must be at least 1, got 0"));
         }
@@ -270,6 +267,9 @@ impl TrainConfig {
     pub fn fit_short_run(&mut self, train_len: usize, scale_lr: bool) -> bool {
         let steps = |bs: usize| self.epochs * train_len.div_ceil(bs);
         let old = self.batch_size;
+        if self.epochs == 0 {
+            return false;
+        }
         let mut bs = old;
         while steps(bs) < SHORT_RUN_STEPS && bs / 2 >= SHORT_RUN_MIN_BATCH {
             bs /= 2;
@@ -535,7 +535,8 @@ impl<B: Backend> Trainer<B> {
     /// One pass over `data` in the order of epoch `epoch`'s permutation.
     /// `progress(step_done, steps)` is called after each step is enqueued; it
     /// never waits for the device. Returns the running train loss/accuracy; a
-    /// loss that became NaN or infinite is [`Error::Diverged`] naming the step.
+    /// loss that became NaN or infinite is [`Error::Diverged`] naming the step;
+    /// parameters or optimizer state that did are [`Error::NonFinite`].
     pub fn train_epoch(
         &mut self,
         backend: &B,
@@ -598,7 +599,26 @@ impl<B: Backend> Trainer<B> {
             let step = log.iter().position(|v| !v.is_finite()).map_or(steps, |i| i + 1);
             return Err(Error::Diverged { epoch: epoch + 1, step, loss: sums[0] });
         }
+        self.check_finite(backend, epoch, steps)?;
         Ok(PassStats::from_sums(&sums, data.len))
+    }
+
+    /// [`Error::NonFinite`] when a parameter or the optimizer state is NaN or
+    /// infinite after epoch `epoch` (0-based) of `steps` steps: one read-back
+    /// of each flat buffer per epoch.
+    fn check_finite(&self, backend: &B, epoch: usize, steps: usize) -> Result<()> {
+        let diverged = |what: String, value: f32| Error::NonFinite { epoch: epoch + 1, step: steps, what, value };
+        let params = backend.download(View::all(&self.model.params.data))?;
+        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+            let entry = self.model.params.entries.iter().find(|e| (e.offset..e.offset + e.len()).contains(&i));
+            let name = entry.map_or("alignment padding".to_string(), |e| format!("`{}`", e.name));
+            return Err(diverged(format!("parameter {name}"), params[i]));
+        }
+        let state = self.optimizer.state(backend)?;
+        if let Some(v) = state.iter().find(|v| !v.is_finite()) {
+            return Err(diverged(format!("the {}", self.config.optimizer.kind.state_name()), *v));
+        }
+        Ok(())
     }
 }
 
@@ -668,8 +688,8 @@ mod tests {
 
     #[test]
     fn only_short_runs_get_smaller_batches() {
-        // LeNet-5's 5 epochs of MNIST (2,345 steps) and one full epoch (469) stay as they are.
-        for epochs in [5, 1] {
+        // LeNet-5's 5 epochs of MNIST (2,345 steps) and one full epoch (469) stay as they are (and 0 epochs train nothing).
+        for epochs in [5, 1, 0] {
             let mut c = TrainConfig { epochs, ..TrainConfig::default() };
             assert!(!c.fit_short_run(60_000, true));
             assert_eq!((c.batch_size, c.optimizer.lr), (128, 0.1));
@@ -691,7 +711,6 @@ mod tests {
             assert!(e.contains(needle), "{e}");
         };
         let c = TrainConfig::default;
-        bad(TrainConfig { epochs: 0, ..c() }, "--epochs");
         bad(TrainConfig { train_limit: Some(0), ..c() }, "--limit-train");
         bad(TrainConfig { augment: AugmentConfig { translate: 1.0, ..Default::default() }, ..c() }, "--translate");
         bad(TrainConfig { augment: AugmentConfig { rotate_deg: -1.0, ..Default::default() }, ..c() }, "--rotate");

@@ -245,8 +245,8 @@ pub struct TrainArgs {
     /// options given on the command line win
     #[arg(long)]
     pub(super) config: Option<PathBuf>,
-    /// Continue a run from its checkpoint (RUN/model.safetensors, with RUN/train_state.safetensors
-    /// beside it) with its saved settings, up to --epochs in all; outputs go to the same folder.
+    /// Continue the run in folder RUN (or of any file of it: RUN/model.safetensors, RUN/train_state.safetensors)
+    /// with its saved settings, up to --epochs in all; outputs go to the same folder.
     /// A resumed run may change --epochs (required), --lr, --eval-batch-size, --log-interval,
     /// --data-dir, --device, --threads, --precision, --profile and --no-graphs; other options are refused
     #[arg(long)]

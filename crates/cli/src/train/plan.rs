@@ -72,7 +72,6 @@ impl TrainArgs {
     }
 
     fn plan_resume(self, path: PathBuf) -> Result<Plan> {
-        check_resume_path(&path)?;
         for (given, option) in [(self.config.is_some(), "--config"), (self.out.is_some(), "--out"), (self.overwrite, "--overwrite")] {
             if given {
                 bail!("{option} cannot be combined with --resume: a resumed run keeps its settings and writes to its own folder");
@@ -243,23 +242,6 @@ pub(super) fn schedule_name(s: &Schedule) -> &'static str {
         Schedule::Cosine => "cosine",
         Schedule::OneCycle { .. } => "onecycle",
     }
-}
-
-/// `--resume` takes a run's checkpoint; point at it when given the folder or its train state.
-fn check_resume_path(path: &Path) -> Result<()> {
-    let checkpoint = |dir: &Path| dir.join("model.safetensors").display().to_string();
-    if path.is_dir() {
-        bail!("--resume {}: a folder; pass the run's checkpoint, {}", path.display(), checkpoint(path));
-    }
-    if path.file_name().is_some_and(|n| n == TRAIN_STATE) {
-        let dir = path.parent().unwrap_or(Path::new(""));
-        bail!(
-            "--resume {}: pass the run's checkpoint, {} (the {TRAIN_STATE} beside it is read from there)",
-            path.display(),
-            checkpoint(dir)
-        );
-    }
-    Ok(())
 }
 
 fn check_eval_batch_size(size: Option<usize>) -> Result<usize> {
