@@ -5,6 +5,7 @@ mod dataset;
 mod device;
 mod digitize;
 mod eval;
+mod export;
 mod infer;
 mod plot;
 mod predict;
@@ -38,6 +39,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Redraw a run folder's curves.png and confusion.png from its metrics.csv and checkpoint.
     Plot(plot::PlotArgs),
+    /// Export a checkpoint as an ONNX model (input: the normalized image; output: the logits).
+    Export(export::ExportArgs),
     /// Time LeNet-5 training epochs and inference on a device (the figures of BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Predict(args) => predict::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
     };
     match result {
