@@ -33,7 +33,7 @@ pub struct BenchArgs {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     let start = Instant::now();
-    device::dispatch(args.common.device, args.common.threads, false, BenchJob(args, start)).map(|_| ())
+    device::dispatch(args.common.target(), false, BenchJob(args, start)).map(|_| ())
 }
 
 struct BenchJob(BenchArgs, Instant);

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use rr_core::profile::Profiled;
-use rr_core::{Backend, CpuBackend};
+use rr_core::{Backend, CpuBackend, Precision};
 use rr_cuda::CudaBackend;
 use rr_wgpu::WgpuBackend;
 
@@ -34,6 +34,58 @@ impl FromStr for DeviceArg {
     }
 }
 
+/// `--precision`: a precision, or the best the device offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrecisionArg {
+    Auto,
+    Exactly(Precision),
+}
+
+impl FromStr for PrecisionArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(PrecisionArg::Auto),
+            other => other
+                .parse()
+                .map(PrecisionArg::Exactly)
+                .map_err(|_| format!("unknown precision `{other}`: expected auto, fp32, tf32, bf16 or fp16")),
+        }
+    }
+}
+
+/// Where and how to run: the device, CPU threads and the precision.
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub device: DeviceArg,
+    pub threads: usize,
+    pub precision: PrecisionArg,
+}
+
+/// Applies `--precision` to a backend: `auto` takes bf16 where offered (tensor
+/// cores keep accuracy there), else fp32; a precision the device lacks is an
+/// error on a GPU, and a note on the CPU, which always computes in fp32.
+fn apply_precision<B: Backend>(backend: &B, arg: PrecisionArg) -> Result<()> {
+    let offered = backend.precisions();
+    let precision = match arg {
+        PrecisionArg::Auto if backend.name().starts_with("cuda") && !offered.contains(&Precision::Bf16) => {
+            eprintln!("note: cuDNN 9 (libcudnn.so.9) was not found: convolutions run on this backend's own fp32 kernels");
+            Precision::Fp32
+        }
+        PrecisionArg::Auto => [Precision::Bf16, Precision::Fp32].into_iter().find(|p| offered.contains(p)).unwrap_or(Precision::Fp32),
+        PrecisionArg::Exactly(p) if !offered.contains(&p) && backend.name().starts_with("cpu") => {
+            eprintln!("note: the CPU computes in fp32 only; --precision {p} does not apply there");
+            Precision::Fp32
+        }
+        PrecisionArg::Exactly(p) => p,
+    };
+    backend.set_precision(precision).map_err(|e| anyhow::anyhow!("--precision: {e}"))?;
+    if precision != Precision::Fp32 {
+        eprintln!("precision: {precision} convolutions and products (fp32 weights, optimizer state, BatchNorm statistics and loss)");
+    }
+    Ok(())
+}
+
 /// Something to run once the backend is known.
 pub trait WithBackend {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats>;
@@ -49,17 +101,18 @@ pub struct RunStats {
 
 /// Opens the device and runs `f` on it; with `profile`, through the
 /// op-timing wrapper, then prints the table.
-pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, profile: bool, f: F) -> Result<RunStats> {
-    match device {
-        DeviceArg::Cpu => run_on(CpuBackend::new(threads)?, profile, f),
-        DeviceArg::Cuda(n) => run_on(CudaBackend::new(n)?, profile, f),
+pub fn dispatch<F: WithBackend>(target: Target, profile: bool, f: F) -> Result<RunStats> {
+    let (threads, precision) = (target.threads, target.precision);
+    match target.device {
+        DeviceArg::Cpu => run_on(CpuBackend::new(threads)?, precision, profile, f),
+        DeviceArg::Cuda(n) => run_on(CudaBackend::new(n)?, precision, profile, f),
         DeviceArg::Wgpu => {
             let gpu = WgpuBackend::new(true)?;
             eprintln!("adapter: {}", gpu.name());
-            run_on(gpu, profile, f)
+            run_on(gpu, precision, profile, f)
         }
         DeviceArg::Auto => match CudaBackend::new(0) {
-            Ok(gpu) => run_on(gpu, profile, f),
+            Ok(gpu) => run_on(gpu, precision, profile, f),
             Err(e) => {
                 // The short reason; `--device cuda` prints the full one (paths searched).
                 let reason = e.to_string();
@@ -68,11 +121,11 @@ pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, profile: bool
                 match WgpuBackend::new(false) {
                     Ok(gpu) => {
                         eprintln!("note: no usable CUDA GPU ({reason}); running on {}", gpu.name());
-                        run_on(gpu, profile, f)
+                        run_on(gpu, precision, profile, f)
                     }
                     Err(w) => {
                         eprintln!("note: no usable GPU (CUDA: {reason}; wgpu: {w}); running on the CPU");
-                        run_on(CpuBackend::new(threads)?, profile, f)
+                        run_on(CpuBackend::new(threads)?, precision, profile, f)
                     }
                 }
             }
@@ -80,10 +133,11 @@ pub fn dispatch<F: WithBackend>(device: DeviceArg, threads: usize, profile: bool
     }
 }
 
-fn run_on<B: Backend, F: WithBackend>(backend: B, profile: bool, f: F) -> Result<RunStats>
+fn run_on<B: Backend, F: WithBackend>(backend: B, precision: PrecisionArg, profile: bool, f: F) -> Result<RunStats>
 where
     B::Mark: Send,
 {
+    apply_precision(&backend, precision)?;
     if !profile {
         return f.run(&backend);
     }

@@ -5,14 +5,15 @@
 
 use anyhow::{bail, Context, Result};
 use image::imageops::FilterType;
-use image::{DynamicImage, GrayImage, ImageReader, Limits};
+use image::{DynamicImage, GrayImage, ImageDecoder, ImageReader, Limits};
 use std::io::Cursor;
 
 /// Largest file accepted, and the largest decoded image (width and height).
 pub const MAX_FILE_BYTES: usize = 20 << 20;
 pub const MAX_SIDE: u32 = 8192;
 
-/// Decodes PNG or JPEG bytes (with limits, so a huge or hostile file is an error, not an allocation).
+/// Decodes PNG or JPEG bytes (with limits, so a huge or hostile file is an error, not an allocation),
+/// upright: turned or mirrored as its Exif Orientation says (a phone's photo is often stored sideways).
 pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     if bytes.is_empty() {
         bail!("the file is empty");
@@ -28,8 +29,15 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage> {
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(512 << 20);
-    reader.limits(limits);
-    reader.decode().map_err(|e| anyhow::anyhow!("cannot decode the image: {e}"))
+    reader.limits(limits.clone());
+    let cannot = |e: image::ImageError| anyhow::anyhow!("cannot decode the image: {e}");
+    let mut decoder = reader.into_decoder().map_err(cannot)?;
+    // The decoder's own limits check the dimensions; the pixel buffer is checked here (as `ImageReader::decode` does).
+    limits.reserve(decoder.total_bytes()).map_err(cannot)?;
+    let orientation = decoder.orientation().map_err(cannot)?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(cannot)?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// Grayscale with transparency composited onto white (a drawing on a

@@ -19,7 +19,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, false, EvalJob(args)).map(|_| ())
+    device::dispatch(args.common.target(), false, EvalJob(args)).map(|_| ())
 }
 
 struct EvalJob(EvalArgs);

@@ -52,12 +52,37 @@ pub struct CommonArgs {
     /// image-folder: train/ and test/) [default: the repository's data/mnist]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub run_on: DeviceArgs,
+}
+
+impl CommonArgs {
+    /// Where and how to run.
+    pub fn target(&self) -> device::Target {
+        self.run_on.target()
+    }
+}
+
+/// Where and how to run, alone for the commands that read no dataset (`predict`, `serve`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArgs {
     /// Device: auto (the first GPU if usable, else the CPU), cpu, cuda or cuda:N
     #[arg(long, default_value = "auto")]
     pub device: device::DeviceArg,
     /// CPU worker threads (0 = one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Precision of convolutions and matrix products: auto (bf16 on a CUDA GPU with cuDNN, else fp32),
+    /// fp32, tf32 (CUDA), bf16 (CUDA with cuDNN); weights, optimizer state and the loss stay fp32
+    #[arg(long, default_value = "auto")]
+    pub precision: device::PrecisionArg,
+}
+
+impl DeviceArgs {
+    /// Where and how to run.
+    pub fn target(&self) -> device::Target {
+        device::Target { device: self.device, threads: self.threads, precision: self.precision }
+    }
 }
 
 fn main() -> ExitCode {

@@ -485,7 +485,7 @@ pub struct PlotArgs {
 }
 
 pub fn run(args: PlotArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, false, PlotJob(args)).map(|_| ())
+    device::dispatch(args.common.target(), false, PlotJob(args)).map(|_| ())
 }
 
 struct PlotJob(PlotArgs);

@@ -1,5 +1,5 @@
 use crate::device::{self, RunStats, WithBackend};
-use crate::{digitize, infer, CommonArgs};
+use crate::{digitize, infer, DeviceArgs};
 use anyhow::{bail, Result};
 use rr_core::checkpoint;
 use rr_core::Backend;
@@ -18,11 +18,11 @@ pub struct PredictArgs {
     #[arg(long)]
     json: bool,
     #[command(flatten)]
-    common: CommonArgs,
+    device: DeviceArgs,
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, false, PredictJob(args)).map(|_| ())
+    device::dispatch(args.device.target(), false, PredictJob(args)).map(|_| ())
 }
 
 struct PredictJob(PredictArgs);

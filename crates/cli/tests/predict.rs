@@ -3,20 +3,12 @@
 //! is predicted as the model predicts the original digit. Bad files get an
 //! error of their own, the others are still predicted, and the exit code says so.
 
-use image::{GrayImage, ImageFormat, Luma};
+mod common;
+
+use common::{bin, repo};
+use image::{DynamicImage, GrayImage, ImageFormat, Luma};
 use rr_core::data::{Mnist, Splits};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rusty-recognition"));
-    c.current_dir(repo());
-    c
-}
 
 fn tmpdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rr-predict-{name}-{}", std::process::id()));
@@ -50,11 +42,8 @@ struct Prediction {
 #[test]
 fn predicts_real_digits_in_any_form_and_reports_bad_files() {
     let dir = tmpdir("digits");
-    let out = dir.join("run");
     // A LeNet-5 trained for one epoch on the CPU.
-    let o = bin().args(["train", "--device", "cpu", "--epochs", "1", "--out"]).arg(&out).output().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let ckpt = out.join("model.safetensors");
+    let ckpt = common::checkpoint();
 
     let m = Mnist::load(&repo().join("data/mnist")).unwrap();
     let mut files = Vec::new();
@@ -74,7 +63,7 @@ fn predicts_real_digits_in_any_form_and_reports_bad_files() {
         files.push(jpg);
         expected_of_file.push(i);
     }
-    let o = bin().args(["predict", "--device", "cpu", "--json", "--checkpoint"]).arg(&ckpt).args(&files).output().unwrap();
+    let o = bin().args(["predict", "--device", "cpu", "--json", "--checkpoint"]).arg(ckpt).args(&files).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let results: Vec<Prediction> = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(results.len(), files.len());
@@ -106,7 +95,7 @@ fn predicts_real_digits_in_any_form_and_reports_bad_files() {
     let missing = dir.join("missing.png");
     let o = bin()
         .args(["predict", "--device", "cpu", "--json", "--checkpoint"])
-        .arg(&ckpt)
+        .arg(ckpt)
         .args([&empty, &text, &blank, &truncated, &missing, &files[0]])
         .output()
         .unwrap();
@@ -131,12 +120,82 @@ fn an_enormous_image_is_refused() {
     let path = dir.join("huge.png");
     let img = GrayImage::from_pixel(9000, 9000, Luma([0]));
     img.save(&path).unwrap();
-    let ckpt = dir.join("m.safetensors");
-    let b = rr_core::CpuBackend::new(1).unwrap();
-    let model = rr_core::Model::new(&b, &rr_core::ModelConfig::Lenet5, &[1, 28, 28], 10, 0).unwrap();
-    rr_core::checkpoint::save(&ckpt, &b, &model, &[]).unwrap();
-    let o = bin().args(["predict", "--device", "cpu", "--checkpoint"]).arg(&ckpt).arg(&path).output().unwrap();
+    let o = bin().args(["predict", "--device", "cpu", "--checkpoint"]).arg(common::untrained_checkpoint()).arg(&path).output().unwrap();
     assert!(!o.status.success());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("huge.png") && stderr.contains("error"), "{stderr}");
+}
+
+/// `predict --json` on `files`: each file's class and top-3 probabilities.
+fn predict_json(files: &[PathBuf]) -> Vec<Prediction> {
+    let o = bin().args(["predict", "--device", "cpu", "--json", "--checkpoint"]).arg(common::checkpoint()).args(files).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+fn write(path: &Path, bytes: &[u8]) -> PathBuf {
+    std::fs::write(path, bytes).unwrap();
+    path.to_path_buf()
+}
+
+#[test]
+fn photos_are_turned_upright_as_their_exif_orientation_says() {
+    let dir = tmpdir("exif");
+    // Phone-style JPEGs: each digit stored turned a quarter counter-clockwise, with
+    // Orientation 6 ("turn 90° clockwise to view"), and the same turned clockwise with 8.
+    let mut files = Vec::new();
+    for i in 0..12 {
+        let (img, _) = common::digit(i);
+        files.push(write(&dir.join(format!("d{i}-upright.png")), &common::digit_png(i).0));
+        let six = common::jpeg_with_orientation(&image::imageops::rotate270(&img), 6);
+        files.push(write(&dir.join(format!("d{i}-exif6.jpg")), &six));
+        let eight = common::jpeg_with_orientation(&image::imageops::rotate90(&img), 8);
+        files.push(write(&dir.join(format!("d{i}-exif8.jpg")), &eight));
+    }
+    let results = predict_json(&files);
+    for r in results.chunks(3) {
+        assert_eq!(r[1].class, r[0].class, "{}: not the upright digit's class", r[1].file);
+        assert_eq!(r[2].class, r[0].class, "{}: not the upright digit's class", r[2].file);
+    }
+    let right = results.chunks(3).enumerate().filter(|(i, r)| r[0].class == Some(common::digit(*i).1 as usize)).count();
+    assert!(right >= 11, "{right}/12 upright digits right");
+
+    // All eight orientations, lossless: a digit stored so that its tag makes it upright gives
+    // exactly the upright digit's probabilities (the same pixels); the stored image read
+    // without the tag (sideways or mirrored) gives other ones.
+    let (img, _) = common::digit(0);
+    let upright = DynamicImage::ImageLuma8(img.clone());
+    let mut files = vec![write(&dir.join("upright.png"), &common::digit_png(0).0)];
+    for value in 1..=8u8 {
+        let orientation = image::metadata::Orientation::from_exif(value).unwrap();
+        // The one of the eight transforms of the digit that this orientation turns back upright.
+        let stored = (1..=8u8)
+            .map(|t| {
+                let mut s = upright.clone();
+                s.apply_orientation(image::metadata::Orientation::from_exif(t).unwrap());
+                s
+            })
+            .find(|s| {
+                let mut back = s.clone();
+                back.apply_orientation(orientation);
+                back == upright
+            })
+            .unwrap()
+            .into_luma8();
+        assert_eq!(stored == img, value == 1, "orientation {value}: the stored image is the upright one only for 1");
+        files.push(write(&dir.join(format!("tag{value}.png")), &common::png_with_orientation(&stored, value as u16)));
+        let mut plain = Vec::new();
+        stored.write_to(&mut std::io::Cursor::new(&mut plain), ImageFormat::Png).unwrap();
+        files.push(write(&dir.join(format!("untagged{value}.png")), &plain));
+    }
+    let results = predict_json(&files);
+    let probs = |r: &Prediction| serde_json::to_string(&r.top3).unwrap();
+    for pair in results[1..].chunks(2) {
+        assert_eq!(probs(&pair[0]), probs(&results[0]), "{}: not the upright digit's pixels", pair[0].file);
+        if pair[1].file.ends_with("untagged1.png") {
+            assert_eq!(probs(&pair[1]), probs(&results[0]));
+        } else {
+            assert_ne!(probs(&pair[1]), probs(&results[0]), "{}: read as upright without its tag", pair[1].file);
+        }
+    }
 }

@@ -1,5 +1,6 @@
-//! The prediction API over real HTTP: good and bad requests, the size limit,
-//! and 200 concurrent requests from several threads, all answered correctly.
+//! The prediction API over real HTTP: good and bad requests, the size limit, a
+//! photo turned upright by its Exif orientation, and 200 concurrent requests
+//! from several threads, all answered correctly.
 
 mod common;
 
@@ -35,6 +36,12 @@ fn api_answers_good_requests_and_rejects_bad_ones() {
     let probs: Vec<f64> = body["probabilities"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert_eq!(probs.len(), 10);
     assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-4);
+
+    // The same digit photographed sideways: stored turned a quarter, with Exif Orientation 6.
+    let (img, _) = common::digit(0);
+    let (status, body) = post(&base, "image/jpeg", &common::jpeg_with_orientation(&image::imageops::rotate270(&img), 6));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["class"], label as u64, "the photo was not turned upright");
 
     // The same digit as 784 JSON pixels.
     let m = rr_core::data::Mnist::load(&common::repo().join("data/mnist")).unwrap();

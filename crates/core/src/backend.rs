@@ -154,7 +154,7 @@ impl Gemm {
 
 /// Geometry of a 2-D convolution: x (n, c_in, h, w) * weight (c_out, c_in, k, k)
 /// -> y (n, c_out, out_h, out_w), zero padding `pad` on every side.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Conv2dGeom {
     pub n: usize,
     pub c_in: usize,
@@ -520,6 +520,61 @@ impl CropSpec {
     }
 }
 
+/// The number format convolutions and matrix products compute in. Parameters,
+/// optimizer state, BatchNorm statistics and the loss stay fp32 whatever this is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// IEEE fp32 multiplies and adds: the reference.
+    #[default]
+    Fp32,
+    /// fp32 data, tensor-core products with 10-bit mantissas (NVIDIA TF32).
+    Tf32,
+    /// Inputs rounded to bfloat16 (8-bit mantissa), fp32 accumulation.
+    Bf16,
+    /// Inputs rounded to IEEE fp16 (10-bit mantissa, 5-bit exponent), fp32
+    /// accumulation; gradients need loss scaling to stay in range.
+    Fp16,
+}
+
+impl Precision {
+    pub const ALL: [Precision; 4] = [Precision::Fp32, Precision::Tf32, Precision::Bf16, Precision::Fp16];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        }
+    }
+
+    /// The relative error of one rounding of an input (half an ulp).
+    pub fn unit_roundoff(self) -> f32 {
+        match self {
+            Precision::Fp32 => f32::EPSILON / 2.0,
+            Precision::Tf32 | Precision::Fp16 => 2f32.powi(-11),
+            Precision::Bf16 => 2f32.powi(-8),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| Error::config("precision", format!("`{s}` is not one of fp32, tf32, bf16, fp16")))
+    }
+}
+
 /// The contract every device implements. See the module docs.
 pub trait Backend: Send + Sync + Sized + 'static {
     type Buf<T: Elem>: Storage + Send + Sync;
@@ -539,6 +594,22 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn synchronize(&self) -> Result<()>;
     fn fill(&self, dst: ViewMut<'_, Self, f32>, value: f32) -> Result<()>;
     fn copy<T: Elem>(&self, src: View<'_, Self, T>, dst: ViewMut<'_, Self, T>) -> Result<()>;
+
+    // ---- precision ------------------------------------------------------------
+    /// The precisions [`Backend::set_precision`] accepts (fp32 always).
+    fn precisions(&self) -> Vec<Precision> {
+        vec![Precision::Fp32]
+    }
+    /// Sets the precision of convolutions and matrix products from now on.
+    fn set_precision(&self, precision: Precision) -> Result<()> {
+        match precision {
+            Precision::Fp32 => Ok(()),
+            other => Err(Error::config("precision", format!("{other} is not available on {}: it computes in fp32 only", self.name()))),
+        }
+    }
+    fn precision(&self) -> Precision {
+        Precision::Fp32
+    }
 
     // ---- graphs, timing, memory ---------------------------------------------
     /// A recorded sequence of ops that [`Backend::replay`] runs again (a CUDA graph).

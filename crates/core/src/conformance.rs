@@ -31,7 +31,7 @@ macro_rules! backend_conformance_tests {
             gradcheck_linear, gradcheck_conv2d, gradcheck_maxpool2d, gradcheck_relu,
             gradcheck_flatten, gradcheck_loss, gradcheck_avgpool2d, gradcheck_batchnorm,
             gradcheck_dropout, gradcheck_model,
-            add, crop_flip, label_smoothing, gather_channels);
+            add, crop_flip, label_smoothing, gather_channels, precisions);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
         $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*
@@ -1189,4 +1189,79 @@ pub fn gradcheck_dropout<B: Backend>(b: &B, _tol: f32) {
     for p in [0.0, 0.3, 0.8] {
         gradcheck_layer(b, &format!("dropout p={p}"), Box::new(Dropout::new(p, 5).unwrap()), 4, &[3, 7], &mut smooth_inputs, 1e-2);
     }
+}
+
+/// Every precision the backend offers below fp32, on the ops it changes
+/// (wide convolutions, large products), against the fp32 reference with a
+/// bound of a few unit roundoffs of the format; fp32 is restored afterwards.
+/// The result must also differ from fp32's (else the precision was ignored).
+/// Precisions a backend does not offer must be refused.
+pub fn precisions<B: Backend>(b: &B, _tol: f32) {
+    use crate::backend::Precision;
+    struct Restore<'a, B: Backend>(&'a B);
+    impl<B: Backend> Drop for Restore<'_, B> {
+        fn drop(&mut self) {
+            let _ = self.0.set_precision(Precision::Fp32);
+        }
+    }
+    let _restore = Restore(b);
+    let offered = b.precisions();
+    assert!(offered.contains(&Precision::Fp32), "fp32 must always be offered");
+    for p in Precision::ALL {
+        if !offered.contains(&p) {
+            let err = b.set_precision(p).expect_err("a precision not offered must be refused");
+            assert!(err.to_string().contains(p.name()), "the refusal names the precision: {err}");
+            continue;
+        }
+        b.set_precision(p).unwrap();
+        assert_eq!(b.precision(), p);
+        if p == Precision::Fp32 {
+            continue;
+        }
+        let tol = 8.0 * p.unit_roundoff();
+        let mut r = rng(40);
+        let g = |n, c_in, h, w, c_out, k, stride, pad| Conv2dGeom { n, c_in, h, w, c_out, k, stride, pad };
+        // ResNet-like layers: the RGB stem, 3x3, a strided 3x3, the 1x1 shortcut, an odd 5x5.
+        let layers = [g(2, 3, 8, 8, 64, 3, 1, 1), g(4, 64, 8, 8, 64, 3, 1, 1), g(3, 32, 9, 7, 48, 3, 2, 1), g(2, 64, 8, 8, 128, 1, 2, 0)];
+        for geom in layers.into_iter().chain([g(2, 16, 6, 6, 32, 5, 1, 2), g(1, 40, 5, 3, 33, 3, 1, 2)]) {
+            precision_conv(b, &mut r, &geom, p, tol);
+        }
+        let spec = Gemm::new(300, 130, 257);
+        let a = uniform(&mut r, 300 * 257, -1.0, 1.0);
+        let bm = uniform(&mut r, 257 * 130, -1.0, 1.0);
+        let mut want = vec![0.0; 300 * 130];
+        reference::gemm(&spec, &a, &bm, None, &mut want);
+        let (da, db) = (b.upload(&a).unwrap(), b.upload(&bm).unwrap());
+        let mut dc = poisoned(b, 300 * 130);
+        b.gemm(&spec, View::all(&da), View::all(&db), None, ViewMut::all(&mut dc)).unwrap();
+        let got = down(b, &dc);
+        assert_close(&format!("gemm at {p}"), &got, &want, tol);
+        assert!(got != want, "gemm at {p}: bit-identical to fp32, so the precision was not applied");
+    }
+}
+
+fn precision_conv<B: Backend>(b: &B, r: &mut ChaCha8Rng, g: &Conv2dGeom, p: crate::backend::Precision, tol: f32) {
+    let x = uniform(r, g.x_len(), -1.0, 1.0);
+    let w = uniform(r, g.w_len(), -1.0, 1.0);
+    let bias = uniform(r, g.c_out, -1.0, 1.0);
+    let dy = uniform(r, g.y_len(), -1.0, 1.0);
+    let mut want_y = vec![0.0; g.y_len()];
+    reference::conv2d_forward(g, &x, &w, &bias, &mut want_y);
+    let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0; g.x_len()], vec![0.0; g.w_len()], vec![0.0; g.c_out]);
+    reference::conv2d_backward(g, &x, &w, &dy, Some(&mut want_dx), &mut want_dw, &mut want_db);
+    let (dx_in, dw_in, dbias, ddy) = (b.upload(&x).unwrap(), b.upload(&w).unwrap(), b.upload(&bias).unwrap(), b.upload(&dy).unwrap());
+    let mut y = poisoned(b, g.y_len());
+    b.conv2d_forward(g, View::all(&dx_in), View::all(&dw_in), View::all(&dbias), ViewMut::all(&mut y)).unwrap();
+    let got_y = down(b, &y);
+    assert_close(&format!("conv2d_forward at {p} {g:?}"), &got_y, &want_y, tol);
+    assert!(got_y != want_y, "conv2d_forward at {p} {g:?}: bit-identical to fp32, so the precision was not applied");
+    let mut gdx = poisoned(b, g.x_len());
+    let mut gparams = poisoned(b, g.w_len() + g.c_out);
+    let (xv, wv, dyv) = (View::all(&dx_in), View::all(&dw_in), View::all(&ddy));
+    b.conv2d_backward(g, xv, wv, dyv, Some(ViewMut::all(&mut gdx)), ViewMut::all(&mut gparams)).unwrap();
+    let params = down(b, &gparams);
+    assert_close(&format!("conv2d_backward dw at {p} {g:?}"), &params[..g.w_len()], &want_dw, tol);
+    // The bias gradient is a sum of fp32 values: fp32's bound holds.
+    assert_close(&format!("conv2d_backward db at {p} {g:?}"), &params[g.w_len()..], &want_db, 1e-5);
+    assert_close(&format!("conv2d_backward dx at {p} {g:?}"), &down(b, &gdx), &want_dx, tol);
 }

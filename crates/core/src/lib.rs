@@ -31,7 +31,7 @@ pub mod random;
 pub mod reference;
 pub mod train;
 
-pub use backend::{Backend, Elem, Storage, View, ViewMut};
+pub use backend::{Backend, Elem, Precision, Storage, View, ViewMut};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use graph::{Conv, Graph, GraphBuilder, NodeId};

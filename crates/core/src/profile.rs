@@ -118,6 +118,15 @@ where
     fn peak_memory(&self) -> Option<(&'static str, u64)> {
         self.inner.peak_memory()
     }
+    fn precisions(&self) -> Vec<crate::backend::Precision> {
+        self.inner.precisions()
+    }
+    fn set_precision(&self, precision: crate::backend::Precision) -> Result<()> {
+        self.inner.set_precision(precision)
+    }
+    fn precision(&self) -> crate::backend::Precision {
+        self.inner.precision()
+    }
     fn gemm(
         &self,
         spec: &Gemm,

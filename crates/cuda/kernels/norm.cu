@@ -2,32 +2,6 @@
 // in the reference. params = [gamma | beta], running = [mean | var],
 // saved = [mean | invstd].
 
-// Training statistics: one block per channel. Writes saved and moves running
-// towards the batch (unbiased variance), as PyTorch does.
-extern "C" __global__ void bn_stats(const float* __restrict__ x, float* running, float* saved, int N, int C, int HW, float eps,
-                                    float momentum) {
-    __shared__ double sh[32];
-    int c = blockIdx.x;
-    int m = N * HW;
-    double sum = 0.0, sumsq = 0.0;
-    for (int t = threadIdx.x; t < m; t += blockDim.x) {
-        int n = t / HW, j = t - n * HW;
-        double v = x[((long long)n * C + c) * HW + j];
-        sum += v;
-        sumsq += v * v;
-    }
-    sum = block_sum_d(sum, sh);
-    sumsq = block_sum_d(sumsq, sh);
-    if (threadIdx.x == 0) {
-        double mean = sum / m;
-        double var = fmax(sumsq / m - mean * mean, 0.0);
-        saved[c] = (float)mean;
-        saved[C + c] = (float)(1.0 / sqrt(var + (double)eps));
-        running[c] = (1.0f - momentum) * running[c] + momentum * (float)mean;
-        running[C + c] = (1.0f - momentum) * running[C + c] + momentum * (float)(var * m / (m - 1.0));
-    }
-}
-
 // y = relu?(gamma * (x - mean) * invstd + beta). Training reads saved
 // [mean | invstd]; evaluation reads running [mean | var].
 extern "C" __global__ void bn_apply(const float* __restrict__ x, const float* __restrict__ params, const float* __restrict__ stats,
@@ -38,31 +12,6 @@ extern "C" __global__ void bn_apply(const float* __restrict__ x, const float* __
         float invstd = training ? stats[C + c] : 1.0f / sqrtf(stats[C + c] + eps);
         float v = params[c] * ((x[i] - mean) * invstd) + params[C + c];
         y[i] = relu ? fmaxf(v, 0.0f) : v;
-    }
-}
-
-// dgamma = sum dy' xhat, dbeta = sum dy' (dy' = dy masked by y > 0 under the
-// fused ReLU): one block per channel.
-extern "C" __global__ void bn_backward_reduce(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,
-                                              const float* __restrict__ saved, float* __restrict__ dparams, int N, int C, int HW,
-                                              int relu) {
-    __shared__ double sh[32];
-    int c = blockIdx.x;
-    int m = N * HW;
-    float mean = saved[c], invstd = saved[C + c];
-    double dgamma = 0.0, dbeta = 0.0;
-    for (int t = threadIdx.x; t < m; t += blockDim.x) {
-        int n = t / HW, j = t - n * HW;
-        long long i = ((long long)n * C + c) * HW + j;
-        float d = (relu && y[i] <= 0.0f) ? 0.0f : dy[i];
-        dbeta += d;
-        dgamma += (double)d * (double)((x[i] - mean) * invstd);
-    }
-    dgamma = block_sum_d(dgamma, sh);
-    dbeta = block_sum_d(dbeta, sh);
-    if (threadIdx.x == 0) {
-        dparams[c] = (float)dgamma;
-        dparams[C + c] = (float)dbeta;
     }
 }
 
@@ -78,5 +27,79 @@ extern "C" __global__ void bn_backward_dx(const float* __restrict__ x, const flo
         float d = (relu && y[i] <= 0.0f) ? 0.0f : dy[i];
         float xhat = (x[i] - mean) * invstd;
         dx[i] = params[c] * invstd * (d - mb - xhat * mg);
+    }
+}
+
+// Per-channel sums over the batch in two phases, so that every SM works even
+// when there are few channels: block (c, s) of a (C, S) grid sums its slice
+// of samples [s*N/S, (s+1)*N/S) into partial[c][s][0..2], in double. What it sums:
+// mode 0: x and x*x (training statistics); mode 1: dy' and dy' * xhat
+// (backward; dy' is dy masked by y > 0 under a fused ReLU); mode 2: dy (a bias gradient).
+// x, y, dy: (N, C, HW); partial: (C, S, 2)
+extern "C" __global__ void channel_partials(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,
+                                            const float* __restrict__ saved, double* __restrict__ partial, int N, int C, int HW,
+                                            int mode, int relu) {
+    __shared__ double sh[32];
+    int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
+    int n0 = (int)((long long)s * N / S), n1 = (int)((long long)(s + 1) * N / S);
+    float mean = mode == 1 ? saved[c] : 0.0f, invstd = mode == 1 ? saved[C + c] : 0.0f;
+    double a = 0.0, b = 0.0;
+    int count = (n1 - n0) * HW;
+    for (int t = threadIdx.x; t < count; t += blockDim.x) {
+        int n = n0 + t / HW, j = t - (n - n0) * HW;
+        long long i = ((long long)n * C + c) * HW + j;
+        if (mode == 0) {
+            double v = x[i];
+            a += v;
+            b += v * v;
+        } else if (mode == 1) {
+            float d = (relu && y[i] <= 0.0f) ? 0.0f : dy[i];
+            a += d;
+            b += (double)d * (double)((x[i] - mean) * invstd);
+        } else {
+            a += dy[i];
+        }
+    }
+    a = block_sum_d(a, sh);
+    b = block_sum_d(b, sh);
+    if (threadIdx.x == 0) {
+        partial[((long long)c * S + s) * 2] = a;
+        partial[((long long)c * S + s) * 2 + 1] = b;
+    }
+}
+
+// Training statistics from mode-0 partials over m = N * HW values: writes saved
+// [mean | invstd] and moves running towards the batch (unbiased variance), as PyTorch does.
+extern "C" __global__ void bn_stats_finish(const double* __restrict__ partial, float* running, float* saved, int C, int S, int m,
+                                           float eps, float momentum) {
+    GRID_STRIDE(c, C) {
+        double sum = 0.0, sumsq = 0.0;
+        for (int s = 0; s < S; s++) {
+            sum += partial[((long long)c * S + s) * 2];
+            sumsq += partial[((long long)c * S + s) * 2 + 1];
+        }
+        double mean = sum / m;
+        double var = fmax(sumsq / m - mean * mean, 0.0);
+        saved[c] = (float)mean;
+        saved[C + c] = (float)(1.0 / sqrt(var + (double)eps));
+        running[c] = (1.0f - momentum) * running[c] + momentum * (float)mean;
+        running[C + c] = (1.0f - momentum) * running[C + c] + momentum * (float)(var * m / (m - 1.0));
+    }
+}
+
+// Mode-1 partials -> dparams = [dgamma | dbeta]; mode-2 partials -> out = [sum dy].
+extern "C" __global__ void channel_partials_finish(const double* __restrict__ partial, float* __restrict__ out, int C, int S, int mode) {
+    GRID_STRIDE(c, C) {
+        double a = 0.0, b = 0.0;
+        for (int s = 0; s < S; s++) {
+            a += partial[((long long)c * S + s) * 2];
+            b += partial[((long long)c * S + s) * 2 + 1];
+        }
+        if (mode == 1) {
+            out[c] = (float)b;
+            out[C + c] = (float)a;
+        } else {
+            out[c] = (float)a;
+        }
     }
 }

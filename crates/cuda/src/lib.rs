@@ -5,6 +5,7 @@
 //! GPU except `download` / `synchronize`. The driver, NVRTC and cuBLAS are
 //! loaded at run time, so this crate builds, and the CLI runs, without CUDA.
 
+mod cudnn;
 mod ops;
 
 use cudarc::cublas::CudaBlas;
@@ -26,6 +27,7 @@ const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("gemm.cu", include_str!("../kernels/gemm.cu")),
     ("norm.cu", include_str!("../kernels/norm.cu")),
     ("random.cu", include_str!("../kernels/random.cu")),
+    ("precision.cu", include_str!("../kernels/precision.cu")),
 ];
 
 fn device_err(msg: impl std::fmt::Display) -> Error {
@@ -113,14 +115,17 @@ struct Kernels {
     bias_channels: CudaFunction,
     avgpool_forward: CudaFunction,
     avgpool_backward: CudaFunction,
-    bn_stats: CudaFunction,
+    channel_partials: CudaFunction,
+    bn_stats_finish: CudaFunction,
+    channel_partials_finish: CudaFunction,
     bn_apply: CudaFunction,
-    bn_backward_reduce: CudaFunction,
     bn_backward_dx: CudaFunction,
     dropout_forward: CudaFunction,
     dropout_backward: CudaFunction,
     augment: CudaFunction,
     crop_flip: CudaFunction,
+    narrow_to_nhwc: CudaFunction,
+    widen_from_nhwc: CudaFunction,
 }
 
 /// Scratch space reused across ops (im2col columns, transposed activations).
@@ -139,6 +144,10 @@ pub struct CudaBackend {
     scratch: Mutex<Scratch>,
     name: String,
     sms: u32,
+    /// cuDNN, when installed: convolutions on tensor cores.
+    dnn: Option<cudnn::Cudnn>,
+    /// The precision of convolutions and products (a `Precision` index).
+    precision: std::sync::atomic::AtomicU8,
 }
 
 impl CudaBackend {
@@ -163,6 +172,7 @@ impl CudaBackend {
         let (major, minor) = ctx.compute_capability().map_err(device_err)?;
         let k = compile_kernels(&ctx, major, minor)?;
         let gpu = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let dnn = cudnn::Cudnn::open(&stream)?;
         let sms = ctx.attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_or(80, |v| v as u32);
         Ok(CudaBackend {
             name: format!("cuda:{ordinal} ({gpu}, sm_{major}{minor})"),
@@ -172,7 +182,14 @@ impl CudaBackend {
             k,
             scratch: Mutex::new(Scratch::default()),
             sms,
+            dnn,
+            precision: std::sync::atomic::AtomicU8::new(0),
         })
+    }
+
+    /// The cuDNN version in use, if cuDNN was found (e.g. 91000 for 9.10.0).
+    pub fn cudnn_version(&self) -> Option<usize> {
+        self.dnn.as_ref().map(|_| cudnn::Cudnn::version())
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -246,14 +263,17 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         bias_channels: f("bias_channels")?,
         avgpool_forward: f("avgpool_forward")?,
         avgpool_backward: f("avgpool_backward")?,
-        bn_stats: f("bn_stats")?,
+        channel_partials: f("channel_partials")?,
+        bn_stats_finish: f("bn_stats_finish")?,
+        channel_partials_finish: f("channel_partials_finish")?,
         bn_apply: f("bn_apply")?,
-        bn_backward_reduce: f("bn_backward_reduce")?,
         bn_backward_dx: f("bn_backward_dx")?,
         dropout_forward: f("dropout_forward")?,
         dropout_backward: f("dropout_backward")?,
         augment: f("augment")?,
         crop_flip: f("crop_flip")?,
+        narrow_to_nhwc: f("narrow_to_nhwc")?,
+        widen_from_nhwc: f("widen_from_nhwc")?,
         _module: module,
     })
 }

@@ -9,7 +9,7 @@ use rr_core::backend::{
     checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule, MAX_CHANNELS,
 };
 use rr_core::error::check_len;
-use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
+use rr_core::{Backend, Elem, Error, Precision, Result, View, ViewMut};
 
 /// Launches kernel `$f` with `$cfg` and the given arguments (device pointers
 /// as u64, sizes as i32, scalars as f32; at most 16).
@@ -30,6 +30,8 @@ macro_rules! launch {
     };
     (@push $b:ident, $args:ident, [$($i:tt)*]) => {};
 }
+
+mod conv_dnn;
 
 const BLOCK: u32 = 256;
 
@@ -59,6 +61,39 @@ impl CudaBackend {
         let (op_a, lda) = if g.trans_a { (cublasOperation_t::CUBLAS_OP_T, m) } else { (cublasOperation_t::CUBLAS_OP_N, k) };
         let (op_b, ldb) = if g.trans_b { (cublasOperation_t::CUBLAS_OP_T, k) } else { (cublasOperation_t::CUBLAS_OP_N, n) };
         let h = *self.blas.handle();
+        if let Some(compute) = fast_compute(self.precision()) {
+            use cudarc::cublas::sys::{cublasGemmAlgo_t, cudaDataType};
+            let f32t = cudaDataType::CUDA_R_32F;
+            // SAFETY: as below; fp32 operands, products on tensor cores with fp32 accumulation.
+            let result = unsafe {
+                cudarc::cublas::result::gemm_strided_batched_ex(
+                    h,
+                    op_b,
+                    op_a,
+                    n,
+                    m,
+                    k,
+                    (&g.alpha as *const f32).cast(),
+                    b.0 as *const std::ffi::c_void,
+                    f32t,
+                    ldb.max(1),
+                    b.1 as i64,
+                    a.0 as *const std::ffi::c_void,
+                    f32t,
+                    lda.max(1),
+                    a.1 as i64,
+                    (&beta as *const f32).cast(),
+                    c.0 as *mut std::ffi::c_void,
+                    f32t,
+                    n.max(1),
+                    c.1 as i64,
+                    i32c(batch)?,
+                    compute,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            };
+            return result.map_err(|e| device_err(format!("cuBLAS gemm ({}) {g:?} x{batch}: {e}", self.precision())));
+        }
         // SAFETY: the caller checked that a, b, c address buffers of the sizes g, the strides and batch imply.
         let result = unsafe {
             cudarc::cublas::result::sgemm_strided_batched(
@@ -105,6 +140,62 @@ impl CudaBackend {
 }
 
 impl CudaBackend {
+    /// Samples per slice of the two-phase channel sums: enough (C, S) blocks to fill every SM a few times.
+    fn slices(&self, n: usize, c: usize) -> i32 {
+        (8 * self.sms as usize).div_ceil(c.max(1)).clamp(1, n.max(1)) as i32
+    }
+
+    /// Phase one of the per-channel sums of norm.cu (`mode` as there) over
+    /// (N, C, HW) tensors [x, y, dy, saved]; returns the partials' address,
+    /// valid while the guard is held.
+    fn channel_partials(
+        &self,
+        mode: i32,
+        (n, c, hw): (usize, usize, usize),
+        [x, y, dy, saved]: [u64; 4],
+        relu: bool,
+    ) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64)> {
+        let slices = self.slices(n, c);
+        // (C, S, 2) doubles, as floats.
+        let (guard, _, partial) = self.scratch(0, 4 * c * slices as usize)?;
+        let cfg = LaunchConfig { grid_dim: (c as u32, slices as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, channel_partials, cfg, x, y, dy, saved, partial, i32c(n)?, i32c(c)?, i32c(hw)?, mode, relu as i32)?;
+        Ok((guard, partial))
+    }
+
+    /// db[c] = sum over n and hw of dy (N, C, HW).
+    fn channel_sums(&self, dy: u64, db: u64, (n, c, hw): (usize, usize, usize)) -> Result<()> {
+        let (_guard, partial) = self.channel_partials(2, (n, c, hw), [0, 0, dy, 0], false)?;
+        launch!(self, channel_partials_finish, self.cfg(c), partial, db, i32c(c)?, self.slices(n, c), 2i32)
+    }
+}
+
+/// cuBLAS's compute type for fp32 operands at a precision below fp32.
+fn fast_compute(p: Precision) -> Option<cudarc::cublas::sys::cublasComputeType_t> {
+    use cudarc::cublas::sys::cublasComputeType_t::*;
+    match p {
+        Precision::Fp32 => None,
+        Precision::Tf32 => Some(CUBLAS_COMPUTE_32F_FAST_TF32),
+        Precision::Bf16 => Some(CUBLAS_COMPUTE_32F_FAST_16BF),
+        Precision::Fp16 => Some(CUBLAS_COMPUTE_32F_FAST_16F),
+    }
+}
+
+/// Convolutions wide enough for the GEMM path (and for tensor cores to pay);
+/// LeNet's small ones are launch-bound and stay on the direct kernels.
+fn wide(g: &Conv2dGeom) -> bool {
+    g.c_out >= 32 && g.patch_len() >= 64
+}
+
+impl CudaBackend {
+    /// cuDNN and the precision for a wide convolution below fp32, if both apply.
+    fn tensor_cores(&self, g: &Conv2dGeom) -> Option<(&crate::cudnn::Cudnn, Precision)> {
+        let p = self.precision();
+        // From 32 output channels (ResNet's 3-channel stem included); LeNet's layers stay.
+        (p != Precision::Fp32 && g.c_out >= 32).then_some(())?;
+        self.dnn.as_ref().map(|dnn| (dnn, p))
+    }
+
     /// y = bias, then y_n (C_out, OH*OW) += W (C_out, C_in*K*K) . cols_n, in chunks
     /// of samples whose column matrices fit a bounded scratch buffer.
     fn conv2d_forward_gemm(
@@ -347,6 +438,30 @@ impl Backend for CudaBackend {
         start.elapsed_ms(end).map(f64::from).map_err(device_err)
     }
 
+    fn precisions(&self) -> Vec<Precision> {
+        let mut p = vec![Precision::Fp32, Precision::Tf32];
+        if self.dnn.is_some() {
+            p.push(Precision::Bf16);
+        }
+        p
+    }
+
+    fn set_precision(&self, precision: Precision) -> Result<()> {
+        if !self.precisions().contains(&precision) {
+            let why = match precision {
+                Precision::Fp16 => "fp16 (with loss scaling) is not implemented yet: use bf16",
+                _ => "it needs cuDNN 9 (libcudnn.so.9), which was not found",
+            };
+            return Err(Error::config("precision", format!("{precision} is not available on {}: {why}", self.name)));
+        }
+        self.precision.store(Precision::ALL.iter().position(|p| *p == precision).unwrap_or(0) as u8, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn precision(&self) -> Precision {
+        Precision::ALL[self.precision.load(std::sync::atomic::Ordering::Relaxed) as usize]
+    }
+
     fn peak_memory(&self) -> Option<(&'static str, u64)> {
         Some(("peak device memory allocated", crate::allocated_bytes().1 as u64))
     }
@@ -431,8 +546,12 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         let geo = ConvGeo::new(g)?;
+        // Wide layers on tensor cores (cuDNN) below fp32.
+        if let Some((dnn, p)) = self.tensor_cores(g) {
+            return self.conv2d_forward_dnn(dnn, p, g, &x, &w, &bias, &y);
+        }
         // Wide layers (the strong model's 32..128 channels): im2col + batched GEMM.
-        if g.c_out >= 32 && g.patch_len() >= 64 {
+        if wide(g) {
             return self.conv2d_forward_gemm(g, &x, &w, &bias, &y);
         }
         // Weights (and bias) in shared memory when they fit; 8 output channels per thread.
@@ -463,6 +582,9 @@ impl Backend for CudaBackend {
                 Some(dx) => self.fill(dx, 0.0),
                 None => Ok(()),
             };
+        }
+        if let Some((dnn, p)) = self.tensor_cores(g) {
+            return self.conv2d_backward_dnn(dnn, p, g, &x, &w, &dy, dx.as_ref(), &dparams);
         }
         let (pl, rows) = (g.patch_len(), g.patch_len() + 1);
         let (_guard, cols, partial) = self.scratch(g.n * rows * ohw, g.n * g.c_out * rows)?;
@@ -561,8 +683,10 @@ impl Backend for CudaBackend {
         }
         let (n, c, hw) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?);
         let stats = if training {
-            let cfg = LaunchConfig { grid_dim: (g.c as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-            launch!(self, bn_stats, cfg, ptr(&x), ptr_mut(&running), ptr_mut(&saved), n, c, hw, g.eps, g.momentum)?;
+            let (_guard, partial) = self.channel_partials(0, (g.n, g.c, g.hw), [ptr(&x), 0, 0, 0], false)?;
+            let m = i32c(g.n * g.hw)?;
+            let (slices, finish) = (self.slices(g.n, g.c), self.cfg(g.c));
+            launch!(self, bn_stats_finish, finish, partial, ptr_mut(&running), ptr_mut(&saved), c, slices, m, g.eps, g.momentum)?;
             ptr_mut(&saved)
         } else {
             ptr_mut(&running)
@@ -597,8 +721,9 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         checks::batchnorm_backward(g, x.len, y.len, dy.len, params.len, saved.len, dx.as_ref().map(|d| d.len), dparams.len)?;
         let (n, c, hw, relu) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?, g.relu as i32);
-        let cfg = LaunchConfig { grid_dim: (g.c as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, bn_backward_reduce, cfg, ptr(&x), ptr(&y), ptr(&dy), ptr(&saved), ptr_mut(&dparams), n, c, hw, relu)?;
+        let (guard, partial) = self.channel_partials(1, (g.n, g.c, g.hw), [ptr(&x), ptr(&y), ptr(&dy), ptr(&saved)], g.relu)?;
+        launch!(self, channel_partials_finish, self.cfg(g.c), partial, ptr_mut(&dparams), c, self.slices(g.n, g.c), 1i32)?;
+        drop(guard);
         match dx {
             Some(dx) if !g.is_empty() => launch!(
                 self,

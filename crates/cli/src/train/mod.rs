@@ -19,7 +19,7 @@ use std::io::Write;
 use std::time::Instant;
 
 pub fn run(args: TrainArgs) -> Result<()> {
-    device::dispatch(args.common.device, args.common.threads, args.profile, TrainJob(args)).map(|_| ())
+    device::dispatch(args.common.target(), args.profile, TrainJob(args)).map(|_| ())
 }
 
 struct TrainJob(TrainArgs);
@@ -151,7 +151,7 @@ impl WithBackend for TrainJob {
         };
         let ckpt_path = out.join("model.safetensors");
         let best_path = out.join("best.safetensors");
-        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "dataset": info, "data_dir": data_dir, "image_size": image_size });
+        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "precision": backend.precision(), "dataset": info, "data_dir": data_dir, "image_size": image_size });
         std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&run_config)?)?;
 
         let steps = trainer.steps_per_epoch(train_set.len);
