@@ -20,7 +20,7 @@ try:
     import numpy as np
     import onnxruntime as ort
 except ImportError as e:
-    print(f"check_onnx.py needs onnxruntime and numpy ({e}): run `pip install onnxruntime numpy` (.ci/run installs them)", file=sys.stderr)
+    print(f"check_onnx.py needs onnxruntime and numpy ({e}): run `pip install onnxruntime numpy` (scripts/test.sh, which CI runs, installs them)", file=sys.stderr)
     sys.exit(2)
 
 

@@ -1,5 +1,5 @@
 //! `export --format onnx`: the exported models, run by ONNX Runtime
-//! (scripts/check_onnx.py; `pip install onnxruntime numpy`, as .ci/run does),
+//! (scripts/check_onnx.py; `pip install onnxruntime numpy`, as scripts/test.sh does),
 //! predict what ours predict and their logits agree within 1e-4 (absolute).
 
 mod common;
