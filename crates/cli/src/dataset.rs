@@ -2,7 +2,9 @@
 //! checkpoint's stored description names it again.
 
 use anyhow::{Context, Result};
-use rr_core::data::{DatasetInfo, Splits};
+use rr_core::data::{Dataset, DatasetInfo, Splits};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,13 +111,26 @@ pub fn data_dir(arg: &Option<PathBuf>, dataset: DatasetArg) -> Result<PathBuf> {
 }
 
 /// The dataset description stored in a checkpoint, and its data loaded from
-/// `--data-dir` (or the default folder), refused when it does not match.
-pub fn for_checkpoint(ckpt: &rr_core::checkpoint::Checkpoint, path: &Path, data_dir: &Option<PathBuf>) -> Result<(DatasetInfo, Splits)> {
+/// `--data-dir` (or the default folder), refused when it does not match
+/// (shape, classes, class names, or a test set other than the checkpoint's,
+/// unless `allow_other`).
+pub fn for_checkpoint(
+    ckpt: &rr_core::checkpoint::Checkpoint,
+    path: &Path,
+    data_dir: &Option<PathBuf>,
+    allow_other: bool,
+) -> Result<(DatasetInfo, Splits)> {
     let info = ckpt.dataset(path)?;
     let (arg, image_size) = of_checkpoint(&info)?;
     let dir = self::data_dir(data_dir, arg)?;
     let data = load(arg, &dir, image_size)?;
     check_same(&info, &data.info, &dir)?;
+    if let Err(e) = check_test_set(&ckpt.metadata, &info, &data.test, &dir, &path.display().to_string()) {
+        if !allow_other {
+            anyhow::bail!("{e:#}: pass --allow-other-dataset to use it anyway");
+        }
+        eprintln!("warning: {e:#} (--allow-other-dataset)");
+    }
     Ok((info, data))
 }
 
@@ -136,4 +151,81 @@ pub fn check_same(trained: &DatasetInfo, data: &DatasetInfo, dir: &Path) -> Resu
         anyhow::bail!("{} names its classes {:?}, but the model was trained on {:?}", dir.display(), data.class_names, trained.class_names);
     }
     Ok(())
+}
+
+/// Checkpoint metadata keys: the [`fingerprint`] of the training images a run
+/// trained on (after `--limit-train`) and of its test set.
+pub const TRAIN_DATA_KEY: &str = "train_data_sha256";
+pub const TEST_DATA_KEY: &str = "test_data_sha256";
+
+/// The SHA-256 of a split's images, then its labels (as loaded: the same for
+/// raw and gzipped files): what tells two datasets of the same shape apart.
+pub fn fingerprint(split: &Dataset) -> String {
+    let digest = Sha256::new().chain_update(&split.images).chain_update(&split.labels).finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The metadata entries that record which data a run uses.
+pub fn fingerprint_entries(data: &Splits) -> [(&'static str, String); 2] {
+    [(TRAIN_DATA_KEY, fingerprint(&data.train)), (TEST_DATA_KEY, fingerprint(&data.test))]
+}
+
+/// The [`fingerprint`]s of the official test sets, to name the dataset a folder
+/// holds (checkpoints written before fingerprints were stored are checked against these).
+const KNOWN_TEST_SETS: [(&str, &str); 3] = [
+    ("mnist", "c3f9adf9c66efb572b1f9326c3a511b45910c7173b97be66ceceeeeaef6b802b"),
+    ("fashion-mnist", "9f1ec356a747bfe4ebab3cfb722d3694c9ca737e2570f6f90cf31d7b6fd689d4"),
+    ("cifar10", "20d6645e0009462d817872202aded6097f50806f4a288cbbe2a999a7b0a4b318"),
+];
+
+fn known_test_set(fingerprint: &str) -> Option<&'static str> {
+    KNOWN_TEST_SETS.iter().find(|(_, f)| *f == fingerprint).map(|(name, _)| *name)
+}
+
+/// Refuses a test set other than the one a checkpoint was tested on in
+/// training: by the fingerprint it stores, or (older checkpoints) when the
+/// data is a known dataset other than the known one it names. `subject` names
+/// the checkpoint or run in the message.
+pub fn check_test_set(meta: &BTreeMap<String, String>, trained: &DatasetInfo, test: &Dataset, dir: &Path, subject: &str) -> Result<()> {
+    let got = fingerprint(test);
+    let named_known = KNOWN_TEST_SETS.iter().any(|(name, _)| *name == trained.name);
+    let matches = match meta.get(TEST_DATA_KEY) {
+        Some(expected) => *expected == got,
+        None => !named_known || known_test_set(&got).is_none_or(|name| name == trained.name),
+    };
+    if matches {
+        return Ok(());
+    }
+    let holds = match known_test_set(&got) {
+        Some(name) => format!("the {name} test set"),
+        None => format!("another test set (SHA-256 {})", &got[..16]),
+    };
+    anyhow::bail!("{} holds {holds}, but {subject} was trained on {}", dir.display(), describe(trained, meta));
+}
+
+/// Refuses to resume a run on other training or test data than it was trained
+/// on (when the run recorded its data's fingerprints).
+pub fn check_run_data(meta: &BTreeMap<String, String>, trained: &DatasetInfo, data: &Splits, dir: &Path) -> Result<()> {
+    check_test_set(meta, trained, &data.test, dir, "the run")?;
+    if let Some(expected) = meta.get(TRAIN_DATA_KEY) {
+        let got = fingerprint(&data.train);
+        if *expected != got {
+            anyhow::bail!(
+                "{} holds other training images than the run was trained on ({}; SHA-256 {} expected, {} found)",
+                dir.display(),
+                describe(trained, meta),
+                &expected[..expected.len().min(16)],
+                &got[..16]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// "fashion-mnist" or, for a test set of unknown name, "idx with the test set of SHA-256 …".
+fn describe(trained: &DatasetInfo, meta: &BTreeMap<String, String>) -> String {
+    match meta.get(TEST_DATA_KEY) {
+        Some(f) if known_test_set(f).is_none() => format!("{} with the test set of SHA-256 {}", trained.name, &f[..f.len().min(16)]),
+        _ => trained.name.clone(),
+    }
 }

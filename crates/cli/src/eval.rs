@@ -14,6 +14,10 @@ pub struct EvalArgs {
     checkpoint: PathBuf,
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
+    /// Evaluate on a test set other than the one the checkpoint was trained with
+    /// (by default refused: e.g. MNIST data for a Fashion-MNIST model)
+    #[arg(long)]
+    allow_other_dataset: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -29,7 +33,7 @@ impl WithBackend for EvalJob {
         let args = self.0;
         let ckpt_path = args.checkpoint.clone();
         let (mut model, ckpt) = checkpoint::load_model(&ckpt_path, backend)?;
-        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir)?;
+        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir, args.allow_other_dataset)?;
         let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
         let start = Instant::now();
         let stats = evaluate(backend, &mut model, &test_set, args.batch_size)?;

@@ -495,7 +495,7 @@ impl WithBackend for PlotJob {
         let args = self.0;
         let ckpt_path = args.run_dir.join("model.safetensors");
         let (mut model, ckpt) = checkpoint::load_model(&ckpt_path, backend)?;
-        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir)?;
+        let (info, data) = crate::dataset::for_checkpoint(&ckpt, &ckpt_path, &args.common.data_dir, false)?;
         draw_run(backend, &args.run_dir, &mut model, &data.test, &info)?;
         println!("wrote {} and {}", args.run_dir.join("curves.png").display(), args.run_dir.join("confusion.png").display());
         Ok(RunStats::default())

@@ -36,11 +36,20 @@ pub struct Checkpoint {
 /// metadata (epoch, accuracy, training config...) is stored beside the config.
 pub fn save<B: Backend>(path: &Path, backend: &B, model: &Model<B>, extra: &[(&str, String)]) -> Result<()> {
     let mut metadata: Vec<(&str, String)> = extra.to_vec();
-    metadata.push(("format", "pt".into()));
-    metadata.push((MODEL_KEY, serde_json::to_string(&model.config).expect("config serializes")));
-    metadata.push((GRAPH_KEY, serde_json::to_string(&model.graph).expect("graph serializes")));
-    metadata.push(("framework", format!("rusty-recognition {}", env!("CARGO_PKG_VERSION"))));
+    metadata.extend(model_metadata(model));
     save_tensors(path, &model.state_dict(backend)?, &metadata)
+}
+
+/// The metadata that makes a file a checkpoint of `model` (its config and
+/// graph, the PyTorch format tag, the writer), for [`save_tensors`] callers
+/// that add tensors of their own.
+pub fn model_metadata<B: Backend>(model: &Model<B>) -> Vec<(&'static str, String)> {
+    vec![
+        ("format", "pt".into()),
+        (MODEL_KEY, serde_json::to_string(&model.config).expect("config serializes")),
+        (GRAPH_KEY, serde_json::to_string(&model.graph).expect("graph serializes")),
+        ("framework", format!("rusty-recognition {}", env!("CARGO_PKG_VERSION"))),
+    ]
 }
 
 /// Counts (BatchNorm's `num_batches_tracked`) are int64 in PyTorch: they are
@@ -100,27 +109,87 @@ pub fn load_tensors(path: &Path) -> Result<(Vec<NamedTensor>, BTreeMap<String, S
     Ok((tensors, metadata))
 }
 
-/// Writes `data` to `path` through a temporary file in the same folder.
+/// The name [`write_atomic`] writes `path`'s new content under first:
+/// `.NAME.tmp-PID` beside it (see [`is_temporary`]).
+fn temporary_path(path: &Path, name: &std::ffi::OsStr) -> std::path::PathBuf {
+    path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()))
+}
+
+/// Whether a file name is one of [`write_atomic`]'s temporary files
+/// (`.NAME.tmp-PID`), which a killed writer leaves behind.
+pub fn is_temporary(file_name: &str) -> bool {
+    file_name.starts_with('.')
+        && file_name.rsplit_once(".tmp-").is_some_and(|(_, pid)| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Writes `data` to `path` so that a crash at any instant leaves `path` with
+/// its old content or its new one, never a mix: the bytes go to a temporary
+/// file in the same folder, which is synced to disk, renamed over `path`, and
+/// the folder is synced so that the rename itself is durable.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| Error::io(path, std::io::Error::other("not a file path")))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let tmp = temporary_path(path, name);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
+        // Written in two halves so that the crash tests can kill a half-written file.
+        let (first, rest) = data.split_at(data.len() / 2);
+        f.write_all(first)?;
+        test_write_delay();
+        f.write_all(rest)?;
         f.sync_all()?;
+        test_write_delay();
         std::fs::rename(&tmp, path)
     })();
     result.map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
-    })
+    })?;
+    sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    test_write_delay();
+    Ok(())
+}
+
+/// Makes a rename in `dir` durable (a no-op where folders cannot be opened,
+/// as on Windows, or synced, as on some network file systems).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    match std::fs::File::open(dir)?.sync_all() {
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported) => {}
+        other => other?,
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// The environment variable that makes every [`write_atomic`] sleep this many
+/// milliseconds inside and after its writes: a test hook, so that a test
+/// killing the process at random instants often lands inside a checkpoint write.
+pub const TEST_WRITE_DELAY_VAR: &str = "RR_TEST_WRITE_DELAY_MS";
+
+/// Sleeps as [`TEST_WRITE_DELAY_VAR`] says (read once; unset: no sleep).
+pub fn test_write_delay() {
+    static DELAY: std::sync::OnceLock<Option<std::time::Duration>> = std::sync::OnceLock::new();
+    let delay = DELAY.get_or_init(|| {
+        let ms = std::env::var(TEST_WRITE_DELAY_VAR).ok()?.parse::<u64>().ok()?;
+        Some(std::time::Duration::from_millis(ms))
+    });
+    if let Some(d) = delay {
+        std::thread::sleep(*d);
+    }
 }
 
 /// Reads and validates a checkpoint: a well-formed safetensors file whose
 /// tensors are all f32 and whose metadata names a known model.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let (tensors, metadata) = load_tensors(path)?;
+    from_tensors(path, tensors, metadata)
+}
+
+/// A checkpoint from tensors and metadata read by [`load_tensors`] (validated
+/// as [`load`] does; `path` is only used in error messages).
+pub fn from_tensors(path: &Path, tensors: Vec<NamedTensor>, metadata: BTreeMap<String, String>) -> Result<Checkpoint> {
     let err = |msg: String| Error::Checkpoint { path: path.to_path_buf(), msg };
     let config_json = metadata.get(MODEL_KEY).ok_or_else(|| {
         err(format!("no `{MODEL_KEY}` entry in the metadata: not written by rusty-recognition, so the architecture is unknown"))

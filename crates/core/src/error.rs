@@ -43,6 +43,12 @@ pub enum Error {
     #[error("training diverged in epoch {epoch} at step {step}: the loss became {loss} (try a smaller --lr)")]
     Diverged { epoch: usize, step: usize, loss: f32 },
 
+    /// Training diverged: a parameter or the optimizer state became NaN or
+    /// infinite (found at the end of an epoch; Adam's moments can overflow
+    /// while the loss stays finite).
+    #[error("training diverged in epoch {epoch} (found at its end, after step {step}): {what} became {value} (try a smaller --lr)")]
+    NonFinite { epoch: usize, step: usize, what: String, value: f32 },
+
     /// A device (driver, library, kernel launch) failed.
     #[error("{backend} backend: {msg}")]
     Device { backend: &'static str, msg: String },

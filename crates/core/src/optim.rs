@@ -16,6 +16,17 @@ pub enum OptimizerKind {
     AdamW,
 }
 
+impl OptimizerKind {
+    /// What its state holds, for messages.
+    pub fn state_name(self) -> &'static str {
+        match self {
+            OptimizerKind::Sgd => "SGD momentum buffer",
+            OptimizerKind::Adam => "Adam moment estimates",
+            OptimizerKind::AdamW => "AdamW moment estimates",
+        }
+    }
+}
+
 /// Optimizer hyper-parameters (the ones that do not change during training).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct OptimizerConfig {

@@ -453,7 +453,8 @@ impl<B: Backend> Trainer<B> {
     /// One pass over `data` in the order of epoch `epoch`'s permutation.
     /// `progress(step_done, steps)` is called after each step is enqueued; it
     /// never waits for the device. Returns the running train loss/accuracy; a
-    /// loss that became NaN or infinite is [`Error::Diverged`] naming the step.
+    /// loss that became NaN or infinite is [`Error::Diverged`] naming the step;
+    /// parameters or optimizer state that did are [`Error::NonFinite`].
     pub fn train_epoch(
         &mut self,
         backend: &B,
@@ -500,7 +501,26 @@ impl<B: Backend> Trainer<B> {
             let step = log.iter().position(|v| !v.is_finite()).map_or(steps, |i| i + 1);
             return Err(Error::Diverged { epoch: epoch + 1, step, loss: sums[0] });
         }
+        self.check_finite(backend, epoch, steps)?;
         Ok(PassStats::from_sums(&sums, data.len))
+    }
+
+    /// [`Error::NonFinite`] when a parameter or the optimizer state is NaN or
+    /// infinite after epoch `epoch` (0-based) of `steps` steps: one read-back
+    /// of each flat buffer per epoch.
+    fn check_finite(&self, backend: &B, epoch: usize, steps: usize) -> Result<()> {
+        let diverged = |what: String, value: f32| Error::NonFinite { epoch: epoch + 1, step: steps, what, value };
+        let params = backend.download(View::all(&self.model.params.data))?;
+        if let Some(i) = params.iter().position(|v| !v.is_finite()) {
+            let entry = self.model.params.entries.iter().find(|e| (e.offset..e.offset + e.len()).contains(&i));
+            let name = entry.map_or("alignment padding".to_string(), |e| format!("`{}`", e.name));
+            return Err(diverged(format!("parameter {name}"), params[i]));
+        }
+        let state = self.optimizer.state(backend)?;
+        if let Some(v) = state.iter().find(|v| !v.is_finite()) {
+            return Err(diverged(format!("the {}", self.config.optimizer.kind.state_name()), *v));
+        }
+        Ok(())
     }
 }
 

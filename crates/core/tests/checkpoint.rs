@@ -150,6 +150,14 @@ fn atomic_write_replaces_and_leaves_no_temporary() {
 }
 
 #[test]
+fn only_the_names_of_atomic_writes_count_as_temporary() {
+    assert!(checkpoint::is_temporary(&format!(".model.safetensors.tmp-{}", std::process::id())));
+    for name in ["model.safetensors", "model.safetensors.tmp-12", ".model.safetensors.tmp-", ".m.tmp-12x", ".tmp-x"] {
+        assert!(!checkpoint::is_temporary(name), "{name}");
+    }
+}
+
+#[test]
 fn resnet18_has_torchvision_names_and_size() {
     let b = CpuBackend::new(1).unwrap();
     let model = Model::new(&b, &ModelConfig::Resnet18, &[3, 32, 32], 10, 0).unwrap();

@@ -8,14 +8,12 @@ use run_dir::*;
 
 use crate::dataset;
 use crate::device::{self, RunStats, WithBackend};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rr_core::checkpoint;
 use rr_core::model::Model;
 use rr_core::optim::Schedule;
 use rr_core::train::{evaluate, DeviceDataset, Trainer};
 use rr_core::Backend;
-use std::io::Write;
 use std::time::Instant;
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -57,18 +55,12 @@ impl WithBackend for TrainJob {
             }
             data.train.truncate(n);
         }
-        let out = match &resumed {
-            Some(r) => r.out.clone(),
-            None => make_out_dir(args.out.clone())?,
-        };
+        if let Some(r) = &resumed {
+            r.check_data(&data, &data_dir)?;
+        }
 
         let model = match &resumed {
-            Some(r) => {
-                let mut model = Model::build(backend, r.model_config.clone(), r.graph.clone(), config.seed, config.init)?;
-                let ckpt = checkpoint::load(&r.checkpoint)?;
-                model.load_state_dict(backend, &ckpt.tensors, &r.checkpoint)?;
-                model
-            }
+            Some(r) => r.model(backend)?,
             None => Model::with_init(backend, &model_config, &info.shape, info.classes, config.seed, config.init)?,
         };
         if model.input_shape() != info.shape || model.classes() != info.classes {
@@ -129,30 +121,16 @@ impl WithBackend for TrainJob {
         let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
         let mut trainer = Trainer::new(backend, model, config.clone(), train_set.len)?;
         trainer.use_graphs = !args.no_graphs;
-        let (first_epoch, mut best) = match &resumed {
+        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "precision": backend.precision(), "dataset": info, "data_dir": data_dir, "image_size": image_size });
+        let fingerprints = dataset::fingerprint_entries(&data);
+        let (first_epoch, mut run_dir) = match &resumed {
             Some(r) => {
-                trainer.optimizer.restore(backend, &r.optimizer_state, r.optimizer_steps)?;
-                (r.epochs_done, r.best)
+                r.restore(backend, &mut trainer)?;
+                (r.epochs_done, RunDir::reopen(r, &info, fingerprints, &data_dir, &run_config)?)
             }
-            None => (0, -1.0),
+            None => (0, RunDir::create(args.out.clone(), backend, &trainer, &info, fingerprints, &data_dir, &run_config)?),
         };
         let mut run = RunStats::default();
-
-        let metrics_path = out.join("metrics.csv");
-        let mut csv = if resumed.is_some() {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&metrics_path)
-                .with_context(|| format!("cannot append to {}", metrics_path.display()))?
-        } else {
-            let mut f = std::fs::File::create(&metrics_path).with_context(|| format!("cannot create {}", metrics_path.display()))?;
-            writeln!(f, "{CSV_HEADER}")?;
-            f
-        };
-        let ckpt_path = out.join("model.safetensors");
-        let best_path = out.join("best.safetensors");
-        let run_config = serde_json::json!({ "model": model_config, "train": config, "device": backend.name(), "precision": backend.precision(), "dataset": info, "data_dir": data_dir, "image_size": image_size });
-        std::fs::write(out.join("config.json"), serde_json::to_string_pretty(&run_config)?)?;
 
         let steps = trainer.steps_per_epoch(train_set.len);
         for epoch in first_epoch..config.epochs {
@@ -167,14 +145,7 @@ impl WithBackend for TrainJob {
             let start = Instant::now();
             let train = trainer.train_epoch(backend, &train_set, epoch, &mut |done, _| bar.set_position(done as u64));
             bar.finish_and_clear();
-            let train = train.map_err(|e| {
-                let kept = if epoch > first_epoch || resumed.is_some() {
-                    format!("; the last good checkpoint (epoch {epoch}) is intact: {}", ckpt_path.display())
-                } else {
-                    String::new()
-                };
-                anyhow::anyhow!("{e}{kept}")
-            })?;
+            let train = train.map_err(|e| anyhow::anyhow!("{e}; {}", run_dir.last_good(epoch)))?;
             let seconds = start.elapsed().as_secs_f64();
             run.steps += steps;
             run.images += train.samples;
@@ -192,56 +163,27 @@ impl WithBackend for TrainJob {
                 seconds,
                 group_thousands(rate as u64),
             );
-            writeln!(
-                csv,
-                "{},{:.6},{:.6},{:.6},{:.6},{:.3},{:.1},{}",
-                epoch + 1,
-                train.loss,
-                train.accuracy,
-                test.loss,
-                test.accuracy,
-                seconds,
-                rate,
-                lr
-            )?;
-            csv.flush()?;
-            let meta = [
-                ("epoch", (epoch + 1).to_string()),
-                ("test_accuracy", format!("{:.6}", test.accuracy)),
-                ("test_loss", format!("{:.6}", test.loss)),
-                ("train_config", serde_json::to_string(&config)?),
-                ("dataset", serde_json::to_string(&info)?),
-            ];
-            checkpoint::save(&ckpt_path, backend, &trainer.model, &meta)?;
-            if test.accuracy > best {
-                best = test.accuracy;
-                checkpoint::save(&best_path, backend, &trainer.model, &meta)?;
-            }
-            // What --resume needs: the optimizer state and where training stands.
-            let state = trainer.optimizer.state(backend)?;
-            let state_len = state.len();
-            checkpoint::save_tensors(
-                &out.join(TRAIN_STATE),
-                &[("optimizer.state".to_string(), vec![state_len], state)],
-                &[
-                    ("epoch", (epoch + 1).to_string()),
-                    ("optimizer_steps", trainer.optimizer.steps.to_string()),
-                    ("best_test_accuracy", format!("{best}")),
-                    ("train_config", serde_json::to_string(&config)?),
-                    ("dataset", serde_json::to_string(&info)?),
-                    ("data_dir", data_dir.display().to_string()),
-                ],
-            )?;
+            run_dir.save_epoch(backend, &trainer, &EpochRecord { epoch: epoch + 1, train, test, seconds, lr })?;
         }
-        if config.epochs > first_epoch {
-            crate::plot::draw_run(backend, &out, &mut trainer.model, &data.test, &info)?;
+        let out = &run_dir.dir;
+        if config.epochs > 0 {
+            crate::plot::draw_run(backend, out, &mut trainer.model, &data.test, &info)?;
             println!("wrote {} and {}", out.join("curves.png").display(), out.join("confusion.png").display());
         }
         if let Some((what, bytes)) = backend.peak_memory() {
             println!("{what}: {:.1} MB", bytes as f64 / 1e6);
         }
-        println!("wrote {} and {} (best: {})", metrics_path.display(), ckpt_path.display(), best_path.display());
-        println!("evaluate with: rusty-recognition eval --checkpoint {}", ckpt_path.display());
+        let metrics = run_dir.path(METRICS_FILE);
+        if config.epochs == 0 {
+            println!("no epochs to train: wrote the initial state (train on with --resume {} --epochs N)", out.display());
+        } else {
+            let (model, best) = (run_dir.path(MODEL_FILE), run_dir.path(BEST_FILE));
+            if first_epoch == config.epochs {
+                println!("nothing to train: {} already has {} epochs (its files are up to date)", out.display(), config.epochs);
+            }
+            println!("wrote {} and {} (best: {})", metrics.display(), model.display(), best.display());
+            println!("evaluate with: rusty-recognition eval --checkpoint {}", model.display());
+        }
         Ok(run)
     }
 }
