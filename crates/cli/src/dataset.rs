@@ -70,11 +70,11 @@ pub fn of_checkpoint(info: &DatasetInfo) -> Result<(DatasetArg, usize)> {
 pub const DATA_ENV: &str = "RR_DATA_DIR";
 
 /// `--data-dir`, or where `dataset` lives by default, first found of:
-/// `$RR_DATA_DIR/<name>` (when the variable is set, only there), `data/<name>`
-/// under the working directory, the same under the repository this binary
-/// was built from (so `cargo install --path crates/cli` finds the shipped
-/// MNIST while that clone exists), and for Fashion-MNIST Debian's
-/// `/usr/share/datasets/fashion-mnist` (package `dataset-fashion-mnist`).
+/// `$RR_DATA_DIR/<name>` (when the variable is set, only there), for
+/// Fashion-MNIST Debian's `/usr/share/datasets/fashion-mnist` (package
+/// `dataset-fashion-mnist`), `data/<name>` under the working directory, the
+/// same under the repository this binary was built from (so `cargo install
+/// --path crates/cli` finds the shipped MNIST while that clone exists).
 pub fn data_dir(arg: &Option<PathBuf>, dataset: DatasetArg) -> Result<PathBuf> {
     if let Some(dir) = arg {
         return Ok(dir.clone());
