@@ -33,5 +33,12 @@ if [ ${#apt_packages[@]} -gt 0 ]; then
   install_apt "${apt_packages[@]}"
 fi
 
+# ONNX Runtime and NumPy from PyPI: the ONNX export test runs the exported models with them (scripts/check_onnx.py).
+if ! python3 -c 'import onnxruntime, numpy' 2>/dev/null; then
+  command -v python3 >/dev/null || { echo "the ONNX export test needs python3 with pip (for onnxruntime and numpy)" >&2; exit 1; }
+  echo "installing onnxruntime numpy (pip)"
+  python3 -m pip install -q --disable-pip-version-check onnxruntime numpy
+fi
+
 cargo --version
 cargo test "$@"

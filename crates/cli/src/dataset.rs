@@ -89,38 +89,49 @@ pub fn of_checkpoint(info: &DatasetInfo) -> Result<(DatasetArg, usize)> {
     Ok((arg, info.shape[1]))
 }
 
-/// `--data-dir`, or where `dataset` lives by default: the repository's
-/// `data/mnist` (from the working directory, or from where this binary was
-/// built when run elsewhere); for Fashion-MNIST, Debian's
-/// `/usr/share/datasets/fashion-mnist` (package `dataset-fashion-mnist`) or
-/// `data/fashion-mnist`; `data/cifar10` and `data/cifar100` when they exist.
+/// The environment variable naming a folder of datasets laid out as the
+/// repository's `data/` (`mnist/`, `fashion-mnist/`, `cifar10/`, `cifar100/`).
+pub const DATA_ENV: &str = "RR_DATA_DIR";
+
+/// `--data-dir`, or where `dataset` lives by default, first found of:
+/// `$RR_DATA_DIR/<name>` (when the variable is set, only there), for
+/// Fashion-MNIST Debian's `/usr/share/datasets/fashion-mnist` (package
+/// `dataset-fashion-mnist`), `data/<name>` under the working directory, the
+/// same under the repository this binary was built from (so `cargo install
+/// --path crates/cli` finds the shipped MNIST while that clone exists).
 pub fn data_dir(arg: &Option<PathBuf>, dataset: DatasetArg) -> Result<PathBuf> {
     if let Some(dir) = arg {
         return Ok(dir.clone());
     }
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let local = |name: &str| vec![PathBuf::from("data").join(name), repo.join("data").join(name)];
-    let candidates: Vec<PathBuf> = match dataset {
-        DatasetArg::Mnist => local("mnist"),
-        DatasetArg::FashionMnist => [vec![PathBuf::from("/usr/share/datasets/fashion-mnist")], local("fashion-mnist")].concat(),
-        DatasetArg::Cifar10 => local("cifar10"),
-        DatasetArg::Cifar100 => local("cifar100"),
-        DatasetArg::ImageFolder | DatasetArg::Idx => vec![],
-    };
-    match candidates.iter().find(|p| p.is_dir()) {
-        Some(dir) => Ok(dir.clone()),
-        None => match dataset {
-            DatasetArg::Mnist => Ok(candidates[0].clone()),
-            DatasetArg::FashionMnist => anyhow::bail!(
-                "Fashion-MNIST is not shipped with the repository: pass --data-dir DIR (a folder with its four IDX files), or install Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)"
-            ),
-            DatasetArg::Cifar10 | DatasetArg::Cifar100 => anyhow::bail!(
-                "{} is not shipped with the repository: pass --data-dir DIR, a folder with the official binary files (from https://www.cs.toronto.edu/~kriz/cifar.html: the \"binary version\" archive, unpacked; raw or .gz)",
-                dataset.name()
-            ),
-            DatasetArg::ImageFolder | DatasetArg::Idx => anyhow::bail!("--dataset {} needs --data-dir DIR", dataset.name()),
-        },
+    let name = dataset.name();
+    if matches!(dataset, DatasetArg::ImageFolder | DatasetArg::Idx) {
+        anyhow::bail!("--dataset {name} needs --data-dir DIR");
     }
+    if let Some(root) = std::env::var_os(DATA_ENV) {
+        let dir = PathBuf::from(root).join(name);
+        anyhow::ensure!(
+            dir.is_dir(),
+            "{DATA_ENV} is set, but {} is not a folder: add the {name} files there or pass --data-dir DIR",
+            dir.display()
+        );
+        return Ok(dir);
+    }
+    // crates/cli -> the repository root.
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).unwrap_or(Path::new("."));
+    let mut candidates = vec![PathBuf::from("data").join(name), repo.join("data").join(name)];
+    if dataset == DatasetArg::FashionMnist {
+        candidates.insert(0, PathBuf::from("/usr/share/datasets/fashion-mnist"));
+    }
+    if let Some(dir) = candidates.iter().find(|p| p.is_dir()) {
+        return Ok(dir.clone());
+    }
+    let looked = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    let what = match dataset {
+        DatasetArg::Mnist => "a folder with MNIST's four IDX files (the repository ships them in data/mnist)".to_string(),
+        DatasetArg::FashionMnist => "a folder with its four IDX files, or install Debian's dataset-fashion-mnist".to_string(),
+        _ => "a folder with the official binary files (from https://www.cs.toronto.edu/~kriz/cifar.html: the \"binary version\" archive, unpacked; raw or .gz)".to_string(),
+    };
+    anyhow::bail!("no {name} data found (looked in {looked}): pass --data-dir DIR, {what}, or set {DATA_ENV} to a folder holding {name}/")
 }
 
 /// The dataset description stored in a checkpoint, and its data loaded from

@@ -5,6 +5,7 @@ mod dataset;
 mod device;
 mod digitize;
 mod eval;
+mod export;
 mod infer;
 mod plot;
 mod predict;
@@ -70,6 +71,14 @@ Examples:
 Example:
   rusty-recognition plot runs/cnn")]
     Plot(plot::PlotArgs),
+    /// Export a checkpoint as an ONNX model (input: the normalized image; output: the logits).
+    #[command(after_help = "\
+Writes the model as ONNX (opset 17, dynamic batch) with its normalization and class names in the metadata.
+
+Examples:
+  rusty-recognition export --checkpoint runs/cnn/model.safetensors              # runs/cnn/model.onnx
+  rusty-recognition export --checkpoint runs/cnn/best.safetensors --out cnn.onnx")]
+    Export(export::ExportArgs),
     /// Time LeNet-5 training epochs and inference on a device (the figures of BENCHMARKS.md).
     #[command(after_help = "\
 Prints one line per epoch, then a BENCH line: median epoch time, training and inference images/s,
@@ -148,6 +157,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Predict(args) => predict::run(args),
         Command::Serve(args) => serve::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
     }
 }

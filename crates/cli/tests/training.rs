@@ -197,7 +197,7 @@ fn a_short_run_of_the_default_recipe_learns() {
 fn step_rows(dir: &Path) -> Vec<(usize, usize, f64, f64, f64, f64)> {
     let csv = std::fs::read_to_string(dir.join("steps.csv")).unwrap();
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("epoch,step,train_loss,train_acc,lr,images_per_sec"));
+    assert_eq!(lines.next(), Some("epoch,step,loss,accuracy,lr,images_per_sec"));
     lines
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();

@@ -12,6 +12,7 @@
 //!   training / evaluation loops (augmentation on the device).
 //! - [`random`]: counter-based random numbers, the same on every backend.
 //! - [`data`], [`checkpoint`]: MNIST IDX files and safetensors checkpoints.
+//! - [`onnx`]: export of any model graph with its parameters as an ONNX model.
 //! - [`conformance`]: the test suite every backend must pass.
 
 pub mod backend;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod graph;
 pub mod layers;
 pub mod model;
+pub mod onnx;
 pub mod optim;
 pub mod profile;
 pub mod random;

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 /// The step log's file in the run folder, and its columns.
 pub(super) const STEPS_CSV: &str = "steps.csv";
-pub(super) const STEPS_HEADER: &str = "epoch,step,train_loss,train_acc,lr,images_per_sec";
+/// (`plot` reads the columns by name; a resume cuts the rows by the first, the epoch.)
+pub(super) const STEPS_HEADER: &str = "epoch,step,loss,accuracy,lr,images_per_sec";
 
 /// How often the bar's running loss is read back (each read waits for the device).
 const BAR_STATS_EVERY: Duration = Duration::from_secs(1);
