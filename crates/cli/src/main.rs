@@ -131,6 +131,15 @@ impl DeviceArgs {
     }
 }
 
+/// Refuses a missing input file before any device is opened or data read.
+pub fn check_file(path: &std::path::Path, option: &str) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => Ok(()),
+        Ok(_) => anyhow::bail!("{option} {}: not a file", path.display()),
+        Err(e) => anyhow::bail!("{option} {}: {e}", path.display()),
+    }
+}
+
 fn main() -> ExitCode {
     // Like other command-line tools, stop quietly when the reader of our
     // output goes away (`rusty-recognition eval ... | head`) instead of panicking.

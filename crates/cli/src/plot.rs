@@ -485,6 +485,7 @@ pub struct PlotArgs {
 }
 
 pub fn run(args: PlotArgs) -> Result<()> {
+    crate::check_file(&args.run_dir.join("model.safetensors"), "the run folder's checkpoint")?;
     device::dispatch(args.common.target(), false, PlotJob(args)).map(|_| ())
 }
 
