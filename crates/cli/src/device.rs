@@ -159,6 +159,13 @@ pub fn note_no_graphs(backend_name: &str) {
     }
 }
 
+impl Target {
+    /// The checks of these options that need no device (dispatch makes them too).
+    pub fn check(&self) -> Result<()> {
+        check_threads(self.threads)
+    }
+}
+
 /// More threads than a few per core only slow the CPU backend down (and
 /// 100,000 of them take minutes to start): refuse them.
 fn check_threads(threads: Option<usize>) -> Result<()> {

@@ -27,6 +27,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.batch_size == 0 {
         anyhow::bail!("--batch-size must be at least 1, got 0");
     }
+    args.common.target().check()?;
     crate::check_file(&args.checkpoint, "--checkpoint")?;
     device::dispatch(args.common.target(), false, EvalJob(args)).map(|_| ())
 }

@@ -465,7 +465,11 @@ pub fn draw_run<B: Backend>(
     test: &Dataset,
     info: &DatasetInfo,
 ) -> Result<Vec<Vec<u32>>> {
-    let steps = read_steps(&run_dir.join("steps.csv"))?;
+    // A damaged per-step log costs its curves, not the run's pictures.
+    let steps = read_steps(&run_dir.join("steps.csv")).unwrap_or_else(|e| {
+        eprintln!("note: {e:#}; drawing the per-epoch curves only");
+        None
+    });
     draw_curves(&run_dir.join("curves.png"), &read_metrics(&run_dir.join("metrics.csv"))?, steps.as_deref())?;
     let m = confusion(backend, model, test, info)?;
     let correct: u32 = (0..m.len()).map(|i| m[i][i]).sum();
@@ -485,6 +489,7 @@ pub struct PlotArgs {
 }
 
 pub fn run(args: PlotArgs) -> Result<()> {
+    args.common.target().check()?;
     crate::check_file(&args.run_dir.join("model.safetensors"), "the run folder's checkpoint")?;
     device::dispatch(args.common.target(), false, PlotJob(args)).map(|_| ())
 }

@@ -22,6 +22,7 @@ pub struct PredictArgs {
 }
 
 pub fn run(args: PredictArgs) -> Result<()> {
+    args.device.target().check()?;
     crate::check_file(&args.checkpoint, "--checkpoint")?;
     device::dispatch(args.device.target(), false, PredictJob(args)).map(|_| ())
 }

@@ -211,6 +211,10 @@ impl Training {
             c.arg("--resume").arg(dir);
         } else {
             c.args(kind.args).arg("--data-dir").arg(tiny()).arg("--out").arg(dir);
+            // A run killed before its first commit left a folder that cannot be resumed: start it again.
+            if dir.exists() {
+                c.arg("--overwrite");
+            }
         }
         c.env(checkpoint::TEST_WRITE_DELAY_VAR, WRITE_DELAY_MS).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().unwrap();
@@ -467,13 +471,16 @@ fn a_run_of_no_epochs_says_so_and_a_resume_rebuilds_lost_views() {
     std::fs::write(run.join("metrics.csv"), "epoch,train").unwrap();
     std::fs::write(run.join(".best.safetensors.tmp-12345"), "half a file").unwrap();
     // A per-step log with rows of an epoch the kill interrupted, the last one cut short.
-    let steps = "epoch,step,train_loss\n1,8,2.3\n2,16,2.2\n3,8,2.1\n3,16,2";
+    let steps = "epoch,step,loss,accuracy,lr,images_per_sec\n1,8,2.3,0.1,0.1,900\n2,16,2.2,0.2,0.1,900\n3,8,2.1,0.3,0.1,900\n3,16,2";
     std::fs::write(run.join("steps.csv"), steps).unwrap();
     let out = ok(&resume(&run, 2, &[]));
-    assert!(out.contains("nothing to train") && !out.contains("train_loss"), "{out}");
+    assert!(out.contains("nothing to train") && !out.contains("images_per_sec"), "{out}");
     assert!(Outcome::read(&run) == reference);
     assert_eq!(temporaries(&run), Vec::<String>::new());
-    assert_eq!(std::fs::read_to_string(run.join("steps.csv")).unwrap(), "epoch,step,train_loss\n1,8,2.3\n2,16,2.2\n");
+    assert_eq!(
+        std::fs::read_to_string(run.join("steps.csv")).unwrap(),
+        "epoch,step,loss,accuracy,lr,images_per_sec\n1,8,2.3,0.1,0.1,900\n2,16,2.2,0.2,0.1,900\n"
+    );
     clean(&[&run, &straight]);
 }
 

@@ -68,6 +68,7 @@ impl ServeArgs {
 
 pub fn run(args: ServeArgs) -> Result<()> {
     args.validate()?;
+    args.device.target().check()?;
     crate::check_file(&args.checkpoint, "--checkpoint")?;
     device::dispatch(args.device.target(), false, ServeJob(args)).map(|_| ())
 }

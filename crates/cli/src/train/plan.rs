@@ -266,10 +266,14 @@ fn check_out(out: Option<&Path>, overwrite: bool) -> Result<()> {
     }
     let non_empty = out.is_dir() && std::fs::read_dir(out).with_context(|| format!("--out {}", out.display()))?.next().is_some();
     if non_empty && !overwrite {
+        // Resuming needs the run's commit record: a run killed before its first one cannot be.
+        let resume = match out.join(TRAIN_STATE).is_file() {
+            true => format!(", --resume {} to continue that run", out.display()),
+            false => String::new(),
+        };
         bail!(
-            "--out {}: the folder is not empty; pass --overwrite to replace a previous run's files there, --resume {} to continue that run, or another --out",
-            out.display(),
-            out.join("model.safetensors").display()
+            "--out {}: the folder is not empty; pass --overwrite to replace a previous run's files there{resume}, or another --out",
+            out.display()
         );
     }
     Ok(())
