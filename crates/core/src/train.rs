@@ -3,7 +3,7 @@
 //! device from a per-epoch permutation, and loss/accuracy accumulate in device
 //! buffers that are read once per epoch. A step allocates nothing.
 
-use crate::backend::{AugmentSpec, Backend, CropSpec, Gather, Padding, View, ViewMut};
+use crate::backend::{AugmentSpec, Backend, CropSpec, Flip, Gather, Padding, View, ViewMut};
 use crate::data::{Dataset, DatasetInfo};
 use crate::error::{Error, Result};
 use crate::model::Init;
@@ -148,7 +148,9 @@ impl AugmentConfig {
         let [c, h, w] = *shape else {
             return Err(Error::config("augmentation", format!("needs image inputs (C, H, W), the model takes {shape:?}")));
         };
-        let spec = CropSpec { n, c, h, w, pad: self.crop, padding: self.padding, flip: self.flip, cutout: self.cutout, salt: CROP_SALT };
+        let flip = if self.flip { Flip::Random } else { Flip::Off };
+        let (pad, padding, cutout) = (self.crop, self.padding, self.cutout);
+        let spec = CropSpec { n, c, h, w, pad, padding, flip, fixed: None, cutout, salt: CROP_SALT };
         spec.validate().map_err(|e| Error::config("augmentation", e.to_string()))?;
         Ok(spec)
     }
