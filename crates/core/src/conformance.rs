@@ -173,10 +173,11 @@ pub fn relu<B: Backend>(b: &B, tol: f32) {
 }
 
 /// GELU forward and backward against the reference (worked out in f64), on
-/// windows at offsets of larger buffers. The bound is 1e-6, not the suite's: an
+/// windows at offsets of larger buffers, element by element: within 1e-6,
+/// absolute for values below 1 and relative above (not the suite's bound: an
 /// elementwise op has no sums to round, and even the WGSL backend's erfc
-/// approximation (no erf in WGSL) stays within 3e-7 of Φ. The far tails
-/// (|x| up to f32::MAX, where Φ underflows or rounds to 1) are checked per element.
+/// approximation, WGSL having no erf, stays within 3e-7 of Φ). Inputs span
+/// [-6, 6] and the far tails (|x| up to f32::MAX, where Φ underflows or rounds to 1).
 pub fn gelu<B: Backend>(b: &B, _tol: f32) {
     let mut r = rng(25);
     let tails = [0.0f32, -0.0, 6.5, -6.5, 10.0, -10.0, 30.0, -30.0, 88.0, -88.0, 1e30, -1e30, f32::MAX, -f32::MAX, 1e-30, -1e-30];
@@ -198,10 +199,7 @@ pub fn gelu<B: Backend>(b: &B, _tol: f32) {
         for (op, out, want) in [("gelu_forward", down(b, &y), &want_y), ("gelu_backward", down(b, &dx), &want_dx)] {
             assert!(out[..2].iter().chain(&out[2 + len..]).all(|v| v.is_nan()), "{}: wrote outside its window", what(op));
             let got = &out[2..2 + len];
-            if case < 3 {
-                assert_close(&what(op), got, want, 1e-6);
-                continue;
-            }
+            assert!(got.iter().all(|v| !v.is_nan()), "{}: NaN in the output", what(op));
             for ((g, w), xv) in got.iter().zip(want.iter()).zip(x) {
                 assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{} at x = {xv}: got {g}, want {w}", what(op));
             }
