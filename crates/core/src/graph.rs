@@ -30,7 +30,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
+use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Gelu, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use serde::{Deserialize, Serialize};
 
 /// What a node computes. Shapes are per sample (no batch dimension).
@@ -77,6 +77,8 @@ pub enum Op {
         momentum: Option<f32>,
     },
     Relu,
+    /// `torch.nn.GELU()` (the exact erf form).
+    Gelu,
     /// Max pooling; `relu` fuses a ReLU before it (they commute).
     MaxPool2d {
         kernel: usize,
@@ -151,6 +153,7 @@ impl Op {
                 Box::new(if relu { bn.with_relu() } else { bn })
             }
             Op::Relu => Box::new(Relu),
+            Op::Gelu => Box::new(Gelu),
             Op::MaxPool2d { kernel, stride, pad, relu } => {
                 let pool = MaxPool2d::new(kernel, stride, pad);
                 Box::new(if relu { pool.with_relu() } else { pool })
@@ -380,6 +383,10 @@ impl GraphBuilder {
         self.push(None, Op::Relu, &[x])
     }
 
+    pub fn gelu(&mut self, x: NodeId) -> Result<NodeId> {
+        self.push(None, Op::Gelu, &[x])
+    }
+
     pub fn max_pool(&mut self, x: NodeId, kernel: usize, stride: usize) -> Result<NodeId> {
         self.push(None, Op::MaxPool2d { kernel, stride, pad: 0, relu: false }, &[x])
     }
@@ -434,5 +441,29 @@ impl GraphBuilder {
         }
         self.graph.shapes()?;
         Ok(self.graph)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_nodes_serialize_as_gelu_and_models_name_them() {
+        let mut g = GraphBuilder::new("gelu-net", &[2, 4, 4]);
+        let x = g.conv2d("conv", g.input(), Conv::new(3, 3).pad(1)).unwrap();
+        let x = g.gelu(x).unwrap();
+        let logits = g.linear("fc", x, 5).unwrap();
+        let graph = g.finish(logits).unwrap();
+        assert_eq!(graph.nodes[1].op, Op::Gelu);
+        let json = serde_json::to_value(&graph).unwrap();
+        assert_eq!(json["nodes"][1]["op"], "gelu");
+        let back: Graph = serde_json::from_value(json).unwrap();
+        assert_eq!(back, graph);
+        assert_eq!(back.shapes().unwrap()[2], vec![3, 4, 4]);
+        let backend = crate::CpuBackend::new(1).unwrap();
+        let model = crate::Model::from_graph(&backend, graph, 0, crate::model::Init::PyTorch).unwrap();
+        assert_eq!(model.layer_kinds(), ["conv2d", "gelu", "flatten", "linear"]);
+        assert!(model.summary().lines().any(|l| l.starts_with("1: ") && l.contains(" gelu ")), "{}", model.summary());
     }
 }

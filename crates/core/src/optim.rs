@@ -366,7 +366,8 @@ impl<B: Backend> Optimizer<B> {
     pub fn step(&mut self, backend: &B, params: &mut ParamStore<B>) -> Result<()> {
         self.steps += 1;
         let whole = self.runs.len() == 1 && self.runs[0].len == params.len();
-        for run in &self.runs {
+        for run in self.runs.clone() {
+            let rule = self.rule(run.slot);
             let hyper = View::range(&self.hyper, run.slot * Hyper::LEN, Hyper::LEN)?;
             let (p, g, s) = if whole {
                 (ViewMut::all(&mut params.data), View::all(&params.grads), ViewMut::all(&mut self.state))
@@ -377,7 +378,7 @@ impl<B: Backend> Optimizer<B> {
                     ViewMut::range(&mut self.state, run.offset, run.len)?,
                 )
             };
-            backend.optimizer_step(&self.rule(run.slot), hyper, p, g, s)?;
+            backend.optimizer_step(&rule, hyper, p, g, s)?;
         }
         Ok(())
     }

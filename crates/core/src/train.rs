@@ -571,6 +571,7 @@ impl<B: Backend> Trainer<B> {
     fn step(&mut self, backend: &B, data: &DeviceDataset<B>, n: usize) -> Result<()> {
         let classes = self.model.classes();
         let x_len = n * data.sample_len;
+        let steps_per_epoch = self.steps_per_epoch(data.len);
         // x: (n, 1, 28, 28), y: (n)
         backend.gather_batch(
             &data.gather_spec(n),
@@ -588,7 +589,7 @@ impl<B: Backend> Trainer<B> {
             x = View::prefix(warped, x_len)?;
         }
         if let Some(cropped) = self.batch.cropped.as_mut() {
-            let spec = self.config.augment.crop_spec(n, self.model.input_shape(), self.steps_per_epoch(data.len))?;
+            let spec = self.config.augment.crop_spec(n, self.model.input_shape(), steps_per_epoch)?;
             backend.crop_flip(&spec, View::all(&self.model.rng), x, ViewMut::prefix(cropped, x_len)?)?;
             x = View::prefix(cropped, x_len)?;
         }

@@ -82,7 +82,8 @@ fn step_with_groups(groups: &[ParamGroup], epoch: usize) -> (Model<CpuBackend>, 
     let mut model = Model::new(&b, &ModelConfig::Mlp { sizes: vec![6, 4, 3] }, &[1, 2, 3], 3, 1).unwrap();
     let mut opt = Optimizer::with_groups(&b, OptimizerConfig::sgd(0.1, 0.0, 0.01), &model.params, groups).unwrap();
     let before = b.download(View::all(&model.params.data)).unwrap();
-    b.write(ViewMut::all(&mut model.params.grads), &vec![1.0; model.params.len()]).unwrap();
+    let ones = vec![1.0; model.params.len()];
+    b.write(ViewMut::all(&mut model.params.grads), &ones).unwrap();
     opt.plan(&b, epoch, &[0.1]).unwrap();
     opt.prepare(&b, 0).unwrap();
     opt.step(&b, &mut model.params).unwrap();

@@ -139,7 +139,7 @@ fn whitening_is_set_from_data_for_the_speed_network_only() {
     let after = params(&b, &model);
     let w = &after[entry.offset..entry.offset + entry.len()];
     assert_ne!(w, &before[entry.offset..entry.offset + entry.len()]);
-    assert!(w[..48].iter().zip(&w[48..]).all(|(a, b)| *a == -*b), "the second half negates the first");
+    assert!(w[..144].iter().zip(&w[144..]).all(|(a, b)| *a == -*b), "the second half negates the first");
     // Nothing else moved; the 3x3 convs start with identity filters on their first C_in outputs.
     let outside = |i: usize| i < entry.offset || i >= entry.offset + entry.len();
     assert!((0..after.len()).filter(|&i| outside(i)).all(|i| after[i] == before[i]));

@@ -12,7 +12,7 @@ mod linear;
 mod norm;
 mod pool;
 
-pub use activation::{Flatten, Relu};
+pub use activation::{Flatten, Gelu, Relu};
 pub use conv::Conv2d;
 pub use dropout::Dropout;
 pub use linear::Linear;
