@@ -544,6 +544,9 @@ pub fn gradcheck_linear<B: Backend>(b: &B, _tol: f32) {
     for (n, i, o) in [(1, 1, 1), (3, 7, 5), (8, 400, 120)] {
         gradcheck_layer(b, &format!("linear n={n} {i}->{o}"), Box::new(Linear::new(i, o)), n, &[i], &mut smooth_inputs, 1e-2);
     }
+    // Without a bias and scaled (the speed-run network's classifier).
+    let layer = Linear::new(12, 5).without_bias().scaled(1.0 / 9.0);
+    gradcheck_layer(b, "linear 12->5, no bias, scale 1/9", Box::new(layer), 4, &[12], &mut smooth_inputs, 1e-2);
 }
 
 pub fn gradcheck_conv2d<B: Backend>(b: &B, _tol: f32) {
@@ -639,6 +642,8 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
         builtin(ModelConfig::MnistCnn { width: 3, dropout: 0.25 }, &[1, 28, 28]),
         // Three stages of one basic block: identity and 1x1-conv shortcuts.
         builtin(ModelConfig::CifarResnet { depth: 8 }, &[3, 8, 8]),
+        // Whitening conv, GELU, max-pools, BatchNorm (eps 1e-12), a scaled bias-free Linear.
+        builtin(ModelConfig::CifarSpeed { widths: [2, 3, 4] }, &[3, 32, 32]),
         (ModelConfig::Custom { name: "adds".into() }, adds_graph()),
     ];
     for (config, graph) in cases {

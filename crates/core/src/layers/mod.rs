@@ -86,6 +86,10 @@ pub trait Layer<B: Backend>: Send {
     fn buffers(&self) -> Vec<LayerBuffer<'_, B>> {
         Vec::new()
     }
+    /// The buffers' storage, writable (weight averaging updates it in place).
+    fn buffers_mut(&mut self) -> Vec<ViewMut<'_, B, f32>> {
+        Vec::new()
+    }
     /// Overwrites buffer `name` (one of [`Layer::buffers`], same length) in place.
     fn load_buffer(&mut self, _backend: &B, name: &str, _data: &[f32]) -> Result<()> {
         Err(crate::Error::shape(self.kind(), "buffer", "one of the layer's buffers", name.to_string()))

@@ -181,12 +181,21 @@ impl GraphWriter<'_> {
                 attrs.extend([ints("dilations", &[1, 1]), int("group", 1)]);
                 Ok(self.push(&scope, "Conv", inputs, attrs))
             }
-            Op::Linear { in_features, out_features } => {
-                let w = param(self, "weight", &[out_features, in_features])?;
-                let b = param(self, "bias", &[out_features])?;
-                Ok(self.push(&scope, "Gemm", vec![x, w, b], vec![int("transB", 1)]))
+            Op::Whiten { c_in, kernel } => {
+                let c_out = crate::whiten::filters(c_in, kernel);
+                let inputs = vec![x, param(self, "weight", &[c_out, c_in, kernel, kernel])?, param(self, "bias", &[c_out])?];
+                let mut attrs = window(kernel, 1, 0);
+                attrs.extend([ints("dilations", &[1, 1]), int("group", 1)]);
+                Ok(self.push(&scope, "Conv", inputs, attrs))
             }
-            Op::BatchNorm { channels, relu, .. } => {
+            Op::Linear { in_features, out_features, bias, scale } => {
+                let mut inputs = vec![x, param(self, "weight", &[out_features, in_features])?];
+                if bias {
+                    inputs.push(param(self, "bias", &[out_features])?);
+                }
+                Ok(self.push(&scope, "Gemm", inputs, vec![int("transB", 1), float("alpha", scale)]))
+            }
+            Op::BatchNorm { channels, relu, eps, .. } => {
                 let c = [channels];
                 let inputs = vec![
                     x,
@@ -195,7 +204,7 @@ impl GraphWriter<'_> {
                     param(self, "running_mean", &c)?,
                     param(self, "running_var", &c)?,
                 ];
-                let eps = crate::layers::BatchNorm::<crate::CpuBackend>::new_2d(channels).eps;
+                let eps = eps.unwrap_or(crate::layers::BatchNorm::<crate::CpuBackend>::new_2d(channels).eps);
                 let y = self.push(&scope, "BatchNormalization", inputs, vec![float("epsilon", eps)]);
                 Ok(if relu { self.push(&scope, "Relu", vec![y], vec![]) } else { y })
             }
