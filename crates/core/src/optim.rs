@@ -171,7 +171,10 @@ impl ScheduleConfig {
             Schedule::Triangular { start, peak_at, end }
                 if !(*peak_at > 0.0 && *peak_at < 1.0 && start.is_finite() && *start >= 0.0 && end.is_finite() && *end >= 0.0) =>
             {
-                Err(Error::config("triangular schedule", format!("needs peak_at in (0, 1) and start, end >= 0, got {start}, {peak_at}, {end}")))
+                Err(Error::config(
+                    "triangular schedule",
+                    format!("needs peak_at in (0, 1) and start, end >= 0, got {start}, {peak_at}, {end}"),
+                ))
             }
             _ => Ok(()),
         }

@@ -6,9 +6,9 @@
 use crate::backend::{AugmentSpec, Backend, CropSpec, Flip, Gather, Padding, View, ViewMut};
 use crate::data::{Dataset, DatasetInfo};
 use crate::error::{Error, Result};
+use crate::lookahead::{Lookahead, LookaheadConfig};
 use crate::model::Init;
 use crate::model::{Model, ModelConfig};
-use crate::lookahead::{Lookahead, LookaheadConfig};
 use crate::optim::{Optimizer, OptimizerConfig, ParamGroup, Schedule, ScheduleConfig};
 use crate::tta::Tta;
 use rand::{RngExt, SeedableRng};
@@ -571,7 +571,6 @@ impl<B: Backend> Trainer<B> {
     fn step(&mut self, backend: &B, data: &DeviceDataset<B>, n: usize) -> Result<()> {
         let classes = self.model.classes();
         let x_len = n * data.sample_len;
-        let steps_per_epoch = self.steps_per_epoch(data.len);
         // x: (n, 1, 28, 28), y: (n)
         backend.gather_batch(
             &data.gather_spec(n),
@@ -582,6 +581,7 @@ impl<B: Backend> Trainer<B> {
             ViewMut::prefix(&mut self.batch.y, n)?,
         )?;
         // Augmentation: the affine warp, then crop/flip/cutout, each when configured.
+        let steps_per_epoch = self.steps_per_epoch(data.len);
         let mut x = View::prefix(&self.batch.x, x_len)?;
         if let Some(warped) = self.batch.warped.as_mut() {
             let spec = self.config.augment.spec(n, self.model.input_shape(), &data.info)?;

@@ -273,7 +273,12 @@ fn describe_recipe(c: &TrainConfig) -> String {
 
 /// Sets the filters of a whitening layer from the first training images (the
 /// speed-run network's; other models have none), and says so.
-fn init_from_data<B: Backend>(backend: &B, model: &mut Model<B>, train: &rr_core::data::Dataset, info: &rr_core::data::DatasetInfo) -> Result<()> {
+fn init_from_data<B: Backend>(
+    backend: &B,
+    model: &mut Model<B>,
+    train: &rr_core::data::Dataset,
+    info: &rr_core::data::DatasetInfo,
+) -> Result<()> {
     if !model.graph.nodes.iter().any(|n| matches!(n.op, rr_core::graph::Op::Whiten { .. })) {
         return Ok(());
     }
