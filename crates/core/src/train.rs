@@ -31,6 +31,9 @@ pub struct TrainConfig {
     /// Train on the first this many training images only (quick experiments).
     #[serde(default)]
     pub train_limit: Option<usize>,
+    /// Evaluate on the first this many test images only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_limit: Option<usize>,
     /// Label smoothing of the cross-entropy loss (PyTorch's `label_smoothing`; 0: none).
     #[serde(default)]
     pub label_smoothing: f32,
@@ -227,6 +230,7 @@ impl Default for TrainConfig {
             seed: 0,
             augment: AugmentConfig::default(),
             train_limit: None,
+            test_limit: None,
             label_smoothing: 0.0,
             param_groups: Vec::new(),
             drop_last: false,
@@ -323,6 +327,9 @@ impl TrainConfig {
         }
         if self.train_limit == Some(0) {
             return Err(Error::config("--limit-train", "must be at least 1 image, got 0"));
+        }
+        if self.test_limit == Some(0) {
+            return Err(Error::config("--limit-test", "must be at least 1 image, got 0"));
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
             return Err(Error::config("--label-smoothing", format!("must be in [0, 1), got {}", self.label_smoothing)));

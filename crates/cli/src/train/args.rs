@@ -147,6 +147,9 @@ recipe_args! {
     /// Train on the first N training images only (quick experiments)
     #[arg(long, allow_negative_numbers = true)]
     limit_train: usize,
+    /// Evaluate on the first N test images only (quick experiments)
+    #[arg(long, allow_negative_numbers = true)]
+    limit_test: usize,
     /// Epochs in all (with --resume: the new total) [default: the model's recipe: 5 for lenet and mlp; mnist-cnn 20, on fashion-mnist 30; resnet18 20; resnet20/56 30]
     #[arg(long, allow_negative_numbers = true)]
     epochs: usize,
@@ -314,6 +317,7 @@ impl RecipeArgs {
     pub(super) fn apply(&self, mut c: TrainConfig, dataset: DatasetArg) -> TrainConfig {
         c.seed = self.seed.unwrap_or(c.seed);
         c.train_limit = self.limit_train.or(c.train_limit);
+        c.test_limit = self.limit_test.or(c.test_limit);
         c.epochs = self.epochs.unwrap_or(c.epochs);
         c.batch_size = self.batch_size.unwrap_or(c.batch_size);
         self.apply_optimizer(&mut c);

@@ -50,6 +50,9 @@ impl WithBackend for TrainJob {
         if let Some(n) = plan.config.train_limit {
             data.train.truncate(n);
         }
+        if let Some(n) = plan.config.test_limit {
+            data.test.truncate(n);
+        }
         if let Some(scale_lr) = plan.short_run {
             let before = plan.config.batch_size;
             if plan.config.fit_short_run(data.train.len, scale_lr) {

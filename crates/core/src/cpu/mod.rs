@@ -399,7 +399,11 @@ impl Backend for CpuBackend {
     fn gelu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::gelu_forward(x.len, y.len)?;
         let (x, y) = (s(x), sm(y));
-        self.pool.install(|| y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| reference::gelu_forward(x, y)));
+        self.pool.install(|| {
+            y.par_chunks_mut(1 << 14)
+                .zip(x.par_chunks(1 << 14))
+                .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * normal_cdf(x)))
+        });
         Ok(())
     }
 
@@ -407,9 +411,12 @@ impl Backend for CpuBackend {
         checks::gelu_backward(x.len, dy.len, dx.len)?;
         let (x, dy, dx) = (s(x), s(dy), sm(dx));
         self.pool.install(|| {
-            dx.par_chunks_mut(1 << 14)
-                .zip(dy.par_chunks(1 << 14).zip(x.par_chunks(1 << 14)))
-                .for_each(|(dx, (dy, x))| reference::gelu_backward(x, dy, dx))
+            dx.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14).zip(x.par_chunks(1 << 14))).for_each(|(dx, (dy, x))| {
+                for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+                    // Φ(x) + x φ(x), φ(x) = exp(-x²/2) / sqrt(2π)
+                    *dx = dy * (normal_cdf(x) + x * 0.398_942_3 * (-0.5 * x * x).exp());
+                }
+            })
         });
         Ok(())
     }
@@ -853,5 +860,23 @@ impl Backend for CpuBackend {
                 .zip(indices.par_chunks(group))
                 .try_for_each(|((xg, yg), ig)| reference::gather_batch(&Gather { n: ig.len(), ..one }, images, labels, ig, xg, yg))
         })
+    }
+}
+
+/// Φ(x) in f32 through Numerical Recipes' erfcc (Press et al., section 6.2;
+/// fractional error below 1.2e-7): about 4x faster than the f64 reference's
+/// libm erfc, and as accurate in f32 (the wgpu shader uses the same fit).
+fn normal_cdf(x: f32) -> f32 {
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = 1.000_023_7
+        + t * (0.374_091_96
+            + t * (0.096_784_18
+                + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_204 + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77)))))));
+    let tail = 0.5 * t * (-z * z - 1.265_512_2 + t * poly).exp();
+    if x < 0.0 {
+        tail
+    } else {
+        1.0 - tail
     }
 }
