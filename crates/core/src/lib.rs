@@ -23,6 +23,7 @@ pub mod data;
 pub mod error;
 pub mod graph;
 pub mod layers;
+pub mod loss_scale;
 pub mod model;
 pub mod onnx;
 pub mod optim;

@@ -189,7 +189,8 @@ impl<B: Backend> Optimizer<B> {
         let mut table = Vec::with_capacity(lrs.len() * Hyper::LEN);
         for (i, &lr) in lrs.iter().enumerate() {
             let t = (self.steps + 1 + i as u64) as i32;
-            let h = Hyper { lr, bias_correction1: 1.0 - self.config.beta1.powi(t), bias_correction2: 1.0 - self.config.beta2.powi(t) };
+            let (bias_correction1, bias_correction2) = (1.0 - self.config.beta1.powi(t), 1.0 - self.config.beta2.powi(t));
+            let h = Hyper { lr, bias_correction1, bias_correction2, skip: 0.0 };
             table.extend_from_slice(&h.to_array());
         }
         if crate::Storage::len(&self.plan) < table.len() {
@@ -202,6 +203,13 @@ impl<B: Backend> Optimizer<B> {
     /// the next one: a copy on the device.
     pub fn prepare(&mut self, backend: &B, i: usize) -> Result<()> {
         backend.copy(View::range(&self.plan, i * Hyper::LEN, Hyper::LEN)?, ViewMut::all(&mut self.hyper))
+    }
+
+    /// Makes the next step change nothing where `flag` (one value on the
+    /// device) is nonzero: a device-side copy into the step's values, after
+    /// [`Optimizer::prepare`] (which clears it). For loss scaling's overflowed steps.
+    pub fn skip_if(&mut self, backend: &B, flag: View<'_, B, f32>) -> Result<()> {
+        backend.copy(flag, ViewMut::range(&mut self.hyper, Hyper::SKIP, 1)?)
     }
 
     /// One update with the values of the last [`Optimizer::prepare`].

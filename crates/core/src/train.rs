@@ -6,6 +6,7 @@
 use crate::backend::{AugmentSpec, Backend, CropSpec, Gather, Padding, View, ViewMut};
 use crate::data::{Dataset, DatasetInfo};
 use crate::error::{Error, Result};
+use crate::loss_scale::{LossScaler, LossScaling};
 use crate::model::Init;
 use crate::model::{Model, ModelConfig};
 use crate::optim::{Optimizer, OptimizerConfig, Schedule, ScheduleConfig};
@@ -32,6 +33,9 @@ pub struct TrainConfig {
     /// Label smoothing of the cross-entropy loss (PyTorch's `label_smoothing`; 0: none).
     #[serde(default)]
     pub label_smoothing: f32,
+    /// Dynamic loss scaling (for fp16; see [`crate::loss_scale`]).
+    #[serde(default)]
+    pub loss_scale: LossScaling,
 }
 
 /// On-the-fly augmentation of training batches, on the device that trains
@@ -189,6 +193,7 @@ impl Default for TrainConfig {
             augment: AugmentConfig::default(),
             train_limit: None,
             label_smoothing: 0.0,
+            loss_scale: LossScaling::Off,
         }
     }
 }
@@ -252,6 +257,7 @@ impl TrainConfig {
             return Err(Error::config("--label-smoothing", format!("must be in [0, 1), got {}", self.label_smoothing)));
         }
         self.augment.validate()?;
+        self.loss_scale.validate()?;
         self.schedule.validate()?;
         self.optimizer.validate()
     }
@@ -380,6 +386,8 @@ pub fn epoch_permutation(seed: u64, epoch: usize, len: usize) -> Vec<u32> {
 pub struct Trainer<B: Backend> {
     pub model: Model<B>,
     pub optimizer: Optimizer<B>,
+    /// Dynamic loss scaling, when the config turns it on.
+    pub loss_scaler: Option<LossScaler<B>>,
     pub config: TrainConfig,
     batch: Batch<B>,
     /// The current step's sample indices (a window of the permutation is
@@ -416,6 +424,7 @@ impl<B: Backend> Trainer<B> {
         // Random streams follow the run's seed, however the model was built or loaded.
         backend.write(ViewMut::range(&mut model.rng, 0, 1)?, &[crate::random::device_seed(config.seed)])?;
         let optimizer = Optimizer::new(backend, config.optimizer, &model.params)?;
+        let loss_scaler = LossScaler::new(backend, config.loss_scale)?;
         let mut batch = Batch::new(backend, bs, model.input_len())?;
         if config.augment.warps() {
             batch.warped = Some(backend.alloc(bs * model.input_len())?);
@@ -434,6 +443,7 @@ impl<B: Backend> Trainer<B> {
             loss_log: backend.alloc(train_len.div_ceil(bs).max(1))?,
             model,
             optimizer,
+            loss_scaler,
             config,
             use_graphs: true,
             graph: None,
@@ -484,8 +494,16 @@ impl<B: Backend> Trainer<B> {
             Some(ViewMut::prefix(&mut self.dlogits, n * classes)?),
             ViewMut::all(&mut self.batch.stats),
         )?;
+        if let Some(scaler) = &self.loss_scaler {
+            scaler.scale_dlogits(backend, ViewMut::prefix(&mut self.dlogits, n * classes)?)?;
+        }
         self.model.backward(backend, n, x, View::prefix(&self.dlogits, n * classes)?)?;
-        self.optimizer.step(backend, &mut self.model.params)
+        let Some(scaler) = &mut self.loss_scaler else { return self.optimizer.step(backend, &mut self.model.params) };
+        // Unscale and check, skip the update if a gradient overflowed, move the scale.
+        scaler.unscale(backend, ViewMut::all(&mut self.model.params.grads))?;
+        self.optimizer.skip_if(backend, scaler.found_inf())?;
+        self.optimizer.step(backend, &mut self.model.params)?;
+        scaler.update(backend)
     }
 
     /// A full-size step: replayed from a recorded graph where the backend has
@@ -594,6 +612,9 @@ impl<B: Backend> Trainer<B> {
             on_step(&StepReport { done: step + 1, steps, samples: start + n, lr, backend, stats: &self.batch.stats })?;
         }
         let sums = backend.download(View::all(&self.batch.stats))?;
+        if let Some(scaler) = &mut self.loss_scaler {
+            scaler.end_epoch(backend)?;
+        }
         if !sums[0].is_finite() {
             let log = backend.download(View::prefix(&self.loss_log, steps)?)?;
             let step = log.iter().position(|v| !v.is_finite()).map_or(steps, |i| i + 1);
