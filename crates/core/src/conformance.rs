@@ -1207,7 +1207,8 @@ pub fn gradcheck_dropout<B: Backend>(b: &B, _tol: f32) {
 /// (wide convolutions, large products), against the fp32 reference with a
 /// bound of a few unit roundoffs of the format; fp32 is restored afterwards.
 /// The result must also differ from fp32's (else the precision was ignored).
-/// Precisions a backend does not offer must be refused.
+/// Precisions a backend does not offer must be refused. Inputs are in [-1, 1],
+/// so every operand and result stays far inside fp16's range (checked).
 pub fn precisions<B: Backend>(b: &B, _tol: f32) {
     use crate::backend::Precision;
     struct Restore<'a, B: Backend>(&'a B);
@@ -1247,9 +1248,16 @@ pub fn precisions<B: Backend>(b: &B, _tol: f32) {
         let mut dc = poisoned(b, 300 * 130);
         b.gemm(&spec, View::all(&da), View::all(&db), None, ViewMut::all(&mut dc)).unwrap();
         let got = down(b, &dc);
+        assert_fits_16_bits(&format!("gemm at {p}"), &want);
         assert_close(&format!("gemm at {p}"), &got, &want, tol);
         assert!(got != want, "gemm at {p}: bit-identical to fp32, so the precision was not applied");
     }
+}
+
+/// fp16's largest value is 65504: results far below it, so the bounds test rounding, not overflow.
+fn assert_fits_16_bits(what: &str, v: &[f32]) {
+    let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(max < 4096.0, "{what}: the test's values reach {max}, too close to fp16's largest (65504)");
 }
 
 fn precision_conv<B: Backend>(b: &B, r: &mut ChaCha8Rng, g: &Conv2dGeom, p: crate::backend::Precision, tol: f32) {
@@ -1261,6 +1269,9 @@ fn precision_conv<B: Backend>(b: &B, r: &mut ChaCha8Rng, g: &Conv2dGeom, p: crat
     reference::conv2d_forward(g, &x, &w, &bias, &mut want_y);
     let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0; g.x_len()], vec![0.0; g.w_len()], vec![0.0; g.c_out]);
     reference::conv2d_backward(g, &x, &w, &dy, Some(&mut want_dx), &mut want_dw, &mut want_db);
+    for (what, v) in [("y", &want_y), ("dx", &want_dx), ("dw", &want_dw)] {
+        assert_fits_16_bits(&format!("conv2d {what} at {p} {g:?}"), v);
+    }
     let (dx_in, dw_in, dbias, ddy) = (b.upload(&x).unwrap(), b.upload(&w).unwrap(), b.upload(&bias).unwrap(), b.upload(&dy).unwrap());
     let mut y = poisoned(b, g.y_len());
     b.conv2d_forward(g, View::all(&dx_in), View::all(&dw_in), View::all(&dbias), ViewMut::all(&mut y)).unwrap();
