@@ -6,7 +6,9 @@
 #
 # Env: DATA (the CIFAR-10 binary batches; default /tmp/stage/cifar10), BIN (our binary; default
 # .device-bin/rusty-recognition), TORCH_CIFAR (default .device-bin/torch_cifar.py), OURS (our train
-# options; default the ResNet-18 recipe at bf16), TORCH_EPOCHS (default 20), WORK (default /tmp/side).
+# options for a ResNet run beside torch_cifar.py; default the ResNet-18 recipe at bf16; OURS=skip: none),
+# TORCH_EPOCHS (default 20; 0: skip torch_cifar.py), SPEEDRUN (our speedrun options; skip: none),
+# WORK (default /tmp/side).
 # airbench reads cifar10/{train,test}.pt from its working folder: they are made here from DATA.
 # Prints one SIDE line per run and a summary: mean accuracy and mean training seconds as each counts them.
 set -uo pipefail
@@ -94,11 +96,22 @@ for line in sys.stdin:
 print(f"time_to_94 {reached:.2f}" if reached is not None else f"time_to_94 not reached in {total:.2f} s")'
 }
 
-echo "== ../shared/bench/torch_cifar.py (ResNet-18, bf16 autocast, channels-last)"
-python3 "$TORCH_CIFAR" --data "$DATA" --epochs "${TORCH_EPOCHS:-20}" >"$WORK/torch.log" 2>&1
-tail -2 "$WORK/torch.log"
-echo "SIDE torch_cifar $(sed -nE 's/^torch epoch.*test_acc +([0-9.]+)% +([0-9.]+)s.*/\1 \2/p' "$WORK/torch.log" | awk '{print $1/100, $2}' | to94)"
+echo "== ours: speedrun ${SPEEDRUN:-} (cifar-speed, timed as airbench times itself)"
+if [ "${SPEEDRUN:-}" != skip ]; then
+  # shellcheck disable=SC2086
+  "$BIN" speedrun --device cuda --data-dir "$DATA" --runs "$RUNS" ${SPEEDRUN:-} 2>&1 | tee "$WORK/speedrun.log" | grep -vE "^SPEEDRUN" | tail -3
+  sed -nE 's/^SPEEDRUN run=([0-9]+) seed=[0-9]+ tta_acc=([0-9.]+) .*time_s=([0-9.]+).*/SIDE ours cifar-speed run \1 tta_acc \2 seconds \3/p' "$WORK/speedrun.log"
+  grep -E "^SPEEDRUN_SUMMARY" "$WORK/speedrun.log"
+fi
 
+if [ "${TORCH_EPOCHS:-20}" != 0 ]; then
+  echo "== ../shared/bench/torch_cifar.py (ResNet-18, bf16 autocast, channels-last)"
+  python3 "$TORCH_CIFAR" --data "$DATA" --epochs "${TORCH_EPOCHS:-20}" >"$WORK/torch.log" 2>&1
+  tail -2 "$WORK/torch.log"
+  echo "SIDE torch_cifar $(sed -nE 's/^torch epoch.*test_acc +([0-9.]+)% +([0-9.]+)s.*/\1 \2/p' "$WORK/torch.log" | awk '{print $1/100, $2}' | to94)"
+fi
+
+[ "$OURS" = skip ] && exit 0
 echo "== ours: $OURS"
 for seed in $(seq 0 $((RUNS - 1))); do
   out="$WORK/ours-$seed"

@@ -49,7 +49,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
 struct BenchJob(BenchArgs, Instant);
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     if v.is_empty() {

@@ -10,6 +10,7 @@ mod infer;
 mod plot;
 mod predict;
 mod serve;
+mod speedrun;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -88,6 +89,16 @@ Examples:
   rusty-recognition bench --device cuda
   rusty-recognition bench --device cpu --epochs 3 --infer-reps 5")]
     Bench(bench::BenchArgs),
+    /// Train the CIFAR-10 speed recipe (cifar-speed) several times and time it as airbench does.
+    #[command(after_help = "\
+Trains --model cifar-speed from scratch --runs times (after an untimed warm-up run) and prints a SPEEDRUN
+line per run (test accuracy with test-time augmentation, seconds from the whitening layer's
+initialization to the end of the final evaluation), then the mean, standard deviation and peak memory.
+
+Examples:
+  rusty-recognition speedrun --device cuda --data-dir ../shared/data/cifar10
+  rusty-recognition speedrun --device cuda --runs 1 --epochs 2 --warmup-epochs 0")]
+    Speedrun(speedrun::SpeedrunArgs),
 }
 
 /// Options shared by every command that reads data and runs a model.
@@ -169,5 +180,6 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Plot(args) => plot::run(args),
         Command::Export(args) => export::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Speedrun(args) => speedrun::run(args),
     }
 }

@@ -112,3 +112,50 @@ fn cifar10_trains_and_evaluates() {
     let correct = (acc * 10_000.0).round() as usize;
     assert!(text(&o).contains(&format!("({correct}/10000)")) && text(&o).contains("airplane"), "{}", text(&o));
 }
+
+/// The speed recipe (narrowed to width 8 so it runs on two cores): whitening
+/// from data, the lookahead average, alternating flips and the final
+/// test-time-augmented evaluation; a run resumed midway ends where a straight
+/// one does (the lookahead average is part of the commit).
+#[test]
+fn cifar_speed_recipe_trains_and_resumes_exactly() {
+    let train = |out: &std::path::Path, epochs: &str, resume: bool| {
+        let mut c = bin();
+        c.args(["train", "--device", "cpu", "--dataset", "cifar10", "--model", "cifar-speed", "--width", "8"]);
+        c.args(["--limit-train", "4096", "--batch-size", "256", "--epochs", epochs, "--data-dir"]).arg(cifar10_dir());
+        if resume {
+            c.arg("--resume").arg(out.join("train_state.safetensors"));
+        } else {
+            c.arg("--out").arg(out);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    let straight = tmpdir("speed");
+    let log = train(&straight, "4", false);
+    for needle in ["whitening: filters from the patches of the first 4096 training images", "flips alternating", "lookahead every 5 steps"] {
+        assert!(log.contains(needle), "`{needle}` missing:\n{log}");
+    }
+    let tta: f64 = log
+        .lines()
+        .find_map(|l| l.strip_prefix("test-time augmentation (6 views per image):"))
+        .and_then(|l| l.split("test_acc").nth(1))
+        .and_then(|v| v.trim().split('%').next())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no test-time augmentation line:\n{log}"));
+    assert!(tta > 35.0, "cifar-speed at width 8 on 4,096 images for 4 epochs should pass 35% (chance: 10%), got {tta}%\n{log}");
+    let resumed = tmpdir("speed-resumed");
+    train(&resumed, "2", false);
+    train(&resumed, "4", true);
+    let metrics = |dir: &std::path::Path| std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    assert_eq!(metrics(&straight).lines().count(), 5);
+    let values = |dir: &std::path::Path| {
+        let csv = metrics(dir);
+        let header: Vec<String> = csv.lines().next().unwrap().split(',').map(String::from).collect();
+        let keep: Vec<usize> = (0..header.len()).filter(|&i| !["seconds", "images_per_sec"].contains(&header[i].as_str())).collect();
+        csv.lines().skip(1).map(|l| keep.iter().map(|&i| l.split(',').nth(i).unwrap().to_string()).collect::<Vec<_>>()).collect::<Vec<_>>()
+    };
+    // Everything but the time matches.
+    assert_eq!(values(&straight), values(&resumed), "a run resumed after epoch 2 differs from a straight one");
+}

@@ -457,6 +457,46 @@ pub enum Padding {
     Reflect,
 }
 
+/// Which samples [`Backend::crop_flip`] mirrors left to right.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Flip {
+    /// No flips.
+    #[default]
+    Off,
+    /// Each sample with probability 1/2 (its draw 2, as today).
+    Random,
+    /// Every sample of the batch on odd epochs, where epoch = step / steps_per_epoch and step = rng[1]
+    /// (the step id the trainer copies to the device each step). With a dataset pre-flipped at random
+    /// once, each image then alternates between its two mirror images from epoch to epoch
+    /// (airbench's derandomized flips).
+    Alternate { steps_per_epoch: u32 },
+    /// Every sample (test-time augmentation's mirror view).
+    Always,
+}
+
+impl Flip {
+    /// Whether a sample is flipped at step `step`, given its uniform draw `u` (used by `Random` only).
+    pub fn applies(self, step: u32, u: f32) -> bool {
+        match self {
+            Flip::Off => false,
+            Flip::Random => u < 0.5,
+            // (validate refuses 0 steps per epoch; max(1) keeps an unchecked spec from dividing by 0.)
+            Flip::Alternate { steps_per_epoch } => (step / steps_per_epoch.max(1)) % 2 == 1,
+            Flip::Always => true,
+        }
+    }
+
+    /// The mode as the GPU kernels take it: [mode (0 off, 1 random, 2 alternate, 3 always), steps per epoch].
+    pub fn kernel_args(self) -> [u32; 2] {
+        match self {
+            Flip::Off => [0, 1],
+            Flip::Random => [1, 1],
+            Flip::Alternate { steps_per_epoch } => [2, steps_per_epoch.max(1)],
+            Flip::Always => [3, 1],
+        }
+    }
+}
+
 /// Random crops with padding, horizontal flips and cutout of a batch
 /// x (n, c, h, w) -> y (n, c, h, w), one draw per sample (the same for all its
 /// channels) from the [`crate::random`] stream `(seed, step, salt)`; see
@@ -472,8 +512,12 @@ pub struct CropSpec {
     /// Largest shift in pixels (the crop is taken from the image padded by this much).
     pub pad: usize,
     pub padding: Padding,
-    /// Flip horizontally with probability 1/2.
-    pub flip: bool,
+    /// Which samples are flipped horizontally.
+    pub flip: Flip,
+    /// Offsets (dy, dx) into the padded image, both in 0..=2*pad, that every sample
+    /// uses instead of its random draw (deterministic test-time translations); `None`: random.
+    /// Cutout must be 0 with them.
+    pub fixed: Option<(usize, usize)>,
     /// Side of the square zeroed at a random centre (0: no cutout); clipped at the edges.
     pub cutout: usize,
     pub salt: u32,
@@ -499,22 +543,38 @@ impl CropSpec {
         self.len() == 0
     }
 
-    /// Sample `i`'s draw under stream key `key`: draws 0..5 of its block of 8.
-    /// An integer in 0..m is `min(floor(u * m), m - 1)` of a uniform u (exact in f32 on every device).
-    pub fn params(&self, key: u32, i: usize) -> CropParams {
+    /// Sample `i`'s draw under stream key `key` at step `step` (rng[1], which
+    /// [`Flip::Alternate`] reads): draws 0..5 of its block of 8 (the offsets
+    /// are `fixed` instead where given). An integer in 0..m is
+    /// `min(floor(u * m), m - 1)` of a uniform u (exact in f32 on every device).
+    pub fn params(&self, key: u32, step: u32, i: usize) -> CropParams {
         let u = |j: u32| crate::random::uniform(key, i as u32 * 8 + j);
         let int = |j: u32, m: usize| ((u(j) * m as f32) as usize).min(m.saturating_sub(1));
         let shifts = 2 * self.pad + 1;
+        let (dy, dx) = self.fixed.unwrap_or_else(|| (int(0, shifts), int(1, shifts)));
         CropParams {
-            dy: int(0, shifts),
-            dx: int(1, shifts),
-            flip: self.flip && u(2) < 0.5,
+            dy,
+            dx,
+            flip: self.flip.applies(step, u(2)),
             cut_y: int(3, self.h) as i64 - (self.cutout / 2) as i64,
             cut_x: int(4, self.w) as i64 - (self.cutout / 2) as i64,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
+        if let Some((dy, dx)) = self.fixed {
+            if dy > 2 * self.pad || dx > 2 * self.pad || self.cutout > 0 {
+                return Err(Error::shape(
+                    "crop_flip",
+                    "fixed offsets",
+                    format!("both in 0..={} (2 * pad) and no cutout", 2 * self.pad),
+                    format!("({dy}, {dx}) with cutout {}", self.cutout),
+                ));
+            }
+        }
+        if self.flip == (Flip::Alternate { steps_per_epoch: 0 }) {
+            return Err(Error::shape("crop_flip", "alternate flips' steps per epoch", ">= 1", 0));
+        }
         if self.padding == Padding::Reflect && self.n > 0 && (self.pad >= self.h || self.pad >= self.w) {
             return Err(Error::shape("crop_flip", "reflect padding", format!("< the image size {}x{}", self.h, self.w), self.pad));
         }
@@ -710,12 +770,19 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn relu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
     /// `dx = dy * (y > 0)` (uses the forward output, so it can run in place of x).
     fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// y = GELU(x) = x * Φ(x), the exact erf form (`torch.nn.GELU()`); x, y: (len), must not overlap.
+    fn gelu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// dx = dy * GELU'(x), GELU'(x) = Φ(x) + x φ(x); x, dy, dx: (len).
+    fn gelu_backward(&self, x: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()>;
 
     // ---- elementwise (residual connections, gradient sums) -----------------
     /// `y = a + b` (all the same length).
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
     /// `y += x` (the same length): sums gradients where an output feeds several nodes.
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// y = a * x + b * y, elementwise; x, y: (len). (Weight averages, test-time-augmentation sums.)
+    /// As in BLAS, y is not read when b == 0 (whatever it held, NaN included, is overwritten).
+    fn axpby(&self, a: f32, x: View<'_, Self, f32>, b: f32, y: ViewMut<'_, Self, f32>) -> Result<()>;
 
     // ---- convolution and pooling -------------------------------------------
     fn conv2d_forward(
@@ -1048,6 +1115,19 @@ pub mod checks {
     pub fn relu_backward(y: usize, dy: usize, dx: usize) -> Result<()> {
         check_len("relu_backward", "dy", y, dy)?;
         check_len("relu_backward", "dx", y, dx)
+    }
+
+    pub fn gelu_forward(x: usize, y: usize) -> Result<()> {
+        check_len("gelu_forward", "y", x, y)
+    }
+
+    pub fn gelu_backward(x: usize, dy: usize, dx: usize) -> Result<()> {
+        check_len("gelu_backward", "dy", x, dy)?;
+        check_len("gelu_backward", "dx", x, dx)
+    }
+
+    pub fn axpby(x: usize, y: usize) -> Result<()> {
+        check_len("axpby", "y", x, y)
     }
 
     // ---- dynamic loss scaling ----

@@ -10,10 +10,10 @@
 //! Functions panic on failure (they are test bodies).
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Hyper, LossScaleState, Padding, Pool2dGeom,
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Flip, Gather, Gemm, Hyper, LossScaleState, Padding, Pool2dGeom,
     ScaleUpdate, UpdateRule, View, ViewMut,
 };
-use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Ctx, Dropout, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
+use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Ctx, Dropout, Flatten, Gelu, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use crate::reference;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,7 +31,8 @@ macro_rules! backend_conformance_tests {
             gradcheck_linear, gradcheck_conv2d, gradcheck_maxpool2d, gradcheck_relu,
             gradcheck_flatten, gradcheck_loss, gradcheck_avgpool2d, gradcheck_batchnorm,
             gradcheck_dropout, gradcheck_model,
-            add, crop_flip, label_smoothing, gather_channels, precisions,
+            add, crop_flip, crop_modes, label_smoothing, gather_channels, precisions,
+            gelu, axpby, gradcheck_gelu,
             loss_scaling);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
@@ -170,6 +171,75 @@ pub fn relu<B: Backend>(b: &B, tol: f32) {
         b.relu_backward(View::all(&gy), View::all(&dy_), ViewMut::all(&mut gdx)).unwrap();
         assert_close(&format!("relu_backward {len}"), &down(b, &gdx), &dx, tol);
     }
+}
+
+/// GELU forward and backward against the reference (worked out in f64), on
+/// windows at offsets of larger buffers, element by element: within 1e-6,
+/// absolute for values below 1 and relative above (not the suite's bound: an
+/// elementwise op has no sums to round, and even the WGSL backend's erfc
+/// approximation, WGSL having no erf, stays within 3e-7 of Φ). Inputs span
+/// [-6, 6] and the far tails (|x| up to f32::MAX, where Φ underflows or rounds to 1).
+pub fn gelu<B: Backend>(b: &B, _tol: f32) {
+    let mut r = rng(25);
+    let tails = [0.0f32, -0.0, 6.5, -6.5, 10.0, -10.0, 30.0, -30.0, 88.0, -88.0, 1e30, -1e30, f32::MAX, -f32::MAX, 1e-30, -1e-30];
+    let cases = [uniform(&mut r, 1, -6.0, 6.0), uniform(&mut r, 1000, -6.0, 6.0), uniform(&mut r, 100_003, -6.0, 6.0), tails.to_vec()];
+    for (case, x) in cases.iter().enumerate() {
+        let len = x.len();
+        let what = |op: &str| format!("{op} case {case} (len {len})");
+        let dy = uniform(&mut r, len, -1.0, 1.0);
+        let (mut want_y, mut want_dx) = (vec![0.0; len], vec![0.0; len]);
+        reference::gelu_forward(x, &mut want_y);
+        reference::gelu_backward(x, &dy, &mut want_dx);
+        // x at offset 1, dy at offset 0, outputs at offset 2 of buffers two longer.
+        let dxin = b.upload(&[&[7.0f32][..], x].concat()).unwrap();
+        let ddy = b.upload(&[&dy[..], &[7.0]].concat()).unwrap();
+        let (xv, dyv) = (View::range(&dxin, 1, len).unwrap(), View::range(&ddy, 0, len).unwrap());
+        let (mut y, mut dx) = (poisoned(b, len + 3), poisoned(b, len + 3));
+        b.gelu_forward(xv, ViewMut::range(&mut y, 2, len).unwrap()).unwrap();
+        b.gelu_backward(xv, dyv, ViewMut::range(&mut dx, 2, len).unwrap()).unwrap();
+        for (op, out, want) in [("gelu_forward", down(b, &y), &want_y), ("gelu_backward", down(b, &dx), &want_dx)] {
+            assert!(out[..2].iter().chain(&out[2 + len..]).all(|v| v.is_nan()), "{}: wrote outside its window", what(op));
+            let got = &out[2..2 + len];
+            assert!(got.iter().all(|v| !v.is_nan()), "{}: NaN in the output", what(op));
+            for ((g, w), xv) in got.iter().zip(want.iter()).zip(x) {
+                assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{} at x = {xv}: got {g}, want {w}", what(op));
+            }
+        }
+    }
+    // Mismatched lengths are shape errors.
+    let (x3, x4): (B::Buf<f32>, B::Buf<f32>) = (b.alloc(3).unwrap(), b.alloc(4).unwrap());
+    let mut y4: B::Buf<f32> = b.alloc(4).unwrap();
+    let err = b.gelu_forward(View::all(&x3), ViewMut::all(&mut y4));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "gelu_forward", .. })), "{err:?}");
+    let err = b.gelu_backward(View::all(&x4), View::all(&x3), ViewMut::all(&mut y4));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "gelu_backward", .. })), "{err:?}");
+    let err = b.gelu_backward(View::all(&x3), View::all(&x3), ViewMut::all(&mut y4));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "gelu_backward", .. })), "{err:?}");
+}
+
+/// `y = a x + b y` against the reference on windows at offsets of larger
+/// buffers (nothing outside the window may change), including b == 0, where
+/// y is not read (it holds NaN there), and a == 0.
+pub fn axpby<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(26);
+    for len in [1usize, 1000, 100_003] {
+        for (a, beta) in [(0.5f32, 0.5f32), (-1.5, 1.0), (1.0, 0.0), (0.25, 0.0), (0.0, 2.0), (0.125, 0.875)] {
+            let what = format!("axpby a={a} b={beta} len={len}");
+            let x = uniform(&mut r, len, -1.0, 1.0);
+            let y0 = if beta == 0.0 { vec![f32::NAN; len] } else { uniform(&mut r, len, -1.0, 1.0) };
+            let mut want = y0.clone();
+            reference::axpby(a, &x, beta, &mut want);
+            let dxin = b.upload(&[&[7.0f32][..], &x].concat()).unwrap();
+            let mut y = b.upload(&[&[f32::NAN][..], &y0, &[f32::NAN]].concat()).unwrap();
+            b.axpby(a, View::range(&dxin, 1, len).unwrap(), beta, ViewMut::range(&mut y, 1, len).unwrap()).unwrap();
+            let got = down(b, &y);
+            assert!(got[0].is_nan() && got[len + 1].is_nan(), "{what}: wrote outside its window");
+            assert_close(&what, &got[1..=len], &want, tol);
+        }
+    }
+    let (x3, mut y4): (B::Buf<f32>, B::Buf<f32>) = (b.alloc(3).unwrap(), b.alloc(4).unwrap());
+    let err = b.axpby(1.0, View::all(&x3), 1.0, ViewMut::all(&mut y4));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "axpby", .. })), "{err:?}");
 }
 
 /// Conv geometries: LeNet's two layers plus odd sizes, strides and paddings.
@@ -486,6 +556,9 @@ pub fn gradcheck_linear<B: Backend>(b: &B, _tol: f32) {
     for (n, i, o) in [(1, 1, 1), (3, 7, 5), (8, 400, 120)] {
         gradcheck_layer(b, &format!("linear n={n} {i}->{o}"), Box::new(Linear::new(i, o)), n, &[i], &mut smooth_inputs, 1e-2);
     }
+    // Without a bias and scaled (the speed-run network's classifier).
+    let layer = Linear::new(12, 5).without_bias().scaled(1.0 / 9.0);
+    gradcheck_layer(b, "linear 12->5, no bias, scale 1/9", Box::new(layer), 4, &[12], &mut smooth_inputs, 1e-2);
 }
 
 pub fn gradcheck_conv2d<B: Backend>(b: &B, _tol: f32) {
@@ -505,6 +578,11 @@ pub fn gradcheck_maxpool2d<B: Backend>(b: &B, _tol: f32) {
 
 pub fn gradcheck_relu<B: Backend>(b: &B, _tol: f32) {
     gradcheck_layer(b, "relu", Box::new(Relu), 4, &[3, 5, 5], &mut away_from_zero, 1e-2);
+}
+
+/// GELU is smooth: inputs over its curved part, [-3, 3], kinks need no avoiding.
+pub fn gradcheck_gelu<B: Backend>(b: &B, _tol: f32) {
+    gradcheck_layer(b, "gelu", Box::new(Gelu), 4, &[3, 5, 5], &mut |r, len| uniform(r, len, -3.0, 3.0), 1e-2);
 }
 
 pub fn gradcheck_flatten<B: Backend>(b: &B, _tol: f32) {
@@ -576,6 +654,8 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
         builtin(ModelConfig::MnistCnn { width: 3, dropout: 0.25 }, &[1, 28, 28]),
         // Three stages of one basic block: identity and 1x1-conv shortcuts.
         builtin(ModelConfig::CifarResnet { depth: 8 }, &[3, 8, 8]),
+        // Whitening conv, GELU, max-pools, BatchNorm (eps 1e-12), a scaled bias-free Linear.
+        builtin(ModelConfig::CifarSpeed { widths: [2, 3, 4] }, &[3, 32, 32]),
         (ModelConfig::Custom { name: "adds".into() }, adds_graph()),
     ];
     for (config, graph) in cases {
@@ -912,7 +992,10 @@ pub fn add<B: Backend>(b: &B, tol: f32) {
 /// and 64, an empty batch.
 pub fn crop_cases() -> Vec<CropSpec> {
     use Padding::{Reflect, Zero};
-    let s = |n, c, h, w, pad, padding, flip, cutout| CropSpec { n, c, h, w, pad, padding, flip, cutout, salt: 11 };
+    let s = |n, c, h, w, pad, padding, flip: bool, cutout| {
+        let flip = if flip { Flip::Random } else { Flip::Off };
+        CropSpec { n, c, h, w, pad, padding, flip, fixed: None, cutout, salt: 11 }
+    };
     vec![
         // Nothing to do: the identity.
         s(1, 1, 28, 28, 0, Zero, false, 0),
@@ -968,13 +1051,13 @@ pub fn crop_flip<B: Backend>(b: &B, _tol: f32) {
             let got = down(b, &y);
             assert!(got[0].is_nan() && got[len + 1].is_nan(), "crop_flip wrote outside its window {spec:?}");
             assert_same_image(&format!("crop_flip {spec:?} rng {state:?}"), &spec, &got[1..=len], &want);
-            if spec.pad == 0 && !spec.flip && spec.cutout == 0 {
+            if spec.pad == 0 && spec.flip == Flip::Off && spec.cutout == 0 {
                 assert_same_image("crop_flip with nothing to do is the identity", &spec, &got[1..=len], &x);
             }
         }
     }
     // Bad specs and lengths are errors (not panics, not out-of-bounds reads), and write nothing.
-    let base = CropSpec { n: 2, c: 3, h: 8, w: 8, pad: 2, padding: Padding::Reflect, flip: true, cutout: 4, salt: 1 };
+    let base = CropSpec { n: 2, c: 3, h: 8, w: 8, pad: 2, padding: Padding::Reflect, flip: Flip::Random, fixed: None, cutout: 4, salt: 1 };
     let bad = [
         CropSpec { h: 4, pad: 4, ..base },
         CropSpec { w: 3, pad: 3, ..base },
@@ -982,6 +1065,11 @@ pub fn crop_flip<B: Backend>(b: &B, _tol: f32) {
         CropSpec { h: 1, w: 1, pad: 1, ..base },
         CropSpec { pad: 65, padding: Padding::Zero, ..base },
         CropSpec { cutout: 9, ..base },
+        // Fixed offsets past 2 * pad, or with a cutout; alternate flips with no steps per epoch.
+        CropSpec { fixed: Some((5, 0)), cutout: 0, ..base },
+        CropSpec { fixed: Some((0, 5)), cutout: 0, ..base },
+        CropSpec { fixed: Some((1, 1)), ..base },
+        CropSpec { flip: Flip::Alternate { steps_per_epoch: 0 }, ..base },
     ];
     let state = b.upload(&[1u32, 2]).unwrap();
     for spec in bad {
@@ -1001,6 +1089,52 @@ pub fn crop_flip<B: Backend>(b: &B, _tol: f32) {
         b.crop_flip(&base, View::all(&state), View::all(&x), ViewMut::all(&mut long)),
     ] {
         assert!(matches!(err, Err(crate::Error::Shape { op: "crop_flip", .. })), "{err:?}");
+    }
+}
+
+/// The flip modes and fixed offsets against the reference, bit for bit: each
+/// mode at steps of even and odd epochs (of 5 steps: steps 0, 4, 12 even; 5, 9,
+/// u32::MAX odd), fixed offsets with no flips and with every sample flipped, on
+/// zero and reflect padding; and what each mode means, worked out without the
+/// reference: Off with the centre offsets is the identity, Always its mirror
+/// image, Alternate one of the two by the epoch.
+pub fn crop_modes<B: Backend>(b: &B, _tol: f32) {
+    let mut r = rng(24);
+    let base = CropSpec { n: 9, c: 3, h: 11, w: 13, pad: 3, padding: Padding::Zero, flip: Flip::Off, fixed: None, cutout: 4, salt: 6 };
+    let (len, seed) = (base.len(), r.random::<u32>());
+    let x = uniform(&mut r, len, -1.0, 1.0);
+    let mirrored: Vec<f32> = x.chunks_exact(base.w).flat_map(|row| row.iter().rev().copied()).collect();
+    let dx = b.upload(&x).unwrap();
+    let flips = [Flip::Off, Flip::Random, Flip::Always, Flip::Alternate { steps_per_epoch: 5 }];
+    for padding in [Padding::Zero, Padding::Reflect] {
+        for fixed in [None, Some((3, 3)), Some((0, 6)), Some((6, 1))] {
+            for flip in flips {
+                let spec = CropSpec { padding, flip, fixed, cutout: if fixed.is_some() { 0 } else { base.cutout }, ..base };
+                for step in [0u32, 4, 5, 9, 12, u32::MAX] {
+                    let what = format!("crop_flip {spec:?} at step {step}");
+                    let mut want = vec![0.0; len];
+                    reference::crop_flip(&spec, &[seed, step], &x, &mut want);
+                    let dstate = b.upload(&[seed, step]).unwrap();
+                    let mut y = poisoned(b, len);
+                    b.crop_flip(&spec, View::all(&dstate), View::all(&dx), ViewMut::all(&mut y)).unwrap();
+                    let got = down(b, &y);
+                    assert_same_image(&what, &spec, &got, &want);
+                    let odd_epoch = (step / 5) % 2 == 1;
+                    let all_flipped = match flip {
+                        Flip::Off => Some(false),
+                        Flip::Always => Some(true),
+                        Flip::Alternate { .. } => Some(odd_epoch),
+                        Flip::Random => None,
+                    };
+                    if fixed == Some((3, 3)) {
+                        if let Some(flipped) = all_flipped {
+                            let image = if flipped { &mirrored } else { &x };
+                            assert_same_image(&format!("{what}: the centre crop (mirrored: {flipped})"), &spec, &got, image);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -30,7 +30,7 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
+use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Gelu, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use serde::{Deserialize, Serialize};
 
 /// What a node computes. Shapes are per sample (no batch dimension).
@@ -46,18 +46,39 @@ pub enum Op {
         pad: usize,
         bias: bool,
     },
-    /// `torch.nn.Linear`: (in_features) -> (out_features).
+    /// A frozen conv that whitens `kernel`x`kernel` patches: (C_in, H, W) ->
+    /// (2 C_in k², H - k + 1, W - k + 1), with a bias. A `torch.nn.Conv2d` in
+    /// checkpoints; its filters are set from training images by
+    /// [`crate::Model::init_from_data`] (see [`crate::whiten`]).
+    Whiten {
+        c_in: usize,
+        kernel: usize,
+    },
+    /// `torch.nn.Linear`: (in_features) -> (out_features); without a bias when
+    /// `bias` is false; `scale * x W^T + b` when `scale` isn't 1 (airbench's
+    /// `Mul` after a bias-free Linear).
     Linear {
         in_features: usize,
         out_features: usize,
+        #[serde(default = "yes", skip_serializing_if = "is_true")]
+        bias: bool,
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        scale: f32,
     },
-    /// `BatchNorm2d` (dims 2: (C, H, W)) or `BatchNorm1d` (dims 1: (C)), ReLU fused when `relu`.
+    /// `BatchNorm2d` (dims 2: (C, H, W)) or `BatchNorm1d` (dims 1: (C)), ReLU
+    /// fused when `relu`; `eps` and `momentum` (PyTorch's meaning) default to 1e-5 and 0.1.
     BatchNorm {
         channels: usize,
         dims: usize,
         relu: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eps: Option<f32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        momentum: Option<f32>,
     },
     Relu,
+    /// `torch.nn.GELU()` (the exact erf form).
+    Gelu,
     /// Max pooling; `relu` fuses a ReLU before it (they commute).
     MaxPool2d {
         kernel: usize,
@@ -83,6 +104,19 @@ pub enum Op {
     Add,
 }
 
+fn yes() -> bool {
+    true
+}
+fn is_true(b: &bool) -> bool {
+    *b
+}
+fn one() -> f32 {
+    1.0
+}
+fn is_one(x: &f32) -> bool {
+    *x == 1.0
+}
+
 impl Op {
     /// Inputs the op takes.
     pub fn arity(&self) -> usize {
@@ -100,16 +134,26 @@ impl Op {
                 let conv = Conv2d::new(c_in, c_out, kernel, stride, pad);
                 Box::new(if bias { conv } else { conv.without_bias() })
             }
-            Op::Linear { in_features, out_features } => Box::new(Linear::new(in_features, out_features)),
-            Op::BatchNorm { channels, dims, relu } => {
-                let bn = match dims {
+            Op::Whiten { c_in, kernel } => Box::new(Conv2d::new(c_in, crate::whiten::filters(c_in, kernel), kernel, 1, 0)),
+            Op::Linear { in_features, out_features, bias, scale } => {
+                let linear = Linear::new(in_features, out_features).scaled(scale);
+                Box::new(if bias { linear } else { linear.without_bias() })
+            }
+            Op::BatchNorm { channels, dims, relu, eps, momentum } => {
+                let mut bn = match dims {
                     1 => BatchNorm::new_1d(channels),
                     2 => BatchNorm::new_2d(channels),
                     _ => return Err(Error::config("batch-norm", format!("dims must be 1 or 2, got {dims}"))),
                 };
+                bn.eps = eps.unwrap_or(bn.eps);
+                bn.momentum = momentum.unwrap_or(bn.momentum);
+                if !(bn.eps > 0.0 && bn.eps.is_finite() && (0.0..=1.0).contains(&bn.momentum)) {
+                    return Err(Error::config("batch-norm", format!("needs eps > 0 and momentum in [0, 1], got {} and {}", bn.eps, bn.momentum)));
+                }
                 Box::new(if relu { bn.with_relu() } else { bn })
             }
             Op::Relu => Box::new(Relu),
+            Op::Gelu => Box::new(Gelu),
             Op::MaxPool2d { kernel, stride, pad, relu } => {
                 let pool = MaxPool2d::new(kernel, stride, pad);
                 Box::new(if relu { pool.with_relu() } else { pool })
@@ -332,11 +376,15 @@ impl GraphBuilder {
                 ))
             }
         };
-        self.push(Some(name), Op::BatchNorm { channels, dims, relu }, &[x])
+        self.push(Some(name), Op::BatchNorm { channels, dims, relu, eps: None, momentum: None }, &[x])
     }
 
     pub fn relu(&mut self, x: NodeId) -> Result<NodeId> {
         self.push(None, Op::Relu, &[x])
+    }
+
+    pub fn gelu(&mut self, x: NodeId) -> Result<NodeId> {
+        self.push(None, Op::Gelu, &[x])
     }
 
     pub fn max_pool(&mut self, x: NodeId, kernel: usize, stride: usize) -> Result<NodeId> {
@@ -366,7 +414,13 @@ impl GraphBuilder {
         let &[in_features] = self.shape(x) else {
             return Err(Error::config(format!("model `{}`, {name}", self.graph.name), format!("no such tensor {} or an empty shape", x.0)));
         };
-        self.push(Some(name), Op::Linear { in_features, out_features: outputs }, &[x])
+        self.push(Some(name), Op::Linear { in_features, out_features: outputs, bias: true, scale: 1.0 }, &[x])
+    }
+
+    /// A frozen whitening conv of `kernel`x`kernel` patches (see [`Op::Whiten`]).
+    pub fn whiten(&mut self, name: &str, x: NodeId, kernel: usize) -> Result<NodeId> {
+        let c_in = self.channels(x, name)?;
+        self.push(Some(name), Op::Whiten { c_in, kernel }, &[x])
     }
 
     /// Dropout with probability `p` (each dropout node draws from its own stream).
@@ -387,5 +441,29 @@ impl GraphBuilder {
         }
         self.graph.shapes()?;
         Ok(self.graph)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_nodes_serialize_as_gelu_and_models_name_them() {
+        let mut g = GraphBuilder::new("gelu-net", &[2, 4, 4]);
+        let x = g.conv2d("conv", g.input(), Conv::new(3, 3).pad(1)).unwrap();
+        let x = g.gelu(x).unwrap();
+        let logits = g.linear("fc", x, 5).unwrap();
+        let graph = g.finish(logits).unwrap();
+        assert_eq!(graph.nodes[1].op, Op::Gelu);
+        let json = serde_json::to_value(&graph).unwrap();
+        assert_eq!(json["nodes"][1]["op"], "gelu");
+        let back: Graph = serde_json::from_value(json).unwrap();
+        assert_eq!(back, graph);
+        assert_eq!(back.shapes().unwrap()[2], vec![3, 4, 4]);
+        let backend = crate::CpuBackend::new(1).unwrap();
+        let model = crate::Model::from_graph(&backend, graph, 0, crate::model::Init::PyTorch).unwrap();
+        assert_eq!(model.layer_kinds(), ["conv2d", "gelu", "flatten", "linear"]);
+        assert!(model.summary().lines().any(|l| l.starts_with("1: ") && l.contains(" gelu ")), "{}", model.summary());
     }
 }

@@ -31,6 +31,9 @@ pub mod profile;
 pub mod random;
 pub mod reference;
 pub mod train;
+pub mod tta;
+pub mod lookahead;
+pub mod whiten;
 
 pub use backend::{Backend, Elem, Precision, Storage, View, ViewMut};
 pub use cpu::CpuBackend;

@@ -45,8 +45,22 @@ pub enum ModelConfig {
     /// shortcuts that change shape are 1x1 conv + BatchNorm (option B), named
     /// like torchvision's (`layer2.0.downsample.0`).
     CifarResnet { depth: usize },
+    /// A CIFAR-10 speed-run network in the shape of airbench94's: a frozen 2x2
+    /// whitening conv (set from training images) and GELU; three blocks of
+    /// conv 3x3 - max-pool 2 - BatchNorm - GELU - conv 3x3 - BatchNorm - GELU
+    /// of `widths` channels (convs without bias, their first C_in filters
+    /// identity at init; BatchNorm eps 1e-12, momentum 0.4); a 3x3 max-pool;
+    /// a bias-free Linear scaled by 1/9. 1.97M parameters at 64, 256, 256.
+    CifarSpeed {
+        #[serde(default = "default_speed_widths")]
+        widths: [usize; 3],
+    },
     /// A graph built in code; its architecture is the graph stored beside this.
     Custom { name: String },
+}
+
+fn default_speed_widths() -> [usize; 3] {
+    ModelConfig::SPEED_WIDTHS
 }
 
 fn default_cnn_width() -> usize {
@@ -60,6 +74,14 @@ impl ModelConfig {
 
     /// The strong model's default width (channels of its first block).
     pub const CNN_WIDTH: usize = 32;
+
+    /// The speed-run network's block widths (airbench94's).
+    pub const SPEED_WIDTHS: [usize; 3] = [64, 256, 256];
+
+    /// The speed-run network with blocks of `w`, 4`w` and 4`w` channels.
+    pub fn speed_widths(w: usize) -> Self {
+        ModelConfig::CifarSpeed { widths: [w, 4 * w, 4 * w] }
+    }
 
     /// The strong model's (width, dropout) in its recipe for `dataset`: 32 and
     /// 0.2 for digits; 48 and 0.3 for Fashion-MNIST.
@@ -78,6 +100,7 @@ impl ModelConfig {
             ModelConfig::MnistCnn { .. } => "mnist-cnn".into(),
             ModelConfig::Resnet18 => "resnet18".into(),
             ModelConfig::CifarResnet { depth } => format!("resnet{depth}"),
+            ModelConfig::CifarSpeed { .. } => "cifar-speed".into(),
             ModelConfig::Custom { name } => name.clone(),
         }
     }
@@ -95,6 +118,9 @@ impl ModelConfig {
             }
             ModelConfig::CifarResnet { depth } if depth < 8 || (depth - 2) % 6 != 0 => {
                 return Err(Error::config("resnet depth", format!("must be 6n+2 (20, 32, 44, 56, 110), got {depth}")));
+            }
+            ModelConfig::CifarSpeed { widths } if widths.contains(&0) => {
+                return Err(Error::config("--width", format!("cifar-speed block widths must be at least 1, got {widths:?}")));
             }
             _ => {}
         }
@@ -157,12 +183,64 @@ impl ModelConfig {
                 let n = (depth - 2) / 6;
                 resnet(&mut g, 16, &[(16, n, 1), (32, n, 2), (64, n, 2)], classes)?
             }
+            ModelConfig::CifarSpeed { widths } => speed_net(&mut g, widths, classes)?,
             ModelConfig::Custom { name } => {
                 return Err(Error::config(format!("model `{name}`"), "a custom model's architecture is its stored graph"))
             }
         };
         g.finish(logits)
     }
+
+    /// Initial values that differ from the init scheme's: the speed-run
+    /// network's 3x3 convs start with their first C_in filters the identity
+    /// (`torch.nn.init.dirac_` on `weight[:C_in]`, as airbench does) and the
+    /// whitening bias starts at 0.
+    fn adjust_init(&self, entries: &[ParamEntry], host: &mut [f32]) {
+        if !matches!(self, ModelConfig::CifarSpeed { .. }) {
+            return;
+        }
+        for e in entries.iter().filter(|e| e.name == "whiten.bias") {
+            host[e.offset..e.offset + e.len()].fill(0.0);
+        }
+        for e in entries.iter().filter(|e| e.name.ends_with(".weight") && e.shape.len() == 4) {
+            let [c_out, c_in, kh, kw] = e.shape[..] else { continue };
+            if e.name.starts_with("whiten") {
+                continue;
+            }
+            let w = &mut host[e.offset..e.offset + e.len()];
+            for o in 0..c_out.min(c_in) {
+                let filter = &mut w[o * c_in * kh * kw..(o + 1) * c_in * kh * kw];
+                filter.fill(0.0);
+                filter[o * kh * kw + kh / 2 * kw + kw / 2] = 1.0;
+            }
+        }
+    }
+}
+
+/// See [`ModelConfig::CifarSpeed`]; PyTorch-style names `whiten`,
+/// `block1.conv1`, `block1.norm1`, ..., `fc`.
+fn speed_net(g: &mut GraphBuilder, widths: &[usize; 3], classes: usize) -> Result<NodeId> {
+    let x = g.input();
+    let x = g.whiten("whiten", x, 2)?;
+    let mut x = g.gelu(x)?;
+    let norm = |g: &mut GraphBuilder, name: String, x| -> Result<NodeId> {
+        let channels = g.shape(x)[0];
+        let op = crate::graph::Op::BatchNorm { channels, dims: 2, relu: false, eps: Some(1e-12), momentum: Some(0.4) };
+        let x = g.push(Some(&name), op, &[x])?;
+        g.gelu(x)
+    };
+    for (b, &width) in widths.iter().enumerate() {
+        let name = |part: &str| format!("block{}.{part}", b + 1);
+        x = g.conv2d(&name("conv1"), x, Conv::new(width, 3).pad(1).no_bias())?;
+        x = g.max_pool(x, 2, 2)?;
+        x = norm(g, name("norm1"), x)?;
+        x = g.conv2d(&name("conv2"), x, Conv::new(width, 3).pad(1).no_bias())?;
+        x = norm(g, name("norm2"), x)?;
+    }
+    let x = g.max_pool(x, 3, 3)?;
+    let x = g.flatten(x)?;
+    let in_features = g.shape(x)[0];
+    g.push(Some("fc"), crate::graph::Op::Linear { in_features, out_features: classes, bias: false, scale: 1.0 / 9.0 }, &[x])
 }
 
 /// A ResNet with the CIFAR stem: conv 3x3 (`stem` channels) + BN + ReLU, then
@@ -377,7 +455,8 @@ impl<B: Backend> Model<B> {
             }
             nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone() });
         }
-        let host = initial_values(&entries, total, seed, init);
+        let mut host = initial_values(&entries, total, seed, init);
+        config.adjust_init(&entries, &mut host);
         let params = ParamStore { data: backend.upload(&host)?, grads: backend.alloc(total)?, entries };
         let tensor_lens = shapes.iter().map(|s| s.iter().product()).collect();
         let written = vec![false; graph.nodes.len()];
@@ -555,6 +634,37 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(())
+    }
+
+    /// Every float the model keeps, as windows to average (see
+    /// [`crate::lookahead`]): the parameter buffer, then each layer's buffers.
+    pub fn averaged_state(&mut self) -> Vec<ViewMut<'_, B, f32>> {
+        let mut out = vec![ViewMut::all(&mut self.params.data)];
+        for layer in self.nodes.iter_mut().filter_map(|node| node.layer.as_mut()) {
+            out.extend(layer.buffers_mut());
+        }
+        out
+    }
+
+    /// Data-dependent initialization: sets the filters of each whitening conv
+    /// that reads the model's input (see [`crate::graph::Op::Whiten`]) from
+    /// `images` (n, input...), normalized as the model sees them. A model
+    /// without one is left as it is. Returns whether anything was set.
+    pub fn init_from_data(&mut self, backend: &B, images: &[f32]) -> Result<bool> {
+        let shape: [usize; 3] = self.input_shape().try_into().map_err(|_| Error::config("whitening", "needs (C, H, W) inputs"))?;
+        let mut done = false;
+        for node in &self.graph.nodes {
+            let crate::graph::Op::Whiten { kernel, .. } = node.op else { continue };
+            if node.inputs[0] != NodeId::INPUT {
+                return Err(Error::config(node.label(), "a whitening conv must read the model's input"));
+            }
+            let name = format!("{}.weight", node.name.as_deref().unwrap_or_default());
+            let entry = self.params.entries.iter().find(|e| e.name == name).ok_or_else(|| Error::config(node.label(), "has no weight"))?;
+            let filters = crate::whiten::whitening_filters(images, shape, kernel, crate::whiten::EPS);
+            backend.write(ViewMut::range(&mut self.params.data, entry.offset, entry.len())?, &filters)?;
+            done = true;
+        }
+        Ok(done)
     }
 
     /// The parameters, then each layer's buffers (BatchNorm's running

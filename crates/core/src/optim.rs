@@ -101,6 +101,13 @@ pub enum Schedule {
     OneCycle {
         pct_start: f32,
     },
+    /// Linear up from `start` to 1 over the first `peak_at` of training, then
+    /// linear down to `end` (airbench's triangular schedule: 0.2, 0.23, 0.07).
+    Triangular {
+        start: f32,
+        peak_at: f32,
+        end: f32,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -137,6 +144,14 @@ impl ScheduleConfig {
                     cosine(1.0, 1.0 / 1e4, (progress - up) / (1.0 - up).max(1e-12))
                 }
             }
+            Schedule::Triangular { start, peak_at, end } => {
+                let (start, peak, end) = (*start as f64, (*peak_at as f64).clamp(1e-6, 1.0), *end as f64);
+                if progress < peak {
+                    start + (1.0 - start) * progress / peak
+                } else {
+                    1.0 + (end - 1.0) * (progress - peak) / (1.0 - peak).max(1e-12)
+                }
+            }
         };
         let warm = if self.warmup_epochs > 0.0 { (t / self.warmup_epochs as f64).min(1.0) } else { 1.0 };
         (base as f64 * factor * warm) as f32
@@ -153,19 +168,126 @@ impl ScheduleConfig {
             Schedule::OneCycle { pct_start } if !(*pct_start > 0.0 && *pct_start < 1.0) => {
                 Err(Error::config("--pct-start", format!("must be in (0, 1), got {pct_start}")))
             }
+            Schedule::Triangular { start, peak_at, end }
+                if !(*peak_at > 0.0 && *peak_at < 1.0 && start.is_finite() && *start >= 0.0 && end.is_finite() && *end >= 0.0) =>
+            {
+                Err(Error::config(
+                    "triangular schedule",
+                    format!("needs peak_at in (0, 1) and start, end >= 0, got {start}, {peak_at}, {end}"),
+                ))
+            }
             _ => Ok(()),
         }
     }
 }
 
+/// Parameters that train differently from the rest (PyTorch's parameter
+/// groups), chosen by state-dict name: `*` in `params` matches any run of
+/// characters (`"*norm*.bias"`), and the first group that matches a parameter
+/// is its group. Parameters no group matches use the optimizer's own settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ParamGroup {
+    pub params: String,
+    /// Learning-rate multiplier; 0 freezes the parameters (they are never updated).
+    #[serde(default = "one")]
+    pub lr_scale: f32,
+    /// Weight decay of this group (default: the optimizer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f32>,
+    /// Trains for this many epochs, then stays frozen (default: all of them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_epochs: Option<usize>,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl ParamGroup {
+    /// A group of the parameters `params` matches with learning-rate multiplier `lr_scale`.
+    pub fn new(params: &str, lr_scale: f32) -> Self {
+        ParamGroup { params: params.to_string(), lr_scale, weight_decay: None, train_epochs: None }
+    }
+
+    /// Whether `name` matches the pattern (`*`: any run of characters).
+    pub fn matches(&self, name: &str) -> bool {
+        wildcard_match(self.params.as_bytes(), name.as_bytes())
+    }
+
+    fn validate(&self) -> Result<()> {
+        let what = || format!("parameter group `{}`", self.params);
+        if !(self.lr_scale.is_finite() && self.lr_scale >= 0.0) {
+            return Err(Error::config(what(), format!("lr_scale must be >= 0, got {}", self.lr_scale)));
+        }
+        if let Some(wd) = self.weight_decay.filter(|wd| !(wd.is_finite() && *wd >= 0.0)) {
+            return Err(Error::config(what(), format!("weight_decay must be >= 0, got {wd}")));
+        }
+        Ok(())
+    }
+}
+
+/// `*`-only glob matching (no other metacharacters: names are plain).
+fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => name.is_empty(),
+        Some((b'*', rest)) => (0..=name.len()).any(|i| wildcard_match(rest, &name[i..])),
+        Some((c, rest)) => name.first() == Some(c) && wildcard_match(rest, &name[1..]),
+    }
+}
+
+/// A contiguous window of the parameter buffer that one optimizer kernel updates
+/// with the settings of `slot` (0: the optimizer's own, g + 1: group g).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    offset: usize,
+    len: usize,
+    slot: usize,
+}
+
+/// Splits the parameters into runs of one group each; frozen groups get none.
+/// Without groups (or when every parameter is in the default slot) that is one
+/// run over the whole buffer: one kernel per step.
+fn plan_runs(groups: &[ParamGroup], params: &crate::model::ParamStore<impl Backend>) -> Result<Vec<Run>> {
+    for group in groups {
+        group.validate()?;
+        if !params.entries.iter().any(|e| group.matches(&e.name)) {
+            let names: Vec<&str> = params.entries.iter().take(6).map(|e| e.name.as_str()).collect();
+            return Err(Error::config(
+                format!("parameter group `{}`", group.params),
+                format!("matches no parameter of the model (its names look like {})", names.join(", ")),
+            ));
+        }
+    }
+    let slot_of = |name: &str| groups.iter().position(|g| g.matches(name)).map_or(0, |g| g + 1);
+    let mut entries: Vec<_> = params.entries.iter().map(|e| (e.offset, e.len(), slot_of(&e.name))).collect();
+    entries.sort_unstable();
+    if entries.iter().all(|&(_, _, slot)| slot == 0) {
+        return Ok(vec![Run { offset: 0, len: params.len(), slot: 0 }]);
+    }
+    let mut runs: Vec<Run> = Vec::new();
+    for (offset, len, slot) in entries {
+        if slot > 0 && groups[slot - 1].lr_scale == 0.0 {
+            continue;
+        }
+        match runs.last_mut() {
+            // Extending over the alignment padding between two entries is harmless (zero grads).
+            Some(run) if run.slot == slot => run.len = offset + len - run.offset,
+            _ => runs.push(Run { offset, len, slot }),
+        }
+    }
+    Ok(runs)
+}
+
 /// An optimizer with its state on the device (velocity, or Adam's moments).
 pub struct Optimizer<B: Backend> {
     pub config: OptimizerConfig,
+    groups: Vec<ParamGroup>,
+    runs: Vec<Run>,
     state: B::Buf<f32>,
-    /// The values the next step reads ([`Hyper`]).
+    /// The values the next step reads ([`Hyper`]), one row per slot (the defaults, then each group).
     hyper: B::Buf<f32>,
-    /// Planned values for upcoming steps, [`Hyper::LEN`] per step: uploaded once
-    /// per epoch, then each step copies its row on the device (no host write).
+    /// Planned values for upcoming steps, a [`Hyper`] row per slot per step:
+    /// uploaded once per epoch, then each step copies its rows on the device (no host write).
     plan: B::Buf<f32>,
     /// Steps taken so far (Adam's t).
     pub steps: u64,
@@ -173,25 +295,61 @@ pub struct Optimizer<B: Backend> {
 
 impl<B: Backend> Optimizer<B> {
     pub fn new(backend: &B, config: OptimizerConfig, params: &ParamStore<B>) -> Result<Self> {
+        Self::with_groups(backend, config, params, &[])
+    }
+
+    /// An optimizer whose parameters in `groups` train with their group's settings.
+    pub fn with_groups(backend: &B, config: OptimizerConfig, params: &ParamStore<B>, groups: &[ParamGroup]) -> Result<Self> {
         config.validate()?;
+        let runs = plan_runs(groups, params)?;
+        let whole = runs.len() == 1 && runs[0].len == params.len();
+        if config.kind != OptimizerKind::Sgd && !whole {
+            // Adam's state is [m | v] over the whole buffer: windows of it are not one view.
+            return Err(Error::config("parameter groups", "need --optimizer sgd"));
+        }
+        let slots = groups.len() + 1;
         Ok(Optimizer {
             config,
+            groups: groups.to_vec(),
+            runs,
             state: backend.alloc(config.rule().state_len(params.len()))?,
-            hyper: backend.alloc(Hyper::LEN)?,
-            plan: backend.alloc(Hyper::LEN)?,
+            hyper: backend.alloc(slots * Hyper::LEN)?,
+            plan: backend.alloc(slots * Hyper::LEN)?,
             steps: 0,
         })
     }
 
-    /// Uploads the values of the next `lrs.len()` steps (one learning rate each;
-    /// Adam's bias corrections follow from the step count).
-    pub fn plan(&mut self, backend: &B, lrs: &[f32]) -> Result<()> {
-        let mut table = Vec::with_capacity(lrs.len() * Hyper::LEN);
+    fn slots(&self) -> usize {
+        self.groups.len() + 1
+    }
+
+    /// The learning-rate multiplier of `slot` in epoch `epoch` (0-based).
+    fn lr_scale(&self, slot: usize, epoch: usize) -> f32 {
+        match slot.checked_sub(1).map(|g| &self.groups[g]) {
+            None => 1.0,
+            Some(g) if g.train_epochs.is_some_and(|e| epoch >= e) => 0.0,
+            Some(g) => g.lr_scale,
+        }
+    }
+
+    fn rule(&self, slot: usize) -> UpdateRule {
+        let group_decay = slot.checked_sub(1).and_then(|g| self.groups[g].weight_decay);
+        let weight_decay = group_decay.unwrap_or(self.config.weight_decay);
+        OptimizerConfig { weight_decay, ..self.config }.rule()
+    }
+
+    /// Uploads the values of epoch `epoch`'s next `lrs.len()` steps (one base
+    /// learning rate each, scaled per group; Adam's bias corrections follow
+    /// from the step count).
+    pub fn plan(&mut self, backend: &B, epoch: usize, lrs: &[f32]) -> Result<()> {
+        let mut table = Vec::with_capacity(lrs.len() * self.slots() * Hyper::LEN);
         for (i, &lr) in lrs.iter().enumerate() {
             let t = (self.steps + 1 + i as u64) as i32;
             let (bias_correction1, bias_correction2) = (1.0 - self.config.beta1.powi(t), 1.0 - self.config.beta2.powi(t));
-            let h = Hyper { lr, bias_correction1, bias_correction2, skip: 0.0 };
-            table.extend_from_slice(&h.to_array());
+            for slot in 0..self.slots() {
+                let lr = lr * self.lr_scale(slot, epoch);
+                table.extend_from_slice(&Hyper { lr, bias_correction1, bias_correction2, skip: 0.0 }.to_array());
+            }
         }
         if crate::Storage::len(&self.plan) < table.len() {
             self.plan = backend.alloc(table.len())?;
@@ -202,26 +360,40 @@ impl<B: Backend> Optimizer<B> {
     /// Makes planned step `i` (0-based, counted from the last [`Optimizer::plan`])
     /// the next one: a copy on the device.
     pub fn prepare(&mut self, backend: &B, i: usize) -> Result<()> {
-        backend.copy(View::range(&self.plan, i * Hyper::LEN, Hyper::LEN)?, ViewMut::all(&mut self.hyper))
+        let row = self.slots() * Hyper::LEN;
+        backend.copy(View::range(&self.plan, i * row, row)?, ViewMut::all(&mut self.hyper))
     }
 
     /// Makes the next step change nothing where `flag` (one value on the
-    /// device) is nonzero: a device-side copy into the step's values, after
-    /// [`Optimizer::prepare`] (which clears it). For loss scaling's overflowed steps.
+    /// device) is nonzero: device-side copies into every slot's step values,
+    /// after [`Optimizer::prepare`] (which clears them). For loss scaling's overflowed steps.
     pub fn skip_if(&mut self, backend: &B, flag: View<'_, B, f32>) -> Result<()> {
-        backend.copy(flag, ViewMut::range(&mut self.hyper, Hyper::SKIP, 1)?)
+        for slot in 0..self.slots() {
+            backend.copy(flag, ViewMut::range(&mut self.hyper, slot * Hyper::LEN + Hyper::SKIP, 1)?)?;
+        }
+        Ok(())
     }
 
-    /// One update with the values of the last [`Optimizer::prepare`].
+    /// One update with the values of the last [`Optimizer::prepare`]: one
+    /// kernel per run of parameters (one in all without groups).
     pub fn step(&mut self, backend: &B, params: &mut ParamStore<B>) -> Result<()> {
         self.steps += 1;
-        backend.optimizer_step(
-            &self.config.rule(),
-            View::all(&self.hyper),
-            ViewMut::all(&mut params.data),
-            View::all(&params.grads),
-            ViewMut::all(&mut self.state),
-        )
+        let whole = self.runs.len() == 1 && self.runs[0].len == params.len();
+        for run in self.runs.clone() {
+            let rule = self.rule(run.slot);
+            let hyper = View::range(&self.hyper, run.slot * Hyper::LEN, Hyper::LEN)?;
+            let (p, g, s) = if whole {
+                (ViewMut::all(&mut params.data), View::all(&params.grads), ViewMut::all(&mut self.state))
+            } else {
+                (
+                    ViewMut::range(&mut params.data, run.offset, run.len)?,
+                    View::range(&params.grads, run.offset, run.len)?,
+                    ViewMut::range(&mut self.state, run.offset, run.len)?,
+                )
+            };
+            backend.optimizer_step(&rule, hyper, p, g, s)?;
+        }
+        Ok(())
     }
 
     /// The state for a checkpoint (host copy).

@@ -147,6 +147,15 @@ where
     fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
         self.timed("relu_backward", || self.inner.relu_backward(v(y), v(dy), vm(dx)))
     }
+    fn gelu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("gelu_forward", || self.inner.gelu_forward(v(x), vm(y)))
+    }
+    fn gelu_backward(&self, x: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("gelu_backward", || self.inner.gelu_backward(v(x), v(dy), vm(dx)))
+    }
+    fn axpby(&self, a: f32, x: View<'_, Self, f32>, b: f32, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("axpby", || self.inner.axpby(a, v(x), b, vm(y)))
+    }
     fn conv2d_forward(
         &self,
         g: &Conv2dGeom,

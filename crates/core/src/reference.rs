@@ -46,6 +46,39 @@ pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// Φ(x), the standard normal CDF, in f64 as `0.5 erfc(-x / sqrt 2)` (exact in
+/// both tails, where `0.5 (1 + erf)` loses the small values to cancellation).
+fn normal_cdf(x: f64) -> f64 {
+    0.5 * libm::erfc(-x * std::f64::consts::FRAC_1_SQRT_2)
+}
+
+/// φ(x), the standard normal density.
+fn normal_pdf(x: f64) -> f64 {
+    (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt()
+}
+
+/// `y = x Φ(x)` (`torch.nn.GELU()`, the exact erf form), worked out in f64.
+pub fn gelu_forward(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = (x as f64 * normal_cdf(x as f64)) as f32;
+    }
+}
+
+/// `dx = dy (Φ(x) + x φ(x))`, worked out in f64.
+pub fn gelu_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
+        let x = x as f64;
+        *dx = (dy as f64 * (normal_cdf(x) + x * normal_pdf(x))) as f32;
+    }
+}
+
+/// `y = a x + b y`; y is not read when b == 0 (as in BLAS).
+pub fn axpby(a: f32, x: &[f32], b: f32, y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        *y = if b == 0.0 { a * x } else { a * x + b * *y };
+    }
+}
+
 /// Direct convolution.
 /// x: (N, C_in, H, W), w: (C_out, C_in, K, K), b: (C_out) -> y: (N, C_out, OH, OW)
 pub fn conv2d_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {
@@ -293,10 +326,10 @@ pub fn crop_source(o: usize, shift: usize, pad: usize, len: usize, padding: Padd
     }
 }
 
-/// One sample of [`crop_flip`]: x, y (c, h, w).
-pub fn crop_flip_sample(spec: &CropSpec, key: u32, i: usize, x: &[f32], y: &mut [f32]) {
+/// One sample of [`crop_flip`] at step `step` (rng[1]): x, y (c, h, w).
+pub fn crop_flip_sample(spec: &CropSpec, key: u32, step: u32, i: usize, x: &[f32], y: &mut [f32]) {
     let (h, w) = (spec.h, spec.w);
-    let p = spec.params(key, i);
+    let p = spec.params(key, step, i);
     let cut = spec.cutout as i64;
     for c in 0..spec.c {
         for r in 0..h {
@@ -318,7 +351,7 @@ pub fn crop_flip(spec: &CropSpec, rng: &[u32], x: &[f32], y: &mut [f32]) {
     let key = random::stream_key(rng[0], rng[1], spec.salt);
     let len = spec.c * spec.h * spec.w;
     for i in 0..spec.n {
-        crop_flip_sample(spec, key, i, &x[i * len..(i + 1) * len], &mut y[i * len..(i + 1) * len]);
+        crop_flip_sample(spec, key, rng[1], i, &x[i * len..(i + 1) * len], &mut y[i * len..(i + 1) * len]);
     }
 }
 
@@ -629,4 +662,33 @@ pub fn loss_scale_update(spec: &ScaleUpdate, state: &mut [f32]) {
         }
     }
     state[LossScaleState::FOUND_INF] = 0.0;
+}
+
+#[cfg(test)]
+mod tests {
+    /// GELU and its derivative at points worked out by CPython's `math.erfc`
+    /// (`x * 0.5 * erfc(-x / sqrt(2))`, and `Φ(x) + x exp(-x²/2) / sqrt(2π)`),
+    /// the values `torch.nn.GELU()` gives; the far negative tail keeps its
+    /// relative accuracy (no `1 + erf` cancellation).
+    #[test]
+    fn gelu_matches_the_definition_worked_out_elsewhere() {
+        let points: [(f32, f64, f64); 8] = [
+            (-5.0, -1.4332578593959731e-06, -7.146946001792295e-06),
+            (-3.0, -0.004049694094890287, -0.011945647204183927),
+            (-1.0, -0.15865525393145707, -0.08331547058768629),
+            (-0.5, -0.15426876936299344, 0.13250487534383712),
+            (0.0, 0.0, 0.5),
+            (0.5, 0.34573123063700656, 0.8674951246561629),
+            (1.0, 0.8413447460685429, 1.0833154705876864),
+            (3.0, 2.99595030590511, 1.011945647204184),
+        ];
+        let x: Vec<f32> = points.iter().map(|p| p.0).collect();
+        let (mut y, mut dx) = (vec![f32::NAN; 8], vec![f32::NAN; 8]);
+        super::gelu_forward(&x, &mut y);
+        super::gelu_backward(&x, &[1.0; 8], &mut dx);
+        for (i, &(x, want_y, want_d)) in points.iter().enumerate() {
+            assert!((y[i] as f64 - want_y).abs() <= 1e-7 * want_y.abs(), "GELU({x}) = {}, want {want_y}", y[i]);
+            assert!((dx[i] as f64 - want_d).abs() <= 1e-7 * want_d.abs(), "GELU'({x}) = {}, want {want_d}", dx[i]);
+        }
+    }
 }

@@ -134,3 +134,33 @@ fn a_power_of_two_scale_changes_no_bit_and_grows_after_its_interval() {
     let epoch = scaled.loss_scaler.as_ref().unwrap().last_epoch().unwrap();
     assert_eq!((epoch.scale, epoch.skipped), (4096.0, 0));
 }
+
+/// With parameter groups the optimizer reads one row of step values per group:
+/// the skip flag reaches every row.
+#[test]
+fn skip_if_holds_every_parameter_group() {
+    use rr_core::optim::{Optimizer, ParamGroup};
+    use rr_core::ViewMut;
+    let b = CpuBackend::new(1).unwrap();
+    let mut model = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, 0).unwrap();
+    let n = model.params.len();
+    b.write(ViewMut::all(&mut model.params.grads), &vec![1.0; n]).unwrap();
+    let groups = [ParamGroup::new("conv1.*", 2.0), ParamGroup { weight_decay: Some(0.0), ..ParamGroup::new("fc3.*", 0.5) }];
+    let mut opt = Optimizer::with_groups(&b, OptimizerConfig::sgd(0.1, 0.9, 5e-4), &model.params, &groups).unwrap();
+    opt.plan(&b, 0, &[0.1, 0.1]).unwrap();
+    let (set, clear) = (b.upload(&[1.0f32]).unwrap(), b.upload(&[0.0f32]).unwrap());
+    let before = b.download(View::all(&model.params.data)).unwrap();
+    opt.prepare(&b, 0).unwrap();
+    opt.skip_if(&b, View::all(&set)).unwrap();
+    opt.step(&b, &mut model.params).unwrap();
+    assert_eq!(bits(&b.download(View::all(&model.params.data)).unwrap()), bits(&before), "a skipped step changes no group");
+    assert!(opt.state(&b).unwrap().iter().all(|&v| v == 0.0), "nor the momentum");
+    opt.prepare(&b, 1).unwrap();
+    opt.skip_if(&b, View::all(&clear)).unwrap();
+    opt.step(&b, &mut model.params).unwrap();
+    let after = b.download(View::all(&model.params.data)).unwrap();
+    for e in &model.params.entries {
+        let changed = (e.offset..e.offset + e.len()).all(|i| after[i] != before[i]);
+        assert!(changed, "`{}` was not updated by the step that was not skipped", e.name);
+    }
+}

@@ -1,8 +1,8 @@
 //! Learning-rate schedules and initializations.
 
-use rr_core::backend::View;
+use rr_core::backend::{View, ViewMut};
 use rr_core::model::{Init, Model, ModelConfig};
-use rr_core::optim::{Schedule, ScheduleConfig};
+use rr_core::optim::{Optimizer, OptimizerConfig, ParamGroup, Schedule, ScheduleConfig};
 use rr_core::{Backend, CpuBackend};
 
 fn close(a: f32, b: f32) -> bool {
@@ -63,4 +63,70 @@ fn initializations_have_the_right_spread() {
         let again = Model::with_init(&b, &config, &[1, 28, 28], 10, 3, init).unwrap();
         assert_eq!(b.download(View::all(&again.params.data)).unwrap(), all);
     }
+}
+
+#[test]
+fn triangular_schedule_rises_then_falls_linearly() {
+    let tri = ScheduleConfig { schedule: Schedule::Triangular { start: 0.2, peak_at: 0.25, end: 0.05 }, warmup_epochs: 0.0 };
+    for (t, want) in [(0.0, 0.2), (1.25, 0.6), (2.5, 1.0), (6.25, 0.525), (10.0, 0.05)] {
+        assert!(close(tri.lr(1.0, t, 10), want), "at {t}: {} vs {want}", tri.lr(1.0, t, 10));
+    }
+    let bad = ScheduleConfig { schedule: Schedule::Triangular { start: 0.2, peak_at: 1.0, end: 0.05 }, warmup_epochs: 0.0 };
+    assert!(bad.validate().unwrap_err().to_string().contains("peak_at"));
+}
+
+/// An MLP whose gradients are all 1, stepped once in `epoch` with SGD (lr 0.1,
+/// weight decay 0.01, no momentum) and `groups`: the parameters before and after.
+fn step_with_groups(groups: &[ParamGroup], epoch: usize) -> (Model<CpuBackend>, Vec<f32>, Vec<f32>) {
+    let b = CpuBackend::new(1).unwrap();
+    let mut model = Model::new(&b, &ModelConfig::Mlp { sizes: vec![6, 4, 3] }, &[1, 2, 3], 3, 1).unwrap();
+    let mut opt = Optimizer::with_groups(&b, OptimizerConfig::sgd(0.1, 0.0, 0.01), &model.params, groups).unwrap();
+    let before = b.download(View::all(&model.params.data)).unwrap();
+    let ones = vec![1.0; model.params.len()];
+    b.write(ViewMut::all(&mut model.params.grads), &ones).unwrap();
+    opt.plan(&b, epoch, &[0.1]).unwrap();
+    opt.prepare(&b, 0).unwrap();
+    opt.step(&b, &mut model.params).unwrap();
+    let after = b.download(View::all(&model.params.data)).unwrap();
+    (model, before, after)
+}
+
+#[test]
+fn parameter_groups_scale_freeze_and_stop_their_parameters() {
+    let groups = [
+        ParamGroup::new("fc1.weight", 0.0),
+        ParamGroup { weight_decay: Some(0.0), ..ParamGroup::new("fc2.*", 10.0) },
+        ParamGroup { train_epochs: Some(1), ..ParamGroup::new("*1.bias", 1.0) },
+    ];
+    for epoch in [0, 1] {
+        let (model, before, after) = step_with_groups(&groups, epoch);
+        for e in &model.params.entries {
+            let (lr, wd) = match e.name.as_str() {
+                "fc1.weight" => (0.0, 0.01),
+                "fc1.bias" if epoch >= 1 => (0.0, 0.01),
+                "fc2.weight" | "fc2.bias" => (1.0, 0.0),
+                _ => (0.1, 0.01),
+            };
+            for i in e.offset..e.offset + e.len() {
+                let want = before[i] - lr * (1.0 + wd * before[i]);
+                assert!(close(after[i], want), "epoch {epoch}, {}: {} vs {want}", e.name, after[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn parameter_groups_are_checked() {
+    let b = CpuBackend::new(1).unwrap();
+    let model = Model::new(&b, &ModelConfig::Mlp { sizes: vec![6, 4, 3] }, &[1, 2, 3], 3, 1).unwrap();
+    let err = |config: OptimizerConfig, groups: &[ParamGroup]| match Optimizer::with_groups(&b, config, &model.params, groups) {
+        Ok(_) => panic!("accepted {groups:?}"),
+        Err(e) => e.to_string(),
+    };
+    let sgd = OptimizerConfig::sgd(0.1, 0.9, 0.0);
+    let e = err(sgd, &[ParamGroup::new("conv*.weight", 0.0)]);
+    assert!(e.contains("conv*.weight") && e.contains("matches no parameter") && e.contains("fc1.weight"), "{e}");
+    assert!(err(sgd, &[ParamGroup::new("fc1.bias", -1.0)]).contains("lr_scale"));
+    let adam = OptimizerConfig { kind: rr_core::optim::OptimizerKind::Adam, ..sgd };
+    assert!(err(adam, &[ParamGroup::new("fc1.bias", 2.0)]).contains("--optimizer sgd"));
 }

@@ -103,9 +103,22 @@ fn augment(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroup
 }
 
 //! kernel crop_flip
-// [rng, x, y, n, c, h, w, pad, reflect, flip, cutout, salt]; r0 = rng, r1 = x, w0 = y; one
-// invocation per output pixel (all channels). Sample i's draws are CropSpec::params': draws
-// i * 8 + 0..5 of the stream (dy, dx, flip, cutout row, cutout column); values are copied as bits.
+// [rng, x, y, n, c, h, w, pad, reflect, flip mode, cutout, salt, steps per epoch, fixed, fixed dy,
+// fixed dx]; r0 = rng, r1 = x, w0 = y; one invocation per output pixel (all channels). Sample i's
+// draws are CropSpec::params': draws i * 8 + 0..5 of the stream (dy, dx, flip, cutout row, cutout
+// column), the offsets fixed ones instead where `fixed` is set; values are copied as bits.
+// Flip modes (Flip::kernel_args): 0 off, 1 random (draw 2), 2 on odd epochs (step / steps per
+// epoch, step = rng[1]), 3 always.
+fn crop_flips(key: u32, i: u32, step: u32) -> bool {
+    let mode = pu(9u);
+    if (mode == 1u) {
+        return rr_uniform(key, i * 8u + 2u) < 0.5;
+    }
+    if (mode == 2u) {
+        return (step / pu(12u)) % 2u == 1u;
+    }
+    return mode == 3u;
+}
 
 // An integer in 0..m from draw j of sample i: min(floor(u * m), m - 1) (exact in f32; m >= 1).
 fn crop_int(key: u32, i: u32, j: u32, m: u32) -> u32 {
@@ -141,9 +154,13 @@ fn crop_flip(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let row = p / w;
     let col = p - row * w;
     let shifts = 2u * pad + 1u;
-    let dy = crop_int(key, i, 0u, shifts);
-    let dx = crop_int(key, i, 1u, shifts);
-    let flip = pu(9u) != 0u && rr_uniform(key, i * 8u + 2u) < 0.5;
+    var dy = crop_int(key, i, 0u, shifts);
+    var dx = crop_int(key, i, 1u, shifts);
+    if (pu(13u) != 0u) {
+        dy = pu(14u);
+        dx = pu(15u);
+    }
+    let flip = crop_flips(key, i, r0[pu(0u) + 1u]);
     let sx = select(col, w - 1u - col, flip);
     // The cutout square is placed on the output (after the flip), as the reference does.
     var in_cut = false;

@@ -212,6 +212,33 @@ impl Backend for WgpuBackend {
         self.run("relu_backward", grid(y.len), &params, &[r(&y), r(&dy), w(&dx)])
     }
 
+    fn gelu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::gelu_forward(x.len, y.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let params = [u(x.offset)?, u(y.offset)?, u(x.len)?];
+        self.run("gelu_forward", grid(x.len), &params, &[r(&x), w(&y)])
+    }
+
+    fn gelu_backward(&self, x: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::gelu_backward(x.len, dy.len, dx.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let params = [u(x.offset)?, u(dy.offset)?, u(dx.offset)?, u(x.len)?];
+        self.run("gelu_backward", grid(x.len), &params, &[r(&x), r(&dy), w(&dx)])
+    }
+
+    fn axpby(&self, a: f32, x: View<'_, Self, f32>, b: f32, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::axpby(x.len, y.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let params = [u(x.offset)?, u(y.offset)?, u(x.len)?, f(a), f(b)];
+        self.run("axpby", grid(x.len), &params, &[r(&x), w(&y)])
+    }
+
     fn conv2d_forward(
         &self,
         g: &Conv2dGeom,
@@ -414,6 +441,7 @@ impl Backend for WgpuBackend {
         }
         // Every index the kernel computes is below len (checked to fit a word).
         u(spec.len())?;
+        let (flip, fixed) = (spec.flip.kernel_args(), spec.fixed.unwrap_or((0, 0)));
         let p = [
             u(rng.offset)?,
             u(x.offset)?,
@@ -424,9 +452,13 @@ impl Backend for WgpuBackend {
             u(spec.w)?,
             u(spec.pad)?,
             (spec.padding == Padding::Reflect) as u32,
-            spec.flip as u32,
+            flip[0],
             u(spec.cutout)?,
             spec.salt,
+            flip[1],
+            spec.fixed.is_some() as u32,
+            u(fixed.0)?,
+            u(fixed.1)?,
         ];
         self.run("crop_flip", grid(spec.n * spec.h * spec.w), &p, &[r(&rng), r(&x), w(&y)])
     }

@@ -22,7 +22,7 @@ rr_core::backend_conformance_tests!(backend(), 1e-5);
 /// common.wgsl). The shared suite's sizes stay below that.
 #[test]
 fn kernels_past_65535_workgroups() {
-    use rr_core::backend::{CropSpec, Padding, View, ViewMut};
+    use rr_core::backend::{CropSpec, Flip, Padding, View, ViewMut};
     use rr_core::{reference, Backend};
     let b = backend();
     let len = 17_500_003;
@@ -40,7 +40,8 @@ fn kernels_past_65535_workgroups() {
     reference::add(&x, &y0, &mut want);
     assert!(b.download(View::all(&dy)).unwrap() == want, "add of {len}");
     // 17000 images of 32x32: 17.4M output pixels, the last samples' draws at i * 8 ~ 136000.
-    let spec = CropSpec { n: 17_000, c: 1, h: 32, w: 32, pad: 4, padding: Padding::Reflect, flip: true, cutout: 16, salt: 3 };
+    let spec =
+        CropSpec { n: 17_000, c: 1, h: 32, w: 32, pad: 4, padding: Padding::Reflect, flip: Flip::Random, fixed: None, cutout: 16, salt: 3 };
     let state = [12345u32, 678];
     let (dstate, dx) = (b.upload(&state).unwrap(), b.upload(&x[..spec.len()]).unwrap());
     let mut dy = b.alloc::<f32>(spec.len()).unwrap();

@@ -30,6 +30,8 @@ pub enum ModelArg {
     Resnet20,
     /// He et al.'s CIFAR ResNet-56 (0.86M parameters)
     Resnet56,
+    /// The CIFAR-10 speed-run network (airbench94's shape: whitening, conv-BatchNorm-GELU; 1.97M parameters) and its 10-epoch recipe
+    CifarSpeed,
 }
 
 impl ModelArg {
@@ -42,6 +44,7 @@ impl ModelArg {
             ModelConfig::Resnet18 => ModelArg::Resnet18,
             ModelConfig::CifarResnet { depth: 20 } => ModelArg::Resnet20,
             ModelConfig::CifarResnet { depth: 56 } => ModelArg::Resnet56,
+            ModelConfig::CifarSpeed { .. } => ModelArg::CifarSpeed,
             _ => return None,
         })
     }
@@ -55,6 +58,7 @@ impl ModelArg {
             ModelArg::Resnet18 => ModelConfig::Resnet18,
             ModelArg::Resnet20 => ModelConfig::CifarResnet { depth: 20 },
             ModelArg::Resnet56 => ModelConfig::CifarResnet { depth: 56 },
+            ModelArg::CifarSpeed => ModelConfig::CifarSpeed { widths: ModelConfig::SPEED_WIDTHS },
         }
     }
 }
@@ -133,7 +137,8 @@ recipe_args! {
     /// mlp: layer sizes, input and output included [default: C*H*W,256,128,classes, e.g. 784,256,128,10]
     #[arg(long, value_delimiter = ',')]
     mlp_sizes: Vec<usize>,
-    /// mnist-cnn: channels of the first block (the others have 2x and 4x) [default: 32; fashion-mnist 48]
+    /// mnist-cnn: channels of the first block (the others have 2x and 4x) [default: 32; fashion-mnist 48];
+    /// cifar-speed: of the first block (the others have 4x) [default: 64]
     #[arg(long, allow_negative_numbers = true)]
     width: usize,
     /// mnist-cnn: dropout before the classifier, in [0, 1) [default: 0.2; fashion-mnist 0.3]
@@ -297,6 +302,11 @@ impl RecipeArgs {
             (ModelArg::Resnet18, _) => ModelConfig::Resnet18,
             (ModelArg::Resnet20, _) => ModelConfig::CifarResnet { depth: 20 },
             (ModelArg::Resnet56, _) => ModelConfig::CifarResnet { depth: 56 },
+            (ModelArg::CifarSpeed, base) => match (self.width, base) {
+                (Some(w), _) => ModelConfig::speed_widths(w),
+                (None, Some(base)) => base.clone(),
+                (None, None) => ModelConfig::CifarSpeed { widths: ModelConfig::SPEED_WIDTHS },
+            },
         }
     }
 
@@ -388,6 +398,8 @@ impl RecipeArgs {
         a.elastic = self.elastic.unwrap_or(a.elastic);
         a.noise = self.noise.unwrap_or(a.noise);
         a.flip = self.flip.unwrap_or(a.flip);
+        // Alternating flips are a way of flipping: no flips, none of them.
+        a.alternate_flips &= a.flip;
         a.crop = self.crop.unwrap_or(a.crop);
         a.cutout = self.cutout.unwrap_or(a.cutout);
         if let Some(p) = self.crop_padding {

@@ -19,6 +19,7 @@ use rr_core::loss_scale::LossScaling;
 use rr_core::model::Model;
 use rr_core::optim::{OptimizerKind, Schedule};
 use rr_core::train::{evaluate, DeviceDataset, TrainConfig, Trainer};
+use rr_core::tta::{evaluate_tta, Tta};
 use rr_core::{Backend, Precision};
 use std::time::Instant;
 
@@ -73,10 +74,13 @@ impl WithBackend for TrainJob {
             r.check_data(&data, &data_dir)?;
         }
 
-        let model = match &resumed {
+        let mut model = match &resumed {
             Some(r) => r.model(backend)?,
             None => Model::with_init(backend, &model_config, &info.shape, info.classes, config.seed, config.init)?,
         };
+        if resumed.is_none() {
+            init_from_data(backend, &mut model, &data.train, &info)?;
+        }
         if model.input_shape() != info.shape || model.classes() != info.classes {
             anyhow::bail!(
                 "the model takes {:?} inputs and predicts {} classes, but {} has {:?} images in {} classes",
@@ -108,7 +112,11 @@ impl WithBackend for TrainJob {
                 a.scale,
                 a.translate,
                 a.elastic,
-                if a.flip { "on" } else { "off" },
+                match (a.flip, a.alternate_flips) {
+                    (false, _) => "off",
+                    (true, false) => "on",
+                    (true, true) => "alternating",
+                },
                 a.noise,
                 a.crop,
                 a.padding,
@@ -121,7 +129,7 @@ impl WithBackend for TrainJob {
         if config.loss_scale.is_on() {
             println!("loss scaling: {}", config.loss_scale.describe());
         }
-        let train_set = DeviceDataset::upload(backend, &data.train, &info)?;
+        let train_set = DeviceDataset::upload(backend, &config.augment.prepare_train(&data.train, config.seed), &info)?;
         let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
         let mut trainer = Trainer::new(backend, model, config.clone(), train_set.len)?;
         trainer.use_graphs = !plan.no_graphs;
@@ -193,6 +201,17 @@ impl WithBackend for TrainJob {
             );
             run_dir.save_epoch(backend, &trainer, &EpochRecord { epoch: epoch + 1, train, test, seconds, lr: lr as f32 })?;
         }
+        if config.tta != Tta::None && first_epoch < config.epochs {
+            let start = Instant::now();
+            let test = evaluate_tta(backend, &mut trainer.model, &test_set, plan.eval_batch_size, config.tta)?;
+            println!(
+                "test-time augmentation ({} views per image): test_loss {:.4}  test_acc {:6.2}%  {:.2}s",
+                config.tta.views_per_image(),
+                test.loss,
+                100.0 * test.accuracy,
+                start.elapsed().as_secs_f64()
+            );
+        }
         let out = &run_dir.dir;
         if config.epochs > 0 {
             crate::plot::draw_run(backend, out, &mut trainer.model, &data.test, &info)?;
@@ -245,12 +264,52 @@ fn describe_recipe(c: &TrainConfig) -> String {
         }
         Schedule::Cosine => "cosine schedule".to_string(),
         Schedule::OneCycle { pct_start } => format!("one-cycle schedule ({:.0}% warm-up)", pct_start * 100.0),
+        Schedule::Triangular { start, peak_at, end } => {
+            format!("triangular schedule ({start} up to 1 at {:.0}%, down to {end})", peak_at * 100.0)
+        }
     };
     let warmup =
         if c.schedule.warmup_epochs > 0.0 { format!(", linear warm-up over {} epochs", c.schedule.warmup_epochs) } else { String::new() };
     let epochs = if c.epochs == 1 { "1 epoch".to_string() } else { format!("{} epochs", c.epochs) };
-    format!("{epochs}, batch {}, {optimizer}, weight decay {}, {schedule}{warmup}", c.batch_size, o.weight_decay)
+    let mut extras = String::new();
+    for g in &c.param_groups {
+        let decay = g.weight_decay.map_or(String::new(), |wd| format!(", weight decay {wd}"));
+        let epochs = g.train_epochs.map_or(String::new(), |e| format!(" for {e} epochs"));
+        match g.lr_scale {
+            0.0 => extras += &format!(", {} frozen", g.params),
+            scale => extras += &format!(", {} at {scale}x lr{decay}{epochs}", g.params),
+        }
+    }
+    if let Some(l) = &c.lookahead {
+        extras += &format!(", lookahead every {} steps (decay {:.3})", l.every, l.decay);
+    }
+    if c.drop_last {
+        extras += ", short last batch dropped";
+    }
+    format!("{epochs}, batch {}, {optimizer}, weight decay {}, {schedule}{warmup}{extras}", c.batch_size, o.weight_decay)
 }
+
+/// Sets the filters of a whitening layer from the first training images (the
+/// speed-run network's; other models have none), and says so.
+fn init_from_data<B: Backend>(
+    backend: &B,
+    model: &mut Model<B>,
+    train: &rr_core::data::Dataset,
+    info: &rr_core::data::DatasetInfo,
+) -> Result<()> {
+    if !model.graph.nodes.iter().any(|n| matches!(n.op, rr_core::graph::Op::Whiten { .. })) {
+        return Ok(());
+    }
+    let start = Instant::now();
+    let images = train.normalized(info, WHITENING_IMAGES);
+    model.init_from_data(backend, &images)?;
+    let n = images.len() / train.sample_len().max(1);
+    println!("whitening: filters from the patches of the first {n} training images ({:.0} ms)", start.elapsed().as_secs_f64() * 1e3);
+    Ok(())
+}
+
+/// How many training images the whitening statistics come from (airbench's 5,000).
+pub const WHITENING_IMAGES: usize = 5000;
 
 pub fn group_thousands(v: u64) -> String {
     let s = v.to_string();

@@ -202,9 +202,10 @@ impl RunContext<'_> {
         let optimizer = serde_json::to_value(o.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         let schedule = schedule_name(&self.config.schedule.schedule);
         let why = match option {
-            "--width" | "--dropout" if self.model != ModelArg::MnistCnn => {
-                format!("applies to --model mnist-cnn only (the model is {model})")
+            "--width" if !matches!(self.model, ModelArg::MnistCnn | ModelArg::CifarSpeed) => {
+                format!("applies to --model mnist-cnn and cifar-speed only (the model is {model})")
             }
+            "--dropout" if self.model != ModelArg::MnistCnn => format!("applies to --model mnist-cnn only (the model is {model})"),
             "--mlp-sizes" if self.model != ModelArg::Mlp => format!("applies to --model mlp only (the model is {model})"),
             "--image-size" if self.dataset != DatasetArg::ImageFolder => {
                 format!("applies to --dataset image-folder only ({} images keep their size)", self.dataset.name())

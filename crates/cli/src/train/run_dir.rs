@@ -214,7 +214,7 @@ impl RunDir {
 
     fn commit<B: Backend>(&self, backend: &B, trainer: &Trainer<B>, epoch: usize, test: Option<&PassStats>) -> Result<Commit> {
         let mut tensors = trainer.model.state_dict(backend)?;
-        let state = trainer.optimizer.state(backend)?;
+        let state = trainer.state(backend)?;
         tensors.push((OPTIMIZER_TENSOR.to_string(), vec![state.len()], state));
         let mut meta: BTreeMap<String, String> =
             checkpoint::model_metadata(&trainer.model).into_iter().map(|(k, v)| (k.to_string(), v)).collect();
@@ -337,7 +337,7 @@ impl Resumed {
 
     /// The optimizer state of the commit, into `trainer`.
     pub(super) fn restore<B: Backend>(&self, backend: &B, trainer: &mut Trainer<B>) -> Result<()> {
-        Ok(trainer.optimizer.restore(backend, self.commit.optimizer_state(), self.optimizer_steps)?)
+        Ok(trainer.restore(backend, self.commit.optimizer_state(), self.optimizer_steps)?)
     }
 
     /// Refuses data other than the run's.

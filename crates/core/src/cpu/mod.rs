@@ -396,6 +396,31 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn gelu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::gelu_forward(x.len, y.len)?;
+        let (x, y) = (s(x), sm(y));
+        self.pool.install(|| y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| reference::gelu_forward(x, y)));
+        Ok(())
+    }
+
+    fn gelu_backward(&self, x: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::gelu_backward(x.len, dy.len, dx.len)?;
+        let (x, dy, dx) = (s(x), s(dy), sm(dx));
+        self.pool.install(|| {
+            dx.par_chunks_mut(1 << 14)
+                .zip(dy.par_chunks(1 << 14).zip(x.par_chunks(1 << 14)))
+                .for_each(|(dx, (dy, x))| reference::gelu_backward(x, dy, dx))
+        });
+        Ok(())
+    }
+
+    fn axpby(&self, a: f32, x: View<'_, Self, f32>, b: f32, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::axpby(x.len, y.len)?;
+        let (x, y) = (s(x), sm(y));
+        self.pool.install(|| y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| reference::axpby(a, x, b, y)));
+        Ok(())
+    }
+
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add(a.len, b.len, y.len)?;
         let (a, b, y) = (s(a), s(b), sm(y));
@@ -760,14 +785,15 @@ impl Backend for CpuBackend {
 
     fn crop_flip(&self, spec: &CropSpec, rng: View<'_, Self, u32>, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::crop_flip(spec, rng.len, x.len, y.len)?;
-        let key = crate::random::stream_key(s(rng)[0], s(rng)[1], spec.salt);
+        let (seed, step) = (s(rng)[0], s(rng)[1]);
+        let key = crate::random::stream_key(seed, step, spec.salt);
         let (x, y) = (s(x), sm(y));
         let len = (spec.c * spec.h * spec.w).max(1);
         self.pool.install(|| {
             y.par_chunks_mut(len)
                 .zip(x.par_chunks(len))
                 .enumerate()
-                .for_each(|(i, (yi, xi))| reference::crop_flip_sample(spec, key, i, xi, yi))
+                .for_each(|(i, (yi, xi))| reference::crop_flip_sample(spec, key, step, i, xi, yi))
         });
         Ok(())
     }

@@ -221,6 +221,30 @@ impl Dataset {
         self.labels.truncate(self.len);
     }
 
+    /// A copy with a random half of the images (chosen by `seed`) mirrored
+    /// left to right: the start of alternating flips (see
+    /// [`crate::backend::Flip::Alternate`]).
+    pub fn with_random_half_flipped(&self, seed: u64) -> Dataset {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x666c_6970);
+        let mut out = self.clone();
+        let w = self.shape[2];
+        let sample = self.sample_len();
+        for img in out.images.chunks_mut(sample.max(1)).take(self.len) {
+            if rng.random::<bool>() {
+                img.chunks_mut(w.max(1)).for_each(<[u8]>::reverse);
+            }
+        }
+        out
+    }
+
+    /// The first `n` images (at most all), normalized as `info` says: (n, C, H, W) floats.
+    pub fn normalized(&self, info: &DatasetInfo, n: usize) -> Vec<f32> {
+        let plane = self.shape[1] * self.shape[2];
+        let n = n.min(self.len);
+        self.images[..n * self.sample_len()].iter().enumerate().map(|(i, &px)| info.normalize(i / plane % self.shape[0], px)).collect()
+    }
+
     /// The u8 pixels of sample `i`: (C, H, W).
     pub fn image(&self, i: usize) -> &[u8] {
         let l = self.sample_len();

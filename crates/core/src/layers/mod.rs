@@ -12,7 +12,7 @@ mod linear;
 mod norm;
 mod pool;
 
-pub use activation::{Flatten, Relu};
+pub use activation::{Flatten, Gelu, Relu};
 pub use conv::Conv2d;
 pub use dropout::Dropout;
 pub use linear::Linear;
@@ -84,6 +84,10 @@ pub trait Layer<B: Backend>: Send {
         Ok(())
     }
     fn buffers(&self) -> Vec<LayerBuffer<'_, B>> {
+        Vec::new()
+    }
+    /// The buffers' storage, writable (weight averaging updates it in place).
+    fn buffers_mut(&mut self) -> Vec<ViewMut<'_, B, f32>> {
         Vec::new()
     }
     /// Overwrites buffer `name` (one of [`Layer::buffers`], same length) in place.

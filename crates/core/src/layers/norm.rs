@@ -107,6 +107,10 @@ impl<B: Backend> Layer<B> for BatchNorm<B> {
         ]
     }
 
+    fn buffers_mut(&mut self) -> Vec<ViewMut<'_, B, f32>> {
+        self.running.as_mut().map(ViewMut::all).into_iter().collect()
+    }
+
     fn load_buffer(&mut self, backend: &B, name: &str, data: &[f32]) -> Result<()> {
         let c = self.channels;
         let offset = match name {

@@ -12,7 +12,8 @@
 //! BatchNormalization with the running statistics (then Relu where ours fuses
 //! one), MaxPool (then Relu where fused), AveragePool (padding counted, as
 //! ours), GlobalAveragePool + Flatten, Flatten, Relu, Add. Dropout is left out
-//! (it is the identity at inference).
+//! (it is the identity at inference). GELU, which opset 17 lacks (Gelu came
+//! in opset 20), is PyTorch's decomposition `Mul(Mul(x, Add(Erf(Div(x, sqrt 2)), 1)), 0.5)`.
 
 pub mod proto;
 
@@ -180,12 +181,21 @@ impl GraphWriter<'_> {
                 attrs.extend([ints("dilations", &[1, 1]), int("group", 1)]);
                 Ok(self.push(&scope, "Conv", inputs, attrs))
             }
-            Op::Linear { in_features, out_features } => {
-                let w = param(self, "weight", &[out_features, in_features])?;
-                let b = param(self, "bias", &[out_features])?;
-                Ok(self.push(&scope, "Gemm", vec![x, w, b], vec![int("transB", 1)]))
+            Op::Whiten { c_in, kernel } => {
+                let c_out = crate::whiten::filters(c_in, kernel);
+                let inputs = vec![x, param(self, "weight", &[c_out, c_in, kernel, kernel])?, param(self, "bias", &[c_out])?];
+                let mut attrs = window(kernel, 1, 0);
+                attrs.extend([ints("dilations", &[1, 1]), int("group", 1)]);
+                Ok(self.push(&scope, "Conv", inputs, attrs))
             }
-            Op::BatchNorm { channels, relu, .. } => {
+            Op::Linear { in_features, out_features, bias, scale } => {
+                let mut inputs = vec![x, param(self, "weight", &[out_features, in_features])?];
+                if bias {
+                    inputs.push(param(self, "bias", &[out_features])?);
+                }
+                Ok(self.push(&scope, "Gemm", inputs, vec![int("transB", 1), float("alpha", scale)]))
+            }
+            Op::BatchNorm { channels, relu, eps, .. } => {
                 let c = [channels];
                 let inputs = vec![
                     x,
@@ -194,11 +204,12 @@ impl GraphWriter<'_> {
                     param(self, "running_mean", &c)?,
                     param(self, "running_var", &c)?,
                 ];
-                let eps = crate::layers::BatchNorm::<crate::CpuBackend>::new_2d(channels).eps;
+                let eps = eps.unwrap_or(crate::layers::BatchNorm::<crate::CpuBackend>::new_2d(channels).eps);
                 let y = self.push(&scope, "BatchNormalization", inputs, vec![float("epsilon", eps)]);
                 Ok(if relu { self.push(&scope, "Relu", vec![y], vec![]) } else { y })
             }
             Op::Relu => Ok(self.push(&scope, "Relu", vec![x], vec![])),
+            Op::Gelu => Ok(self.gelu(&scope, x)),
             Op::MaxPool2d { kernel, stride, pad, relu } => {
                 // relu(maxpool(x)) = maxpool(relu(x)): the Relu goes on the smaller tensor.
                 let y = self.push(&scope, "MaxPool", vec![x], window(kernel, stride, pad));
@@ -222,9 +233,36 @@ impl GraphWriter<'_> {
         }
     }
 
-    /// Adds a node; returns its output's name.
+    /// `x Φ(x) = 0.5 x (1 + erf(x / sqrt 2))` in opset 17's ops, as PyTorch exports `nn.GELU()`.
+    fn gelu(&mut self, scope: &str, x: String) -> String {
+        let sqrt2 = self.constant(scope, "sqrt2", std::f32::consts::SQRT_2);
+        let one = self.constant(scope, "one", 1.0);
+        let half = self.constant(scope, "half", 0.5);
+        let scaled = self.push(scope, "Div", vec![x.clone(), sqrt2], vec![]);
+        let erf = self.push(scope, "Erf", vec![scaled], vec![]);
+        let one_plus = self.push(scope, "Add", vec![erf, one], vec![]);
+        let product = self.push(scope, "Mul", vec![x, one_plus], vec![]);
+        self.push(scope, "Mul", vec![product, half], vec![])
+    }
+
+    /// A scalar f32 initializer `/{scope}/{what}` (broadcast by the op that reads it); returns its name.
+    fn constant(&mut self, scope: &str, what: &str, value: f32) -> String {
+        let name = format!("/{scope}/{what}");
+        self.initializers.push(TensorProto {
+            dims: Vec::new(),
+            data_type: Some(FLOAT),
+            name: Some(name.clone()),
+            raw_data: Some(value.to_le_bytes().to_vec()),
+        });
+        name
+    }
+
+    /// Adds a node; returns its output's name. A second node of the same op in one
+    /// scope is `/{scope}/{op}_1` (PyTorch's naming), and so on.
     fn push(&mut self, scope: &str, op: &str, inputs: Vec<String>, attribute: Vec<AttributeProto>) -> String {
-        let name = format!("/{scope}/{op}");
+        let base = format!("/{scope}/{op}");
+        let taken = |name: &str| self.nodes.iter().any(|n| n.name.as_deref() == Some(name));
+        let name = (0..).map(|k| if k == 0 { base.clone() } else { format!("{base}_{k}") }).find(|n| !taken(n)).expect("a free name");
         let output = format!("{name}_output_0");
         self.nodes.push(NodeProto {
             input: inputs,
@@ -325,6 +363,34 @@ mod tests {
         // The bytes decode back to the same model.
         let decoded: ModelProto = prost::Message::decode(encode(&model).as_slice()).unwrap();
         assert_eq!(decoded, model);
+    }
+
+    #[test]
+    fn gelu_is_the_erf_decomposition_with_unique_names() {
+        let info =
+            DatasetInfo { shape: [4, 1, 1], classes: 3, class_names: ["a", "b", "c"].map(String::from).to_vec(), ..DatasetInfo::mnist() };
+        let backend = CpuBackend::new(1).unwrap();
+        let mut g = crate::GraphBuilder::new("gelus", &[4]);
+        let x = g.linear("fc1", g.input(), 4).unwrap();
+        let x = g.gelu(x).unwrap();
+        let x = g.gelu(x).unwrap();
+        let x = g.linear("fc2", x, 3).unwrap();
+        let graph = g.finish(x).unwrap();
+        let model = Model::from_graph(&backend, graph.clone(), 0, crate::model::Init::PyTorch).unwrap();
+        let onnx = export(&graph, &model.state_dict(&backend).unwrap(), &info, None).unwrap();
+        let gelu = ["Div", "Erf", "Add", "Mul", "Mul"];
+        assert_eq!(ops(&onnx), [&["Gemm"][..], &gelu, &gelu, &["Gemm"]].concat());
+        let g = onnx.graph.as_ref().unwrap();
+        // The second GELU reads the first one's output; its own Mul reads its input and the Add.
+        let (first, second) = (&g.node[1..6], &g.node[6..11]);
+        assert_eq!(second[0].input[0], first[4].output[0]);
+        assert_eq!(second[3].input, vec![first[4].output[0].clone(), second[2].output[0].clone()]);
+        let scalar = |name: &str| g.initializer.iter().find(|t| t.name.as_deref() == Some(name)).map(|t| t.raw_data.clone().unwrap());
+        assert_eq!(scalar(&second[0].input[1]), Some(std::f32::consts::SQRT_2.to_le_bytes().to_vec()));
+        assert_eq!(scalar(&second[4].input[1]), Some(0.5f32.to_le_bytes().to_vec()));
+        // Every node and value name is defined once (two Muls per scope).
+        let names: HashSet<&str> = g.node.iter().map(|n| n.name.as_deref().unwrap()).collect();
+        assert_eq!(names.len(), g.node.len());
     }
 
     #[test]

@@ -1,0 +1,152 @@
+//! The pieces of the CIFAR-10 speed recipe: the lookahead average, test-time
+//! augmentation, alternating flips' pre-flipped half and the whitening layer.
+
+use rand::{RngExt, SeedableRng};
+use rr_core::backend::{View, ViewMut};
+use rr_core::data::{Dataset, DatasetInfo};
+use rr_core::lookahead::{Lookahead, LookaheadConfig};
+use rr_core::model::{Model, ModelConfig};
+use rr_core::train::DeviceDataset;
+use rr_core::tta::{evaluate_tta, Tta};
+use rr_core::{Backend, CpuBackend};
+
+fn cpu() -> CpuBackend {
+    CpuBackend::new(1).unwrap()
+}
+
+fn params(b: &CpuBackend, model: &Model<CpuBackend>) -> Vec<f32> {
+    b.download(View::all(&model.params.data)).unwrap()
+}
+
+#[test]
+fn lookahead_pulls_the_average_and_resets_the_weights() {
+    let b = cpu();
+    let mut model = Model::new(&b, &ModelConfig::Mlp { sizes: vec![6, 5, 3] }, &[1, 2, 3], 3, 4).unwrap();
+    let start = params(&b, &model);
+    let config = LookaheadConfig { every: 3, decay: 0.5, power: 1.0 };
+    let mut la = Lookahead::new(&b, config, &mut model).unwrap();
+    let moved: Vec<f32> = start.iter().map(|v| v + 1.0).collect();
+    b.write(ViewMut::all(&mut model.params.data), &moved).unwrap();
+    // Step 2 of 12 is not an update step: nothing changes.
+    la.after_step(&b, &mut model, 2, 12).unwrap();
+    assert_eq!(params(&b, &model), moved);
+    // Step 6 of 12: decay 0.5 * (6/12) = 0.25: average = 0.25 * start + 0.75 * moved, and the weights become it.
+    la.after_step(&b, &mut model, 6, 12).unwrap();
+    let want: Vec<f32> = start.iter().map(|v| v + 0.75).collect();
+    let got = params(&b, &model);
+    assert!(got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-6), "{got:?} vs {want:?}");
+    // The last step: decay 1, the weights go back to the average whatever they did since.
+    b.write(ViewMut::all(&mut model.params.data), &start).unwrap();
+    la.after_step(&b, &mut model, 12, 12).unwrap();
+    assert_eq!(params(&b, &model), got);
+    // Its state round-trips (resume).
+    let saved = la.state(&b).unwrap();
+    let mut other = Lookahead::new(&b, config, &mut model).unwrap();
+    other.restore(&b, &saved).unwrap();
+    assert_eq!(other.state(&b).unwrap(), saved);
+    assert!(other.restore(&b, &saved[1..]).is_err());
+}
+
+fn random_images(n: usize, shape: [usize; 3], seed: u64) -> Dataset {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let len = n * shape.iter().product::<usize>();
+    Dataset { images: (0..len).map(|_| r.random::<u8>()).collect(), labels: (0..n).map(|_| r.random_range(0..4u8)).collect(), len: n, shape }
+}
+
+fn info(shape: [usize; 3]) -> DatasetInfo {
+    DatasetInfo {
+        name: "image-folder".into(),
+        shape,
+        classes: 4,
+        class_names: (0..4).map(|i| format!("c{i}")).collect(),
+        mean: vec![0.5; shape[0]],
+        std: vec![0.25; shape[0]],
+    }
+}
+
+/// Pixel (r, s) of the view: flipped, then shifted by (dy, dx) with reflected edges.
+fn view_of(img: &[f32], [c, h, w]: [usize; 3], dy: i64, dx: i64, flip: bool) -> Vec<f32> {
+    let reflect = |v: i64, n: usize| {
+        let n = n as i64;
+        let v = if v < 0 { -v } else { v };
+        (if v >= n { 2 * n - 2 - v } else { v }) as usize
+    };
+    let mut out = vec![0.0; c * h * w];
+    for (ch, r, s) in (0..c).flat_map(|ch| (0..h).flat_map(move |r| (0..w).map(move |s| (ch, r, s)))) {
+        let s2 = if flip { w - 1 - s } else { s };
+        out[(ch * h + r) * w + s] = img[(ch * h + reflect(r as i64 + dy, h)) * w + reflect(s2 as i64 + dx, w)];
+    }
+    out
+}
+
+#[test]
+fn test_time_augmentation_averages_the_six_views() {
+    let b = cpu();
+    let shape = [3, 8, 8];
+    let (data, info) = (random_images(20, shape, 9), info(shape));
+    let mut model = Model::new(&b, &ModelConfig::Mlp { sizes: vec![192, 16, 4] }, &shape, 4, 2).unwrap();
+    let device = DeviceDataset::upload(&b, &data, &info).unwrap();
+    let got = evaluate_tta(&b, &mut model, &device, 7, Tta::MirrorTranslate).unwrap();
+    // The same on the host: each view's logits, weighted 1/4 (plain, mirrored) and 1/8 (shifted pairs).
+    let x = data.normalized(&info, 20);
+    let views = [(0, 0, false, 0.25), (0, 0, true, 0.25), (-1, -1, false, 0.125), (-1, -1, true, 0.125), (1, 1, false, 0.125), (1, 1, true, 0.125)];
+    let mut correct = 0;
+    for (i, img) in x.chunks(192).enumerate() {
+        let mut sum = [0f32; 4];
+        for &(dy, dx, flip, weight) in &views {
+            let v = b.upload(&view_of(img, shape, dy, dx, flip)).unwrap();
+            model.forward(&b, 1, View::all(&v)).unwrap();
+            let logits = b.download(model.logits(1).unwrap()).unwrap();
+            sum.iter_mut().zip(&logits).for_each(|(s, l)| *s += weight * l);
+        }
+        let best = (0..4).max_by(|&a, &c| sum[a].total_cmp(&sum[c])).unwrap();
+        correct += usize::from(best == data.labels[i] as usize);
+    }
+    assert_eq!(got.correct, correct, "accuracy with test-time augmentation");
+    // Mirror-only and none are different evaluations of the same model.
+    let plain = evaluate_tta(&b, &mut model, &device, 7, Tta::None).unwrap();
+    let plain_ref = rr_core::train::evaluate(&b, &mut model, &device, 7).unwrap();
+    assert_eq!((plain.correct, plain.loss), (plain_ref.correct, plain_ref.loss));
+}
+
+#[test]
+fn alternating_flips_start_from_a_random_half_mirrored() {
+    let shape = [3, 4, 5];
+    let data = random_images(400, shape, 3);
+    let flipped = data.with_random_half_flipped(11);
+    let mirrored = |i: usize| {
+        let (a, f) = (data.image(i), flipped.image(i));
+        a.chunks(5).zip(f.chunks(5)).all(|(row, frow)| row.iter().rev().eq(frow.iter()))
+    };
+    let n = (0..400).filter(|&i| mirrored(i)).count();
+    assert!((160..=240).contains(&n), "{n} of 400 mirrored");
+    assert!((0..400).all(|i| mirrored(i) || data.image(i) == flipped.image(i)), "every image is itself or its mirror image");
+    assert_eq!(flipped.labels, data.labels);
+    assert_eq!(data.with_random_half_flipped(11).images, flipped.images, "the seed decides");
+}
+
+#[test]
+fn whitening_is_set_from_data_for_the_speed_network_only() {
+    let b = cpu();
+    let shape = [3, 32, 32];
+    let data = random_images(30, shape, 5);
+    let config = ModelConfig::CifarSpeed { widths: [4, 8, 8] };
+    let mut model = Model::new(&b, &config, &shape, 10, 1).unwrap();
+    let entry = model.params.entries.iter().find(|e| e.name == "whiten.weight").unwrap().clone();
+    assert_eq!(entry.shape, vec![24, 3, 2, 2]);
+    let before = params(&b, &model);
+    assert!(model.init_from_data(&b, &data.normalized(&info(shape), 30)).unwrap());
+    let after = params(&b, &model);
+    let w = &after[entry.offset..entry.offset + entry.len()];
+    assert_ne!(w, &before[entry.offset..entry.offset + entry.len()]);
+    assert!(w[..144].iter().zip(&w[144..]).all(|(a, b)| *a == -*b), "the second half negates the first");
+    // Nothing else moved; the 3x3 convs start with identity filters on their first C_in outputs.
+    let outside = |i: usize| i < entry.offset || i >= entry.offset + entry.len();
+    assert!((0..after.len()).filter(|&i| outside(i)).all(|i| after[i] == before[i]));
+    let conv = model.params.entries.iter().find(|e| e.name == "block2.conv1.weight").unwrap();
+    let filter = |o: usize| &after[conv.offset + o * 4 * 9..conv.offset + (o + 1) * 4 * 9];
+    assert_eq!(filter(1)[9 + 4], 1.0);
+    assert_eq!(filter(1).iter().filter(|v| **v != 0.0).count(), 1);
+    let mut lenet = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, 1).unwrap();
+    assert!(!lenet.init_from_data(&b, &vec![0.0; 784]).unwrap());
+}
