@@ -134,7 +134,8 @@ fn cifar_speed_recipe_trains_and_resumes_exactly() {
     };
     let straight = tmpdir("speed");
     let log = train(&straight, "4", false);
-    for needle in ["whitening: filters from the patches of the first 4096 training images", "flips alternating", "lookahead every 5 steps"] {
+    for needle in ["whitening: filters from the patches of the first 4096 training images", "flips alternating", "lookahead every 5 steps"]
+    {
         assert!(log.contains(needle), "`{needle}` missing:\n{log}");
     }
     let tta: f64 = log

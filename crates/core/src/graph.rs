@@ -148,7 +148,10 @@ impl Op {
                 bn.eps = eps.unwrap_or(bn.eps);
                 bn.momentum = momentum.unwrap_or(bn.momentum);
                 if !(bn.eps > 0.0 && bn.eps.is_finite() && (0.0..=1.0).contains(&bn.momentum)) {
-                    return Err(Error::config("batch-norm", format!("needs eps > 0 and momentum in [0, 1], got {} and {}", bn.eps, bn.momentum)));
+                    return Err(Error::config(
+                        "batch-norm",
+                        format!("needs eps > 0 and momentum in [0, 1], got {} and {}", bn.eps, bn.momentum),
+                    ));
                 }
                 Box::new(if relu { bn.with_relu() } else { bn })
             }

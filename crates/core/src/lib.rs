@@ -23,6 +23,7 @@ pub mod data;
 pub mod error;
 pub mod graph;
 pub mod layers;
+pub mod lookahead;
 pub mod loss_scale;
 pub mod model;
 pub mod onnx;
@@ -32,7 +33,6 @@ pub mod random;
 pub mod reference;
 pub mod train;
 pub mod tta;
-pub mod lookahead;
 pub mod whiten;
 
 pub use backend::{Backend, Elem, Precision, Storage, View, ViewMut};

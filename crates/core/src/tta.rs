@@ -47,7 +47,13 @@ impl Tta {
 
 /// Loss and accuracy of `model` on all of `data` in batches of `batch_size`,
 /// from the weighted sum of the logits of `tta`'s views of each image.
-pub fn evaluate_tta<B: Backend>(backend: &B, model: &mut Model<B>, data: &DeviceDataset<B>, batch_size: usize, tta: Tta) -> Result<PassStats> {
+pub fn evaluate_tta<B: Backend>(
+    backend: &B,
+    model: &mut Model<B>,
+    data: &DeviceDataset<B>,
+    batch_size: usize,
+    tta: Tta,
+) -> Result<PassStats> {
     if batch_size == 0 {
         return Err(Error::config("--eval-batch-size", "must be at least 1"));
     }
@@ -66,7 +72,14 @@ pub fn evaluate_tta<B: Backend>(backend: &B, model: &mut Model<B>, data: &Device
         // x: (n, c, h, w), y: (n)
         let spec = crate::backend::Gather::new(n, &data.info);
         let (images, labels) = (View::all(&data.images), View::all(&data.labels));
-        backend.gather_batch(&spec, images, labels, View::range(&order, start, n)?, ViewMut::prefix(&mut x, x_len)?, ViewMut::prefix(&mut y, n)?)?;
+        backend.gather_batch(
+            &spec,
+            images,
+            labels,
+            View::range(&order, start, n)?,
+            ViewMut::prefix(&mut x, x_len)?,
+            ViewMut::prefix(&mut y, n)?,
+        )?;
         backend.fill(ViewMut::prefix(&mut sum, n * classes)?, 0.0)?;
         for view in &views {
             let input = match view.crop {

@@ -152,7 +152,10 @@ mod tests {
         let cov = patch_covariance(&images, shape, k);
         let d = 12;
         for (a, b) in (0..d).flat_map(|a| (0..d).map(move |b| (a, b))) {
-            let r: f64 = (0..d).flat_map(|i| (0..d).map(move |j| (i, j))).map(|(i, j)| f[a * d + i] as f64 * cov[i * d + j] * f[b * d + j] as f64).sum();
+            let r: f64 = (0..d)
+                .flat_map(|i| (0..d).map(move |j| (i, j)))
+                .map(|(i, j)| f[a * d + i] as f64 * cov[i * d + j] * f[b * d + j] as f64)
+                .sum();
             assert!((r - if a == b { 1.0 } else { 0.0 }).abs() < 1e-3, "response covariance ({a}, {b}) = {r}");
         }
         // The second half is the negated first.

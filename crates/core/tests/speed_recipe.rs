@@ -50,7 +50,12 @@ fn lookahead_pulls_the_average_and_resets_the_weights() {
 fn random_images(n: usize, shape: [usize; 3], seed: u64) -> Dataset {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let len = n * shape.iter().product::<usize>();
-    Dataset { images: (0..len).map(|_| r.random::<u8>()).collect(), labels: (0..n).map(|_| r.random_range(0..4u8)).collect(), len: n, shape }
+    Dataset {
+        images: (0..len).map(|_| r.random::<u8>()).collect(),
+        labels: (0..n).map(|_| r.random_range(0..4u8)).collect(),
+        len: n,
+        shape,
+    }
 }
 
 fn info(shape: [usize; 3]) -> DatasetInfo {
@@ -89,7 +94,8 @@ fn test_time_augmentation_averages_the_six_views() {
     let got = evaluate_tta(&b, &mut model, &device, 7, Tta::MirrorTranslate).unwrap();
     // The same on the host: each view's logits, weighted 1/4 (plain, mirrored) and 1/8 (shifted pairs).
     let x = data.normalized(&info, 20);
-    let views = [(0, 0, false, 0.25), (0, 0, true, 0.25), (-1, -1, false, 0.125), (-1, -1, true, 0.125), (1, 1, false, 0.125), (1, 1, true, 0.125)];
+    let views =
+        [(0, 0, false, 0.25), (0, 0, true, 0.25), (-1, -1, false, 0.125), (-1, -1, true, 0.125), (1, 1, false, 0.125), (1, 1, true, 0.125)];
     let mut correct = 0;
     for (i, img) in x.chunks(192).enumerate() {
         let mut sum = [0f32; 4];
@@ -139,7 +145,9 @@ fn whitening_is_set_from_data_for_the_speed_network_only() {
     let after = params(&b, &model);
     let w = &after[entry.offset..entry.offset + entry.len()];
     assert_ne!(w, &before[entry.offset..entry.offset + entry.len()]);
-    assert!(w[..144].iter().zip(&w[144..]).all(|(a, b)| *a == -*b), "the second half negates the first");
+    // 2 d filters of d = 3 * 2 * 2 weights: the last d negate the first d.
+    let half = entry.len() / 2;
+    assert!(w[..half].iter().zip(&w[half..]).all(|(a, b)| *a == -*b), "the second half negates the first");
     // Nothing else moved; the 3x3 convs start with identity filters on their first C_in outputs.
     let outside = |i: usize| i < entry.offset || i >= entry.offset + entry.len();
     assert!((0..after.len()).filter(|&i| outside(i)).all(|i| after[i] == before[i]));

@@ -1,4 +1,4 @@
-// Element-wise ops: fill, ReLU, sums, bias broadcast, column sums, copy.
+// Element-wise ops: fill, ReLU, GELU, sums, axpby, bias broadcast, column sums, copy.
 
 extern "C" __global__ void fill_f32(float* y, int n, float v) {
     GRID_STRIDE(i, n) y[i] = v;
@@ -12,6 +12,28 @@ extern "C" __global__ void relu_forward(const float* __restrict__ x, float* __re
 // dx = dy * (y > 0)
 extern "C" __global__ void relu_backward(const float* __restrict__ y, const float* __restrict__ dy, float* __restrict__ dx, int n) {
     GRID_STRIDE(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+// y = GELU(x) = x Φ(x); normcdff keeps its accuracy in both tails (unlike 1 + erff).
+extern "C" __global__ void gelu_forward(const float* __restrict__ x, float* __restrict__ y, int n) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        y[i] = v * normcdff(v);
+    }
+}
+
+// dx = dy (Φ(x) + x φ(x)), φ(x) = exp(-x²/2) / sqrt(2π)
+extern "C" __global__ void gelu_backward(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, int n) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        float pdf = 0.398942280401432678f * expf(-0.5f * v * v);
+        dx[i] = dy[i] * (normcdff(v) + v * pdf);
+    }
+}
+
+// y = a x + b y (weight averages, test-time-augmentation sums); y is not read when b == 0.
+extern "C" __global__ void axpby_f32(const float* __restrict__ x, float* __restrict__ y, int n, float a, float b) {
+    GRID_STRIDE(i, n) y[i] = b == 0.0f ? a * x[i] : a * x[i] + b * y[i];
 }
 
 // y = a + b (residual connections)

@@ -87,11 +87,25 @@ extern "C" __global__ void augment(const unsigned* __restrict__ rng, const float
 }
 
 // Random crop (zero or reflect padding), horizontal flip and cutout (mirrors CropArgs in ops.rs).
+// flip is the mode of Flip::kernel_args: 0 off, 1 random (draw 2), 2 on odd epochs
+// (rng[1] / steps_per_epoch), 3 always. Where `fixed` is set, every sample takes the
+// offsets (fixed_dy, fixed_dx) instead of draws 0 and 1.
 struct CropArgs {
     int n, c, h, w, pad;
     int reflect, flip, cutout;
-    unsigned salt;
+    unsigned salt, steps_per_epoch;
+    int fixed, fixed_dy, fixed_dx;
 };
+
+// Whether sample i is flipped at step `step` (CropSpec::params).
+__device__ __forceinline__ bool crop_flips(unsigned key, int i, unsigned step, const CropArgs& a) {
+    switch (a.flip) {
+        case 1: return rr_uniform(key, (unsigned)i * 8u + 2u) < 0.5f;
+        case 2: return (step / a.steps_per_epoch) % 2u == 1u;
+        case 3: return true;
+        default: return false;
+    }
+}
 
 // Sample i's integer in 0..m from draw j of its block of 8: min(floor(u * m), m - 1), the
 // product in f32 as CropSpec::params does it.
@@ -112,13 +126,15 @@ __device__ __forceinline__ int crop_source(int o, int shift, int pad, int len, i
 
 // One thread per output pixel of every sample (all channels). x, y: (n, c, h, w), not overlapping.
 extern "C" __global__ void crop_flip(const unsigned* __restrict__ rng, const float* __restrict__ x, float* __restrict__ y, CropArgs a) {
-    unsigned key = rr_stream_key(rng[0], rng[1], a.salt);
+    unsigned step = rng[1];
+    unsigned key = rr_stream_key(rng[0], step, a.salt);
     int hw = a.h * a.w;
     int shifts = 2 * a.pad + 1;
     GRID_STRIDE(t, a.n * hw) {
         int i = t / hw, p = t - i * hw, r = p / a.w, s = p - r * a.w;
-        int dy = crop_int(key, i, 0u, shifts), dx = crop_int(key, i, 1u, shifts);
-        bool flip = a.flip && rr_uniform(key, (unsigned)i * 8u + 2u) < 0.5f;
+        int dy = a.fixed ? a.fixed_dy : crop_int(key, i, 0u, shifts);
+        int dx = a.fixed ? a.fixed_dx : crop_int(key, i, 1u, shifts);
+        bool flip = crop_flips(key, i, step, a);
         bool in_cut = false;
         if (a.cutout > 0) {
             int cy = crop_int(key, i, 3u, a.h) - a.cutout / 2, cx = crop_int(key, i, 4u, a.w) - a.cutout / 2;

@@ -305,9 +305,14 @@ struct CropArgs {
     w: i32,
     pad: i32,
     reflect: i32,
+    /// The mode of [`rr_core::backend::Flip::kernel_args`].
     flip: i32,
     cutout: i32,
     salt: u32,
+    steps_per_epoch: u32,
+    fixed: i32,
+    fixed_dy: i32,
+    fixed_dx: i32,
 }
 
 // SAFETY: plain #[repr(C)] 4-byte fields, laid out as the CUDA struct.
@@ -530,6 +535,30 @@ impl Backend for CudaBackend {
     fn relu_backward(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::relu_backward(y.len, dy.len, dx.len)?;
         launch!(self, relu_backward, self.cfg(y.len), ptr(&y), ptr(&dy), ptr_mut(&dx), i32c(y.len)?)
+    }
+
+    fn gelu_forward(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::gelu_forward(x.len, y.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        launch!(self, gelu_forward, self.cfg(x.len), ptr(&x), ptr_mut(&y), i32c(x.len)?)
+    }
+
+    fn gelu_backward(&self, x: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::gelu_backward(x.len, dy.len, dx.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        launch!(self, gelu_backward, self.cfg(x.len), ptr(&x), ptr(&dy), ptr_mut(&dx), i32c(x.len)?)
+    }
+
+    fn axpby(&self, a: f32, x: View<'_, Self, f32>, b: f32, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::axpby(x.len, y.len)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        launch!(self, axpby, self.cfg(x.len), ptr(&x), ptr_mut(&y), i32c(x.len)?, a, b)
     }
 
     fn conv2d_forward(
@@ -789,6 +818,7 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         i32c(spec.len())?;
+        let ([flip, steps_per_epoch], (fixed_dy, fixed_dx)) = (spec.flip.kernel_args(), spec.fixed.unwrap_or((0, 0)));
         let args = CropArgs {
             n: i32c(spec.n)?,
             c: i32c(spec.c)?,
@@ -796,9 +826,13 @@ impl Backend for CudaBackend {
             w: i32c(spec.w)?,
             pad: i32c(spec.pad)?,
             reflect: (spec.padding == Padding::Reflect) as i32,
-            flip: spec.flip as i32,
+            flip: flip as i32,
             cutout: i32c(spec.cutout)?,
             salt: spec.salt,
+            steps_per_epoch,
+            fixed: spec.fixed.is_some() as i32,
+            fixed_dy: i32c(fixed_dy)?,
+            fixed_dx: i32c(fixed_dx)?,
         };
         launch!(self, crop_flip, self.cfg(spec.n * spec.h * spec.w), ptr(&rng), ptr(&x), ptr_mut(&y), args)
     }

@@ -1,10 +1,11 @@
 //! What the shared conformance suite does not check of the CUDA kernels of the
-//! new ops: crop_flip and add recorded in a CUDA graph and replayed at new
-//! steps, the per-channel gather bit for bit (the suite allows 1e-5), and a
-//! loss-scaled update recorded once and replayed with and without overflow.
+//! new ops: crop_flip (random and alternate flips), add and axpby recorded in a
+//! CUDA graph and replayed at new steps, the per-channel gather bit for bit
+//! (the suite allows 1e-5), and a loss-scaled update recorded once and
+//! replayed with and without overflow.
 //! Run on a machine with a GPU: `cargo test -p rr-cuda -- --include-ignored`.
 
-use rr_core::backend::{CropSpec, Gather, Padding};
+use rr_core::backend::{CropSpec, Flip, Gather, Padding};
 use rr_core::{random, reference, Backend, View, ViewMut};
 use rr_cuda::CudaBackend;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -31,7 +32,8 @@ fn bits(v: &[f32]) -> Vec<u32> {
 #[ignore = "needs a CUDA device"]
 fn crop_flip_and_add_replay_in_a_graph() {
     let b = backend();
-    let spec = CropSpec { n: 16, c: 3, h: 32, w: 32, pad: 4, padding: Padding::Reflect, flip: true, cutout: 8, salt: 2 };
+    let spec =
+        CropSpec { n: 16, c: 3, h: 32, w: 32, pad: 4, padding: Padding::Reflect, flip: Flip::Random, fixed: None, cutout: 8, salt: 2 };
     let x = values(30, spec.len(), -1.0, 1.0);
     let (dx, mut ds) = (b.upload(&x).unwrap(), b.upload(&[7u32, 0]).unwrap());
     let (mut y, mut z) = (b.alloc::<f32>(spec.len()).unwrap(), b.alloc::<f32>(spec.len()).unwrap());
@@ -48,6 +50,37 @@ fn crop_flip_and_add_replay_in_a_graph() {
         assert_eq!(bits(&b.download(View::all(&y)).unwrap()), bits(&want), "replayed crop_flip at step {step}");
         let want_z: Vec<f32> = want.iter().zip(&x).map(|(w, x)| (w + x) + x).collect();
         assert_eq!(bits(&b.download(View::all(&z)).unwrap()), bits(&want_z), "replayed add at step {step}");
+    }
+}
+
+/// Alternate flips read the step on the device: one recorded crop mirrors the
+/// batch on odd epochs only, and an axpby recorded after it (a running sum, as
+/// test-time augmentation keeps) follows.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn alternate_flips_follow_the_step_in_a_replayed_graph() {
+    let b = backend();
+    let flip = Flip::Alternate { steps_per_epoch: 4 };
+    let spec = CropSpec { n: 8, c: 3, h: 16, w: 16, pad: 2, padding: Padding::Reflect, flip, fixed: None, cutout: 0, salt: 5 };
+    let x = values(31, spec.len(), -1.0, 1.0);
+    let (dx, mut ds) = (b.upload(&x).unwrap(), b.upload(&[9u32, 0]).unwrap());
+    let (mut y, mut sum) = (b.alloc::<f32>(spec.len()).unwrap(), b.alloc::<f32>(spec.len()).unwrap());
+    assert!(b.begin_capture().unwrap());
+    b.crop_flip(&spec, View::all(&ds), View::all(&dx), ViewMut::all(&mut y)).unwrap();
+    // (0.5 and 1: exact products, so a fused multiply-add rounds as the reference does.)
+    b.axpby(0.5, View::all(&y), 1.0, ViewMut::all(&mut sum)).unwrap();
+    let graph = b.end_capture().unwrap();
+    let mut want_sum = vec![0.0f32; spec.len()];
+    for step in [0u32, 3, 4, 7, 8, 13] {
+        b.write(ViewMut::all(&mut ds), &[9, step]).unwrap();
+        b.replay(&graph).unwrap();
+        let (mut want, mut unflipped) = (vec![0.0; spec.len()], vec![0.0; spec.len()]);
+        reference::crop_flip(&spec, &[9, step], &x, &mut want);
+        reference::crop_flip(&CropSpec { flip: Flip::Off, ..spec }, &[9, step], &x, &mut unflipped);
+        assert_eq!(want != unflipped, (step / 4) % 2 == 1, "the reference flips on odd epochs only (step {step})");
+        assert_eq!(bits(&b.download(View::all(&y)).unwrap()), bits(&want), "replayed crop_flip at step {step}");
+        reference::axpby(0.5, &want, 1.0, &mut want_sum);
+        assert_eq!(bits(&b.download(View::all(&sum)).unwrap()), bits(&want_sum), "replayed axpby at step {step}");
     }
 }
 

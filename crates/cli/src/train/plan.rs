@@ -242,6 +242,7 @@ pub(super) fn schedule_name(s: &Schedule) -> &'static str {
         Schedule::Step { .. } => "step",
         Schedule::Cosine => "cosine",
         Schedule::OneCycle { .. } => "onecycle",
+        Schedule::Triangular { .. } => "triangular",
     }
 }
 
