@@ -68,7 +68,8 @@ impl WithBackend for BenchJob {
         let data = Mnist::load(&crate::dataset::data_dir(&args.common.data_dir, crate::dataset::DatasetArg::Mnist)?)?;
         let train_set = DeviceDataset::upload(backend, &data.train, &data.info)?;
         let test_set = DeviceDataset::upload(backend, &data.test, &data.info)?;
-        let config = TrainConfig { epochs: args.epochs, batch_size: args.batch_size, ..TrainConfig::default() };
+        let loss_scale = rr_core::loss_scale::LossScaling::for_precision(backend.precision());
+        let config = TrainConfig { epochs: args.epochs, batch_size: args.batch_size, loss_scale, ..TrainConfig::default() };
         let model = Model::new(backend, &ModelConfig::Lenet5, &data.info.shape, data.info.classes, config.seed)?;
         let mut trainer = Trainer::new(backend, model, config, train_set.len)?;
         trainer.use_graphs = !args.no_graphs;

@@ -74,7 +74,8 @@ fn apply_precision<B: Backend>(backend: &B, arg: PrecisionArg) -> Result<()> {
         }
         PrecisionArg::Auto => [Precision::Bf16, Precision::Fp32].into_iter().find(|p| offered.contains(p)).unwrap_or(Precision::Fp32),
         PrecisionArg::Exactly(p) if !offered.contains(&p) && backend.name().starts_with("cpu") => {
-            eprintln!("note: the CPU computes in fp32 only; --precision {p} does not apply there");
+            let scaling = if p == Precision::Fp16 { " (nor its loss scaling: training runs in fp32 without)" } else { "" };
+            eprintln!("note: the CPU computes in fp32 only; --precision {p} does not apply there{scaling}");
             Precision::Fp32
         }
         PrecisionArg::Exactly(p) => p,

@@ -130,7 +130,8 @@ pub struct DeviceArgs {
     #[arg(long, allow_negative_numbers = true)]
     pub threads: Option<usize>,
     /// Precision of convolutions and matrix products: auto (bf16 on a CUDA GPU with cuDNN, else fp32),
-    /// fp32, tf32 (CUDA), bf16 (CUDA with cuDNN); weights, optimizer state and the loss stay fp32
+    /// fp32, tf32 (CUDA), bf16 (CUDA with cuDNN), fp16 (CUDA with cuDNN; trains with dynamic loss
+    /// scaling); weights, optimizer state and the loss stay fp32
     #[arg(long, default_value = "auto")]
     pub precision: device::PrecisionArg,
 }

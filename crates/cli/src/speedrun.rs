@@ -92,6 +92,8 @@ impl WithBackend for SpeedrunJob {
         let test_set = DeviceDataset::upload(backend, &data.test, &data.info)?;
         let mut recipe = TrainConfig::speed_run();
         recipe.epochs = args.epochs.unwrap_or(recipe.epochs);
+        // fp16 needs dynamic loss scaling (rr_core::loss_scale); other precisions do without.
+        recipe.loss_scale = rr_core::loss_scale::LossScaling::for_precision(backend.precision());
         println!(
             "speedrun: cifar-speed (widths {:?}) on {} ({}), {} train images, {} epochs of batch {}, {} timed runs after a {}-epoch warm-up",
             ModelConfig::speed_widths(args.width.unwrap_or(ModelConfig::SPEED_WIDTHS[0])),

@@ -391,18 +391,23 @@ impl UpdateRule {
 }
 
 /// The per-step values an optimizer step reads from the device:
-/// `[lr, 1 - beta1^t, 1 - beta2^t]` (the last two only for Adam).
+/// `[lr, 1 - beta1^t, 1 - beta2^t, skip]` (the bias corrections only for Adam).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Hyper {
     pub lr: f32,
     pub bias_correction1: f32,
     pub bias_correction2: f32,
+    /// Nonzero: the step changes nothing, neither parameters nor state (a
+    /// loss-scaled step whose gradients overflowed, see [`crate::loss_scale`]).
+    pub skip: f32,
 }
 
 impl Hyper {
-    pub const LEN: usize = 3;
-    pub fn to_array(self) -> [f32; 3] {
-        [self.lr, self.bias_correction1, self.bias_correction2]
+    pub const LEN: usize = 4;
+    /// Where `skip` is in the device buffer.
+    pub const SKIP: usize = 3;
+    pub fn to_array(self) -> [f32; Self::LEN] {
+        [self.lr, self.bias_correction1, self.bias_correction2, self.skip]
     }
 }
 
@@ -635,6 +640,57 @@ impl std::str::FromStr for Precision {
     }
 }
 
+// ---- dynamic loss scaling (fp16 mixed precision) ------------------------------
+
+/// The device state of dynamic loss scaling, [`LossScaleState::LEN`] f32
+/// values (see [`crate::loss_scale`]): the scale, the finite steps since it
+/// last changed, whether this step found a non-finite gradient (0 or 1), and
+/// the steps skipped so far. On the device so a recorded step stays valid.
+pub struct LossScaleState;
+
+impl LossScaleState {
+    pub const SCALE: usize = 0;
+    pub const GOOD_STEPS: usize = 1;
+    pub const FOUND_INF: usize = 2;
+    pub const SKIPPED: usize = 3;
+    pub const LEN: usize = 4;
+}
+
+/// How [`Backend::loss_scale_update`] moves the scale (PyTorch's GradScaler):
+/// a step that found a non-finite gradient multiplies it by `backoff`; after
+/// `growth_interval` finite steps in a row it is multiplied by `growth` (when
+/// that stays finite).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ScaleUpdate {
+    pub growth: f32,
+    pub backoff: f32,
+    pub growth_interval: u32,
+}
+
+/// The longest growth interval: steps are counted in an f32 (exact up to 2^24).
+pub const MAX_GROWTH_INTERVAL: u32 = 1 << 24;
+
+impl ScaleUpdate {
+    pub fn validate(&self) -> Result<()> {
+        let ok = self.growth.is_finite()
+            && self.growth > 1.0
+            && self.backoff > 0.0
+            && self.backoff < 1.0
+            && (1..=MAX_GROWTH_INTERVAL).contains(&self.growth_interval);
+        if !ok {
+            return Err(Error::shape(
+                "loss_scale_update",
+                "spec",
+                format!("growth > 1 (finite), backoff in (0, 1), growth interval in 1..={MAX_GROWTH_INTERVAL}"),
+                format!("{self:?}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+// ---- end of dynamic loss scaling ---------------------------------------------
+
 /// The contract every device implements. See the module docs.
 pub trait Backend: Send + Sync + Sized + 'static {
     type Buf<T: Elem>: Storage + Send + Sync;
@@ -858,6 +914,18 @@ pub trait Backend: Send + Sync + Sized + 'static {
         x: ViewMut<'_, Self, f32>,
         y: ViewMut<'_, Self, u32>,
     ) -> Result<()>;
+
+    // ---- dynamic loss scaling (see crate::loss_scale; `state` as [`LossScaleState`]) ----
+    /// `x *= scale`: the loss gradient, scaled before backward.
+    fn loss_scale_dlogits(&self, state: View<'_, Self, f32>, x: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// `grads *= 1 / scale` (the reciprocal rounded to f32 once); sets
+    /// `found_inf` to 1 if any unscaled value is NaN or infinite, and leaves
+    /// it as it was otherwise.
+    fn loss_scale_unscale(&self, state: ViewMut<'_, Self, f32>, grads: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// The end of a step (see [`ScaleUpdate`]): backs off and counts a skipped
+    /// step if `found_inf`, else counts a finite step and grows the scale after
+    /// `growth_interval` of them; then clears `found_inf` for the next step.
+    fn loss_scale_update(&self, spec: &ScaleUpdate, state: ViewMut<'_, Self, f32>) -> Result<()>;
 }
 
 /// Argument checks shared by every backend: each op validates its geometry
@@ -1060,5 +1128,15 @@ pub mod checks {
 
     pub fn axpby(x: usize, y: usize) -> Result<()> {
         check_len("axpby", "y", x, y)
+    }
+
+    // ---- dynamic loss scaling ----
+    pub fn loss_scale_state(op: &'static str, state: usize) -> Result<()> {
+        check_len(op, "loss scale state", super::LossScaleState::LEN, state)
+    }
+
+    pub fn loss_scale_update(spec: &super::ScaleUpdate, state: usize) -> Result<()> {
+        spec.validate()?;
+        loss_scale_state("loss_scale_update", state)
     }
 }

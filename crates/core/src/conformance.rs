@@ -10,8 +10,8 @@
 //! Functions panic on failure (they are test bodies).
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Flip, Gather, Gemm, Hyper, Padding, Pool2dGeom, UpdateRule,
-    View, ViewMut,
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Flip, Gather, Gemm, Hyper, LossScaleState, Padding, Pool2dGeom,
+    ScaleUpdate, UpdateRule, View, ViewMut,
 };
 use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Ctx, Dropout, Flatten, Gelu, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use crate::reference;
@@ -32,7 +32,8 @@ macro_rules! backend_conformance_tests {
             gradcheck_flatten, gradcheck_loss, gradcheck_avgpool2d, gradcheck_batchnorm,
             gradcheck_dropout, gradcheck_model,
             add, crop_flip, crop_modes, label_smoothing, gather_channels, precisions,
-            gelu, axpby, gradcheck_gelu);
+            gelu, axpby, gradcheck_gelu,
+            loss_scaling);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
         $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*
@@ -394,7 +395,8 @@ pub fn optimizer_step<B: Backend>(b: &B, tol: f32) {
     ];
     for (len, rule) in cases {
         // t = 3: Adam's bias corrections 1 - beta^t.
-        let hyper = Hyper { lr: 0.05, bias_correction1: 1.0 - 0.9f32.powi(3), bias_correction2: 1.0 - 0.999f32.powi(3) }.to_array();
+        let (bias_correction1, bias_correction2) = (1.0 - 0.9f32.powi(3), 1.0 - 0.999f32.powi(3));
+        let hyper = Hyper { lr: 0.05, bias_correction1, bias_correction2, skip: 0.0 }.to_array();
         let p = uniform(&mut r, len, -1.0, 1.0);
         let g = uniform(&mut r, len, -1.0, 1.0);
         let mut st = uniform(&mut r, rule.state_len(len), -1.0, 1.0);
@@ -407,7 +409,17 @@ pub fn optimizer_step<B: Backend>(b: &B, tol: f32) {
         b.optimizer_step(&rule, View::all(&dh), ViewMut::all(&mut dp), View::all(&dg), ViewMut::all(&mut dst)).unwrap();
         assert_close(&format!("optimizer_step {rule:?} params {len}"), &down(b, &dp), &wp, tol);
         assert_close(&format!("optimizer_step {rule:?} state {len}"), &down(b, &dst), &wst, tol);
+        // A skipped step (loss scaling's overflow) leaves every bit as it was.
+        let skip = Hyper { lr: 0.05, bias_correction1, bias_correction2, skip: 1.0 }.to_array();
+        let (mut dp, dg, mut dst, dh) = (b.upload(&p).unwrap(), b.upload(&g).unwrap(), b.upload(&st).unwrap(), b.upload(&skip).unwrap());
+        b.optimizer_step(&rule, View::all(&dh), ViewMut::all(&mut dp), View::all(&dg), ViewMut::all(&mut dst)).unwrap();
+        assert_eq!(bits(&down(b, &dp)), bits(&p), "optimizer_step {rule:?} skipped: params {len}");
+        assert_eq!(bits(&down(b, &dst)), bits(&st), "optimizer_step {rule:?} skipped: state {len}");
     }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
 }
 
 pub fn gather_batch<B: Backend>(b: &B, tol: f32) {
@@ -1329,7 +1341,8 @@ pub fn gradcheck_dropout<B: Backend>(b: &B, _tol: f32) {
 /// (wide convolutions, large products), against the fp32 reference with a
 /// bound of a few unit roundoffs of the format; fp32 is restored afterwards.
 /// The result must also differ from fp32's (else the precision was ignored).
-/// Precisions a backend does not offer must be refused.
+/// Precisions a backend does not offer must be refused. Inputs are in [-1, 1],
+/// so every operand and result stays far inside fp16's range (checked).
 pub fn precisions<B: Backend>(b: &B, _tol: f32) {
     use crate::backend::Precision;
     struct Restore<'a, B: Backend>(&'a B);
@@ -1369,9 +1382,16 @@ pub fn precisions<B: Backend>(b: &B, _tol: f32) {
         let mut dc = poisoned(b, 300 * 130);
         b.gemm(&spec, View::all(&da), View::all(&db), None, ViewMut::all(&mut dc)).unwrap();
         let got = down(b, &dc);
+        assert_fits_16_bits(&format!("gemm at {p}"), &want);
         assert_close(&format!("gemm at {p}"), &got, &want, tol);
         assert!(got != want, "gemm at {p}: bit-identical to fp32, so the precision was not applied");
     }
+}
+
+/// fp16's largest value is 65504: results far below it, so the bounds test rounding, not overflow.
+fn assert_fits_16_bits(what: &str, v: &[f32]) {
+    let max = v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    assert!(max < 4096.0, "{what}: the test's values reach {max}, too close to fp16's largest (65504)");
 }
 
 fn precision_conv<B: Backend>(b: &B, r: &mut ChaCha8Rng, g: &Conv2dGeom, p: crate::backend::Precision, tol: f32) {
@@ -1383,6 +1403,9 @@ fn precision_conv<B: Backend>(b: &B, r: &mut ChaCha8Rng, g: &Conv2dGeom, p: crat
     reference::conv2d_forward(g, &x, &w, &bias, &mut want_y);
     let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0; g.x_len()], vec![0.0; g.w_len()], vec![0.0; g.c_out]);
     reference::conv2d_backward(g, &x, &w, &dy, Some(&mut want_dx), &mut want_dw, &mut want_db);
+    for (what, v) in [("y", &want_y), ("dx", &want_dx), ("dw", &want_dw)] {
+        assert_fits_16_bits(&format!("conv2d {what} at {p} {g:?}"), v);
+    }
     let (dx_in, dw_in, dbias, ddy) = (b.upload(&x).unwrap(), b.upload(&w).unwrap(), b.upload(&bias).unwrap(), b.upload(&dy).unwrap());
     let mut y = poisoned(b, g.y_len());
     b.conv2d_forward(g, View::all(&dx_in), View::all(&dw_in), View::all(&dbias), ViewMut::all(&mut y)).unwrap();
@@ -1398,4 +1421,111 @@ fn precision_conv<B: Backend>(b: &B, r: &mut ChaCha8Rng, g: &Conv2dGeom, p: crat
     // The bias gradient is a sum of fp32 values: fp32's bound holds.
     assert_close(&format!("conv2d_backward db at {p} {g:?}"), &params[g.w_len()..], &want_db, 1e-5);
     assert_close(&format!("conv2d_backward dx at {p} {g:?}"), &down(b, &gdx), &want_dx, tol);
+}
+
+// ---- dynamic loss scaling -------------------------------------------------------
+
+/// A state window at offset 1 of a longer buffer (so kernels must honour view offsets).
+fn scale_state<B: Backend>(b: &B, state: [f32; LossScaleState::LEN]) -> B::Buf<f32> {
+    let mut padded = vec![-7.0f32; LossScaleState::LEN + 2];
+    padded[1..=LossScaleState::LEN].copy_from_slice(&state);
+    b.upload(&padded).unwrap()
+}
+
+fn state_view<B: Backend>(buf: &B::Buf<f32>) -> View<'_, B, f32> {
+    View::range(buf, 1, LossScaleState::LEN).unwrap()
+}
+
+fn state_view_mut<B: Backend>(buf: &mut B::Buf<f32>) -> ViewMut<'_, B, f32> {
+    ViewMut::range(buf, 1, LossScaleState::LEN).unwrap()
+}
+
+/// The state read back; the padding around the window must be untouched.
+fn read_state<B: Backend>(b: &B, buf: &B::Buf<f32>) -> [f32; LossScaleState::LEN] {
+    let all = down(b, buf);
+    assert!(all[0] == -7.0 && all[LossScaleState::LEN + 1] == -7.0, "loss scale op wrote outside its state window: {all:?}");
+    all[1..=LossScaleState::LEN].try_into().unwrap()
+}
+
+/// The three loss-scaling ops against the reference: scaling the loss
+/// gradient, unscaling with the overflow flag (a non-finite value anywhere,
+/// the last element of a large buffer included, sets it; finite values leave
+/// it as it was), and GradScaler's update in each of its branches.
+pub fn loss_scaling<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(50);
+    let found = LossScaleState::FOUND_INF;
+    // dlogits *= scale
+    for (len, s) in [(1usize, 65536.0f32), (1000, 3.0), (100_003, 0.125)] {
+        let x = uniform(&mut r, len, -1.0, 1.0);
+        let st = [s, 5.0, 0.0, 2.0];
+        let mut want = x.clone();
+        reference::loss_scale_dlogits(&st, &mut want);
+        let dstate = scale_state(b, st);
+        let mut dx = b.upload(&x).unwrap();
+        b.loss_scale_dlogits(state_view(&dstate), ViewMut::all(&mut dx)).unwrap();
+        assert_close(&format!("loss_scale_dlogits {len} x{s}"), &down(b, &dx), &want, tol);
+        assert_eq!(read_state(b, &dstate), st, "loss_scale_dlogits changed the state");
+    }
+    // grads /= scale, found_inf where an unscaled value is not finite
+    let cases = [
+        (1usize, 65536.0f32, None, 0.0f32),
+        (1000, 1024.0, Some((999, f32::INFINITY)), 0.0),
+        (100_003, 65536.0, None, 0.0),
+        (100_003, 65536.0, Some((100_002, f32::NAN)), 0.0),
+        (100_003, 3.0, Some((77_777, f32::NEG_INFINITY)), 0.0),
+        // Finite, but infinite once divided by a scale below 1.
+        (4099, 0.25, Some((4098, f32::MAX)), 0.0),
+        // A flag already set stays set.
+        (1000, 2.0, None, 1.0),
+    ];
+    for (len, s, bad, flag) in cases {
+        let mut g = uniform(&mut r, len, -1000.0, 1000.0);
+        if let Some((i, v)) = bad {
+            g[i] = v;
+        }
+        let st = [s, 7.0, flag, 3.0];
+        let (mut want_g, mut want_st) = (g.clone(), st);
+        reference::loss_scale_unscale(&mut want_st, &mut want_g);
+        assert_eq!(want_st[found], if bad.is_some() || flag != 0.0 { 1.0 } else { 0.0 }, "reference flag");
+        let mut dstate = scale_state(b, st);
+        let mut dg = b.upload(&g).unwrap();
+        b.loss_scale_unscale(state_view_mut(&mut dstate), ViewMut::all(&mut dg)).unwrap();
+        assert_eq!(read_state(b, &dstate), want_st, "loss_scale_unscale state, {len} values / {s}, bad {bad:?}");
+        let got = down(b, &dg);
+        let finite = |v: &[f32]| v.iter().map(|x| if x.is_finite() { *x } else { 0.0 }).collect::<Vec<_>>();
+        assert_close(&format!("loss_scale_unscale {len} / {s}"), &finite(&got), &finite(&want_g), tol);
+        let non_finite = |v: &[f32]| v.iter().map(|x| x.is_finite()).collect::<Vec<_>>();
+        assert_eq!(non_finite(&got), non_finite(&want_g), "loss_scale_unscale: the same values overflow");
+    }
+    // The update's branches: a backoff, a finite step, a growth, a growth that would overflow.
+    let rule = ScaleUpdate { growth: 2.0, backoff: 0.5, growth_interval: 4 };
+    let updates =
+        [[65536.0, 3.0, 1.0, 0.0], [65536.0, 1.0, 0.0, 2.0], [65536.0, 3.0, 0.0, 2.0], [3.0e38, 3.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]];
+    for st in updates {
+        let mut want = st;
+        reference::loss_scale_update(&rule, &mut want);
+        let mut dstate = scale_state(b, st);
+        b.loss_scale_update(&rule, state_view_mut(&mut dstate)).unwrap();
+        assert_eq!(read_state(b, &dstate), want, "loss_scale_update from {st:?}");
+    }
+    // The reference's branches themselves, in numbers.
+    let after = |st: [f32; LossScaleState::LEN]| {
+        let mut st = st;
+        reference::loss_scale_update(&rule, &mut st);
+        st
+    };
+    assert_eq!(after(updates[0]), [32768.0, 0.0, 0.0, 1.0], "backoff, counted as skipped");
+    assert_eq!(after(updates[1]), [65536.0, 2.0, 0.0, 2.0], "a finite step");
+    assert_eq!(after(updates[2]), [131072.0, 0.0, 0.0, 2.0], "growth after 4 finite steps");
+    assert_eq!(after(updates[3]), [3.0e38, 0.0, 0.0, 0.0], "no growth to infinity");
+    // Bad arguments are errors.
+    let mut short: B::Buf<f32> = b.alloc(3).unwrap();
+    let mut x: B::Buf<f32> = b.alloc(4).unwrap();
+    let err = b.loss_scale_unscale(ViewMut::all(&mut short), ViewMut::all(&mut x));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "loss_scale_unscale", .. })), "{err:?}");
+    let err = b.loss_scale_dlogits(View::all(&short), ViewMut::all(&mut x));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "loss_scale_dlogits", .. })), "{err:?}");
+    let mut state = scale_state(b, [1.0, 0.0, 0.0, 0.0]);
+    let err = b.loss_scale_update(&ScaleUpdate { growth: 0.5, ..rule }, state_view_mut(&mut state));
+    assert!(matches!(err, Err(crate::Error::Shape { op: "loss_scale_update", .. })), "{err:?}");
 }

@@ -24,6 +24,7 @@ pub mod error;
 pub mod graph;
 pub mod layers;
 pub mod lookahead;
+pub mod loss_scale;
 pub mod model;
 pub mod onnx;
 pub mod optim;

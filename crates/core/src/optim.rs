@@ -345,10 +345,10 @@ impl<B: Backend> Optimizer<B> {
         let mut table = Vec::with_capacity(lrs.len() * self.slots() * Hyper::LEN);
         for (i, &lr) in lrs.iter().enumerate() {
             let t = (self.steps + 1 + i as u64) as i32;
+            let (bias_correction1, bias_correction2) = (1.0 - self.config.beta1.powi(t), 1.0 - self.config.beta2.powi(t));
             for slot in 0..self.slots() {
                 let lr = lr * self.lr_scale(slot, epoch);
-                let h = Hyper { lr, bias_correction1: 1.0 - self.config.beta1.powi(t), bias_correction2: 1.0 - self.config.beta2.powi(t) };
-                table.extend_from_slice(&h.to_array());
+                table.extend_from_slice(&Hyper { lr, bias_correction1, bias_correction2, skip: 0.0 }.to_array());
             }
         }
         if crate::Storage::len(&self.plan) < table.len() {
@@ -362,6 +362,16 @@ impl<B: Backend> Optimizer<B> {
     pub fn prepare(&mut self, backend: &B, i: usize) -> Result<()> {
         let row = self.slots() * Hyper::LEN;
         backend.copy(View::range(&self.plan, i * row, row)?, ViewMut::all(&mut self.hyper))
+    }
+
+    /// Makes the next step change nothing where `flag` (one value on the
+    /// device) is nonzero: device-side copies into every slot's step values,
+    /// after [`Optimizer::prepare`] (which clears them). For loss scaling's overflowed steps.
+    pub fn skip_if(&mut self, backend: &B, flag: View<'_, B, f32>) -> Result<()> {
+        for slot in 0..self.slots() {
+            backend.copy(flag, ViewMut::range(&mut self.hyper, slot * Hyper::LEN + Hyper::SKIP, 1)?)?;
+        }
+        Ok(())
     }
 
     /// One update with the values of the last [`Optimizer::prepare`]: one

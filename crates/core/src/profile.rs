@@ -3,7 +3,8 @@
 //! profiled runs show each op separately.
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View, ViewMut,
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, ScaleUpdate, UpdateRule, View,
+    ViewMut,
 };
 use crate::error::Result;
 use std::sync::Mutex;
@@ -287,5 +288,16 @@ where
         y: ViewMut<'_, Self, u32>,
     ) -> Result<()> {
         self.timed("gather_batch", || self.inner.gather_batch(spec, v(images), v(labels), v(indices), vm(x), vm(y)))
+    }
+
+    // ---- dynamic loss scaling ----
+    fn loss_scale_dlogits(&self, state: View<'_, Self, f32>, x: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("loss_scale_dlogits", || self.inner.loss_scale_dlogits(v(state), vm(x)))
+    }
+    fn loss_scale_unscale(&self, state: ViewMut<'_, Self, f32>, grads: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("loss_scale_unscale", || self.inner.loss_scale_unscale(vm(state), vm(grads)))
+    }
+    fn loss_scale_update(&self, spec: &ScaleUpdate, state: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("loss_scale_update", || self.inner.loss_scale_update(spec, vm(state)))
     }
 }

@@ -4,8 +4,8 @@
 //! against them (see [`crate::conformance`]). Callers check lengths first.
 
 use crate::backend::{
-    AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule,
-    ELASTIC_GRID, NO_ARGMAX,
+    AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Hyper, LossScaleState, Padding, Pool2dGeom,
+    ScaleUpdate, UpdateRule, ELASTIC_GRID, NO_ARGMAX,
 };
 use crate::error::{Error, Result};
 use crate::random;
@@ -246,8 +246,11 @@ pub fn softmax_cross_entropy(
     Ok(())
 }
 
-/// See [`UpdateRule`]; `hyper` = [lr, 1 - beta1^t, 1 - beta2^t].
+/// See [`UpdateRule`]; `hyper` = [lr, 1 - beta1^t, 1 - beta2^t, skip] (nonzero skip: nothing changes).
 pub fn optimizer_step(rule: &UpdateRule, hyper: &[f32], p: &mut [f32], g: &[f32], state: &mut [f32]) {
+    if hyper[Hyper::SKIP] != 0.0 {
+        return;
+    }
     let lr = hyper[0];
     match *rule {
         UpdateRule::Sgd { momentum, nesterov, weight_decay } => {
@@ -618,6 +621,47 @@ pub fn augment(spec: &AugmentSpec, rng: &[u32], x: &[f32], y: &mut [f32]) {
     for i in 0..spec.n {
         augment_sample(spec, keys, i, &x[i * len..(i + 1) * len], &mut y[i * len..(i + 1) * len]);
     }
+}
+
+// ---- dynamic loss scaling (see crate::loss_scale) -----------------------------
+
+/// `x *= state[SCALE]`.
+pub fn loss_scale_dlogits(state: &[f32], x: &mut [f32]) {
+    let scale = state[LossScaleState::SCALE];
+    x.iter_mut().for_each(|v| *v *= scale);
+}
+
+/// `grads *= 1 / scale`; `found_inf = 1` if an unscaled value is not finite.
+pub fn loss_scale_unscale(state: &mut [f32], grads: &mut [f32]) {
+    let inverse = 1.0 / state[LossScaleState::SCALE];
+    let mut finite = true;
+    for g in grads.iter_mut() {
+        *g *= inverse;
+        finite &= g.is_finite();
+    }
+    if !finite {
+        state[LossScaleState::FOUND_INF] = 1.0;
+    }
+}
+
+/// GradScaler's update (see [`ScaleUpdate`]), then `found_inf = 0`.
+pub fn loss_scale_update(spec: &ScaleUpdate, state: &mut [f32]) {
+    let (scale, good) = (LossScaleState::SCALE, LossScaleState::GOOD_STEPS);
+    if state[LossScaleState::FOUND_INF] != 0.0 {
+        state[scale] *= spec.backoff;
+        state[good] = 0.0;
+        state[LossScaleState::SKIPPED] += 1.0;
+    } else {
+        state[good] += 1.0;
+        if state[good] >= spec.growth_interval as f32 {
+            let grown = state[scale] * spec.growth;
+            if grown.is_finite() {
+                state[scale] = grown;
+            }
+            state[good] = 0.0;
+        }
+    }
+    state[LossScaleState::FOUND_INF] = 0.0;
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use crate::backend::{AugmentSpec, Backend, CropSpec, Flip, Gather, Padding, View
 use crate::data::{Dataset, DatasetInfo};
 use crate::error::{Error, Result};
 use crate::lookahead::{Lookahead, LookaheadConfig};
+use crate::loss_scale::{LossScaler, LossScaling};
 use crate::model::Init;
 use crate::model::{Model, ModelConfig};
 use crate::optim::{Optimizer, OptimizerConfig, ParamGroup, Schedule, ScheduleConfig};
@@ -49,6 +50,9 @@ pub struct TrainConfig {
     /// Test-time augmentation of the final evaluation (see [`crate::tta`]).
     #[serde(default)]
     pub tta: Tta,
+    /// Dynamic loss scaling (for fp16; see [`crate::loss_scale`]).
+    #[serde(default)]
+    pub loss_scale: LossScaling,
 }
 
 /// On-the-fly augmentation of training batches, on the device that trains
@@ -236,6 +240,7 @@ impl Default for TrainConfig {
             drop_last: false,
             lookahead: None,
             tta: Tta::None,
+            loss_scale: LossScaling::Off,
         }
     }
 }
@@ -335,6 +340,7 @@ impl TrainConfig {
             return Err(Error::config("--label-smoothing", format!("must be in [0, 1), got {}", self.label_smoothing)));
         }
         self.augment.validate()?;
+        self.loss_scale.validate()?;
         self.schedule.validate()?;
         if let Some(lookahead) = &self.lookahead {
             lookahead.validate()?;
@@ -476,6 +482,8 @@ pub fn epoch_permutation(seed: u64, epoch: usize, len: usize) -> Vec<u32> {
 pub struct Trainer<B: Backend> {
     pub model: Model<B>,
     pub optimizer: Optimizer<B>,
+    /// Dynamic loss scaling, when the config turns it on.
+    pub loss_scaler: Option<LossScaler<B>>,
     pub config: TrainConfig,
     batch: Batch<B>,
     /// The current step's sample indices (a window of the permutation is
@@ -516,6 +524,7 @@ impl<B: Backend> Trainer<B> {
         // Random streams follow the run's seed, however the model was built or loaded.
         backend.write(ViewMut::range(&mut model.rng, 0, 1)?, &[crate::random::device_seed(config.seed)])?;
         let optimizer = Optimizer::with_groups(backend, config.optimizer, &model.params, &config.param_groups)?;
+        let loss_scaler = LossScaler::new(backend, config.loss_scale)?;
         let lookahead = config.lookahead.map(|c| Lookahead::new(backend, c, &mut model)).transpose()?;
         let mut batch = Batch::new(backend, bs, model.input_len())?;
         if config.augment.warps() {
@@ -538,6 +547,7 @@ impl<B: Backend> Trainer<B> {
             optimizer,
             lookahead,
             total_steps,
+            loss_scaler,
             config,
             use_graphs: true,
             graph: None,
@@ -612,8 +622,16 @@ impl<B: Backend> Trainer<B> {
             Some(ViewMut::prefix(&mut self.dlogits, n * classes)?),
             ViewMut::all(&mut self.batch.stats),
         )?;
+        if let Some(scaler) = &self.loss_scaler {
+            scaler.scale_dlogits(backend, ViewMut::prefix(&mut self.dlogits, n * classes)?)?;
+        }
         self.model.backward(backend, n, x, View::prefix(&self.dlogits, n * classes)?)?;
-        self.optimizer.step(backend, &mut self.model.params)
+        let Some(scaler) = &mut self.loss_scaler else { return self.optimizer.step(backend, &mut self.model.params) };
+        // Unscale and check, skip the update if a gradient overflowed, move the scale.
+        scaler.unscale(backend, ViewMut::all(&mut self.model.params.grads))?;
+        self.optimizer.skip_if(backend, scaler.found_inf())?;
+        self.optimizer.step(backend, &mut self.model.params)?;
+        scaler.update(backend)
     }
 
     /// A full-size step: replayed from a recorded graph where the backend has
@@ -727,6 +745,9 @@ impl<B: Backend> Trainer<B> {
             on_step(&StepReport { done: step + 1, steps, samples: start + n, lr, backend, stats: &self.batch.stats })?;
         }
         let sums = backend.download(View::all(&self.batch.stats))?;
+        if let Some(scaler) = &mut self.loss_scaler {
+            scaler.end_epoch(backend)?;
+        }
         if !sums[0].is_finite() {
             let log = backend.download(View::prefix(&self.loss_log, steps)?)?;
             let step = log.iter().position(|v| !v.is_finite()).map_or(steps, |i| i + 1);

@@ -1,10 +1,12 @@
 // Optimizer steps over the whole parameter buffer (PyTorch semantics).
-// hyper = [lr, 1 - beta1^t, 1 - beta2^t], read on the device so a recorded
-// step stays valid when the learning rate changes.
+// hyper = [lr, 1 - beta1^t, 1 - beta2^t, skip], read on the device so a recorded
+// step stays valid when the learning rate changes; a nonzero skip (loss scaling
+// found an overflowed gradient) leaves parameters and state as they are.
 
 // SGD: g += wd p; v = momentum v + g; p -= lr (nesterov ? g + momentum v : v)
 extern "C" __global__ void sgd_step(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ v,
                                     const float* __restrict__ hyper, int n, float momentum, int nesterov, float weight_decay) {
+    if (hyper[3] != 0.0f) return;
     float lr = hyper[0];
     GRID_STRIDE(i, n) {
         float grad = g[i] + weight_decay * p[i];
@@ -18,6 +20,7 @@ extern "C" __global__ void sgd_step(float* __restrict__ p, const float* __restri
 extern "C" __global__ void adam_step(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ state,
                                      const float* __restrict__ hyper, int n, float beta1, float beta2, float eps,
                                      float weight_decay, int decoupled) {
+    if (hyper[3] != 0.0f) return;
     float lr = hyper[0], bc1 = hyper[1], bc2 = hyper[2];
     float* m = state;
     float* v = state + n;

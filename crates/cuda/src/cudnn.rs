@@ -4,9 +4,9 @@
 //! Activations stay fp32 between ops. For bf16 and fp16 a convolution rounds
 //! its inputs to 16 bits, runs cuDNN's tensor-core algorithms with fp32
 //! accumulation, and widens the result back (the bias added in the same pass).
-//! For fp16, every narrowed tensor is scaled by a power of two that puts its
-//! largest magnitude near 2^14 (found on the device, nothing read back), so
-//! gradients neither underflow nor overflow; the result is unscaled exactly.
+//! For fp16 (5 exponent bits), a value beyond 65504 becomes infinite and one
+//! below 2^-24 becomes 0: training scales its loss so that gradients stay in
+//! range and skips the steps whose gradients overflowed (rr_core::loss_scale).
 //! For tf32, cuDNN reads and writes the fp32 tensors directly.
 //!
 //! A plan (descriptors and algorithms) is made once per shape and precision and

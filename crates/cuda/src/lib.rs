@@ -28,6 +28,8 @@ const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("norm.cu", include_str!("../kernels/norm.cu")),
     ("random.cu", include_str!("../kernels/random.cu")),
     ("precision.cu", include_str!("../kernels/precision.cu")),
+    // dynamic loss scaling
+    ("loss_scale.cu", include_str!("../kernels/loss_scale.cu")),
 ];
 
 fn device_err(msg: impl std::fmt::Display) -> Error {
@@ -129,6 +131,10 @@ struct Kernels {
     crop_flip: CudaFunction,
     narrow_to_nhwc: CudaFunction,
     widen_from_nhwc: CudaFunction,
+    // dynamic loss scaling
+    loss_scale_dlogits: CudaFunction,
+    loss_scale_unscale: CudaFunction,
+    loss_scale_update: CudaFunction,
 }
 
 /// Scratch space reused across ops (im2col columns, transposed activations).
@@ -280,6 +286,10 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         crop_flip: f("crop_flip")?,
         narrow_to_nhwc: f("narrow_to_nhwc")?,
         widen_from_nhwc: f("widen_from_nhwc")?,
+        // dynamic loss scaling
+        loss_scale_dlogits: f("loss_scale_dlogits")?,
+        loss_scale_unscale: f("loss_scale_unscale")?,
+        loss_scale_update: f("loss_scale_update")?,
         _module: module,
     })
 }

@@ -6,7 +6,8 @@ use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use rr_core::backend::{
-    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule, MAX_CHANNELS,
+    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, ScaleUpdate, UpdateRule,
+    MAX_CHANNELS,
 };
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Precision, Result, View, ViewMut};
@@ -446,17 +447,15 @@ impl Backend for CudaBackend {
     fn precisions(&self) -> Vec<Precision> {
         let mut p = vec![Precision::Fp32, Precision::Tf32];
         if self.dnn.is_some() {
-            p.push(Precision::Bf16);
+            // 16-bit convolutions need cuDNN; fp16 trains with loss scaling (rr_core::loss_scale).
+            p.extend([Precision::Bf16, Precision::Fp16]);
         }
         p
     }
 
     fn set_precision(&self, precision: Precision) -> Result<()> {
         if !self.precisions().contains(&precision) {
-            let why = match precision {
-                Precision::Fp16 => "fp16 (with loss scaling) is not implemented yet: use bf16",
-                _ => "it needs cuDNN 9 (libcudnn.so.9), which was not found",
-            };
+            let why = "it needs cuDNN 9 (libcudnn.so.9), which was not found";
             return Err(Error::config("precision", format!("{precision} is not available on {}: {why}", self.name)));
         }
         self.precision.store(Precision::ALL.iter().position(|p| *p == precision).unwrap_or(0) as u8, std::sync::atomic::Ordering::Relaxed);
@@ -964,5 +963,22 @@ impl Backend for CudaBackend {
             i32c(labels.len)?,
             norm
         )
+    }
+
+    // ---- dynamic loss scaling (kernels/loss_scale.cu) ----
+    fn loss_scale_dlogits(&self, state: View<'_, Self, f32>, x: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_state("loss_scale_dlogits", state.len)?;
+        launch!(self, loss_scale_dlogits, self.cfg(x.len), ptr(&state), ptr_mut(&x), i32c(x.len)?)
+    }
+
+    fn loss_scale_unscale(&self, state: ViewMut<'_, Self, f32>, grads: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_state("loss_scale_unscale", state.len)?;
+        launch!(self, loss_scale_unscale, self.cfg(grads.len), ptr_mut(&state), ptr_mut(&grads), i32c(grads.len)?)
+    }
+
+    fn loss_scale_update(&self, spec: &ScaleUpdate, state: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_update(spec, state.len)?;
+        let one = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, loss_scale_update, one, ptr_mut(&state), spec.growth, spec.backoff, i32c(spec.growth_interval as usize)?)
     }
 }

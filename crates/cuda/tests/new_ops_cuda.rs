@@ -1,7 +1,8 @@
 //! What the shared conformance suite does not check of the CUDA kernels of the
 //! new ops: crop_flip (random and alternate flips), add and axpby recorded in a
-//! CUDA graph and replayed at new steps, and the per-channel gather bit for bit
-//! (the suite allows 1e-5).
+//! CUDA graph and replayed at new steps, the per-channel gather bit for bit
+//! (the suite allows 1e-5), and a loss-scaled update recorded once and
+//! replayed with and without overflow.
 //! Run on a machine with a GPU: `cargo test -p rr-cuda -- --include-ignored`.
 
 use rr_core::backend::{CropSpec, Flip, Gather, Padding};
@@ -112,4 +113,53 @@ fn gather_batch_normalizes_per_channel_exactly() {
             assert_eq!(b.download(View::all(&y)).unwrap(), wy, "gather_batch labels channels={channels} n={n}");
         }
     }
+}
+
+/// Loss scaling inside a recorded step: scale, unscale, the optimizer's skip
+/// flag copied on the device, the update. Replays read the scale and the flag
+/// from the device: an overflowed replay changes no parameter and halves the
+/// scale, the next (finite) one updates with the halved scale's unscaling.
+#[test]
+#[ignore = "needs a CUDA device"]
+fn loss_scaled_step_replays_in_a_graph() {
+    use rr_core::backend::{Hyper, LossScaleState, ScaleUpdate, UpdateRule};
+    let b = backend();
+    let len = 70_001;
+    let rule = UpdateRule::Sgd { momentum: 0.9, nesterov: false, weight_decay: 0.0 };
+    let spec = ScaleUpdate { growth: 2.0, backoff: 0.5, growth_interval: 3 };
+    let p0 = values(40, len, -1.0, 1.0);
+    let g = values(41, len, -1.0, 1.0);
+    let (mut params, mut state) = (b.upload(&p0).unwrap(), b.alloc::<f32>(len).unwrap());
+    let mut grads = b.alloc::<f32>(len).unwrap();
+    let mut scale = b.upload(&[1024.0f32, 0.0, 0.0, 0.0]).unwrap();
+    let hyper_row = b.upload(&Hyper { lr: 0.1, bias_correction1: 1.0, bias_correction2: 1.0, skip: 0.0 }.to_array()).unwrap();
+    let mut hyper = b.alloc::<f32>(Hyper::LEN).unwrap();
+    let mut scaled_grads = b.alloc::<f32>(len).unwrap();
+    assert!(b.begin_capture().unwrap());
+    b.copy(View::all(&hyper_row), ViewMut::all(&mut hyper)).unwrap();
+    b.copy(View::all(&scaled_grads), ViewMut::all(&mut grads)).unwrap();
+    b.loss_scale_dlogits(View::all(&scale), ViewMut::all(&mut grads)).unwrap();
+    b.loss_scale_unscale(ViewMut::all(&mut scale), ViewMut::all(&mut grads)).unwrap();
+    b.copy(View::range(&scale, LossScaleState::FOUND_INF, 1).unwrap(), ViewMut::range(&mut hyper, Hyper::SKIP, 1).unwrap()).unwrap();
+    b.optimizer_step(&rule, View::all(&hyper), ViewMut::all(&mut params), View::all(&grads), ViewMut::all(&mut state)).unwrap();
+    b.loss_scale_update(&spec, ViewMut::all(&mut scale)).unwrap();
+    let graph = b.end_capture().unwrap();
+    // Replay 1: one gradient is infinite (at the far end of the buffer).
+    let mut bad = g.clone();
+    bad[len - 1] = f32::INFINITY;
+    b.write(ViewMut::all(&mut scaled_grads), &bad).unwrap();
+    b.replay(&graph).unwrap();
+    assert_eq!(bits(&b.download(View::all(&params)).unwrap()), bits(&p0), "an overflowed step changes no parameter");
+    assert!(b.download(View::all(&state)).unwrap().iter().all(|&v| v == 0.0), "nor the momentum");
+    assert_eq!(b.download(View::all(&scale)).unwrap(), [512.0, 0.0, 0.0, 1.0], "the scale backs off, the skip is counted");
+    // Replay 2: finite gradients: g * 512 / 512 = g exactly (powers of two).
+    b.write(ViewMut::all(&mut scaled_grads), &g).unwrap();
+    b.replay(&graph).unwrap();
+    let (mut want_p, mut want_state) = (p0.clone(), vec![0.0; len]);
+    let row = Hyper { lr: 0.1, bias_correction1: 1.0, bias_correction2: 1.0, skip: 0.0 }.to_array();
+    reference::optimizer_step(&rule, &row, &mut want_p, &g, &mut want_state);
+    let got = b.download(View::all(&params)).unwrap();
+    let err = got.iter().zip(&want_p).map(|(a, w)| (a - w).abs()).fold(0.0f32, f32::max);
+    assert!(err <= 1e-6, "the finite step updates as the reference does (max error {err})");
+    assert_eq!(b.download(View::all(&scale)).unwrap(), [512.0, 1.0, 0.0, 1.0], "one finite step counted");
 }

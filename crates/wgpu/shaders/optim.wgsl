@@ -1,11 +1,16 @@
-// Optimizer steps over every parameter at once; hyper = [lr, 1 - beta1^t, 1 - beta2^t].
+// Optimizer steps over every parameter at once; hyper = [lr, 1 - beta1^t, 1 - beta2^t, skip]
+// (a nonzero skip, loss scaling's overflowed step, leaves parameters and state as they are).
+
+fn skipped() -> bool {
+    return bitcast<f32>(r1[pu(3u) + 3u]) != 0.0;
+}
 
 //! kernel sgd_step
 // [params, grads, state, hyper, n, momentum, nesterov, weight_decay]; r0 = grads, r1 = hyper, w0 = params, w1 = state.
 @compute @workgroup_size(256)
 fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
-    if (i >= pu(4u)) {
+    if (i >= pu(4u) || skipped()) {
         return;
     }
     let lr = bitcast<f32>(r1[pu(3u)]);
@@ -25,7 +30,7 @@ fn sgd_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgrou
 fn adam_step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let n = pu(4u);
     let i = flat(gid, groups);
-    if (i >= n) {
+    if (i >= n || skipped()) {
         return;
     }
     let lr = bitcast<f32>(r1[pu(3u)]);

@@ -28,6 +28,8 @@ const SHADERS: &[(&str, &str)] = &[
     ("loss", include_str!("../shaders/loss.wgsl")),
     ("optim", include_str!("../shaders/optim.wgsl")),
     ("data", include_str!("../shaders/data.wgsl")),
+    // dynamic loss scaling
+    ("loss_scale", include_str!("../shaders/loss_scale.wgsl")),
 ];
 const COMMON: &str = include_str!("../shaders/common.wgsl");
 
@@ -64,6 +66,10 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
     ("sgd_step", "optim", 2, 2),
     ("adam_step", "optim", 2, 2),
     ("gather_batch", "data", 3, 2),
+    // dynamic loss scaling
+    ("loss_scale_dlogits", "loss_scale", 1, 1),
+    ("loss_scale_unscale", "loss_scale", 0, 2),
+    ("loss_scale_update", "loss_scale", 0, 1),
 ];
 
 /// Bytes per parameter slot (the minimum uniform offset alignment wgpu allows everywhere).
@@ -528,7 +534,8 @@ fn describe(info: &wgpu::AdapterInfo) -> String {
 
 /// The WGSL of one kernel: its buffer declarations, the common helpers, the
 /// part of its file before the first kernel (shared helpers), and its own section
-/// (from `//! kernel NAME` to the next such line).
+/// (from `//! kernel NAME` to the next such line). A line `//! atomic wN` in the
+/// section declares read-write buffer N as `array<atomic<u32>>`.
 fn kernel_source(entry: &str, file: &str, reads: u32, writes: u32) -> String {
     let text = SHADERS.iter().find(|(name, _)| *name == file).expect("shader file in the table").1;
     let marker = "//! kernel ";
@@ -543,7 +550,9 @@ fn kernel_source(entry: &str, file: &str, reads: u32, writes: u32) -> String {
         src.push_str(&format!("@group(0) @binding({}) var<storage, read> r{i}: array<u32>;\n", 1 + i));
     }
     for i in 0..writes {
-        src.push_str(&format!("@group(0) @binding({}) var<storage, read_write> w{i}: array<u32>;\n", 1 + reads + i));
+        let atomic = section.lines().any(|l| l.trim() == format!("//! atomic w{i}"));
+        let elem = if atomic { "atomic<u32>" } else { "u32" };
+        src.push_str(&format!("@group(0) @binding({}) var<storage, read_write> w{i}: array<{elem}>;\n", 1 + reads + i));
     }
     format!("{src}{COMMON}\n{preamble}\n// {section}")
 }

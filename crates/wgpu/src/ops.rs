@@ -4,7 +4,8 @@
 
 use crate::{device_err, WgpuBackend, WgpuBuf};
 use rr_core::backend::{
-    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, UpdateRule, MAX_CHANNELS,
+    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, ScaleUpdate, UpdateRule,
+    MAX_CHANNELS,
 };
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Result, View, ViewMut};
@@ -560,5 +561,24 @@ impl Backend for WgpuBackend {
         p.extend(scale.map(f));
         p.extend(shift.map(f));
         self.run("gather_batch", grid(invocations), &p, &[r(&images), r(&labels), r(&indices), w(&x), w(&y)])
+    }
+
+    // ---- dynamic loss scaling (shaders/loss_scale.wgsl) ----
+    fn loss_scale_dlogits(&self, state: View<'_, Self, f32>, x: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_state("loss_scale_dlogits", state.len)?;
+        let p = [u(state.offset)?, u(x.offset)?, u(x.len)?];
+        self.run("loss_scale_dlogits", grid(x.len), &p, &[r(&state), w(&x)])
+    }
+
+    fn loss_scale_unscale(&self, state: ViewMut<'_, Self, f32>, grads: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_state("loss_scale_unscale", state.len)?;
+        let p = [u(grads.offset)?, u(state.offset)?, u(grads.len)?];
+        self.run("loss_scale_unscale", grid(grads.len), &p, &[w(&grads), w(&state)])
+    }
+
+    fn loss_scale_update(&self, spec: &ScaleUpdate, state: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_update(spec, state.len)?;
+        let p = [u(state.offset)?, f(spec.growth), f(spec.backoff), spec.growth_interval];
+        self.run("loss_scale_update", (1, 1, 1), &p, &[w(&state)])
     }
 }

@@ -15,11 +15,12 @@ use anyhow::Result;
 use config_file::RunConfig;
 use plan::Plan;
 use progress::{EpochBar, StepLog};
+use rr_core::loss_scale::LossScaling;
 use rr_core::model::Model;
 use rr_core::optim::{OptimizerKind, Schedule};
 use rr_core::train::{evaluate, DeviceDataset, TrainConfig, Trainer};
 use rr_core::tta::{evaluate_tta, Tta};
-use rr_core::Backend;
+use rr_core::{Backend, Precision};
 use std::time::Instant;
 
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -65,6 +66,11 @@ impl WithBackend for TrainJob {
                 );
             }
         }
+        // fp16 trains with dynamic loss scaling (GradScaler's), other precisions without.
+        plan.config.loss_scale = match (backend.precision(), plan.config.loss_scale) {
+            (Precision::Fp16, given @ LossScaling::Dynamic { .. }) => given,
+            (precision, _) => LossScaling::for_precision(precision),
+        };
         let config = plan.config.clone();
         config.validate()?;
         if let Some(r) = &resumed {
@@ -122,6 +128,9 @@ impl WithBackend for TrainJob {
         }
         if config.label_smoothing > 0.0 {
             println!("label smoothing {}", config.label_smoothing);
+        }
+        if config.loss_scale.is_on() {
+            println!("loss scaling: {}", config.loss_scale.describe());
         }
         let train_set = DeviceDataset::upload(backend, &config.augment.prepare_train(&data.train, config.seed), &info)?;
         let test_set = DeviceDataset::upload(backend, &data.test, &info)?;
@@ -182,7 +191,7 @@ impl WithBackend for TrainJob {
             let test = evaluate(backend, &mut trainer.model, &test_set, plan.eval_batch_size)?;
             let rate = train.samples as f64 / seconds;
             println!(
-                "epoch {:>2}/{}  train_loss {:.4}  train_acc {:6.2}%  test_loss {:.4}  test_acc {:6.2}%  {:6.2}s  {:>9} img/s",
+                "epoch {:>2}/{}  train_loss {:.4}  train_acc {:6.2}%  test_loss {:.4}  test_acc {:6.2}%  {:6.2}s  {:>9} img/s{}",
                 epoch + 1,
                 config.epochs,
                 train.loss,
@@ -191,6 +200,7 @@ impl WithBackend for TrainJob {
                 100.0 * test.accuracy,
                 seconds,
                 group_thousands(rate as u64),
+                describe_loss_scale(&trainer),
             );
             run_dir.save_epoch(backend, &trainer, &EpochRecord { epoch: epoch + 1, train, test, seconds, lr: lr as f32 })?;
         }
@@ -228,6 +238,14 @@ impl WithBackend for TrainJob {
             println!("evaluate with: rusty-recognition eval --checkpoint {}", model.display());
         }
         Ok(run)
+    }
+}
+
+/// The epoch line's loss-scaling figures (nothing when it is off).
+fn describe_loss_scale<B: Backend>(trainer: &Trainer<B>) -> String {
+    match trainer.loss_scaler.as_ref().and_then(|s| s.last_epoch()) {
+        Some(e) => format!("  loss_scale {}  skipped {} step{}", e.scale, e.skipped, if e.skipped == 1 { "" } else { "s" }),
+        None => String::new(),
     }
 }
 

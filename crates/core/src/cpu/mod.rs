@@ -7,8 +7,8 @@
 //! build target is baseline x86-64.
 
 use crate::backend::{
-    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, UpdateRule, View,
-    ViewMut, NO_ARGMAX,
+    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, ScaleUpdate,
+    UpdateRule, View, ViewMut, NO_ARGMAX,
 };
 use crate::error::{check_len, Error, Result};
 use crate::reference;
@@ -860,6 +860,25 @@ impl Backend for CpuBackend {
                 .zip(indices.par_chunks(group))
                 .try_for_each(|((xg, yg), ig)| reference::gather_batch(&Gather { n: ig.len(), ..one }, images, labels, ig, xg, yg))
         })
+    }
+
+    // ---- dynamic loss scaling ----
+    fn loss_scale_dlogits(&self, state: View<'_, Self, f32>, x: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_state("loss_scale_dlogits", state.len)?;
+        reference::loss_scale_dlogits(s(state), sm(x));
+        Ok(())
+    }
+
+    fn loss_scale_unscale(&self, state: ViewMut<'_, Self, f32>, grads: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_state("loss_scale_unscale", state.len)?;
+        reference::loss_scale_unscale(sm(state), sm(grads));
+        Ok(())
+    }
+
+    fn loss_scale_update(&self, spec: &ScaleUpdate, state: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::loss_scale_update(spec, state.len)?;
+        reference::loss_scale_update(spec, sm(state));
+        Ok(())
     }
 }
 

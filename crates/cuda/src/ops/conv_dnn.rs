@@ -1,4 +1,4 @@
-//! `conv2d_forward` / `conv2d_backward` through cuDNN at tf32 or bf16 (see
+//! `conv2d_forward` / `conv2d_backward` through cuDNN at tf32, bf16 or fp16 (see
 //! crate::cudnn for the design). Every call checks its arguments first in ops.rs.
 
 use super::i32c;
