@@ -253,7 +253,7 @@ impl Pool2dGeom {
 
 /// Batch normalization of x (n, c, hw...) per channel, as `torch.nn.BatchNorm2d`
 /// (hw = H*W) or `BatchNorm1d` (hw = 1): `y = gamma * (x - mean) / sqrt(var + eps) + beta`,
-/// then ReLU when `relu` (fused, as in conv-BN-ReLU blocks).
+/// then the activation `act` (fused, as in conv-BN-ReLU blocks).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BatchNormGeom {
     pub n: usize,
@@ -263,7 +263,26 @@ pub struct BatchNormGeom {
     pub eps: f32,
     /// Running statistics: `running = (1 - momentum) * running + momentum * batch`.
     pub momentum: f32,
-    pub relu: bool,
+    pub act: Activation,
+}
+
+/// An activation fused into [`BatchNormGeom`]. The forward writes only
+/// y = act(z) for z = bn(x); backward gets dz = dy act'(z) from y (ReLU: y > 0)
+/// or, for GELU, by recomputing z from x and the saved statistics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Activation {
+    #[default]
+    None = 0,
+    Relu = 1,
+    /// `z Φ(z)`, the exact erf form (`torch.nn.GELU()`).
+    Gelu = 2,
+}
+
+impl Activation {
+    /// The code the GPU kernels take: 0 none, 1 ReLU, 2 GELU.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
 }
 
 impl BatchNormGeom {

@@ -10,8 +10,8 @@
 //! Functions panic on failure (they are test bodies).
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Flip, Gather, Gemm, Hyper, LossScaleState, Padding, Pool2dGeom,
-    ScaleUpdate, UpdateRule, View, ViewMut,
+    Activation, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Flip, Gather, Gemm, Hyper, LossScaleState, Padding,
+    Pool2dGeom, ScaleUpdate, UpdateRule, View, ViewMut,
 };
 use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Ctx, Dropout, Flatten, Gelu, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use crate::reference;
@@ -801,8 +801,19 @@ pub fn avgpool2d<B: Backend>(b: &B, tol: f32) {
 }
 
 pub fn batchnorm_cases() -> Vec<BatchNormGeom> {
-    let g = |n, c, hw, relu| BatchNormGeom { n, c, hw, eps: 1e-5, momentum: 0.1, relu };
-    vec![g(3, 1, 1, false), g(3, 5, 49, true), g(128, 32, 784, true), g(7, 130, 1, false), g(64, 64, 196, false), g(1, 3, 10, true)]
+    use Activation as A;
+    let g = |n, c, hw, act| BatchNormGeom { n, c, hw, eps: 1e-5, momentum: 0.1, act };
+    vec![
+        g(3, 1, 1, A::None),
+        g(3, 5, 49, A::Relu),
+        g(128, 32, 784, A::Relu),
+        g(7, 130, 1, A::None),
+        g(64, 64, 196, A::None),
+        g(1, 3, 10, A::Relu),
+        g(5, 7, 1, A::Gelu),
+        g(16, 24, 289, A::Gelu),
+        g(1, 3, 10, A::Gelu),
+    ]
 }
 
 pub fn batchnorm<B: Backend>(b: &B, tol: f32) {
@@ -840,6 +851,7 @@ pub fn batchnorm<B: Backend>(b: &B, tol: f32) {
             // Backward is given the backend's own forward output: an output within
             // rounding of 0 may be clamped by the fused ReLU on one device and not
             // on another, and the mask must be the one that forward produced.
+            // (The fused GELU reads no y: it recomputes z from x and `saved`.)
             let (mut want_dx, mut want_dp) = (vec![0.0; g.len()], vec![0.0; 2 * g.c]);
             reference::batchnorm_backward(&g, &x, &down(b, &y), &dy, &params, &down(b, &saved), Some(&mut want_dx), &mut want_dp);
             let (mut dx, mut dparams) = (poisoned(b, g.len()), poisoned(b, 2 * g.c));
@@ -860,7 +872,7 @@ pub fn batchnorm<B: Backend>(b: &B, tol: f32) {
         }
     }
     // One value per channel has no variance: refused in training, as in PyTorch.
-    let g = BatchNormGeom { n: 1, c: 4, hw: 1, eps: 1e-5, momentum: 0.1, relu: false };
+    let g = BatchNormGeom { n: 1, c: 4, hw: 1, eps: 1e-5, momentum: 0.1, act: Activation::None };
     let (x, p): (B::Buf<f32>, B::Buf<f32>) = (b.alloc(4).unwrap(), b.alloc(8).unwrap());
     let (mut run, mut saved, mut y): (B::Buf<f32>, B::Buf<f32>, B::Buf<f32>) =
         (b.alloc(8).unwrap(), b.alloc(8).unwrap(), b.alloc(4).unwrap());
@@ -1279,16 +1291,19 @@ pub fn gradcheck_avgpool2d<B: Backend>(b: &B, _tol: f32) {
     gradcheck_layer(b, "global avgpool", Box::new(GlobalAvgPool::new()), 3, &[4, 5, 5], &mut smooth_inputs, 1e-2);
 }
 
-/// BatchNorm against finite differences, and its fused ReLU against ReLU's
-/// own backward: fused(dy) == unfused(dy * (y > 0)). (Finite differences of the
-/// fused layer are unreliable: normalization puts half its outputs next to the
-/// kink, and a change of gamma or beta moves all of them.)
+/// BatchNorm (plain and with its fused GELU) against finite differences, and
+/// its fused activations against the activation's own backward on the plain
+/// output z: fused(dy) == unfused(dy * act'(z)). (Finite differences of the
+/// fused ReLU are unreliable: normalization puts half its outputs next to the
+/// kink, and a change of gamma or beta moves all of them. GELU is smooth.)
 pub fn gradcheck_batchnorm<B: Backend>(b: &B, tol: f32) {
     gradcheck_layer(b, "batchnorm2d", Box::new(BatchNorm::new_2d(3)), 4, &[3, 5, 5], &mut smooth_inputs, 1e-3);
     gradcheck_layer(b, "batchnorm1d", Box::new(BatchNorm::new_1d(7)), 6, &[7], &mut smooth_inputs, 1e-3);
+    gradcheck_layer(b, "batchnorm2d+gelu", Box::new(BatchNorm::new_2d(3).with_gelu()), 4, &[3, 5, 5], &mut smooth_inputs, 1e-3);
+    gradcheck_layer(b, "batchnorm1d+gelu", Box::new(BatchNorm::new_1d(7).with_gelu()), 6, &[7], &mut smooth_inputs, 1e-3);
     let mut r = rng(18);
-    for g in batchnorm_cases().into_iter().filter(|g| g.relu) {
-        let plain = BatchNormGeom { relu: false, ..g };
+    for g in batchnorm_cases().into_iter().filter(|g| g.act != Activation::None) {
+        let plain = BatchNormGeom { act: Activation::None, ..g };
         let x = uniform(&mut r, g.len(), -1.0, 1.0);
         let params = uniform(&mut r, 2 * g.c, -1.0, 1.0);
         let dy = uniform(&mut r, g.len(), -1.0, 1.0);
@@ -1321,13 +1336,19 @@ pub fn gradcheck_batchnorm<B: Backend>(b: &B, tol: f32) {
             (down(b, &y), down(b, &dx), down(b, &dparams))
         };
         let (y_fused, dx_fused, dp_fused) = run(&g, &ddy);
-        let (y_plain, _, _) = run(&plain, &ddy);
-        let relu_y: Vec<f32> = y_plain.iter().map(|v| v.max(0.0)).collect();
-        assert_close(&format!("batchnorm+relu forward {g:?}"), &y_fused, &relu_y, tol);
-        let masked: Vec<f32> = dy.iter().zip(&y_plain).map(|(d, y)| if *y > 0.0 { *d } else { 0.0 }).collect();
-        let (_, dx_plain, dp_plain) = run(&plain, &b.upload(&masked).unwrap());
-        assert_close(&format!("batchnorm+relu dx {g:?}"), &dx_fused, &dx_plain, tol);
-        assert_close(&format!("batchnorm+relu dparams {g:?}"), &dp_fused, &dp_plain, tol);
+        let (z, _, _) = run(&plain, &ddy);
+        let (mut act_z, mut dz) = (vec![0.0; g.len()], vec![0.0; g.len()]);
+        if g.act == Activation::Relu {
+            act_z = z.iter().map(|v| v.max(0.0)).collect();
+            dz = dy.iter().zip(&z).map(|(d, z)| if *z > 0.0 { *d } else { 0.0 }).collect();
+        } else {
+            reference::gelu_forward(&z, &mut act_z);
+            reference::gelu_backward(&z, &dy, &mut dz);
+        }
+        assert_close(&format!("batchnorm fused forward {g:?}"), &y_fused, &act_z, tol);
+        let (_, dx_plain, dp_plain) = run(&plain, &b.upload(&dz).unwrap());
+        assert_close(&format!("batchnorm fused dx {g:?}"), &dx_fused, &dx_plain, tol);
+        assert_close(&format!("batchnorm fused dparams {g:?}"), &dp_fused, &dp_plain, tol);
     }
 }
 

@@ -28,7 +28,7 @@
 //! names are the node names plus `.weight`/`.bias` (`layer1.0.conv1.weight`),
 //! as PyTorch's `state_dict` writes them.
 
-use crate::backend::Backend;
+use crate::backend::{Activation, Backend};
 use crate::error::{Error, Result};
 use crate::layers::{AvgPool2d, BatchNorm, Conv2d, Dropout, Flatten, Gelu, GlobalAvgPool, Layer, Linear, MaxPool2d, Relu};
 use serde::{Deserialize, Serialize};
@@ -66,11 +66,15 @@ pub enum Op {
         scale: f32,
     },
     /// `BatchNorm2d` (dims 2: (C, H, W)) or `BatchNorm1d` (dims 1: (C)), ReLU
-    /// fused when `relu`; `eps` and `momentum` (PyTorch's meaning) default to 1e-5 and 0.1.
+    /// fused when `relu`, GELU when `gelu` (not both); `eps` and `momentum`
+    /// (PyTorch's meaning) default to 1e-5 and 0.1.
     BatchNorm {
         channels: usize,
         dims: usize,
         relu: bool,
+        /// Absent from graphs saved before the fused GELU.
+        #[serde(default, skip_serializing_if = "is_false")]
+        gelu: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         eps: Option<f32>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -110,6 +114,9 @@ fn yes() -> bool {
 fn is_true(b: &bool) -> bool {
     *b
 }
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 fn one() -> f32 {
     1.0
 }
@@ -139,7 +146,7 @@ impl Op {
                 let linear = Linear::new(in_features, out_features).scaled(scale);
                 Box::new(if bias { linear } else { linear.without_bias() })
             }
-            Op::BatchNorm { channels, dims, relu, eps, momentum } => {
+            Op::BatchNorm { channels, dims, relu, gelu, eps, momentum } => {
                 let mut bn = match dims {
                     1 => BatchNorm::new_1d(channels),
                     2 => BatchNorm::new_2d(channels),
@@ -153,7 +160,12 @@ impl Op {
                         format!("needs eps > 0 and momentum in [0, 1], got {} and {}", bn.eps, bn.momentum),
                     ));
                 }
-                Box::new(if relu { bn.with_relu() } else { bn })
+                Box::new(match (relu, gelu) {
+                    (false, false) => bn,
+                    (true, false) => bn.with_relu(),
+                    (false, true) => bn.with_gelu(),
+                    (true, true) => return Err(Error::config("batch-norm", "fuses ReLU or GELU, not both (relu and gelu are true)")),
+                })
             }
             Op::Relu => Box::new(Relu),
             Op::Gelu => Box::new(Gelu),
@@ -360,15 +372,20 @@ impl GraphBuilder {
 
     /// `BatchNorm2d` on (C, H, W) inputs, `BatchNorm1d` on (C) inputs.
     pub fn batch_norm(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
-        self.batch_norm_op(name, x, false)
+        self.batch_norm_op(name, x, Activation::None)
     }
 
     /// relu(batch_norm(x)) in one op.
     pub fn batch_norm_relu(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
-        self.batch_norm_op(name, x, true)
+        self.batch_norm_op(name, x, Activation::Relu)
     }
 
-    fn batch_norm_op(&mut self, name: &str, x: NodeId, relu: bool) -> Result<NodeId> {
+    /// gelu(batch_norm(x)) in one op.
+    pub fn batch_norm_gelu(&mut self, name: &str, x: NodeId) -> Result<NodeId> {
+        self.batch_norm_op(name, x, Activation::Gelu)
+    }
+
+    fn batch_norm_op(&mut self, name: &str, x: NodeId, act: Activation) -> Result<NodeId> {
         let (channels, dims) = match self.shape(x) {
             [c, _, _] => (*c, 2),
             [c] => (*c, 1),
@@ -379,7 +396,8 @@ impl GraphBuilder {
                 ))
             }
         };
-        self.push(Some(name), Op::BatchNorm { channels, dims, relu, eps: None, momentum: None }, &[x])
+        let (relu, gelu) = (act == Activation::Relu, act == Activation::Gelu);
+        self.push(Some(name), Op::BatchNorm { channels, dims, relu, gelu, eps: None, momentum: None }, &[x])
     }
 
     pub fn relu(&mut self, x: NodeId) -> Result<NodeId> {

@@ -225,9 +225,9 @@ fn speed_net(g: &mut GraphBuilder, widths: &[usize; 3], classes: usize) -> Resul
     let mut x = g.gelu(x)?;
     let norm = |g: &mut GraphBuilder, name: String, x| -> Result<NodeId> {
         let channels = g.shape(x)[0];
-        let op = crate::graph::Op::BatchNorm { channels, dims: 2, relu: false, eps: Some(1e-12), momentum: Some(0.4) };
-        let x = g.push(Some(&name), op, &[x])?;
-        g.gelu(x)
+        // GELU fused into the norm: no separate pre-activation tensor to store and reread.
+        let op = crate::graph::Op::BatchNorm { channels, dims: 2, relu: false, gelu: true, eps: Some(1e-12), momentum: Some(0.4) };
+        g.push(Some(&name), op, &[x])
     };
     for (b, &width) in widths.iter().enumerate() {
         let name = |part: &str| format!("block{}.{part}", b + 1);

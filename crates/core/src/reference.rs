@@ -4,8 +4,8 @@
 //! against them (see [`crate::conformance`]). Callers check lengths first.
 
 use crate::backend::{
-    AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Hyper, LossScaleState, Padding, Pool2dGeom,
-    ScaleUpdate, UpdateRule, ELASTIC_GRID, NO_ARGMAX,
+    Activation, AugmentParams, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Hyper, LossScaleState, Padding,
+    Pool2dGeom, ScaleUpdate, UpdateRule, ELASTIC_GRID, NO_ARGMAX,
 };
 use crate::error::{Error, Result};
 use crate::random;
@@ -466,14 +466,19 @@ pub fn batchnorm_forward(
         for n in 0..g.n {
             for j in 0..g.hw {
                 let i = bn_index(g, n, c, j);
-                let v = gamma * ((x[i] - mean) * invstd) + beta;
-                y[i] = if g.relu { v.max(0.0) } else { v };
+                let z = gamma * ((x[i] - mean) * invstd) + beta;
+                y[i] = match g.act {
+                    Activation::None => z,
+                    Activation::Relu => z.max(0.0),
+                    Activation::Gelu => (z as f64 * normal_cdf(z as f64)) as f32,
+                };
             }
         }
     }
 }
 
-/// See [`crate::Backend::batchnorm_backward`]: with dy' = dy (masked by y > 0 under the fused ReLU)
+/// See [`crate::Backend::batchnorm_backward`]: with dy' = dy act'(z) (dy masked by y > 0 under the
+/// fused ReLU; times GELU'(z) for z = gamma xhat + beta recomputed under the fused GELU)
 /// and xhat = (x - mean) * invstd, dbeta = sum dy', dgamma = sum dy' xhat,
 /// dx = gamma * invstd * (dy' - dbeta / M - xhat * dgamma / M) over the M values of a channel.
 #[allow(clippy::too_many_arguments)]
@@ -489,8 +494,16 @@ pub fn batchnorm_backward(
 ) {
     let m = g.per_channel() as f64;
     for c in 0..g.c {
-        let (mean, invstd, gamma) = (saved[c], saved[g.c + c], params[c]);
-        let dyr = |i: usize| if g.relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
+        let (mean, invstd, gamma, beta) = (saved[c], saved[g.c + c], params[c], params[g.c + c]);
+        let dyr = |i: usize| match g.act {
+            Activation::None => dy[i],
+            Activation::Relu if y[i] <= 0.0 => 0.0,
+            Activation::Relu => dy[i],
+            Activation::Gelu => {
+                let z = (gamma * ((x[i] - mean) * invstd) + beta) as f64;
+                (dy[i] as f64 * (normal_cdf(z) + z * normal_pdf(z))) as f32
+            }
+        };
         let (mut dbeta, mut dgamma) = (0.0f64, 0.0f64);
         for n in 0..g.n {
             for j in 0..g.hw {

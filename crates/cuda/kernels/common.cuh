@@ -6,6 +6,15 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// GELU(x) = x Φ(x) and its slope Φ(x) + x φ(x), φ(x) = exp(-x²/2) / sqrt(2π);
+// normcdff keeps its accuracy in both tails (unlike 1 + erff).
+__device__ __forceinline__ float gelu_f(float x) { return x * normcdff(x); }
+__device__ __forceinline__ float gelu_grad_f(float x) { return normcdff(x) + x * 0.398942280401432678f * expf(-0.5f * x * x); }
+
+// Activations fused into batch norm (Activation::code in rr-core): 0 none, 1 ReLU, 2 GELU.
+#define ACT_RELU 1
+#define ACT_GELU 2
+
 // Convolution geometry, passed to kernels by value (mirrors ConvGeo in ops.rs).
 struct ConvGeo {
     int n, c, h, w, co, k, s, p, oh, ow;

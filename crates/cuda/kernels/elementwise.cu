@@ -14,21 +14,14 @@ extern "C" __global__ void relu_backward(const float* __restrict__ y, const floa
     GRID_STRIDE(i, n) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-// y = GELU(x) = x Φ(x); normcdff keeps its accuracy in both tails (unlike 1 + erff).
+// y = GELU(x) = x Φ(x) (gelu_f in common.cuh)
 extern "C" __global__ void gelu_forward(const float* __restrict__ x, float* __restrict__ y, int n) {
-    GRID_STRIDE(i, n) {
-        float v = x[i];
-        y[i] = v * normcdff(v);
-    }
+    GRID_STRIDE(i, n) y[i] = gelu_f(x[i]);
 }
 
-// dx = dy (Φ(x) + x φ(x)), φ(x) = exp(-x²/2) / sqrt(2π)
+// dx = dy GELU'(x)
 extern "C" __global__ void gelu_backward(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dx, int n) {
-    GRID_STRIDE(i, n) {
-        float v = x[i];
-        float pdf = 0.398942280401432678f * expf(-0.5f * v * v);
-        dx[i] = dy[i] * (normcdff(v) + v * pdf);
-    }
+    GRID_STRIDE(i, n) dx[i] = dy[i] * gelu_grad_f(x[i]);
 }
 
 // y = a x + b y (weight averages, test-time-augmentation sums); y is not read when b == 0.

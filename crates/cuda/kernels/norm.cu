@@ -1,31 +1,39 @@
 // Batch normalization over x (N, C, HW), per channel. Sums run in double, as
 // in the reference. params = [gamma | beta], running = [mean | var],
-// saved = [mean | invstd].
+// saved = [mean | invstd]. `act` is the fused activation (ACT_* in common.cuh).
 
-// y = relu?(gamma * (x - mean) * invstd + beta). Training reads saved
+// dy' = dy act'(z) for the fused activation: ReLU masks by y > 0; GELU
+// recomputes z = gamma * xhat + beta (the forward stores only y).
+__device__ __forceinline__ float bn_dz(int act, float y, float dy, float xhat, float gamma, float beta) {
+    if (act == ACT_RELU) return y <= 0.0f ? 0.0f : dy;
+    if (act == ACT_GELU) return dy * gelu_grad_f(gamma * xhat + beta);
+    return dy;
+}
+
+// y = act(gamma * (x - mean) * invstd + beta). Training reads saved
 // [mean | invstd]; evaluation reads running [mean | var].
 extern "C" __global__ void bn_apply(const float* __restrict__ x, const float* __restrict__ params, const float* __restrict__ stats,
-                                    float* __restrict__ y, int N, int C, int HW, float eps, int training, int relu) {
+                                    float* __restrict__ y, int N, int C, int HW, float eps, int training, int act) {
     GRID_STRIDE(i, N * C * HW) {
         int c = (i / HW) % C;
         float mean = stats[c];
         float invstd = training ? stats[C + c] : 1.0f / sqrtf(stats[C + c] + eps);
         float v = params[c] * ((x[i] - mean) * invstd) + params[C + c];
-        y[i] = relu ? fmaxf(v, 0.0f) : v;
+        y[i] = act == ACT_RELU ? fmaxf(v, 0.0f) : act == ACT_GELU ? gelu_f(v) : v;
     }
 }
 
 // dx = gamma * invstd * (dy' - dbeta / M - xhat * dgamma / M)
 extern "C" __global__ void bn_backward_dx(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,
                                           const float* __restrict__ params, const float* __restrict__ saved,
-                                          const float* __restrict__ dparams, float* __restrict__ dx, int N, int C, int HW, int relu) {
+                                          const float* __restrict__ dparams, float* __restrict__ dx, int N, int C, int HW, int act) {
     double m = (double)N * HW;
     GRID_STRIDE(i, N * C * HW) {
         int c = (i / HW) % C;
         float mean = saved[c], invstd = saved[C + c];
         float mb = (float)(dparams[C + c] / m), mg = (float)(dparams[c] / m);
-        float d = (relu && y[i] <= 0.0f) ? 0.0f : dy[i];
         float xhat = (x[i] - mean) * invstd;
+        float d = bn_dz(act, act == ACT_RELU ? y[i] : 0.0f, dy[i], xhat, params[c], params[C + c]);
         dx[i] = params[c] * invstd * (d - mb - xhat * mg);
     }
 }
@@ -34,15 +42,17 @@ extern "C" __global__ void bn_backward_dx(const float* __restrict__ x, const flo
 // when there are few channels: block (c, s) of a (C, S) grid sums its slice
 // of samples [s*N/S, (s+1)*N/S) into partial[c][s][0..2], in double. What it sums:
 // mode 0: x and x*x (training statistics); mode 1: dy' and dy' * xhat
-// (backward; dy' is dy masked by y > 0 under a fused ReLU); mode 2: dy (a bias gradient).
+// (backward; dy' = bn_dz of the fused activation `act`, which reads params
+// [gamma | beta]); mode 2: dy (a bias gradient).
 // x, y, dy: (N, C, HW); partial: (C, S, 2)
 extern "C" __global__ void channel_partials(const float* __restrict__ x, const float* __restrict__ y, const float* __restrict__ dy,
-                                            const float* __restrict__ saved, double* __restrict__ partial, int N, int C, int HW,
-                                            int mode, int relu) {
+                                            const float* __restrict__ saved, const float* __restrict__ params,
+                                            double* __restrict__ partial, int N, int C, int HW, int mode, int act) {
     __shared__ double sh[32];
     int c = blockIdx.x, s = blockIdx.y, S = gridDim.y;
     int n0 = (int)((long long)s * N / S), n1 = (int)((long long)(s + 1) * N / S);
     float mean = mode == 1 ? saved[c] : 0.0f, invstd = mode == 1 ? saved[C + c] : 0.0f;
+    float gamma = mode == 1 && act == ACT_GELU ? params[c] : 0.0f, beta = mode == 1 && act == ACT_GELU ? params[C + c] : 0.0f;
     double a = 0.0, b = 0.0;
     int count = (n1 - n0) * HW;
     for (int t = threadIdx.x; t < count; t += blockDim.x) {
@@ -53,9 +63,10 @@ extern "C" __global__ void channel_partials(const float* __restrict__ x, const f
             a += v;
             b += v * v;
         } else if (mode == 1) {
-            float d = (relu && y[i] <= 0.0f) ? 0.0f : dy[i];
+            float xhat = (x[i] - mean) * invstd;
+            float d = bn_dz(act, act == ACT_RELU ? y[i] : 0.0f, dy[i], xhat, gamma, beta);
             a += d;
-            b += (double)d * (double)((x[i] - mean) * invstd);
+            b += (double)d * (double)xhat;
         } else {
             a += dy[i];
         }

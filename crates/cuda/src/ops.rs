@@ -6,8 +6,8 @@ use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use rr_core::backend::{
-    checks, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, ScaleUpdate, UpdateRule,
-    MAX_CHANNELS,
+    checks, Activation, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, ScaleUpdate,
+    UpdateRule, MAX_CHANNELS,
 };
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Precision, Result, View, ViewMut};
@@ -147,26 +147,26 @@ impl CudaBackend {
     }
 
     /// Phase one of the per-channel sums of norm.cu (`mode` as there) over
-    /// (N, C, HW) tensors [x, y, dy, saved]; returns the partials' address,
-    /// valid while the guard is held.
+    /// (N, C, HW) tensors [x, y, dy, saved, params]; returns the partials'
+    /// address, valid while the guard is held.
     fn channel_partials(
         &self,
         mode: i32,
         (n, c, hw): (usize, usize, usize),
-        [x, y, dy, saved]: [u64; 4],
-        relu: bool,
+        [x, y, dy, saved, params]: [u64; 5],
+        act: Activation,
     ) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64)> {
         let slices = self.slices(n, c);
         // (C, S, 2) doubles, as floats.
         let (guard, _, partial) = self.scratch(0, 4 * c * slices as usize)?;
         let cfg = LaunchConfig { grid_dim: (c as u32, slices as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, channel_partials, cfg, x, y, dy, saved, partial, i32c(n)?, i32c(c)?, i32c(hw)?, mode, relu as i32)?;
+        launch!(self, channel_partials, cfg, x, y, dy, saved, params, partial, i32c(n)?, i32c(c)?, i32c(hw)?, mode, act.code() as i32)?;
         Ok((guard, partial))
     }
 
     /// db[c] = sum over n and hw of dy (N, C, HW).
     fn channel_sums(&self, dy: u64, db: u64, (n, c, hw): (usize, usize, usize)) -> Result<()> {
-        let (_guard, partial) = self.channel_partials(2, (n, c, hw), [0, 0, dy, 0], false)?;
+        let (_guard, partial) = self.channel_partials(2, (n, c, hw), [0, 0, dy, 0, 0], Activation::None)?;
         launch!(self, channel_partials_finish, self.cfg(c), partial, db, i32c(c)?, self.slices(n, c), 2i32)
     }
 }
@@ -711,7 +711,7 @@ impl Backend for CudaBackend {
         }
         let (n, c, hw) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?);
         let stats = if training {
-            let (_guard, partial) = self.channel_partials(0, (g.n, g.c, g.hw), [ptr(&x), 0, 0, 0], false)?;
+            let (_guard, partial) = self.channel_partials(0, (g.n, g.c, g.hw), [ptr(&x), 0, 0, 0, 0], Activation::None)?;
             let m = i32c(g.n * g.hw)?;
             let (slices, finish) = (self.slices(g.n, g.c), self.cfg(g.c));
             launch!(self, bn_stats_finish, finish, partial, ptr_mut(&running), ptr_mut(&saved), c, slices, m, g.eps, g.momentum)?;
@@ -732,7 +732,7 @@ impl Backend for CudaBackend {
             hw,
             g.eps,
             training as i32,
-            g.relu as i32
+            g.act.code() as i32
         )
     }
 
@@ -748,8 +748,9 @@ impl Backend for CudaBackend {
         dparams: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
         checks::batchnorm_backward(g, x.len, y.len, dy.len, params.len, saved.len, dx.as_ref().map(|d| d.len), dparams.len)?;
-        let (n, c, hw, relu) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?, g.relu as i32);
-        let (guard, partial) = self.channel_partials(1, (g.n, g.c, g.hw), [ptr(&x), ptr(&y), ptr(&dy), ptr(&saved)], g.relu)?;
+        let (n, c, hw, act) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?, g.act.code() as i32);
+        let tensors = [ptr(&x), ptr(&y), ptr(&dy), ptr(&saved), ptr(&params)];
+        let (guard, partial) = self.channel_partials(1, (g.n, g.c, g.hw), tensors, g.act)?;
         launch!(self, channel_partials_finish, self.cfg(g.c), partial, ptr_mut(&dparams), c, self.slices(g.n, g.c), 1i32)?;
         drop(guard);
         match dx {
@@ -767,7 +768,7 @@ impl Backend for CudaBackend {
                 n,
                 c,
                 hw,
-                relu
+                act
             ),
             _ => Ok(()),
         }

@@ -1,22 +1,5 @@
 // Element-wise ops. Parameters are word offsets into the bound buffers, then sizes.
 
-// erfc(z) for z >= 0: Numerical Recipes' erfcc (Press et al., Numerical Recipes
-// in C, 2nd ed., section 6.2), a Chebyshev fit with fractional error below
-// 1.2e-7 everywhere (WGSL has no erf). Evaluated in f32 it stays within 3e-7 of
-// Φ below; unlike 1 + erf it keeps its relative accuracy in the tail.
-fn erfc_nonneg(z: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = 1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807
-        + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))));
-    return t * exp(-z * z - 1.26551223 + t * poly);
-}
-
-// Φ(x), the standard normal CDF: 0.5 erfc(-x / sqrt 2).
-fn normal_cdf(x: f32) -> f32 {
-    let tail = 0.5 * erfc_nonneg(abs(x) * 0.70710678118654752);
-    return select(1.0 - tail, tail, x < 0.0);
-}
-
 //! kernel fill
 // [dst, n, value]
 @compute @workgroup_size(256)
@@ -55,19 +38,17 @@ fn gelu_forward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     let i = flat(gid, groups);
     if (i < pu(2u)) {
         let x = bitcast<f32>(r0[pu(0u) + i]);
-        w0[pu(1u) + i] = bitcast<u32>(x * normal_cdf(x));
+        w0[pu(1u) + i] = bitcast<u32>(gelu(x));
     }
 }
 
 //! kernel gelu_backward
-// [x, dy, dx, n]: dx = dy (Φ(x) + x φ(x)), φ(x) = exp(-x²/2) / sqrt(2π)
+// [x, dy, dx, n]: dx = dy GELU'(x)
 @compute @workgroup_size(256)
 fn gelu_backward(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
     if (i < pu(3u)) {
-        let x = bitcast<f32>(r0[pu(0u) + i]);
-        let pdf = 0.39894228040143268 * exp(-0.5 * x * x);
-        w0[pu(2u) + i] = bitcast<u32>(bitcast<f32>(r1[pu(1u) + i]) * (normal_cdf(x) + x * pdf));
+        w0[pu(2u) + i] = bitcast<u32>(bitcast<f32>(r1[pu(1u) + i]) * gelu_grad(bitcast<f32>(r0[pu(0u) + i])));
     }
 }
 

@@ -57,7 +57,7 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
     ("avgpool_backward", "pool", 1, 1),
     ("bn_stats", "norm", 1, 2),
     ("bn_apply", "norm", 3, 1),
-    ("bn_backward_reduce", "norm", 4, 1),
+    ("bn_backward_reduce", "norm", 5, 1),
     ("bn_backward_dx", "norm", 6, 1),
     ("dropout_forward", "random", 2, 2),
     ("augment", "random", 2, 1),

@@ -336,7 +336,7 @@ impl Backend for WgpuBackend {
             self.run("bn_stats", (c, 1, 1), &p, &[r(&x), w(&running), w(&saved)])?;
         }
         let stats = if training { (w(&saved), saved.offset) } else { (w(&running), running.offset) };
-        let p = [u(x.offset)?, u(params.offset)?, u(stats.1)?, u(y.offset)?, n, c, hw, f(g.eps), training as u32, g.relu as u32];
+        let p = [u(x.offset)?, u(params.offset)?, u(stats.1)?, u(y.offset)?, n, c, hw, f(g.eps), training as u32, g.act.code()];
         self.run("bn_apply", grid(g.len()), &p, &[r(&x), r(&params), stats.0, w(&y)])
     }
 
@@ -352,9 +352,9 @@ impl Backend for WgpuBackend {
         dparams: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
         checks::batchnorm_backward(g, x.len, y.len, dy.len, params.len, saved.len, dx.as_ref().map(|d| d.len), dparams.len)?;
-        let (n, c, hw, relu) = (u(g.n)?, u(g.c)?, u(g.hw)?, g.relu as u32);
-        let p = [u(x.offset)?, u(y.offset)?, u(dy.offset)?, u(saved.offset)?, u(dparams.offset)?, n, c, hw, relu];
-        self.run("bn_backward_reduce", (c, 1, 1), &p, &[r(&x), r(&y), r(&dy), r(&saved), w(&dparams)])?;
+        let (n, c, hw, act) = (u(g.n)?, u(g.c)?, u(g.hw)?, g.act.code());
+        let p = [u(x.offset)?, u(y.offset)?, u(dy.offset)?, u(saved.offset)?, u(dparams.offset)?, n, c, hw, act, u(params.offset)?];
+        self.run("bn_backward_reduce", (c, 1, 1), &p, &[r(&x), r(&y), r(&dy), r(&saved), r(&params), w(&dparams)])?;
         if let Some(dx) = dx {
             let p = [
                 u(x.offset)?,
@@ -367,7 +367,7 @@ impl Backend for WgpuBackend {
                 n,
                 c,
                 hw,
-                relu,
+                act,
             ];
             let dp: Bound<'_> = (&*dparams.buf.buf, dparams.buf.id);
             self.run("bn_backward_dx", grid(g.len()), &p, &[r(&x), r(&y), r(&dy), r(&params), r(&saved), dp, w(&dx)])?;

@@ -7,8 +7,8 @@
 //! build target is baseline x86-64.
 
 use crate::backend::{
-    checks, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, ScaleUpdate,
-    UpdateRule, View, ViewMut, NO_ARGMAX,
+    checks, Activation, AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom,
+    ScaleUpdate, UpdateRule, View, ViewMut, NO_ARGMAX,
 };
 use crate::error::{check_len, Error, Result};
 use crate::reference;
@@ -400,9 +400,7 @@ impl Backend for CpuBackend {
         checks::gelu_forward(x.len, y.len)?;
         let (x, y) = (s(x), sm(y));
         self.pool.install(|| {
-            y.par_chunks_mut(1 << 14)
-                .zip(x.par_chunks(1 << 14))
-                .for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = x * normal_cdf(x)))
+            y.par_chunks_mut(1 << 14).zip(x.par_chunks(1 << 14)).for_each(|(y, x)| y.iter_mut().zip(x).for_each(|(y, &x)| *y = gelu(x)))
         });
         Ok(())
     }
@@ -413,8 +411,7 @@ impl Backend for CpuBackend {
         self.pool.install(|| {
             dx.par_chunks_mut(1 << 14).zip(dy.par_chunks(1 << 14).zip(x.par_chunks(1 << 14))).for_each(|(dx, (dy, x))| {
                 for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
-                    // Φ(x) + x φ(x), φ(x) = exp(-x²/2) / sqrt(2π)
-                    *dx = dy * (normal_cdf(x) + x * 0.398_942_3 * (-0.5 * x * x).exp());
+                    *dx = dy * gelu_grad(x);
                 }
             })
         });
@@ -686,8 +683,12 @@ impl Backend for CpuBackend {
                 let (mean, invstd) = stats[c];
                 let (gamma, beta) = (params[c], params[g.c + c]);
                 for (y, &x) in yp.iter_mut().zip(xp) {
-                    let v = gamma * ((x - mean) * invstd) + beta;
-                    *y = if g.relu { v.max(0.0) } else { v };
+                    let z = gamma * ((x - mean) * invstd) + beta;
+                    *y = match g.act {
+                        Activation::None => z,
+                        Activation::Relu => z.max(0.0),
+                        Activation::Gelu => gelu(z),
+                    };
                 }
             })
         });
@@ -707,7 +708,21 @@ impl Backend for CpuBackend {
     ) -> Result<()> {
         checks::batchnorm_backward(g, x.len, y.len, dy.len, params.len, saved.len, dx.as_ref().map(|d| d.len), dparams.len)?;
         let (x, y, dy, params, saved, dparams) = (s(x), s(y), s(dy), s(params), s(saved), sm(dparams));
-        let dyr = |i: usize| if g.relu && y[i] <= 0.0 { 0.0 } else { dy[i] };
+        // dz = dy act'(z); GELU recomputes z = gamma xhat + beta (channel c = (i / hw) % C).
+        let dyr = |i: usize| match g.act {
+            Activation::None => dy[i],
+            Activation::Relu => {
+                if y[i] <= 0.0 {
+                    0.0
+                } else {
+                    dy[i]
+                }
+            }
+            Activation::Gelu => {
+                let c = (i / g.hw) % g.c;
+                dy[i] * gelu_grad(params[c] * ((x[i] - saved[c]) * saved[g.c + c]) + params[g.c + c])
+            }
+        };
         // Per channel: (dgamma, dbeta) summed in f64 over the channel's planes.
         let sums: Vec<(f64, f64)> = self.pool.install(|| {
             (0..g.c)
@@ -880,6 +895,16 @@ impl Backend for CpuBackend {
         reference::loss_scale_update(spec, sm(state));
         Ok(())
     }
+}
+
+/// GELU(x) = x Φ(x).
+fn gelu(x: f32) -> f32 {
+    x * normal_cdf(x)
+}
+
+/// GELU'(x) = Φ(x) + x φ(x), φ(x) = exp(-x²/2) / sqrt(2π).
+fn gelu_grad(x: f32) -> f32 {
+    normal_cdf(x) + x * 0.398_942_3 * (-0.5 * x * x).exp()
 }
 
 /// Φ(x) in f32 through Numerical Recipes' erfcc (Press et al., section 6.2;

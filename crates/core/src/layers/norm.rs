@@ -1,5 +1,5 @@
 use super::{Ctx, Layer, LayerBuffer, ParamSpec};
-use crate::backend::{Backend, BatchNormGeom, View, ViewMut};
+use crate::backend::{Activation, Backend, BatchNormGeom, View, ViewMut};
 use crate::error::{Error, Result};
 
 /// Batch normalization as `torch.nn.BatchNorm2d` (input (C, H, W) per sample)
@@ -7,12 +7,12 @@ use crate::error::{Error, Result};
 /// 0.1) and names: parameters `weight` (gamma, starts at 1) and `bias` (beta,
 /// starts at 0), buffers `running_mean` and `running_var` (the model adds
 /// `num_batches_tracked`). Training normalizes with the batch's statistics,
-/// evaluation with the running ones. `relu` fuses a following ReLU.
+/// evaluation with the running ones. `act` fuses a following ReLU or GELU.
 pub struct BatchNorm<B: Backend> {
     pub channels: usize,
     pub eps: f32,
     pub momentum: f32,
-    pub relu: bool,
+    pub act: Activation,
     /// 2: (C, H, W) inputs; 1: (C) inputs.
     dims: usize,
     hw: usize,
@@ -31,17 +31,23 @@ impl<B: Backend> BatchNorm<B> {
         Self::new(channels, 1)
     }
     fn new(channels: usize, dims: usize) -> Self {
-        BatchNorm { channels, eps: 1e-5, momentum: 0.1, relu: false, dims, hw: 0, off: 0, running: None, saved: None }
+        BatchNorm { channels, eps: 1e-5, momentum: 0.1, act: Activation::None, dims, hw: 0, off: 0, running: None, saved: None }
     }
 
     /// relu(batchnorm(x)) in one op.
     pub fn with_relu(mut self) -> Self {
-        self.relu = true;
+        self.act = Activation::Relu;
+        self
+    }
+
+    /// gelu(batchnorm(x)) in one op (backward recomputes the pre-activation).
+    pub fn with_gelu(mut self) -> Self {
+        self.act = Activation::Gelu;
         self
     }
 
     fn geom(&self, n: usize) -> BatchNormGeom {
-        BatchNormGeom { n, c: self.channels, hw: self.hw, eps: self.eps, momentum: self.momentum, relu: self.relu }
+        BatchNormGeom { n, c: self.channels, hw: self.hw, eps: self.eps, momentum: self.momentum, act: self.act }
     }
 
     fn missing(&self, what: &str) -> Error {
@@ -49,11 +55,13 @@ impl<B: Backend> BatchNorm<B> {
     }
 
     fn kind_name(&self) -> &'static str {
-        match (self.dims, self.relu) {
-            (2, false) => "batchnorm2d",
-            (2, true) => "batchnorm2d+relu",
-            (_, false) => "batchnorm1d",
-            (_, true) => "batchnorm1d+relu",
+        match (self.dims, self.act) {
+            (2, Activation::None) => "batchnorm2d",
+            (2, Activation::Relu) => "batchnorm2d+relu",
+            (2, Activation::Gelu) => "batchnorm2d+gelu",
+            (_, Activation::None) => "batchnorm1d",
+            (_, Activation::Relu) => "batchnorm1d+relu",
+            (_, Activation::Gelu) => "batchnorm1d+gelu",
         }
     }
 }

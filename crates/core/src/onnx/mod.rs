@@ -195,7 +195,7 @@ impl GraphWriter<'_> {
                 }
                 Ok(self.push(&scope, "Gemm", inputs, vec![int("transB", 1), float("alpha", scale)]))
             }
-            Op::BatchNorm { channels, relu, eps, .. } => {
+            Op::BatchNorm { channels, relu, gelu, eps, .. } => {
                 let c = [channels];
                 let inputs = vec![
                     x,
@@ -206,7 +206,11 @@ impl GraphWriter<'_> {
                 ];
                 let eps = eps.unwrap_or(crate::layers::BatchNorm::<crate::CpuBackend>::new_2d(channels).eps);
                 let y = self.push(&scope, "BatchNormalization", inputs, vec![float("epsilon", eps)]);
-                Ok(if relu { self.push(&scope, "Relu", vec![y], vec![]) } else { y })
+                Ok(match (relu, gelu) {
+                    (true, _) => self.push(&scope, "Relu", vec![y], vec![]),
+                    (_, true) => self.gelu(&scope, y),
+                    _ => y,
+                })
             }
             Op::Relu => Ok(self.push(&scope, "Relu", vec![x], vec![])),
             Op::Gelu => Ok(self.gelu(&scope, x)),
