@@ -165,11 +165,12 @@ fn residual_batchnorm_and_dropout_models_agree_with_onnxruntime() {
 }
 
 /// The ops no built-in model has: padded max and average pools, a fused
-/// ReLU on a max pool, GELU, BatchNorm1d + ReLU, and a dropout as the last node.
+/// ReLU on a max pool, BatchNorm2d + GELU, GELU, BatchNorm1d + ReLU, and a dropout as the last node.
 fn odd_ops_graph() -> rr_core::Graph {
     let mut g = GraphBuilder::new("odd-ops", &[3, 12, 12]);
     let x = g.input();
     let x = g.conv2d("conv", x, Conv::new(8, 3).stride(2).pad(1)).unwrap();
+    let x = g.batch_norm_gelu("norm", x).unwrap();
     let x = g.push(None, Op::MaxPool2d { kernel: 3, stride: 1, pad: 1, relu: true }, &[x]).unwrap();
     let x = g.push(None, Op::AvgPool2d { kernel: 3, stride: 2, pad: 1 }, &[x]).unwrap();
     let x = g.gelu(x).unwrap();

@@ -487,4 +487,26 @@ mod tests {
         assert_eq!(model.layer_kinds(), ["conv2d", "gelu", "flatten", "linear"]);
         assert!(model.summary().lines().any(|l| l.starts_with("1: ") && l.contains(" gelu ")), "{}", model.summary());
     }
+
+    #[test]
+    fn batch_norm_gelu_serializes_with_a_gelu_key_old_graphs_load_without_one() {
+        let mut g = GraphBuilder::new("bn-gelu", &[2, 4, 4]);
+        let x = g.batch_norm_gelu("norm", g.input()).unwrap();
+        let x = g.batch_norm_relu("norm2", x).unwrap();
+        let logits = g.linear("fc", x, 3).unwrap();
+        let graph = g.finish(logits).unwrap();
+        let json = serde_json::to_value(&graph).unwrap();
+        assert_eq!(json["nodes"][0]["gelu"], true, "{json}");
+        assert!(json["nodes"][1].get("gelu").is_none(), "no key when false: {json}");
+        assert_eq!(serde_json::from_value::<Graph>(json).unwrap(), graph);
+        let backend = crate::CpuBackend::new(1).unwrap();
+        let model = crate::Model::from_graph(&backend, graph, 0, crate::model::Init::PyTorch).unwrap();
+        assert_eq!(model.layer_kinds(), ["batchnorm2d+gelu", "batchnorm2d+relu", "flatten", "linear"]);
+        // A BatchNorm node as saved before the fused GELU: no `gelu` key.
+        let old: Op = serde_json::from_str(r#"{"op": "batch-norm", "channels": 2, "dims": 2, "relu": true}"#).unwrap();
+        assert_eq!(old, Op::BatchNorm { channels: 2, dims: 2, relu: true, gelu: false, eps: None, momentum: None });
+        let both = Op::BatchNorm { channels: 2, dims: 2, relu: true, gelu: true, eps: None, momentum: None };
+        let err = both.layer::<crate::CpuBackend>().err().expect("relu and gelu together are refused");
+        assert!(err.to_string().contains("not both"), "{err}");
+    }
 }
