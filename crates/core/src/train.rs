@@ -725,6 +725,8 @@ impl<B: Backend> Trainer<B> {
         // The epoch's learning rates go to the device once; steps copy theirs there.
         let lrs = self.epoch_lrs(epoch, steps);
         self.optimizer.plan(backend, epoch, &lrs)?;
+        let optimizer = &self.optimizer;
+        self.model.freeze(|name| optimizer.frozen(name, epoch));
         let mut samples = 0;
         for (step, &lr) in lrs.iter().enumerate() {
             let start = step * bs;
