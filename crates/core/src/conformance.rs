@@ -346,6 +346,8 @@ pub fn pool_cases() -> Vec<Pool2dGeom> {
         // Odd sizes: the last row / column belongs to no 2x2 window.
         g(2, 3, 7, 9, 2, 2, 0, true),
         g(1, 2, 5, 5, 2, 2, 0, false),
+        // 3x3 windows of stride 3 (the speed network's last pool), with a ragged edge.
+        g(2, 4, 7, 8, 3, 3, 0, false),
     ]
 }
 

@@ -702,6 +702,10 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         checks::maxpool2d_backward(g, dy.len, argmax.len, dx.len)?;
         let dxp = ptr_mut(&dx);
+        if g.k == g.stride && g.pad == 0 {
+            let (planes, h, w, k, _, _, oh, ow) = pool_args(g)?;
+            return launch!(self, maxpool_backward_tiled, self.cfg(g.x_len()), ptr(&dy), ptr(&argmax), dxp, planes, h, w, k, oh, ow);
+        }
         launch!(self, fill, self.cfg(g.x_len()), dxp, i32c(g.x_len())?, 0.0f32)?;
         launch!(self, maxpool_backward, self.cfg(g.y_len()), ptr(&dy), ptr(&argmax), dxp, i32c(g.y_len())?, i32c(g.x_len())?)
     }
