@@ -823,6 +823,25 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dx: Option<ViewMut<'_, Self, f32>>,
         dparams: ViewMut<'_, Self, f32>,
     ) -> Result<()>;
+    /// [`Backend::conv2d_backward`] of a conv without a bias: overwrites `dweight`
+    /// (C_out, C_in, K, K) only. `scratch` (C_out C_in K K + C_out) is room for
+    /// [dweight | dbias], which the default computes there and copies out of;
+    /// backends that can skip the bias sums override it.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward_no_bias(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dweight: ViewMut<'_, Self, f32>,
+        mut scratch: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        crate::error::check_len("conv2d_backward_no_bias", "dweight", g.w_len(), dweight.len)?;
+        self.conv2d_backward(g, x, w, dy, dx, scratch.reborrow())?;
+        self.copy(scratch.as_view().sub(0, g.w_len())?, dweight)
+    }
     /// `argmax[o]` is the flat index into x of the maximum of output o
     /// ([`NO_ARGMAX`] where a fused ReLU clamped it).
     fn maxpool2d_forward(

@@ -304,7 +304,32 @@ pub fn conv2d_backward<B: Backend>(b: &B, tol: f32) {
             } else {
                 assert!(down(b, &gdx).iter().all(|v| v.is_nan()), "dx written although not requested");
             }
+            no_bias_backward(b, &g, (&dx_in, &dw_in, &ddy), (&want_dw, with_dx.then_some(&want_dx[..])), tol);
         }
+    }
+}
+
+/// [`Backend::conv2d_backward_no_bias`]: dW (and dx) as with a bias, in a
+/// window of a larger buffer, nothing written outside it.
+fn no_bias_backward<B: Backend>(
+    b: &B,
+    g: &Conv2dGeom,
+    (x, w, dy): (&B::Buf<f32>, &B::Buf<f32>, &B::Buf<f32>),
+    (want_dw, want_dx): (&[f32], Option<&[f32]>),
+    tol: f32,
+) {
+    let mut dweight = poisoned(b, g.w_len() + 2);
+    let mut scratch = poisoned(b, g.w_len() + g.c_out);
+    let mut gdx = poisoned(b, g.x_len());
+    let dx = want_dx.map(|_| ViewMut::all(&mut gdx));
+    let window = ViewMut::range(&mut dweight, 1, g.w_len()).unwrap();
+    b.conv2d_backward_no_bias(g, View::all(x), View::all(w), View::all(dy), dx, window, ViewMut::all(&mut scratch)).unwrap();
+    let got = down(b, &dweight);
+    assert!(got[0].is_nan() && got[got.len() - 1].is_nan(), "conv2d_backward_no_bias wrote outside its window");
+    assert_close(&format!("conv2d_backward_no_bias dw {g:?}"), &got[1..=g.w_len()], want_dw, tol);
+    match want_dx {
+        Some(want) => assert_close(&format!("conv2d_backward_no_bias dx {g:?}"), &down(b, &gdx), want, tol),
+        None => assert!(down(b, &gdx).iter().all(|v| v.is_nan()), "dx written although not requested"),
     }
 }
 
@@ -321,6 +346,8 @@ pub fn pool_cases() -> Vec<Pool2dGeom> {
         // Odd sizes: the last row / column belongs to no 2x2 window.
         g(2, 3, 7, 9, 2, 2, 0, true),
         g(1, 2, 5, 5, 2, 2, 0, false),
+        // 3x3 windows of stride 3 (the speed network's last pool), with a ragged edge.
+        g(2, 4, 7, 8, 3, 3, 0, false),
     ]
 }
 
@@ -1442,6 +1469,7 @@ fn precision_conv<B: Backend>(b: &B, r: &mut ChaCha8Rng, g: &Conv2dGeom, p: crat
     // The bias gradient is a sum of fp32 values: fp32's bound holds.
     assert_close(&format!("conv2d_backward db at {p} {g:?}"), &params[g.w_len()..], &want_db, 1e-5);
     assert_close(&format!("conv2d_backward dx at {p} {g:?}"), &down(b, &gdx), &want_dx, tol);
+    no_bias_backward(b, g, (&dx_in, &dw_in, &ddy), (&want_dw, Some(&want_dx[..])), tol);
 }
 
 // ---- dynamic loss scaling -------------------------------------------------------

@@ -355,6 +355,8 @@ struct NodeRt<B: Backend> {
     layer: Option<Box<dyn Layer<B>>>,
     inputs: Vec<NodeId>,
     name: Option<String>,
+    /// Every parameter of it is frozen (see [`Model::freeze`]).
+    frozen: bool,
 }
 
 impl<B: Backend> NodeRt<B> {
@@ -453,7 +455,7 @@ impl<B: Backend> Model<B> {
                     layer.bind_params(&offsets);
                 }
             }
-            nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone() });
+            nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone(), frozen: false });
         }
         let mut host = initial_values(&entries, total, seed, init);
         config.adjust_init(&entries, &mut host);
@@ -620,6 +622,8 @@ impl<B: Backend> Model<B> {
             let t = node.inputs[0];
             let (input, output) = (tensor(t)?, View::prefix(&acts[i], len(i + 1))?);
             match t.node() {
+                // A layer on the input whose parameters are all frozen needs no backward at all.
+                None if node.frozen => {}
                 None => layer.backward(&ctx, &mut params.grads, input, output, dy, None)?,
                 Some(s) if !std::mem::replace(&mut written[s], true) => {
                     let dx = ViewMut::prefix(&mut below[s], len(t.0))?;
@@ -634,6 +638,29 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(())
+    }
+
+    /// Marks the parameters that will not be updated (`is_frozen` of their
+    /// name), so that backward can skip what only they need: today, the whole
+    /// backward of a first layer whose parameters are all frozen (the speed
+    /// network's whitening conv). Their gradients then keep old values.
+    pub fn freeze(&mut self, is_frozen: impl Fn(&str) -> bool) {
+        let mut changed = false;
+        for node in &mut self.nodes {
+            let Some(prefix) = node.name.as_deref() else { continue };
+            let mut params = self.params.entries.iter().filter(|e| e.name.strip_prefix(prefix).is_some_and(|r| r.starts_with('.')));
+            let mut any = false;
+            let frozen = params.all(|e| {
+                any = true;
+                is_frozen(&e.name)
+            }) && any;
+            changed |= node.frozen != frozen;
+            node.frozen = frozen;
+        }
+        if changed {
+            // A recorded step ran the old set of backward ops.
+            self.generation += 1;
+        }
     }
 
     /// Every float the model keeps, as windows to average (see

@@ -332,6 +332,12 @@ impl<B: Backend> Optimizer<B> {
         }
     }
 
+    /// Whether parameter `name` is left as it is in epoch `epoch` (0-based).
+    pub fn frozen(&self, name: &str, epoch: usize) -> bool {
+        let slot = self.groups.iter().position(|g| g.matches(name)).map_or(0, |g| g + 1);
+        self.lr_scale(slot, epoch) == 0.0
+    }
+
     fn rule(&self, slot: usize) -> UpdateRule {
         let group_decay = slot.checked_sub(1).and_then(|g| self.groups[g].weight_decay);
         let weight_decay = group_decay.unwrap_or(self.config.weight_decay);

@@ -21,32 +21,35 @@ pub fn patch_covariance(images: &[f32], [c, h, w]: [usize; 3], k: usize) -> Vec<
     let d = c * k * k;
     let plane = c * h * w;
     let (oh, ow) = (h + 1 - k, w + 1 - k);
+    // Patch element i is pixel (ch, y + ky, x + kx) of the patch at (y, x).
+    let at = |i: usize| (i / (k * k), i / k % k, i % k);
+    let pairs: Vec<(usize, usize)> = (0..d).flat_map(|i| (i..d).map(move |j| (i, j))).collect();
+    // Per image and pair: the sum over patch positions of the two shifted
+    // planes' product, row by row (contiguous, so the products vectorize).
+    let per_image = |img: &[f32]| -> Vec<f64> {
+        pairs
+            .iter()
+            .map(|&(i, j)| {
+                let ((ci, yi, xi), (cj, yj, xj)) = (at(i), at(j));
+                (0..oh)
+                    .map(|y| {
+                        let a = &img[ci * h * w + (y + yi) * w + xi..][..ow];
+                        let b = &img[cj * h * w + (y + yj) * w + xj..][..ow];
+                        a.iter().zip(b).map(|(a, b)| a * b).sum::<f32>() as f64
+                    })
+                    .sum()
+            })
+            .collect()
+    };
     let sums = images
-        .par_chunks(plane)
-        .map(|img| {
-            let mut sum = vec![0f64; d * d];
-            let mut p = vec![0f64; d];
-            for (y, x) in (0..oh).flat_map(|y| (0..ow).map(move |x| (y, x))) {
-                for (i, v) in p.iter_mut().enumerate() {
-                    let (ch, ky, kx) = (i / (k * k), i / k % k, i % k);
-                    *v = img[ch * h * w + (y + ky) * w + x + kx] as f64;
-                }
-                for i in 0..d {
-                    for j in i..d {
-                        sum[i * d + j] += p[i] * p[j];
-                    }
-                }
-            }
-            sum
-        })
-        .reduce(|| vec![0f64; d * d], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
+        .par_chunks(plane.max(1))
+        .map(per_image)
+        .reduce(|| vec![0f64; pairs.len()], |a, b| a.iter().zip(&b).map(|(a, b)| a + b).collect());
     let count = (images.len() / plane.max(1) * oh * ow).max(1) as f64;
     let mut cov = vec![0f64; d * d];
-    for i in 0..d {
-        for j in i..d {
-            cov[i * d + j] = sums[i * d + j] / count;
-            cov[j * d + i] = cov[i * d + j];
-        }
+    for (&(i, j), sum) in pairs.iter().zip(&sums) {
+        cov[i * d + j] = sum / count;
+        cov[j * d + i] = sum / count;
     }
     cov
 }

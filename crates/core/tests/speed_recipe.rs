@@ -158,3 +158,32 @@ fn whitening_is_set_from_data_for_the_speed_network_only() {
     let mut lenet = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, 1).unwrap();
     assert!(!lenet.init_from_data(&b, &vec![0.0; 784]).unwrap());
 }
+
+#[test]
+fn a_frozen_first_layer_gets_no_backward() {
+    let b = cpu();
+    let shape = [3, 32, 32];
+    let mut model = Model::new(&b, &ModelConfig::CifarSpeed { widths: [2, 3, 4] }, &shape, 10, 1).unwrap();
+    let n = 2;
+    model.reserve_backward(&b, n).unwrap();
+    let x = b.upload(&random_images(n, shape, 8).normalized(&info(shape), n)).unwrap();
+    let dlogits = b.upload(&vec![0.1f32; n * 10]).unwrap();
+    let whiten: Vec<(usize, usize)> = model.params.entries.iter().filter(|e| e.name.starts_with("whiten.")).map(|e| (e.offset, e.len())).collect();
+    let in_whiten = |i: usize| whiten.iter().any(|&(o, l)| (o..o + l).contains(&i));
+    for frozen in [false, true] {
+        let generation = model.generation();
+        model.freeze(|name| frozen && name.starts_with("whiten."));
+        assert_eq!(model.generation() != generation, frozen, "freezing changes the recorded step; not freezing does not");
+        let nan = vec![f32::NAN; model.params.len()];
+        b.write(ViewMut::all(&mut model.params.grads), &nan).unwrap();
+        model.forward_train(&b, n, View::all(&x)).unwrap();
+        model.backward(&b, n, View::all(&x), View::all(&dlogits)).unwrap();
+        let grads = b.download(View::all(&model.params.grads)).unwrap();
+        let entries = model.params.entries.clone();
+        for e in entries.iter().filter(|e| !e.name.starts_with("whiten.")) {
+            assert!(grads[e.offset..e.offset + e.len()].iter().all(|g| g.is_finite()), "{}: not written", e.name);
+        }
+        let whiten_written = (0..grads.len()).filter(|&i| in_whiten(i)).all(|i| grads[i].is_finite());
+        assert_eq!(whiten_written, !frozen, "frozen = {frozen}");
+    }
+}

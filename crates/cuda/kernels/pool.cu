@@ -33,6 +33,22 @@ extern "C" __global__ void maxpool_backward(const float* __restrict__ dy, const 
     }
 }
 
+// Non-overlapping windows (K == S, no padding): each input lies in at most one
+// window, so dx is a gather that writes every element (no zero fill, no atomics).
+extern "C" __global__ void maxpool_backward_tiled(const float* __restrict__ dy, const unsigned* __restrict__ argmax, float* __restrict__ dx,
+                                                  int planes, int H, int W, int K, int OH, int OW) {
+    GRID_STRIDE(i, planes * H * W) {
+        int ix = i % W, iy = (i / W) % H, plane = i / (W * H);
+        int ox = ix / K, oy = iy / K;
+        float v = 0.0f;
+        if (ox < OW && oy < OH) {
+            int o = (plane * OH + oy) * OW + ox;
+            if (argmax[o] == (unsigned)i) v = dy[o];
+        }
+        dx[i] = v;
+    }
+}
+
 // Average pooling: padding reads 0, every window divides by K*K.
 extern "C" __global__ void avgpool_forward(const float* __restrict__ x, float* __restrict__ y, int planes, int H, int W, int K, int S,
                                            int P, int OH, int OW) {

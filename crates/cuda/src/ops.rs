@@ -612,7 +612,8 @@ impl Backend for CudaBackend {
             };
         }
         if let Some((dnn, p)) = self.tensor_cores(g) {
-            return self.conv2d_backward_dnn(dnn, p, g, &x, &w, &dy, dx.as_ref(), &dparams);
+            let dw = ptr_mut(&dparams);
+            return self.conv2d_backward_dnn(dnn, p, g, &x, &w, &dy, dx.as_ref(), (dw, Some(dw + 4 * g.w_len() as u64)));
         }
         let (pl, rows) = (g.patch_len(), g.patch_len() + 1);
         let (_guard, cols, partial) = self.scratch(g.n * rows * ohw, g.n * g.c_out * rows)?;
@@ -641,6 +642,28 @@ impl Backend for CudaBackend {
         let warps = (g.c_out * rows) as u32;
         let cfg = LaunchConfig { grid_dim: (warps.div_ceil(BLOCK / 32), 1, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
         launch!(self, conv_grad_reduce, cfg, partial, ptr_mut(&dparams), i32c(g.n)?, i32c(g.c_out)?, i32c(rows)?)
+    }
+
+    fn conv2d_backward_no_bias(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dweight: ViewMut<'_, Self, f32>,
+        mut scratch: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::conv2d_backward(g, x.len, w.len, dy.len, dx.as_ref().map(|d| d.len), scratch.len)?;
+        rr_core::error::check_len("conv2d_backward_no_bias", "dweight", g.w_len(), dweight.len)?;
+        // cuDNN writes dW where it belongs and no bias sums are taken (a full pass over dy saved).
+        match self.tensor_cores(g).filter(|_| g.n > 0 && g.out_h() * g.out_w() > 0) {
+            Some((dnn, p)) => self.conv2d_backward_dnn(dnn, p, g, &x, &w, &dy, dx.as_ref(), (ptr_mut(&dweight), None)),
+            None => {
+                self.conv2d_backward(g, x, w, dy, dx, scratch.reborrow())?;
+                self.copy(scratch.as_view().sub(0, g.w_len())?, dweight)
+            }
+        }
     }
 
     fn maxpool2d_forward(
@@ -679,6 +702,10 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         checks::maxpool2d_backward(g, dy.len, argmax.len, dx.len)?;
         let dxp = ptr_mut(&dx);
+        if g.k == g.stride && g.pad == 0 {
+            let (planes, h, w, k, _, _, oh, ow) = pool_args(g)?;
+            return launch!(self, maxpool_backward_tiled, self.cfg(g.x_len()), ptr(&dy), ptr(&argmax), dxp, planes, h, w, k, oh, ow);
+        }
         launch!(self, fill, self.cfg(g.x_len()), dxp, i32c(g.x_len())?, 0.0f32)?;
         launch!(self, maxpool_backward, self.cfg(g.y_len()), ptr(&dy), ptr(&argmax), dxp, i32c(g.y_len())?, i32c(g.x_len())?)
     }

@@ -240,9 +240,16 @@ impl Dataset {
 
     /// The first `n` images (at most all), normalized as `info` says: (n, C, H, W) floats.
     pub fn normalized(&self, info: &DatasetInfo, n: usize) -> Vec<f32> {
+        use rayon::prelude::*;
         let plane = self.shape[1] * self.shape[2];
         let n = n.min(self.len);
-        self.images[..n * self.sample_len()].iter().enumerate().map(|(i, &px)| info.normalize(i / plane % self.shape[0], px)).collect()
+        let mut out = vec![0f32; n * self.sample_len()];
+        out.par_chunks_mut(plane.max(1)).zip(self.images.par_chunks(plane.max(1))).enumerate().for_each(|(p, (out, px))| {
+            let c = p % self.shape[0];
+            let (scale, shift) = (1.0 / (255.0 * info.std[c]), info.mean[c] / info.std[c]);
+            out.iter_mut().zip(px).for_each(|(o, &v)| *o = v as f32 * scale - shift);
+        });
+        out
     }
 
     /// The u8 pixels of sample `i`: (C, H, W).

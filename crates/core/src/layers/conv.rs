@@ -116,7 +116,7 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
         }
         let BiasFree { dparams, .. } =
             self.no_bias.as_mut().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))?;
-        ctx.backend.conv2d_backward(&g, x, w, dy, dx, ViewMut::all(dparams))?;
-        ctx.backend.copy(View::range(dparams, 0, g.w_len())?, ViewMut::range(grads, self.off, g.w_len())?)
+        let dweight = ViewMut::range(grads, self.off, g.w_len())?;
+        ctx.backend.conv2d_backward_no_bias(&g, x, w, dy, dx, dweight, ViewMut::all(dparams))
     }
 }

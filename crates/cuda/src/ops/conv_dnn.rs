@@ -109,7 +109,8 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// dparams = [dW (C_out, C_in, K, K) | db (C_out)], dx (N, C_in, H, W) when given.
+    /// dW (C_out, C_in, K, K) at `dw`, db (C_out) at `db` when the conv has a
+    /// bias, dx (N, C_in, H, W) when given.
     // x: (N, C_in, H, W), w: (C_out, C_in, K, K), dy: (N, C_out, OH, OW)
     #[allow(clippy::too_many_arguments)]
     pub(super) fn conv2d_backward_dnn(
@@ -121,13 +122,13 @@ impl CudaBackend {
         w: &View<'_, Self, f32>,
         dy: &View<'_, Self, f32>,
         dx: Option<&ViewMut<'_, Self, f32>>,
-        dparams: &ViewMut<'_, Self, f32>,
+        (dw, db): (u64, Option<u64>),
     ) -> Result<()> {
         let plan = dnn.plan(g, p)?;
         let ohw = g.out_h() * g.out_w();
-        let dw = ptr_mut(dparams);
-        let db = dw + 4 * g.w_len() as u64;
-        self.channel_sums(ptr(dy), db, (g.n, g.c_out, ohw))?;
+        if let Some(db) = db {
+            self.channel_sums(ptr(dy), db, (g.n, g.c_out, ohw))?;
+        }
         let sixteen = plan.channels_last;
         let bytes = if sixteen { [2 * g.x_len(), 2 * g.w_len(), 2 * g.y_len(), 2 * g.x_len().max(g.w_len())] } else { [0; 4] };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2], bytes[3]])?;
