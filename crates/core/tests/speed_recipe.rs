@@ -168,7 +168,8 @@ fn a_frozen_first_layer_gets_no_backward() {
     model.reserve_backward(&b, n).unwrap();
     let x = b.upload(&random_images(n, shape, 8).normalized(&info(shape), n)).unwrap();
     let dlogits = b.upload(&vec![0.1f32; n * 10]).unwrap();
-    let whiten: Vec<(usize, usize)> = model.params.entries.iter().filter(|e| e.name.starts_with("whiten.")).map(|e| (e.offset, e.len())).collect();
+    let whiten: Vec<(usize, usize)> =
+        model.params.entries.iter().filter(|e| e.name.starts_with("whiten.")).map(|e| (e.offset, e.len())).collect();
     let in_whiten = |i: usize| whiten.iter().any(|&(o, l)| (o..o + l).contains(&i));
     for frozen in [false, true] {
         let generation = model.generation();
