@@ -311,13 +311,9 @@ pub fn conv2d_backward<B: Backend>(b: &B, tol: f32) {
 
 /// [`Backend::conv2d_backward_no_bias`]: dW (and dx) as with a bias, in a
 /// window of a larger buffer, nothing written outside it.
-fn no_bias_backward<B: Backend>(
-    b: &B,
-    g: &Conv2dGeom,
-    (x, w, dy): (&B::Buf<f32>, &B::Buf<f32>, &B::Buf<f32>),
-    (want_dw, want_dx): (&[f32], Option<&[f32]>),
-    tol: f32,
-) {
+type Inputs<'a, B> = (&'a <B as Backend>::Buf<f32>, &'a <B as Backend>::Buf<f32>, &'a <B as Backend>::Buf<f32>);
+
+fn no_bias_backward<B: Backend>(b: &B, g: &Conv2dGeom, (x, w, dy): Inputs<'_, B>, (want_dw, want_dx): (&[f32], Option<&[f32]>), tol: f32) {
     let mut dweight = poisoned(b, g.w_len() + 2);
     let mut scratch = poisoned(b, g.w_len() + g.c_out);
     let mut gdx = poisoned(b, g.x_len());
