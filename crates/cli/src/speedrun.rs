@@ -98,7 +98,7 @@ impl WithBackend for SpeedrunJob {
         recipe.loss_scale = rr_core::loss_scale::LossScaling::for_precision(backend.precision());
         println!(
             "speedrun: cifar-speed (widths {:?}) on {} ({}), {} train images, {} epochs of batch {}, {} timed runs after a {}-epoch warm-up",
-            ModelConfig::speed_widths(args.width.unwrap_or(ModelConfig::SPEED_WIDTHS[0])),
+            args.width.map_or(ModelConfig::SPEED_WIDTHS, |w| [w, 4 * w, 4 * w]),
             backend.name(),
             backend.precision(),
             data.train.len,

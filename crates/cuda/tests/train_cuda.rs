@@ -8,6 +8,16 @@ use rr_core::train::{evaluate, DeviceDataset, TrainConfig, Trainer};
 use rr_cuda::CudaBackend;
 use std::path::{Path, PathBuf};
 
+/// One training run on the GPU at a time. Two in parallel (the test harness's
+/// threads) once failed in cuDNN (EXECUTION_FAILED in the fp16 run while the
+/// LeNet run recorded its graph); each passes alone. Not yet understood:
+/// serialized here so that the tests check training, not that race.
+static GPU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn gpu() -> std::sync::MutexGuard<'static, ()> {
+    GPU.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// MNIST, from RR_MNIST_DIR when this binary runs on another machine.
 fn mnist() -> rr_core::data::Splits {
     let dir = std::env::var_os("RR_MNIST_DIR")
@@ -18,6 +28,7 @@ fn mnist() -> rr_core::data::Splits {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn lenet_one_epoch_on_the_gpu_reaches_97_percent() {
+    let _gpu = gpu();
     let b = CudaBackend::new(0).expect("needs a CUDA device");
     let data = mnist();
     let config = TrainConfig { epochs: 1, ..TrainConfig::default() };
@@ -39,6 +50,7 @@ fn lenet_one_epoch_on_the_gpu_reaches_97_percent() {
 #[test]
 #[ignore = "needs a CUDA device"]
 fn mnist_cnn_learns_in_fp16_with_loss_scaling() {
+    let _gpu = gpu();
     use rr_core::loss_scale::LossScaling;
     use rr_core::{Backend, Precision};
     let b = CudaBackend::new(0).expect("needs a CUDA device");
