@@ -37,9 +37,12 @@ pub struct SpeedrunArgs {
     /// Channels of the first block (the others have 4x) [default: 64, airbench94's]
     #[arg(long, allow_negative_numbers = true)]
     width: Option<usize>,
-    /// Train on the first N training images only (quick experiments; the test set stays whole)
+    /// Train on the first N training images only (quick experiments)
     #[arg(long, allow_negative_numbers = true)]
     limit_train: Option<usize>,
+    /// Evaluate on the first N test images only (quick experiments)
+    #[arg(long, allow_negative_numbers = true)]
+    limit_test: Option<usize>,
     /// Batch size of the evaluations
     #[arg(long, default_value_t = 2000, allow_negative_numbers = true)]
     eval_batch_size: usize,
@@ -57,6 +60,7 @@ pub fn run(args: SpeedrunArgs) -> Result<()> {
         ("--eval-batch-size", Some(args.eval_batch_size)),
         ("--width", args.width),
         ("--limit-train", args.limit_train),
+        ("--limit-test", args.limit_test),
     ] {
         if value == Some(0) {
             bail!("{option} must be at least 1, got 0");
@@ -90,6 +94,9 @@ impl WithBackend for SpeedrunJob {
         let mut data = dataset::load(DatasetArg::Cifar10, &dir, 32)?;
         if let Some(n) = args.limit_train {
             data.train.truncate(n);
+        }
+        if let Some(n) = args.limit_test {
+            data.test.truncate(n);
         }
         let test_set = DeviceDataset::upload(backend, &data.test, &data.info)?;
         let mut recipe = TrainConfig::speed_run();

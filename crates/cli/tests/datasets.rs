@@ -169,3 +169,28 @@ fn cifar_speed_recipe_trains_and_resumes_exactly() {
     // Everything but the times matches.
     assert_eq!(values(&straight), values(&resumed), "a run killed and resumed differs from a straight one");
 }
+
+/// `speedrun` end to end on a sliver of CIFAR-10: a SPEEDRUN line per run and
+/// the summary, with the test accuracy and the time split as documented.
+#[test]
+fn speedrun_prints_each_run_and_a_summary() {
+    let o = bin()
+        .args(["speedrun", "--device", "cpu", "--runs", "2", "--epochs", "1", "--warmup-epochs", "0", "--width", "4"])
+        .args(["--limit-train", "1024", "--limit-test", "300", "--data-dir"])
+        .arg(cifar10_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    let runs: Vec<&str> = out.lines().filter(|l| l.starts_with("SPEEDRUN run=")).collect();
+    assert_eq!(runs.len(), 2, "{out}");
+    for (i, run) in runs.iter().enumerate() {
+        assert!(run.starts_with(&format!("SPEEDRUN run={} seed={i} tta_acc=0.", i + 1)), "{run}");
+        for field in ["acc=", "time_s=", "whiten_s=", "train_s=", "tta_s="] {
+            assert!(run.contains(field), "{field} missing: {run}");
+        }
+    }
+    assert!(out.contains("SPEEDRUN_SUMMARY") && out.contains("runs=2 mean_tta_acc="), "{out}");
+    let o = bin().args(["speedrun", "--device", "cpu", "--runs", "0"]).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("--runs must be at least 1, got 0"), "{}", text(&o));
+}
