@@ -355,8 +355,6 @@ struct NodeRt<B: Backend> {
     layer: Option<Box<dyn Layer<B>>>,
     inputs: Vec<NodeId>,
     name: Option<String>,
-    /// Every parameter of it is frozen (see [`Model::freeze`]).
-    frozen: bool,
 }
 
 impl<B: Backend> NodeRt<B> {
@@ -397,6 +395,8 @@ pub struct Model<B: Backend> {
     /// Bumped whenever a buffer the ops address is replaced (recorded graphs
     /// that use the old ones must be recorded again).
     generation: u64,
+    /// Per node: it or a node before it has a parameter that trains (see [`Model::freeze`]).
+    learns_upstream: Vec<bool>,
 }
 
 impl<B: Backend> Model<B> {
@@ -455,13 +455,14 @@ impl<B: Backend> Model<B> {
                     layer.bind_params(&offsets);
                 }
             }
-            nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone(), frozen: false });
+            nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone() });
         }
         let mut host = initial_values(&entries, total, seed, init);
         config.adjust_init(&entries, &mut host);
         let params = ParamStore { data: backend.upload(&host)?, grads: backend.alloc(total)?, entries };
         let tensor_lens = shapes.iter().map(|s| s.iter().product()).collect();
         let written = vec![false; graph.nodes.len()];
+        let graph_len = graph.nodes.len();
         Ok(Model {
             tensor_lens,
             written,
@@ -478,6 +479,7 @@ impl<B: Backend> Model<B> {
             capacity: 0,
             grad_capacity: 0,
             generation: 0,
+            learns_upstream: vec![true; graph_len],
         })
     }
 
@@ -594,11 +596,15 @@ impl<B: Backend> Model<B> {
             ));
         }
         let last = self.nodes.len() - 1;
-        let Model { nodes, acts, dacts, grad_scratch, params, rng, tensor_lens, written, .. } = self;
+        let Model { nodes, acts, dacts, grad_scratch, params, rng, tensor_lens, written, learns_upstream: learns, .. } = self;
         let len = |t: usize| n * tensor_lens[t];
         let ctx = Ctx { backend, n, params: &params.data, training: true, rng: View::all(rng) };
         written.fill(false);
         for (i, node) in nodes.iter_mut().enumerate().rev() {
+            // Nothing at or before this node learns: neither its parameter gradients nor dx are needed.
+            if !learns[i] {
+                continue;
+            }
             let (below, above) = dacts.split_at_mut(i.min(last));
             // dy: (n, output of node i)
             let dy = if i == last { dlogits } else { View::prefix(&above[0], len(i + 1))? };
@@ -606,11 +612,12 @@ impl<B: Backend> Model<B> {
                 None => Ok(x),
                 Some(s) => View::prefix(&acts[s], len(t.0)),
             };
+            // The node that computes tensor t, when something at or before it learns (else dx is not needed).
+            let learner = |t: &NodeId| t.node().filter(|&s| learns[s]);
             let Some(layer) = node.layer.as_mut() else {
                 // add: both inputs receive dy.
-                for t in &node.inputs {
-                    let Some(s) = t.node() else { continue };
-                    let dx = ViewMut::prefix(&mut below[s], len(t.0))?;
+                for s in node.inputs.iter().filter_map(learner) {
+                    let dx = ViewMut::prefix(&mut below[s], len(s + 1))?;
                     if std::mem::replace(&mut written[s], true) {
                         backend.add_assign(dy, dx)?;
                     } else {
@@ -621,9 +628,7 @@ impl<B: Backend> Model<B> {
             };
             let t = node.inputs[0];
             let (input, output) = (tensor(t)?, View::prefix(&acts[i], len(i + 1))?);
-            match t.node() {
-                // A layer on the input whose parameters are all frozen needs no backward at all.
-                None if node.frozen => {}
+            match learner(&t) {
                 None => layer.backward(&ctx, &mut params.grads, input, output, dy, None)?,
                 Some(s) if !std::mem::replace(&mut written[s], true) => {
                     let dx = ViewMut::prefix(&mut below[s], len(t.0))?;
@@ -641,25 +646,25 @@ impl<B: Backend> Model<B> {
     }
 
     /// Marks the parameters that will not be updated (`is_frozen` of their
-    /// name), so that backward can skip what only they need: today, the whole
-    /// backward of a first layer whose parameters are all frozen (the speed
-    /// network's whitening conv). Their gradients then keep old values.
+    /// name), so that backward skips what only they need: a node none of whose
+    /// ancestors (itself included) has a trainable parameter gets no backward
+    /// at all, and the node after it computes no dx (the speed network's frozen
+    /// whitening layer saves the next conv's data gradient and a GELU backward).
+    /// Frozen gradients then keep old values.
     pub fn freeze(&mut self, is_frozen: impl Fn(&str) -> bool) {
-        let mut changed = false;
-        for node in &mut self.nodes {
-            let Some(prefix) = node.name.as_deref() else { continue };
-            let mut params = self.params.entries.iter().filter(|e| e.name.strip_prefix(prefix).is_some_and(|r| r.starts_with('.')));
-            let mut any = false;
-            let frozen = params.all(|e| {
-                any = true;
-                is_frozen(&e.name)
-            }) && any;
-            changed |= node.frozen != frozen;
-            node.frozen = frozen;
+        let mut learns = Vec::with_capacity(self.nodes.len());
+        for i in 0..self.nodes.len() {
+            let node = &self.nodes[i];
+            let prefix = node.name.as_deref().map(|p| format!("{p}."));
+            let own = self.params.entries.iter().filter(|e| prefix.as_deref().is_some_and(|p| e.name.starts_with(p)));
+            let trains = own.map(|e| !is_frozen(&e.name)).fold(false, |a, b| a || b);
+            let upstream = node.inputs.iter().any(|t| t.node().is_some_and(|s| learns[s]));
+            learns.push(trains || upstream);
         }
-        if changed {
+        if self.learns_upstream != learns {
             // A recorded step ran the old set of backward ops.
             self.generation += 1;
+            self.learns_upstream = learns;
         }
     }
 

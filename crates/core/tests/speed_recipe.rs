@@ -171,6 +171,7 @@ fn a_frozen_first_layer_gets_no_backward() {
     let whiten: Vec<(usize, usize)> =
         model.params.entries.iter().filter(|e| e.name.starts_with("whiten.")).map(|e| (e.offset, e.len())).collect();
     let in_whiten = |i: usize| whiten.iter().any(|&(o, l)| (o..o + l).contains(&i));
+    let mut first: Option<Vec<f32>> = None;
     for frozen in [false, true] {
         let generation = model.generation();
         model.freeze(|name| frozen && name.starts_with("whiten."));
@@ -186,5 +187,17 @@ fn a_frozen_first_layer_gets_no_backward() {
         }
         let whiten_written = (0..grads.len()).filter(|&i| in_whiten(i)).all(|i| grads[i].is_finite());
         assert_eq!(whiten_written, !frozen, "frozen = {frozen}");
+        // What is skipped (the whitening layer, its GELU, the first conv's dx) changes no other gradient
+        // beyond rounding (without dx the CPU sums dW in another order).
+        match &first {
+            None => first = Some(grads),
+            Some(all) => {
+                let worst = (0..grads.len())
+                    .filter(|&i| !in_whiten(i))
+                    .map(|i| (grads[i] - all[i]).abs() / all[i].abs().max(1e-3))
+                    .fold(0f32, f32::max);
+                assert!(worst < 1e-5, "gradients moved by up to {worst:e} (relative)");
+            }
+        }
     }
 }
