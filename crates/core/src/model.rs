@@ -657,7 +657,7 @@ impl<B: Backend> Model<B> {
             let node = &self.nodes[i];
             let prefix = node.name.as_deref().map(|p| format!("{p}."));
             let own = self.params.entries.iter().filter(|e| prefix.as_deref().is_some_and(|p| e.name.starts_with(p)));
-            let trains = own.map(|e| !is_frozen(&e.name)).fold(false, |a, b| a || b);
+            let trains = own.into_iter().any(|e| !is_frozen(&e.name));
             let upstream = node.inputs.iter().any(|t| t.node().is_some_and(|s| learns[s]));
             learns.push(trains || upstream);
         }
