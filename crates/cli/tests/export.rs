@@ -151,6 +151,8 @@ fn residual_batchnorm_and_dropout_models_agree_with_onnxruntime() {
         (builtin(&ModelConfig::MnistCnn { width: 16, dropout: 0.2 }, &mnist), mnist.clone(), 200),
         (builtin(&ModelConfig::mlp_default(), &mnist), mnist.clone(), 200),
         (builtin(&ModelConfig::Resnet18, &cifar_info()), cifar_info(), 6),
+        // Whitening conv, BatchNorm-GELU, 3x3 pooling, a bias-free Linear scaled by 1/9 (ONNX Gemm's alpha).
+        (builtin(&ModelConfig::speed_widths(8), &cifar_info()), cifar_info(), 100),
         (Model::from_graph(&backend, odd_ops_graph(), 7, Init::He).unwrap(), odd_ops_info(), 200),
     ];
     for (i, (model, info, n)) in models.into_iter().enumerate() {

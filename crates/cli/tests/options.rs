@@ -85,7 +85,8 @@ fn bad_values_are_refused_before_any_work() {
 fn options_that_do_not_apply_are_refused() {
     let train = |extra: &[&'static str]| [&["train", "--device", "cpu", "--data-dir", "/no/such/dir"][..], extra].concat();
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--width", "8"], &["--width", "mnist-cnn only", "lenet"]),
+        (&["--width", "8"], &["--width", "mnist-cnn and cifar-speed only", "lenet"]),
+        (&["--dropout", "0.1", "--model", "cifar-speed"], &["--dropout", "mnist-cnn only", "cifar-speed"]),
         (&["--dropout", "0.1"], &["--dropout", "mnist-cnn only"]),
         (&["--model", "lenet", "--mlp-sizes", "784,10"], &["--mlp-sizes", "mlp only"]),
         (&["--gamma", "0.5"], &["--gamma", "step only", "onecycle"]),
