@@ -836,11 +836,9 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dy: View<'_, Self, f32>,
         dx: Option<ViewMut<'_, Self, f32>>,
         dweight: ViewMut<'_, Self, f32>,
-        mut scratch: ViewMut<'_, Self, f32>,
+        scratch: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        crate::error::check_len("conv2d_backward_no_bias", "dweight", g.w_len(), dweight.len)?;
-        self.conv2d_backward(g, x, w, dy, dx, scratch.reborrow())?;
-        self.copy(scratch.as_view().sub(0, g.w_len())?, dweight)
+        conv2d_backward_through_scratch(self, g, x, w, dy, dx, dweight, scratch)
     }
     /// `argmax[o]` is the flat index into x of the maximum of output o
     /// ([`NO_ARGMAX`] where a fused ReLU clamped it).
@@ -964,6 +962,25 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// step if `found_inf`, else counts a finite step and grows the scale after
     /// `growth_interval` of them; then clears `found_inf` for the next step.
     fn loss_scale_update(&self, spec: &ScaleUpdate, state: ViewMut<'_, Self, f32>) -> Result<()>;
+}
+
+/// [`Backend::conv2d_backward_no_bias`] by way of [`Backend::conv2d_backward`]:
+/// [dweight | dbias] computed in `scratch`, dweight copied out (the default, and
+/// the fallback of backends that override it for some shapes only).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward_through_scratch<B: Backend>(
+    backend: &B,
+    g: &Conv2dGeom,
+    x: View<'_, B, f32>,
+    w: View<'_, B, f32>,
+    dy: View<'_, B, f32>,
+    dx: Option<ViewMut<'_, B, f32>>,
+    dweight: ViewMut<'_, B, f32>,
+    mut scratch: ViewMut<'_, B, f32>,
+) -> Result<()> {
+    crate::error::check_len("conv2d_backward_no_bias", "dweight", g.w_len(), dweight.len)?;
+    backend.conv2d_backward(g, x, w, dy, dx, scratch.reborrow())?;
+    backend.copy(scratch.as_view().sub(0, g.w_len())?, dweight)
 }
 
 /// Argument checks shared by every backend: each op validates its geometry

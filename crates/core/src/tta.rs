@@ -54,6 +54,9 @@ pub fn evaluate_tta<B: Backend>(
     batch_size: usize,
     tta: Tta,
 ) -> Result<PassStats> {
+    if tta == Tta::None {
+        return crate::train::evaluate(backend, model, data, batch_size);
+    }
     if batch_size == 0 {
         return Err(Error::config("--eval-batch-size", "must be at least 1"));
     }

@@ -652,17 +652,14 @@ impl Backend for CudaBackend {
         dy: View<'_, Self, f32>,
         dx: Option<ViewMut<'_, Self, f32>>,
         dweight: ViewMut<'_, Self, f32>,
-        mut scratch: ViewMut<'_, Self, f32>,
+        scratch: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
         checks::conv2d_backward(g, x.len, w.len, dy.len, dx.as_ref().map(|d| d.len), scratch.len)?;
         rr_core::error::check_len("conv2d_backward_no_bias", "dweight", g.w_len(), dweight.len)?;
         // cuDNN writes dW where it belongs and no bias sums are taken (a full pass over dy saved).
         match self.tensor_cores(g).filter(|_| g.n > 0 && g.out_h() * g.out_w() > 0) {
             Some((dnn, p)) => self.conv2d_backward_dnn(dnn, p, g, &x, &w, &dy, dx.as_ref(), (ptr_mut(&dweight), None)),
-            None => {
-                self.conv2d_backward(g, x, w, dy, dx, scratch.reborrow())?;
-                self.copy(scratch.as_view().sub(0, g.w_len())?, dweight)
-            }
+            None => rr_core::backend::conv2d_backward_through_scratch(self, g, x, w, dy, dx, dweight, scratch),
         }
     }
 
