@@ -857,6 +857,46 @@ pub trait Backend: Send + Sync + Sized + 'static {
         argmax: View<'_, Self, u32>,
         dx: ViewMut<'_, Self, f32>,
     ) -> Result<()>;
+    /// A convolution whose output only a max pool over non-overlapping windows
+    /// reads (`pool.k == pool.stride`, no padding, `pool` over the conv's output):
+    /// `y = maxpool(conv(x, w) + bias)`, `argmax` as [`Backend::maxpool2d_forward`]'s.
+    /// `stash` (`g.y_len()` floats) holds what backward needs: backends that
+    /// can keep the conv's output narrower than fp32 (CUDA's 16-bit
+    /// channels-last) never write it in fp32 (see [`conv2d_maxpool_forward_unfused`],
+    /// the default).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_forward(
+        &self,
+        g: &Conv2dGeom,
+        pool: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        argmax: ViewMut<'_, Self, u32>,
+        stash: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        conv2d_maxpool_forward_unfused(self, g, pool, x, w, bias, y, argmax, stash)
+    }
+    /// The gradients of [`Backend::conv2d_maxpool_forward`] (its `argmax` and
+    /// `stash`, which this overwrites) for a fixed bias: dweight and dx (when
+    /// given), `scratch` as [`Backend::conv2d_backward_no_bias`]'s.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_maxpool_backward(
+        &self,
+        g: &Conv2dGeom,
+        pool: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        argmax: View<'_, Self, u32>,
+        stash: ViewMut<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dweight: ViewMut<'_, Self, f32>,
+        scratch: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        conv2d_maxpool_backward_unfused(self, g, pool, x, w, dy, argmax, stash, dx, dweight, scratch)
+    }
 
     /// Average pooling (padding counts as 0 and the divisor is always k*k, as
     /// PyTorch's default `count_include_pad=True`). `g.relu` must be false.
@@ -983,6 +1023,46 @@ pub fn conv2d_backward_through_scratch<B: Backend>(
     backend.copy(scratch.as_view().sub(0, g.w_len())?, dweight)
 }
 
+/// [`Backend::conv2d_maxpool_forward`] as its two ops, the conv's output in
+/// `stash` (the default, and the fallback of backends that fuse some shapes only).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_maxpool_forward_unfused<B: Backend>(
+    backend: &B,
+    g: &Conv2dGeom,
+    pool: &Pool2dGeom,
+    x: View<'_, B, f32>,
+    w: View<'_, B, f32>,
+    bias: View<'_, B, f32>,
+    y: ViewMut<'_, B, f32>,
+    argmax: ViewMut<'_, B, u32>,
+    mut stash: ViewMut<'_, B, f32>,
+) -> Result<()> {
+    checks::conv2d_maxpool(g, pool, stash.len)?;
+    backend.conv2d_forward(g, x, w, bias, stash.reborrow())?;
+    backend.maxpool2d_forward(pool, stash.as_view(), y, argmax)
+}
+
+/// [`Backend::conv2d_maxpool_backward`] as its two ops: the pool's dx in
+/// `stash`, then the bias-free conv's backward from it.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_maxpool_backward_unfused<B: Backend>(
+    backend: &B,
+    g: &Conv2dGeom,
+    pool: &Pool2dGeom,
+    x: View<'_, B, f32>,
+    w: View<'_, B, f32>,
+    dy: View<'_, B, f32>,
+    argmax: View<'_, B, u32>,
+    mut stash: ViewMut<'_, B, f32>,
+    dx: Option<ViewMut<'_, B, f32>>,
+    dweight: ViewMut<'_, B, f32>,
+    scratch: ViewMut<'_, B, f32>,
+) -> Result<()> {
+    checks::conv2d_maxpool(g, pool, stash.len)?;
+    backend.maxpool2d_backward(pool, dy, argmax, stash.reborrow())?;
+    backend.conv2d_backward_no_bias(g, x, w, stash.as_view(), dx, dweight, scratch)
+}
+
 /// Argument checks shared by every backend: each op validates its geometry
 /// and the length of every window the same way, so a mismatch is the same
 /// [`Error::Shape`] on every device.
@@ -1005,6 +1085,23 @@ pub mod checks {
         check_len("conv2d_backward", "dy", g.y_len(), dy)?;
         check_len("conv2d_backward", "dweight+dbias", g.w_len() + g.c_out, dparams)?;
         dx.map_or(Ok(()), |dx| check_len("conv2d_backward", "dx", g.x_len(), dx))
+    }
+
+    /// A fused conv + max pool: the pool reads exactly the conv's output, in
+    /// non-overlapping windows; `stash` holds the conv's output.
+    pub fn conv2d_maxpool(g: &Conv2dGeom, pool: &Pool2dGeom, stash: usize) -> Result<()> {
+        g.validate()?;
+        pool.validate()?;
+        let reads = (pool.n, pool.c, pool.h, pool.w) == (g.n, g.c_out, g.out_h(), g.out_w());
+        if !reads || pool.k != pool.stride || pool.pad != 0 {
+            return Err(Error::shape(
+                "conv2d_maxpool",
+                "pool geometry",
+                format!("non-overlapping windows (k == stride, no padding) over the conv's output ({g:?})"),
+                format!("{pool:?}"),
+            ));
+        }
+        check_len("conv2d_maxpool", "stash", g.y_len(), stash)
     }
 
     pub fn maxpool2d_forward(g: &Pool2dGeom, x: usize, y: usize, argmax: usize) -> Result<()> {

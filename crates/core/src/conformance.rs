@@ -33,7 +33,7 @@ macro_rules! backend_conformance_tests {
             gradcheck_dropout, gradcheck_model,
             add, crop_flip, crop_modes, label_smoothing, gather_channels, precisions,
             gelu, axpby, gradcheck_gelu,
-            loss_scaling);
+            loss_scaling, conv2d_maxpool);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
         $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*
@@ -1387,14 +1387,17 @@ pub fn gradcheck_dropout<B: Backend>(b: &B, _tol: f32) {
 /// The result must also differ from fp32's (else the precision was ignored).
 /// Precisions a backend does not offer must be refused. Inputs are in [-1, 1],
 /// so every operand and result stays far inside fp16's range (checked).
+/// Puts a backend back to fp32 when a test that changed its precision ends (passing or not).
+struct Restore<'a, B: Backend>(&'a B);
+
+impl<B: Backend> Drop for Restore<'_, B> {
+    fn drop(&mut self) {
+        let _ = self.0.set_precision(crate::backend::Precision::Fp32);
+    }
+}
+
 pub fn precisions<B: Backend>(b: &B, _tol: f32) {
     use crate::backend::Precision;
-    struct Restore<'a, B: Backend>(&'a B);
-    impl<B: Backend> Drop for Restore<'_, B> {
-        fn drop(&mut self) {
-            let _ = self.0.set_precision(Precision::Fp32);
-        }
-    }
     let _restore = Restore(b);
     let offered = b.precisions();
     assert!(offered.contains(&Precision::Fp32), "fp32 must always be offered");
@@ -1573,4 +1576,103 @@ pub fn loss_scaling<B: Backend>(b: &B, tol: f32) {
     let mut state = scale_state(b, [1.0, 0.0, 0.0, 0.0]);
     let err = b.loss_scale_update(&ScaleUpdate { growth: 0.5, ..rule }, state_view_mut(&mut state));
     assert!(matches!(err, Err(crate::Error::Shape { op: "loss_scale_update", .. })), "{err:?}");
+}
+
+// ---- fused conv + max pool --------------------------------------------------------
+
+/// What [`Backend::conv2d_maxpool_forward`] and its backward produce.
+struct ConvPoolOut {
+    y: Vec<f32>,
+    argmax: Vec<u32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+}
+
+/// Bias-free convs and the non-overlapping max pool over each one's output:
+/// ragged edges, a fused ReLU, wide layers (tensor cores below fp32; the
+/// speed network's first block), 3x3 windows and an empty batch.
+fn conv_pool_cases() -> Vec<(Conv2dGeom, Pool2dGeom)> {
+    let g = |n, c_in, h, w, c_out, k, stride, pad| Conv2dGeom { n, c_in, h, w, c_out, k, stride, pad };
+    let pool = |g: Conv2dGeom, k, relu| Pool2dGeom { n: g.n, c: g.c_out, h: g.out_h(), w: g.out_w(), k, stride: k, pad: 0, relu };
+    [
+        (g(2, 3, 9, 9, 5, 3, 1, 1), 2, false),
+        (g(3, 8, 8, 8, 6, 3, 1, 1), 2, true),
+        (g(2, 24, 15, 15, 64, 3, 1, 1), 2, false),
+        (g(2, 32, 9, 9, 48, 3, 1, 1), 3, true),
+        (g(0, 4, 6, 6, 32, 3, 1, 1), 2, false),
+    ]
+    .into_iter()
+    .map(|(g, k, relu)| (g, pool(g, k, relu)))
+    .collect()
+}
+
+/// Runs the fused op, or its two ops one by one when `fused` is false, on uploaded inputs.
+fn run_conv_pool<B: Backend>(b: &B, (g, pool): (&Conv2dGeom, &Pool2dGeom), x: &[f32], w: &[f32], dy: &[f32], fused: bool) -> ConvPoolOut {
+    let (dx_in, w_in, dy_in, zeros) =
+        (b.upload(x).unwrap(), b.upload(w).unwrap(), b.upload(dy).unwrap(), b.upload(&vec![0.0; g.c_out]).unwrap());
+    let (mut y, mut stash) = (poisoned(b, pool.y_len()), poisoned(b, g.y_len()));
+    let mut argmax = b.upload(&vec![7u32; pool.y_len()]).unwrap();
+    let (mut gdx, mut dweight, mut scratch) = (poisoned(b, g.x_len()), poisoned(b, g.w_len() + 2), poisoned(b, g.w_len() + g.c_out));
+    let (xv, wv) = (View::all(&dx_in), View::all(&w_in));
+    let (yv, av, sv) = (ViewMut::all(&mut y), ViewMut::all(&mut argmax), ViewMut::all(&mut stash));
+    match fused {
+        true => b.conv2d_maxpool_forward(g, pool, xv, wv, View::all(&zeros), yv, av, sv),
+        false => crate::backend::conv2d_maxpool_forward_unfused(b, g, pool, xv, wv, View::all(&zeros), yv, av, sv),
+    }
+    .unwrap();
+    let (dyv, av, sv) = (View::all(&dy_in), View::all(&argmax), ViewMut::all(&mut stash));
+    let (dxv, dwv, scv) = (Some(ViewMut::all(&mut gdx)), ViewMut::range(&mut dweight, 1, g.w_len()).unwrap(), ViewMut::all(&mut scratch));
+    match fused {
+        true => b.conv2d_maxpool_backward(g, pool, xv, wv, dyv, av, sv, dxv, dwv, scv),
+        false => crate::backend::conv2d_maxpool_backward_unfused(b, g, pool, xv, wv, dyv, av, sv, dxv, dwv, scv),
+    }
+    .unwrap();
+    let dw = down(b, &dweight);
+    assert!(dw[0].is_nan() && dw[dw.len() - 1].is_nan(), "conv2d_maxpool_backward wrote outside its dweight window {g:?}");
+    ConvPoolOut { y: down(b, &y), argmax: down(b, &argmax), dx: down(b, &gdx), dw: dw[1..=g.w_len()].to_vec() }
+}
+
+/// The fused conv + max pool against the reference conv then pool, forward
+/// and backward. At each 16-bit precision the backend offers, also against
+/// the backend's own two ops at that precision: the fused op must round as
+/// they do, so its outputs and argmax are the same (the gradients up to the
+/// order of cuDNN's sums), and the precision must have been applied.
+pub fn conv2d_maxpool<B: Backend>(b: &B, tol: f32) {
+    use crate::backend::Precision;
+    let _restore = Restore(b);
+    let mut r = rng(60);
+    for p in b.precisions().into_iter().filter(|p| matches!(p, Precision::Fp32 | Precision::Bf16 | Precision::Fp16)) {
+        b.set_precision(p).unwrap();
+        let tol = if p == Precision::Fp32 { tol } else { 8.0 * p.unit_roundoff() };
+        for (g, pool) in conv_pool_cases() {
+            let (x, w, dy) =
+                (uniform(&mut r, g.x_len(), -1.0, 1.0), uniform(&mut r, g.w_len(), -1.0, 1.0), uniform(&mut r, pool.y_len(), -1.0, 1.0));
+            let mut conv_y = vec![0.0; g.y_len()];
+            reference::conv2d_forward(&g, &x, &w, &vec![0.0; g.c_out], &mut conv_y);
+            let (mut want_y, mut want_arg) = (vec![0.0; pool.y_len()], vec![0u32; pool.y_len()]);
+            reference::maxpool2d_forward(&pool, &conv_y, &mut want_y, &mut want_arg);
+            let got = run_conv_pool(b, (&g, &pool), &x, &w, &dy, true);
+            let what = format!("conv2d_maxpool at {p} {g:?} {pool:?}");
+            assert_close(&format!("{what}: y"), &got.y, &want_y, tol);
+            if p == Precision::Fp32 {
+                assert_eq!(got.argmax, want_arg, "{what}: argmax");
+                let mut dconv = vec![0.0; g.y_len()];
+                reference::maxpool2d_backward(&dy, &want_arg, &mut dconv);
+                let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0; g.x_len()], vec![0.0; g.w_len()], vec![0.0; g.c_out]);
+                reference::conv2d_backward(&g, &x, &w, &dconv, Some(&mut want_dx), &mut want_dw, &mut want_db);
+                assert_close(&format!("{what}: dx"), &got.dx, &want_dx, tol);
+                assert_close(&format!("{what}: dw"), &got.dw, &want_dw, tol);
+                continue;
+            }
+            // Below fp32 a near-tie may pick another maximum than fp32 does: compare with the two ops.
+            let two_ops = run_conv_pool(b, (&g, &pool), &x, &w, &dy, false);
+            assert_eq!(got.y, two_ops.y, "{what}: y differs from conv2d_forward + maxpool2d_forward at the same precision");
+            assert_eq!(got.argmax, two_ops.argmax, "{what}: argmax differs from maxpool2d_forward's");
+            assert_close(&format!("{what}: dx against the two ops"), &got.dx, &two_ops.dx, 1e-5);
+            assert_close(&format!("{what}: dw against the two ops"), &got.dw, &two_ops.dw, 1e-5);
+            if g.n > 0 && g.c_out >= 32 {
+                assert!(got.y != want_y, "{what}: bit-identical to fp32, so the precision was not applied");
+            }
+        }
+    }
 }

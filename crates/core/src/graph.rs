@@ -509,4 +509,34 @@ mod tests {
         let err = both.layer::<crate::CpuBackend>().err().expect("relu and gelu together are refused");
         assert!(err.to_string().contains("not both"), "{err}");
     }
+
+    #[test]
+    fn a_bias_free_conv_runs_fused_with_the_max_pool_that_alone_reads_it() {
+        let mut g = GraphBuilder::new("fusion", &[2, 12, 12]);
+        // Fused: a bias-free conv, then 2x2 windows of stride 2.
+        let x = g.conv2d("a", g.input(), Conv::new(3, 3).pad(1).no_bias()).unwrap();
+        let x = g.max_pool(x, 2, 2).unwrap();
+        // Not fused: a bias; overlapping windows; a conv output with a second reader.
+        let x = g.conv2d("b", x, Conv::new(3, 3).pad(1)).unwrap();
+        let x = g.max_pool(x, 2, 2).unwrap();
+        let x = g.conv2d("c", x, Conv::new(3, 3).pad(1).no_bias()).unwrap();
+        let x = g.max_pool(x, 3, 1).unwrap();
+        let y = g.conv2d("d", x, Conv::new(3, 1).no_bias()).unwrap();
+        let pooled = g.max_pool(y, 1, 1).unwrap();
+        let x = g.add(pooled, y).unwrap();
+        let x = g.flatten(x).unwrap();
+        let logits = g.linear("fc", x, 2).unwrap();
+        let graph = g.finish(logits).unwrap();
+        let backend = crate::CpuBackend::new(1).unwrap();
+        let mut model = crate::Model::from_graph(&backend, graph, 0, crate::model::Init::PyTorch).unwrap();
+        let kinds = model.layer_kinds();
+        assert_eq!(kinds[..4], ["conv2d+maxpool2d", "maxpool2d", "conv2d", "maxpool2d"]);
+        assert_eq!(kinds[4..8], ["conv2d", "maxpool2d", "conv2d", "maxpool2d"]);
+        // The fused pair computes what the two ops compute (its gradients: the conformance suite).
+        let input: Vec<f32> = (0..3 * 2 * 12 * 12).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let x = crate::Backend::upload(&backend, &input).unwrap();
+        model.forward(&backend, 3, crate::View::all(&x)).unwrap();
+        let logits = crate::Backend::download(&backend, model.logits(3).unwrap()).unwrap();
+        assert!(logits.iter().all(|v| v.is_finite()), "{logits:?}");
+    }
 }

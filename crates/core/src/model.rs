@@ -6,8 +6,8 @@
 
 use crate::backend::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
-use crate::graph::{Conv, Graph, GraphBuilder, NodeId};
-use crate::layers::{Ctx, Layer};
+use crate::graph::{Conv, Graph, GraphBuilder, NodeId, Op};
+use crate::layers::{Conv2d, Conv2dMaxPool, Ctx, Layer, MaxPool2d};
 use crate::Storage;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -355,6 +355,9 @@ struct NodeRt<B: Backend> {
     layer: Option<Box<dyn Layer<B>>>,
     inputs: Vec<NodeId>,
     name: Option<String>,
+    /// The node before runs this one's op fused with its own (see
+    /// [`Conv2dMaxPool`]) and writes this node's output; this one does nothing.
+    absorbed: bool,
 }
 
 impl<B: Backend> NodeRt<B> {
@@ -428,8 +431,12 @@ impl<B: Backend> Model<B> {
         let mut nodes = Vec::new();
         let mut entries = Vec::new();
         let mut total = 0usize;
+        let absorbed = absorbed_nodes(&graph);
         for (i, node) in graph.nodes.iter().enumerate() {
-            let mut layer = node.op.layer::<B>()?;
+            let mut layer = match absorbed.get(i + 1) {
+                Some(true) => Some(fused_conv_pool::<B>(&graph.nodes[i].op, &graph.nodes[i + 1].op)?),
+                _ => node.op.layer::<B>()?,
+            };
             if let Some(layer) = layer.as_mut() {
                 layer.build(&shapes[node.inputs[0].0])?;
                 layer.init_buffers(backend)?;
@@ -455,7 +462,7 @@ impl<B: Backend> Model<B> {
                     layer.bind_params(&offsets);
                 }
             }
-            nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone() });
+            nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone(), absorbed: absorbed[i] });
         }
         let mut host = initial_values(&entries, total, seed, init);
         config.adjust_init(&entries, &mut host);
@@ -506,14 +513,24 @@ impl<B: Backend> Model<B> {
         self.tensor_lens[t]
     }
 
+    /// Elements per sample that node i's output buffers hold: none for a node
+    /// fused with the next one (its output never leaves the fused op; 1 keeps the buffer valid).
+    fn kept_len(&self, i: usize) -> usize {
+        match self.nodes.get(i + 1) {
+            Some(next) if next.absorbed => 1,
+            _ => self.tensor_len(i + 1),
+        }
+    }
+
     /// Preallocates activations for batches of up to `n` samples. Forward calls
     /// this itself when a batch is larger than anything seen before.
     pub fn reserve(&mut self, backend: &B, n: usize) -> Result<()> {
         if n <= self.capacity {
             return Ok(());
         }
-        self.acts = (0..self.nodes.len()).map(|i| backend.alloc(n * self.tensor_len(i + 1))).collect::<Result<_>>()?;
-        for layer in self.nodes.iter_mut().filter_map(|node| node.layer.as_mut()) {
+        self.acts = (0..self.nodes.len()).map(|i| backend.alloc(n * self.kept_len(i))).collect::<Result<_>>()?;
+        // An absorbed node's layer never runs: its fused neighbour holds what it needs.
+        for layer in self.nodes.iter_mut().filter(|node| !node.absorbed).filter_map(|node| node.layer.as_mut()) {
             layer.reserve(backend, n)?;
         }
         self.capacity = n;
@@ -529,7 +546,7 @@ impl<B: Backend> Model<B> {
             return Ok(());
         }
         let last = self.nodes.len() - 1;
-        self.dacts = (0..last).map(|i| backend.alloc(n * self.tensor_len(i + 1))).collect::<Result<_>>()?;
+        self.dacts = (0..last).map(|i| backend.alloc(n * self.kept_len(i))).collect::<Result<_>>()?;
         // A tensor read by several nodes gets its gradients summed through a scratch buffer.
         let mut reads = vec![0usize; self.shapes.len()];
         self.nodes.iter().flat_map(|node| &node.inputs).for_each(|t| reads[t.0] += 1);
@@ -559,14 +576,19 @@ impl<B: Backend> Model<B> {
         let Model { nodes, acts, params, rng, tensor_lens, .. } = self;
         let len = |t: usize| n * tensor_lens[t];
         let ctx = Ctx { backend, n, params: &params.data, training, rng: View::all(rng) };
+        let outputs = output_nodes(nodes);
         for (i, node) in nodes.iter_mut().enumerate() {
-            let (before, after) = acts.split_at_mut(i);
+            if node.absorbed {
+                continue;
+            }
+            let out = outputs[i];
+            let (before, after) = acts.split_at_mut(out);
             // x: the model's input, or an earlier node's output
             let tensor = |t: NodeId| match t.node() {
                 None => Ok(x),
                 Some(s) => View::prefix(&before[s], len(t.0)),
             };
-            let y = ViewMut::prefix(&mut after[0], len(i + 1))?;
+            let y = ViewMut::prefix(&mut after[0], len(out + 1))?;
             match node.layer.as_mut() {
                 Some(layer) => layer.forward(&ctx, tensor(node.inputs[0])?, y)?,
                 None => backend.add(tensor(node.inputs[0])?, tensor(node.inputs[1])?, y)?,
@@ -600,14 +622,16 @@ impl<B: Backend> Model<B> {
         let len = |t: usize| n * tensor_lens[t];
         let ctx = Ctx { backend, n, params: &params.data, training: true, rng: View::all(rng) };
         written.fill(false);
+        let outputs = output_nodes(nodes);
         for (i, node) in nodes.iter_mut().enumerate().rev() {
             // Nothing at or before this node learns: neither its parameter gradients nor dx are needed.
-            if !learns[i] {
+            if !learns[i] || node.absorbed {
                 continue;
             }
+            let out = outputs[i];
             let (below, above) = dacts.split_at_mut(i.min(last));
-            // dy: (n, output of node i)
-            let dy = if i == last { dlogits } else { View::prefix(&above[0], len(i + 1))? };
+            // dy: (n, output of node `out`: this one's, or the one it is fused with)
+            let dy = if out == last { dlogits } else { View::prefix(&above[out - i], len(out + 1))? };
             let tensor = |t: NodeId| match t.node() {
                 None => Ok(x),
                 Some(s) => View::prefix(&acts[s], len(t.0)),
@@ -627,7 +651,7 @@ impl<B: Backend> Model<B> {
                 continue;
             };
             let t = node.inputs[0];
-            let (input, output) = (tensor(t)?, View::prefix(&acts[i], len(i + 1))?);
+            let (input, output) = (tensor(t)?, View::prefix(&acts[out], len(out + 1))?);
             match learner(&t) {
                 None => layer.backward(&ctx, &mut params.grads, input, output, dy, None)?,
                 Some(s) if !std::mem::replace(&mut written[s], true) => {
@@ -800,6 +824,39 @@ impl<B: Backend> Model<B> {
 }
 
 /// Initial parameter values for `entries` (see [`Init`]); biases are 0 except with `PyTorch`.
+/// Per node: whether the node before runs its op (a conv and the max pool
+/// that alone reads its output, see [`Conv2dMaxPool::fuse`]).
+fn absorbed_nodes(graph: &Graph) -> Vec<bool> {
+    let mut reads = vec![0usize; graph.nodes.len() + 1];
+    graph.nodes.iter().flat_map(|node| &node.inputs).for_each(|t| reads[t.0] += 1);
+    let mut absorbed = vec![false; graph.nodes.len()];
+    for i in 1..graph.nodes.len() {
+        let (prev, node) = (&graph.nodes[i - 1], &graph.nodes[i]);
+        let conv = matches!(prev.op, Op::Conv2d { bias: false, .. });
+        let pool = matches!(node.op, Op::MaxPool2d { kernel, stride, pad: 0, .. } if kernel == stride);
+        // The conv's output (tensor i) is read by this pool only.
+        absorbed[i] = conv && pool && !absorbed[i - 1] && node.inputs == [NodeId(i)] && reads[i] == 1;
+    }
+    absorbed
+}
+
+/// The fused layer of a conv node and the pool node after it.
+fn fused_conv_pool<B: Backend>(conv: &Op, pool: &Op) -> Result<Box<dyn Layer<B>>> {
+    let (&Op::Conv2d { c_in, c_out, kernel, stride, pad, .. }, &Op::MaxPool2d { kernel: k, stride: s, pad: p, relu }) = (conv, pool) else {
+        return Err(Error::config("conv2d+maxpool2d", format!("fuses a conv and a max pool, got {conv:?} and {pool:?}")));
+    };
+    let pool = MaxPool2d::new(k, s, p);
+    let pool = if relu { pool.with_relu() } else { pool };
+    let fused = Conv2dMaxPool::fuse(Conv2d::new(c_in, c_out, kernel, stride, pad).without_bias(), pool)
+        .ok_or_else(|| Error::config("conv2d+maxpool2d", "needs a bias-free conv and kernel == stride, no padding"))?;
+    Ok(Box::new(fused))
+}
+
+/// Per node: the node whose output buffers hold its result (the next one when it absorbed it).
+fn output_nodes<B: Backend>(nodes: &[NodeRt<B>]) -> Vec<usize> {
+    (0..nodes.len()).map(|i| if nodes.get(i + 1).is_some_and(|n| n.absorbed) { i + 1 } else { i }).collect()
+}
+
 fn initial_values(entries: &[ParamEntry], total: usize, seed: u64, init: Init) -> Vec<f32> {
     let mut host = vec![0.0f32; total];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -177,6 +177,50 @@ where
     ) -> Result<()> {
         self.timed("conv2d_backward", || self.inner.conv2d_backward(g, v(x), v(w), v(dy), dx.map(vm), vm(dparams)))
     }
+    fn conv2d_backward_no_bias(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dweight: ViewMut<'_, Self, f32>,
+        scratch: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("conv2d_backward", || self.inner.conv2d_backward_no_bias(g, v(x), v(w), v(dy), dx.map(vm), vm(dweight), vm(scratch)))
+    }
+    fn conv2d_maxpool_forward(
+        &self,
+        g: &Conv2dGeom,
+        pool: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        argmax: ViewMut<'_, Self, u32>,
+        stash: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("conv2d_maxpool_forward", || {
+            self.inner.conv2d_maxpool_forward(g, pool, v(x), v(w), v(bias), vm(y), vm(argmax), vm(stash))
+        })
+    }
+    fn conv2d_maxpool_backward(
+        &self,
+        g: &Conv2dGeom,
+        pool: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        argmax: View<'_, Self, u32>,
+        stash: ViewMut<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dweight: ViewMut<'_, Self, f32>,
+        scratch: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("conv2d_maxpool_backward", || {
+            self.inner.conv2d_maxpool_backward(g, pool, v(x), v(w), v(dy), v(argmax), vm(stash), dx.map(vm), vm(dweight), vm(scratch))
+        })
+    }
     fn maxpool2d_forward(
         &self,
         g: &Pool2dGeom,

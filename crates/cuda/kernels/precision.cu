@@ -59,3 +59,77 @@ extern "C" __global__ void widen_from_nhwc(const unsigned short* __restrict__ x,
         if (ch < c && p < hw) y[base + (long long)ch * hw + p] = tile[threadIdx.x][j] + (bias ? bias[ch] : 0.0f);
     }
 }
+
+// A max pool over non-overlapping KxK windows read straight from a 16-bit
+// channels-last conv output (so the conv's output is never widened to fp32):
+// x: (N, H, W, C) 16-bit, plus bias[c] -> y: (N, C, OH, OW) fp32, argmax: the
+// flat NCHW index into x, as maxpool_forward writes it (same window order and
+// ties, so the two paths agree bit for bit). Each 32x32 tile of (positions,
+// channels) is reduced with reads coalesced over channels, then written
+// coalesced over positions. Block (32, 8); grid (ceil(OH*OW/32), ceil(C/32), N).
+extern "C" __global__ void maxpool_from_nhwc16(const unsigned short* __restrict__ x, const float* __restrict__ bias, float* __restrict__ y,
+                                               unsigned* __restrict__ argmax, int c, int h, int w, int k, int oh, int ow, int relu,
+                                               int half) {
+    __shared__ float best_v[32][33];
+    __shared__ unsigned best_i[32][33];
+    int n = blockIdx.z, ohw = oh * ow;
+    int q0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+    long long in_base = (long long)n * h * w * c;
+    for (int j = threadIdx.y; j < 32; j += 8) {
+        int q = q0 + j, ch = c0 + threadIdx.x;
+        if (ch >= c || q >= ohw) continue;
+        int oy = q / ow, ox = q % ow;
+        float b = bias ? bias[ch] : 0.0f, best = -INFINITY;
+        int best_at = -1;
+        for (int ky = 0; ky < k; ky++) {
+            int iy = oy * k + ky;
+            for (int kx = 0; kx < k; kx++) {
+                int ix = ox * k + kx;
+                float v = f16_to_32(x[in_base + ((long long)iy * w + ix) * c + ch], half) + b;
+                int at = (iy * w + ix);
+                if (v > best || best_at < 0) { best = v; best_at = at; }
+            }
+        }
+        unsigned flat = (unsigned)(((long long)n * c + ch) * h * w + best_at);
+        if (relu && !(best > 0.0f)) { best = 0.0f; flat = 0xffffffffu; }
+        best_v[j][threadIdx.x] = best;
+        best_i[j][threadIdx.x] = flat;
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += 8) {
+        int ch = c0 + j, q = q0 + threadIdx.x;
+        if (ch >= c || q >= ohw) continue;
+        long long o = ((long long)n * c + ch) * ohw + q;
+        y[o] = best_v[threadIdx.x][j];
+        argmax[o] = best_i[threadIdx.x][j];
+    }
+}
+
+// The gradient of that pool, written as the 16-bit channels-last dy of the conv:
+// dy: (N, C, OH, OW) fp32 and argmax -> dx: (N, H, W, C) 16-bit, dx = dy[o] where
+// argmax[o] is this element, else 0 (maxpool_backward_tiled, then narrow_to_nhwc).
+// Block (32, 8); grid (ceil(H*W/32), ceil(C/32), N).
+extern "C" __global__ void maxpool_backward_to_nhwc16(const float* __restrict__ dy, const unsigned* __restrict__ argmax,
+                                                      unsigned short* __restrict__ dx, int c, int h, int w, int k, int oh, int ow,
+                                                      int half) {
+    __shared__ float tile[32][33];
+    int n = blockIdx.z, hw = h * w;
+    int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
+    for (int j = threadIdx.y; j < 32; j += 8) {
+        int ch = c0 + j, p = p0 + threadIdx.x;
+        if (ch >= c || p >= hw) continue;
+        int oy = (p / w) / k, ox = (p % w) / k;
+        float v = 0.0f;
+        if (oy < oh && ox < ow) {
+            long long plane = (long long)n * c + ch;
+            long long o = plane * oh * ow + (long long)oy * ow + ox;
+            if (argmax[o] == (unsigned)(plane * hw + p)) v = dy[o];
+        }
+        tile[j][threadIdx.x] = v;
+    }
+    __syncthreads();
+    for (int j = threadIdx.y; j < 32; j += 8) {
+        int p = p0 + j, ch = c0 + threadIdx.x;
+        if (ch < c && p < hw) dx[(long long)n * hw * c + (long long)p * c + ch] = f32_to_16(tile[threadIdx.x][j], half);
+    }
+}

@@ -132,6 +132,8 @@ struct Kernels {
     crop_flip: CudaFunction,
     narrow_to_nhwc: CudaFunction,
     widen_from_nhwc: CudaFunction,
+    maxpool_from_nhwc16: CudaFunction,
+    maxpool_backward_to_nhwc16: CudaFunction,
     // dynamic loss scaling
     loss_scale_dlogits: CudaFunction,
     loss_scale_unscale: CudaFunction,
@@ -288,6 +290,8 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         crop_flip: f("crop_flip")?,
         narrow_to_nhwc: f("narrow_to_nhwc")?,
         widen_from_nhwc: f("widen_from_nhwc")?,
+        maxpool_from_nhwc16: f("maxpool_from_nhwc16")?,
+        maxpool_backward_to_nhwc16: f("maxpool_backward_to_nhwc16")?,
         // dynamic loss scaling
         loss_scale_dlogits: f("loss_scale_dlogits")?,
         loss_scale_unscale: f("loss_scale_unscale")?,

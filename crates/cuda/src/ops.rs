@@ -33,6 +33,7 @@ macro_rules! launch {
 }
 
 mod conv_dnn;
+use conv_dnn::Dy;
 
 const BLOCK: u32 = 256;
 
@@ -195,6 +196,11 @@ impl CudaBackend {
         // From 32 output channels (ResNet's 3-channel stem included); LeNet's layers stay.
         (p != Precision::Fp32 && g.c_out >= 32).then_some(())?;
         self.dnn.as_ref().map(|dnn| (dnn, p))
+    }
+
+    /// cuDNN and the precision when a wide convolution runs on 16-bit channels-last operands.
+    fn sixteen_bit(&self, g: &Conv2dGeom) -> Option<(&crate::cudnn::Cudnn, Precision)> {
+        self.tensor_cores(g).filter(|(_, p)| matches!(p, Precision::Bf16 | Precision::Fp16))
     }
 
     /// y = bias, then y_n (C_out, OH*OW) += W (C_out, C_in*K*K) . cols_n, in chunks
@@ -613,7 +619,7 @@ impl Backend for CudaBackend {
         }
         if let Some((dnn, p)) = self.tensor_cores(g) {
             let dw = ptr_mut(&dparams);
-            return self.conv2d_backward_dnn(dnn, p, g, &x, &w, &dy, dx.as_ref(), (dw, Some(dw + 4 * g.w_len() as u64)));
+            return self.conv2d_backward_dnn(dnn, p, g, &x, &w, Dy::Wide(ptr(&dy)), dx.as_ref(), (dw, Some(dw + 4 * g.w_len() as u64)));
         }
         let (pl, rows) = (g.patch_len(), g.patch_len() + 1);
         let (_guard, cols, partial) = self.scratch(g.n * rows * ohw, g.n * g.c_out * rows)?;
@@ -658,8 +664,52 @@ impl Backend for CudaBackend {
         rr_core::error::check_len("conv2d_backward_no_bias", "dweight", g.w_len(), dweight.len)?;
         // cuDNN writes dW where it belongs and no bias sums are taken (a full pass over dy saved).
         match self.tensor_cores(g).filter(|_| g.n > 0 && g.out_h() * g.out_w() > 0) {
-            Some((dnn, p)) => self.conv2d_backward_dnn(dnn, p, g, &x, &w, &dy, dx.as_ref(), (ptr_mut(&dweight), None)),
+            Some((dnn, p)) => self.conv2d_backward_dnn(dnn, p, g, &x, &w, Dy::Wide(ptr(&dy)), dx.as_ref(), (ptr_mut(&dweight), None)),
             None => rr_core::backend::conv2d_backward_through_scratch(self, g, x, w, dy, dx, dweight, scratch),
+        }
+    }
+
+    fn conv2d_maxpool_forward(
+        &self,
+        g: &Conv2dGeom,
+        pool: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        argmax: ViewMut<'_, Self, u32>,
+        stash: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::conv2d_maxpool(g, pool, stash.len)?;
+        checks::conv2d_forward(g, x.len, w.len, bias.len, stash.len)?;
+        checks::maxpool2d_forward(pool, stash.len, y.len, argmax.len)?;
+        // 16-bit tensor cores: the conv's output stays 16-bit channels-last, in the stash.
+        match self.sixteen_bit(g).filter(|_| g.n > 0) {
+            Some(dnn) => self.conv2d_maxpool_forward_dnn(dnn, (g, pool), &x, &w, &bias, (&y, &argmax), &stash),
+            None => rr_core::backend::conv2d_maxpool_forward_unfused(self, g, pool, x, w, bias, y, argmax, stash),
+        }
+    }
+
+    fn conv2d_maxpool_backward(
+        &self,
+        g: &Conv2dGeom,
+        pool: &Pool2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        argmax: View<'_, Self, u32>,
+        stash: ViewMut<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        dweight: ViewMut<'_, Self, f32>,
+        scratch: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::conv2d_maxpool(g, pool, stash.len)?;
+        checks::maxpool2d_backward(pool, dy.len, argmax.len, stash.len)?;
+        checks::conv2d_backward(g, x.len, w.len, stash.len, dx.as_ref().map(|d| d.len), scratch.len)?;
+        rr_core::error::check_len("conv2d_maxpool_backward", "dweight", g.w_len(), dweight.len)?;
+        match self.sixteen_bit(g).filter(|_| g.n > 0) {
+            Some(dnn) => self.conv2d_maxpool_backward_dnn(dnn, (g, pool), &x, &w, (&dy, &argmax), &stash, dx.as_ref(), ptr_mut(&dweight)),
+            None => rr_core::backend::conv2d_maxpool_backward_unfused(self, g, pool, x, w, dy, argmax, stash, dx, dweight, scratch),
         }
     }
 

@@ -1,4 +1,4 @@
-use super::{Ctx, Layer, ParamSpec};
+use super::{Ctx, Layer, MaxPool2d, ParamSpec};
 use crate::backend::{Backend, Conv2dGeom, View, ViewMut};
 use crate::error::{Error, Result};
 
@@ -118,5 +118,93 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
             self.no_bias.as_mut().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))?;
         let dweight = ViewMut::range(grads, self.off, g.w_len())?;
         ctx.backend.conv2d_backward_no_bias(&g, x, w, dy, dx, dweight, ViewMut::all(dparams))
+    }
+}
+
+/// A bias-free [`Conv2d`] and the [`MaxPool2d`] over non-overlapping windows
+/// that alone reads its output, as one op ([`Backend::conv2d_maxpool_forward`]):
+/// the model fuses the two nodes when it builds (the graph, checkpoints and
+/// exports keep both), so the conv's full-size output never exists in fp32 on
+/// backends that keep it narrower.
+pub struct Conv2dMaxPool<B: Backend> {
+    conv: Conv2d<B>,
+    pool: MaxPool2d<B>,
+    /// What backward needs of the conv's output (room for `conv.geom(n).y_len()` floats).
+    stash: Option<B::Buf<f32>>,
+}
+
+impl<B: Backend> Conv2dMaxPool<B> {
+    /// `None` unless the pair can be fused: a bias-free conv, a pool with kernel == stride and no padding.
+    pub fn fuse(conv: Conv2d<B>, pool: MaxPool2d<B>) -> Option<Self> {
+        (!conv.bias && pool.kernel == pool.stride && pool.pad == 0).then_some(Conv2dMaxPool { conv, pool, stash: None })
+    }
+}
+
+impl<B: Backend> Layer<B> for Conv2dMaxPool<B> {
+    fn kind(&self) -> &'static str {
+        "conv2d+maxpool2d"
+    }
+
+    fn build(&mut self, input: &[usize]) -> Result<Vec<usize>> {
+        let conv_out = self.conv.build(input)?;
+        self.pool.build(&conv_out)
+    }
+
+    fn param_specs(&self) -> Vec<ParamSpec> {
+        self.conv.param_specs()
+    }
+
+    fn bind_params(&mut self, offsets: &[usize]) {
+        self.conv.bind_params(offsets)
+    }
+
+    fn init_buffers(&mut self, backend: &B) -> Result<()> {
+        self.conv.init_buffers(backend)
+    }
+
+    fn reserve(&mut self, backend: &B, n: usize) -> Result<()> {
+        self.pool.reserve(backend, n)?;
+        let len = self.conv.geom(n).y_len();
+        if self.stash.as_ref().is_none_or(|s| crate::Storage::len(s) < len) {
+            self.stash = Some(backend.alloc(len)?);
+        }
+        Ok(())
+    }
+
+    fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
+        // x: (N, C_in, H, W) -> conv (N, C_out, OH, OW) -> y, argmax: (N, C_out, OH / k, OW / k)
+        self.reserve(ctx.backend, ctx.n)?;
+        let (g, pool) = (self.conv.geom(ctx.n), self.pool.geom(ctx.n));
+        let w = View::range(ctx.params, self.conv.off, g.w_len())?;
+        let zeros = View::all(&self.conv.bias_free()?.zeros);
+        let argmax = self.pool.argmax_buf(ctx.backend, pool.y_len())?;
+        let argmax = ViewMut::prefix(argmax, pool.y_len())?;
+        let stash = ViewMut::prefix(self.stash.as_mut().expect("reserved above"), g.y_len())?;
+        ctx.backend.conv2d_maxpool_forward(&g, &pool, x, w, zeros, y, argmax, stash)
+    }
+
+    fn backward(
+        &mut self,
+        ctx: &Ctx<'_, B>,
+        grads: &mut B::Buf<f32>,
+        x: View<'_, B, f32>,
+        _y: View<'_, B, f32>,
+        dy: View<'_, B, f32>,
+        dx: Option<ViewMut<'_, B, f32>>,
+    ) -> Result<()> {
+        // dy: (N, C_out, OH / k, OW / k) -> dW (C_out, C_in, K, K), dx (N, C_in, H, W)
+        let (g, pool) = (self.conv.geom(ctx.n), self.pool.geom(ctx.n));
+        let w = View::range(ctx.params, self.conv.off, g.w_len())?;
+        let dweight = ViewMut::range(grads, self.conv.off, g.w_len())?;
+        let Conv2dMaxPool { conv, pool: pool_layer, stash } = self;
+        let argmax = pool_layer.argmax(ctx.n)?;
+        let stash = ViewMut::prefix(
+            stash.as_mut().ok_or_else(|| Error::shape("conv2d+maxpool2d", "backward before forward", "stash", "none"))?,
+            g.y_len(),
+        )?;
+        let scratch = ViewMut::all(
+            &mut conv.no_bias.as_mut().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))?.dparams,
+        );
+        ctx.backend.conv2d_maxpool_backward(&g, &pool, x, w, dy, argmax, stash, dx, dweight, scratch)
     }
 }

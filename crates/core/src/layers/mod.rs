@@ -13,7 +13,7 @@ mod norm;
 mod pool;
 
 pub use activation::{Flatten, Gelu, Relu};
-pub use conv::Conv2d;
+pub use conv::{Conv2d, Conv2dMaxPool};
 pub use dropout::Dropout;
 pub use linear::Linear;
 pub use norm::BatchNorm;

@@ -24,12 +24,12 @@ impl<B: Backend> MaxPool2d<B> {
         self
     }
 
-    fn geom(&self, n: usize) -> Pool2dGeom {
+    pub(crate) fn geom(&self, n: usize) -> Pool2dGeom {
         let (c, h, w) = self.chw;
         Pool2dGeom { n, c, h, w, k: self.kernel, stride: self.stride, pad: self.pad, relu: self.relu }
     }
 
-    fn argmax_buf(&mut self, backend: &B, len: usize) -> Result<&mut B::Buf<u32>> {
+    pub(crate) fn argmax_buf(&mut self, backend: &B, len: usize) -> Result<&mut B::Buf<u32>> {
         if self.argmax.as_ref().is_none_or(|a| crate::Storage::len(a) < len) {
             self.argmax = Some(backend.alloc(len)?);
         }
@@ -83,6 +83,14 @@ impl<B: Backend> Layer<B> for MaxPool2d<B> {
         let g = self.geom(ctx.n);
         let argmax = self.argmax.as_ref().ok_or_else(|| Error::shape("maxpool2d", "backward before forward", "argmax", "none"))?;
         ctx.backend.maxpool2d_backward(&g, dy, View::prefix(argmax, g.y_len())?, dx)
+    }
+}
+
+impl<B: Backend> MaxPool2d<B> {
+    /// The argmax of the last forward pass of `n` samples.
+    pub(crate) fn argmax(&self, n: usize) -> Result<View<'_, B, u32>> {
+        let argmax = self.argmax.as_ref().ok_or_else(|| Error::shape("maxpool2d", "backward before forward", "argmax", "none"))?;
+        View::prefix(argmax, self.geom(n).y_len())
     }
 }
 

@@ -2,11 +2,11 @@
 //! crate::cudnn for the design). Every call checks its arguments first in ops.rs.
 
 use super::i32c;
-use crate::cudnn::{Cudnn, Operands, WORKSPACE};
+use crate::cudnn::{Cudnn, Operands, Plan, WORKSPACE};
 use crate::{device_err, ptr, ptr_mut, CudaBackend};
 use cudarc::cudnn::result as dnn;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
-use rr_core::backend::Conv2dGeom;
+use rr_core::backend::{Conv2dGeom, Pool2dGeom};
 use rr_core::{Precision, Result, View, ViewMut};
 use std::ffi::c_void;
 
@@ -33,6 +33,22 @@ fn scalar(v: &f32) -> *const c_void {
 /// Launch shape of the tiled layout changes: 32x32 tiles of each (C, HW) matrix.
 fn tiles(n: usize, c: usize, hw: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (hw.div_ceil(32) as u32, c.div_ceil(32) as u32, n as u32), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
+}
+
+/// The output gradient a convolution's backward reads: fp32 NCHW (narrowed
+/// first at 16 bits), or already 16-bit channels-last (from a fused pool).
+#[derive(Clone, Copy)]
+pub(super) enum Dy {
+    Wide(u64),
+    Narrow(u64),
+}
+
+impl Dy {
+    fn addr(self) -> u64 {
+        match self {
+            Dy::Wide(a) | Dy::Narrow(a) => a,
+        }
+    }
 }
 
 impl CudaBackend {
@@ -75,8 +91,6 @@ impl CudaBackend {
         } else {
             Operands { x: ptr(x), w: ptr(w), y: ptr_mut(y), workspace: s[0] }
         };
-        // SAFETY: descriptors match the checked buffer sizes; the workspace holds WORKSPACE bytes.
-        let algo = unsafe { plan.forward_algo(dnn.handle(), &o, self.capturing())? };
         // fp32 output: y = bias, then y += x * w. 16-bit: y16 = x * w, widened with the bias below.
         let beta = if sixteen {
             &ZERO
@@ -84,7 +98,18 @@ impl CudaBackend {
             launch!(self, bias_channels, self.cfg(g.y_len()), ptr_mut(y), ptr(bias), i32c(g.y_len())?, i32c(g.c_out)?, i32c(ohw)?)?;
             &ONE
         };
-        // SAFETY: as above.
+        self.dnn_forward(dnn, &plan, g, &o, beta)?;
+        if sixteen {
+            self.widen_nchw(o.y, ptr(bias), ptr_mut(y), (g.n, g.c_out, ohw), p)?;
+        }
+        Ok(())
+    }
+
+    /// cuDNN's forward on `o`: y = x * w + beta y (in the plan's layout and precision).
+    fn dnn_forward(&self, dnn: &Cudnn, plan: &Plan, g: &Conv2dGeom, o: &Operands, beta: &f32) -> Result<()> {
+        // SAFETY: descriptors match the checked buffer sizes; the workspace holds WORKSPACE bytes.
+        let algo = unsafe { plan.forward_algo(dnn.handle(), o, self.capturing())? };
+        // SAFETY: as above; y does not alias x or w.
         unsafe {
             dnn::convolution_forward(
                 dnn.handle(),
@@ -102,11 +127,83 @@ impl CudaBackend {
                 vm(o.y),
             )
         }
-        .map_err(|e| device_err(format!("cuDNN convolution forward {g:?}: {e:?}")))?;
-        if sixteen {
-            self.widen_nchw(o.y, ptr(bias), ptr_mut(y), (g.n, g.c_out, ohw), p)?;
+        .map_err(|e| device_err(format!("cuDNN convolution forward {g:?}: {e:?}")))
+    }
+
+    /// A conv on tensor cores in 16 bits and the max pool over its output
+    /// (non-overlapping windows, see `Backend::conv2d_maxpool_forward`): the
+    /// conv writes 16-bit channels-last into `stash`, the pool reads it there.
+    // x: (N, C_in, H, W), w: (C_out, C_in, K, K) -> stash: (N, OH, OW, C_out) 16-bit -> y, argmax: (N, C_out, OH/k, OW/k)
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv2d_maxpool_forward_dnn(
+        &self,
+        (dnn, p): (&Cudnn, Precision),
+        (g, pool): (&Conv2dGeom, &Pool2dGeom),
+        x: &View<'_, Self, f32>,
+        w: &View<'_, Self, f32>,
+        bias: &View<'_, Self, f32>,
+        (y, argmax): (&ViewMut<'_, Self, f32>, &ViewMut<'_, Self, u32>),
+        stash: &ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        let plan = dnn.plan(g, p)?;
+        if !plan.channels_last {
+            return Err(device_err(format!("conv2d_maxpool: the fused path needs 16-bit operands, not {p}")));
         }
-        Ok(())
+        let (_guard, s) = dnn.slots(self, &[WORKSPACE, 2 * g.x_len(), 2 * g.w_len()])?;
+        self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+        self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
+        self.dnn_forward(dnn, &plan, g, &Operands { x: s[1], w: s[2], y: ptr_mut(stash), workspace: s[0] }, &ZERO)?;
+        let (oh, ow) = (pool.out_h(), pool.out_w());
+        launch!(
+            self,
+            maxpool_from_nhwc16,
+            tiles(g.n, g.c_out, oh * ow),
+            ptr_mut(stash),
+            ptr(bias),
+            ptr_mut(y),
+            ptr_mut(argmax),
+            i32c(g.c_out)?,
+            i32c(g.out_h())?,
+            i32c(g.out_w())?,
+            i32c(pool.k)?,
+            i32c(oh)?,
+            i32c(ow)?,
+            pool.relu as i32,
+            half(p)
+        )
+    }
+
+    /// The gradients of [`Self::conv2d_maxpool_forward_dnn`]: the pool's gradient
+    /// goes straight into `stash` as the conv's 16-bit channels-last dy.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv2d_maxpool_backward_dnn(
+        &self,
+        (dnn, p): (&Cudnn, Precision),
+        (g, pool): (&Conv2dGeom, &Pool2dGeom),
+        x: &View<'_, Self, f32>,
+        w: &View<'_, Self, f32>,
+        (dy, argmax): (&View<'_, Self, f32>, &View<'_, Self, u32>),
+        stash: &ViewMut<'_, Self, f32>,
+        dx: Option<&ViewMut<'_, Self, f32>>,
+        dweight: u64,
+    ) -> Result<()> {
+        let (oh, ow) = (g.out_h(), g.out_w());
+        launch!(
+            self,
+            maxpool_backward_to_nhwc16,
+            tiles(g.n, g.c_out, oh * ow),
+            ptr(dy),
+            ptr(argmax),
+            ptr_mut(stash),
+            i32c(g.c_out)?,
+            i32c(oh)?,
+            i32c(ow)?,
+            i32c(pool.k)?,
+            i32c(pool.out_h())?,
+            i32c(pool.out_w())?,
+            half(p)
+        )?;
+        self.conv2d_backward_dnn(dnn, p, g, x, w, Dy::Narrow(ptr_mut(stash)), dx, (dweight, None))
     }
 
     /// dW (C_out, C_in, K, K) at `dw`, db (C_out) at `db` when the conv has a
@@ -120,27 +217,36 @@ impl CudaBackend {
         g: &Conv2dGeom,
         x: &View<'_, Self, f32>,
         w: &View<'_, Self, f32>,
-        dy: &View<'_, Self, f32>,
+        dy: Dy,
         dx: Option<&ViewMut<'_, Self, f32>>,
         (dw, db): (u64, Option<u64>),
     ) -> Result<()> {
         let plan = dnn.plan(g, p)?;
         let ohw = g.out_h() * g.out_w();
-        if let Some(db) = db {
-            self.channel_sums(ptr(dy), db, (g.n, g.c_out, ohw))?;
-        }
         let sixteen = plan.channels_last;
-        let bytes = if sixteen { [2 * g.x_len(), 2 * g.w_len(), 2 * g.y_len(), 2 * g.x_len().max(g.w_len())] } else { [0; 4] };
+        if let (Some(db), Dy::Wide(dy)) = (db, dy) {
+            self.channel_sums(dy, db, (g.n, g.c_out, ohw))?;
+        } else if db.is_some() || (!sixteen && matches!(dy, Dy::Narrow(_))) {
+            return Err(device_err(format!("conv2d_backward {g:?}: a 16-bit dy takes 16-bit operands and no bias")));
+        }
+        let dy_bytes = if matches!(dy, Dy::Wide(_)) { 2 * g.y_len() } else { 0 };
+        let bytes = if sixteen { [2 * g.x_len(), 2 * g.w_len(), dy_bytes, 2 * g.x_len().max(g.w_len())] } else { [0; 4] };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2], bytes[3]])?;
         // Operands as cuDNN reads them: the fp32 tensors (tf32), or channels-last 16-bit copies
         // with one buffer (s[4]) receiving dW, then dx, each widened back before the next.
-        let (xs, ws, dys) = if sixteen {
-            self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
-            self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
-            self.narrow_nhwc(ptr(dy), s[3], (g.n, g.c_out, ohw), p)?;
-            (s[1], s[2], s[3])
-        } else {
-            (ptr(x), ptr(w), ptr(dy))
+        let (xs, ws, dys) = match dy {
+            _ if !sixteen => (ptr(x), ptr(w), dy.addr()),
+            Dy::Wide(dy) => {
+                self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+                self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
+                self.narrow_nhwc(dy, s[3], (g.n, g.c_out, ohw), p)?;
+                (s[1], s[2], s[3])
+            }
+            Dy::Narrow(dy) => {
+                self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+                self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
+                (s[1], s[2], dy)
+            }
         };
         let err = |what: &str, e| device_err(format!("cuDNN convolution {what} {g:?}: {e:?}"));
         let o = Operands { x: xs, w: if sixteen { s[4] } else { dw }, y: dys, workspace: s[0] };
