@@ -802,6 +802,10 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// y = a * x + b * y, elementwise; x, y: (len). (Weight averages, test-time-augmentation sums.)
     /// As in BLAS, y is not read when b == 0 (whatever it held, NaN included, is overwritten).
     fn axpby(&self, a: f32, x: View<'_, Self, f32>, b: f32, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// `x *= target / (||x|| + eps)` in place, the norm Euclidean, summed in
+    /// f64 (Muon's normalizations, see [`crate::optim::Muon`]); x is left as it
+    /// is where `||x|| + eps` is 0.
+    fn scale_to_norm(&self, x: ViewMut<'_, Self, f32>, target: f32, eps: f32) -> Result<()>;
 
     // ---- convolution and pooling -------------------------------------------
     fn conv2d_forward(
@@ -1280,6 +1284,13 @@ pub mod checks {
 
     pub fn axpby(x: usize, y: usize) -> Result<()> {
         check_len("axpby", "y", x, y)
+    }
+
+    pub fn scale_to_norm(target: f32, eps: f32) -> Result<()> {
+        if !(target.is_finite() && target >= 0.0 && eps.is_finite() && eps >= 0.0) {
+            return Err(Error::shape("scale_to_norm", "target and eps", "finite and >= 0", format!("{target} and {eps}")));
+        }
+        Ok(())
     }
 
     // ---- dynamic loss scaling ----

@@ -33,7 +33,7 @@ macro_rules! backend_conformance_tests {
             gradcheck_dropout, gradcheck_model,
             add, crop_flip, crop_modes, label_smoothing, gather_channels, precisions,
             gelu, axpby, gradcheck_gelu,
-            loss_scaling, conv2d_maxpool);
+            loss_scaling, conv2d_maxpool, scale_to_norm);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
         $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*
@@ -240,6 +240,34 @@ pub fn axpby<B: Backend>(b: &B, tol: f32) {
     let (x3, mut y4): (B::Buf<f32>, B::Buf<f32>) = (b.alloc(3).unwrap(), b.alloc(4).unwrap());
     let err = b.axpby(1.0, View::all(&x3), 1.0, ViewMut::all(&mut y4));
     assert!(matches!(err, Err(crate::Error::Shape { op: "axpby", .. })), "{err:?}");
+}
+
+/// `scale_to_norm` in a window of a longer buffer (nothing outside it
+/// written), with and without eps; a zero vector at eps 0 stays as it is;
+/// a negative target is refused.
+pub fn scale_to_norm<B: Backend>(b: &B, tol: f32) {
+    let mut r = rng(61);
+    for (len, target, eps) in [(1usize, 2.0f32, 0.0f32), (7, 0.5, 1e-7), (1000, 48.0, 0.0), (65_537, 1.0, 1e-7), (0, 1.0, 0.0)] {
+        let x = uniform(&mut r, len, -3.0, 3.0);
+        let mut want = x.clone();
+        reference::scale_to_norm(&mut want, target, eps);
+        let mut padded = vec![-9.0f32; len + 2];
+        padded[1..=len].copy_from_slice(&x);
+        let mut buf = b.upload(&padded).unwrap();
+        b.scale_to_norm(ViewMut::range(&mut buf, 1, len).unwrap(), target, eps).unwrap();
+        let got = down(b, &buf);
+        assert!(got[0] == -9.0 && got[len + 1] == -9.0, "scale_to_norm wrote outside its window (len {len})");
+        assert_close(&format!("scale_to_norm len {len}"), &got[1..=len], &want, tol.max(1e-6));
+        if len > 0 {
+            let norm = got[1..=len].iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+            assert!((norm - target as f64).abs() <= 1e-4 * target as f64 + eps as f64 * 10.0, "norm {norm}, target {target}");
+        }
+    }
+    let mut zeros = b.upload(&[0.0f32; 5]).unwrap();
+    b.scale_to_norm(ViewMut::all(&mut zeros), 1.0, 0.0).unwrap();
+    assert_eq!(down(b, &zeros), [0.0; 5], "a zero vector stays zero");
+    let err = b.scale_to_norm(ViewMut::all(&mut zeros), -1.0, 0.0);
+    assert!(matches!(err, Err(crate::Error::Shape { op: "scale_to_norm", .. })), "{err:?}");
 }
 
 /// Conv geometries: LeNet's two layers plus odd sizes, strides and paddings.

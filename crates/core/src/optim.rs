@@ -3,7 +3,7 @@
 //! Adam's bias corrections) go to a small device buffer before each step, so a
 //! recorded (graph-replayed) step stays valid when they change.
 
-use crate::backend::{Backend, Hyper, UpdateRule, View, ViewMut};
+use crate::backend::{Backend, Gemm, Hyper, UpdateRule, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::model::ParamStore;
 use serde::{Deserialize, Serialize};
@@ -197,6 +197,40 @@ pub struct ParamGroup {
     /// Trains for this many epochs, then stays frozen (default: all of them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_epochs: Option<usize>,
+    /// Updates this group's weights with [`Muon`] instead of the optimizer's rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muon: Option<Muon>,
+}
+
+/// Muon (momentum orthogonalized by Newton-Schulz; Keller Jordan, 2024) for
+/// the weights of a [`ParamGroup`]. Each weight, as a matrix (shape[0] rows,
+/// the other dimensions flattened), keeps a momentum buffer `v = momentum v + g`;
+/// its update (`g + momentum v` with Nesterov, else `v`) is scaled to norm 1
+/// and orthogonalized by `steps` quintic Newton-Schulz iterations (singular
+/// values pushed towards 1, as airbench94_muon does), then `p -= lr * update`.
+/// With `normalize_weights` each weight is first rescaled to norm
+/// sqrt(rows) (airbench's variant: the BatchNorm after each conv makes the
+/// scale irrelevant). The group's weight decay does not apply. The momentum
+/// buffers are the optimizer's state at the weights' offsets (so checkpoints
+/// keep them); the step cannot be skipped, so Muon refuses loss scaling.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Muon {
+    pub momentum: f32,
+    pub nesterov: bool,
+    pub steps: usize,
+    pub normalize_weights: bool,
+}
+
+impl Muon {
+    /// The quintic iteration's coefficients: X <- a X + (b A + c A^2) X, A = X X^T.
+    pub const COEFFICIENTS: (f32, f32, f32) = (3.4445, -4.7750, 2.0315);
+    /// Added to the update's norm before it is scaled to 1.
+    pub const EPS: f32 = 1e-7;
+
+    /// airbench94_muon's settings: momentum 0.6, Nesterov, 3 iterations, weights renormalized.
+    pub fn airbench() -> Self {
+        Muon { momentum: 0.6, nesterov: true, steps: 3, normalize_weights: true }
+    }
 }
 
 fn one() -> f32 {
@@ -206,7 +240,7 @@ fn one() -> f32 {
 impl ParamGroup {
     /// A group of the parameters `params` matches with learning-rate multiplier `lr_scale`.
     pub fn new(params: &str, lr_scale: f32) -> Self {
-        ParamGroup { params: params.to_string(), lr_scale, weight_decay: None, train_epochs: None }
+        ParamGroup { params: params.to_string(), lr_scale, weight_decay: None, train_epochs: None, muon: None }
     }
 
     /// Whether `name` matches the pattern (`*`: any run of characters).
@@ -221,6 +255,13 @@ impl ParamGroup {
         }
         if let Some(wd) = self.weight_decay.filter(|wd| !(wd.is_finite() && *wd >= 0.0)) {
             return Err(Error::config(what(), format!("weight_decay must be >= 0, got {wd}")));
+        }
+        let Some(muon) = self.muon else { return Ok(()) };
+        if !(muon.momentum.is_finite() && (0.0..1.0).contains(&muon.momentum)) || (muon.nesterov && muon.momentum == 0.0) {
+            return Err(Error::config(what(), format!("Muon's momentum must be in [0, 1) (above 0 with Nesterov), got {}", muon.momentum)));
+        }
+        if self.train_epochs.is_some() {
+            return Err(Error::config(what(), "a Muon group trains for the whole run (train_epochs is not supported)"));
         }
         Ok(())
     }
@@ -265,17 +306,101 @@ fn plan_runs(groups: &[ParamGroup], params: &crate::model::ParamStore<impl Backe
         return Ok(vec![Run { offset: 0, len: params.len(), slot: 0 }]);
     }
     let mut runs: Vec<Run> = Vec::new();
+    // Whether the last entry got a run (an entry left out ends the run before it).
+    let mut open = false;
     for (offset, len, slot) in entries {
-        if slot > 0 && groups[slot - 1].lr_scale == 0.0 {
+        // Frozen entries get no update; Muon's get theirs matrix by matrix (see `muon_matrices`).
+        if slot > 0 && (groups[slot - 1].lr_scale == 0.0 || groups[slot - 1].muon.is_some()) {
+            open = false;
             continue;
         }
         match runs.last_mut() {
             // Extending over the alignment padding between two entries is harmless (zero grads).
-            Some(run) if run.slot == slot => run.len = offset + len - run.offset,
+            Some(run) if open && run.slot == slot => run.len = offset + len - run.offset,
             _ => runs.push(Run { offset, len, slot }),
         }
+        open = true;
     }
     Ok(runs)
+}
+
+/// A weight that [`Muon`] updates: where it is, its matrix shape, its group's slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MuonMatrix {
+    offset: usize,
+    rows: usize,
+    cols: usize,
+    slot: usize,
+}
+
+/// The weights of the (unfrozen) Muon groups, as matrices; each must have at least 2 dimensions.
+fn muon_matrices(groups: &[ParamGroup], params: &crate::model::ParamStore<impl Backend>) -> Result<Vec<MuonMatrix>> {
+    let mut out = Vec::new();
+    for e in &params.entries {
+        let Some(g) = groups.iter().position(|g| g.matches(&e.name)) else { continue };
+        if groups[g].muon.is_none() || groups[g].lr_scale == 0.0 {
+            continue;
+        }
+        if e.shape.len() < 2 {
+            return Err(Error::config(
+                format!("parameter group `{}`", groups[g].params),
+                format!("Muon updates matrices and filters, but `{}` has shape {:?}", e.name, e.shape),
+            ));
+        }
+        out.push(MuonMatrix { offset: e.offset, rows: e.shape[0], cols: e.len() / e.shape[0], slot: g + 1 });
+    }
+    Ok(out)
+}
+
+/// Muon's working buffers, sized for its largest matrix: the update and the
+/// next iterate, the Gram matrix and its polynomial, and the state the plain
+/// SGD kernel that applies the update writes (unused).
+struct MuonBufs<B: Backend> {
+    x: B::Buf<f32>,
+    next: B::Buf<f32>,
+    gram: B::Buf<f32>,
+    poly: B::Buf<f32>,
+    sgd_state: B::Buf<f32>,
+}
+
+impl<B: Backend> MuonBufs<B> {
+    fn new(backend: &B, matrices: &[MuonMatrix]) -> Result<Option<Self>> {
+        let Some(len) = matrices.iter().map(|m| m.rows * m.cols).max() else { return Ok(None) };
+        let side = matrices.iter().map(|m| m.rows.min(m.cols).pow(2)).max().unwrap_or(1);
+        Ok(Some(MuonBufs {
+            x: backend.alloc(len)?,
+            next: backend.alloc(len)?,
+            gram: backend.alloc(side)?,
+            poly: backend.alloc(side)?,
+            sgd_state: backend.alloc(len)?,
+        }))
+    }
+
+    /// `iterations` of X <- a X + (b A + c A^2) X with A = X X^T (or, for a
+    /// tall X, X <- a X + X (b A + c A^2) with A = X^T X): the result is in `x`.
+    fn newton_schulz(&mut self, backend: &B, (rows, cols): (usize, usize), iterations: usize) -> Result<()> {
+        let (a, b, c) = Muon::COEFFICIENTS;
+        let (len, side) = (rows * cols, rows.min(cols));
+        let wide = rows <= cols;
+        for _ in 0..iterations {
+            let x = View::prefix(&self.x, len)?;
+            let gram = Gemm::new(side, side, rows.max(cols));
+            let gram = if wide { gram.trans_b() } else { gram.trans_a() };
+            backend.gemm(&gram, x, x, None, ViewMut::prefix(&mut self.gram, side * side)?)?;
+            let g = View::prefix(&self.gram, side * side)?;
+            backend.gemm(&Gemm::new(side, side, side).alpha(c), g, g, None, ViewMut::prefix(&mut self.poly, side * side)?)?;
+            backend.axpby(b, g, 1.0, ViewMut::prefix(&mut self.poly, side * side)?)?;
+            backend.copy(x, ViewMut::prefix(&mut self.next, len)?)?;
+            let poly = View::prefix(&self.poly, side * side)?;
+            let next = ViewMut::prefix(&mut self.next, len)?;
+            match wide {
+                true => backend.gemm(&Gemm::new(rows, cols, rows).beta(a), poly, x, None, next)?,
+                false => backend.gemm(&Gemm::new(rows, cols, cols).beta(a), x, poly, None, next)?,
+            }
+            std::mem::swap(&mut self.x, &mut self.next);
+        }
+        Ok(())
+    }
 }
 
 /// An optimizer with its state on the device (velocity, or Adam's moments).
@@ -291,6 +416,9 @@ pub struct Optimizer<B: Backend> {
     plan: B::Buf<f32>,
     /// Steps taken so far (Adam's t).
     pub steps: u64,
+    /// The weights Muon groups update, and its buffers (when there are any).
+    muon: Vec<MuonMatrix>,
+    muon_bufs: Option<MuonBufs<B>>,
 }
 
 impl<B: Backend> Optimizer<B> {
@@ -307,6 +435,10 @@ impl<B: Backend> Optimizer<B> {
             // Adam's state is [m | v] over the whole buffer: windows of it are not one view.
             return Err(Error::config("parameter groups", "need --optimizer sgd"));
         }
+        let muon = muon_matrices(groups, params)?;
+        if !muon.is_empty() && config.kind != OptimizerKind::Sgd {
+            return Err(Error::config("Muon parameter groups", "need --optimizer sgd for the other parameters"));
+        }
         let slots = groups.len() + 1;
         Ok(Optimizer {
             config,
@@ -316,6 +448,8 @@ impl<B: Backend> Optimizer<B> {
             hyper: backend.alloc(slots * Hyper::LEN)?,
             plan: backend.alloc(slots * Hyper::LEN)?,
             steps: 0,
+            muon_bufs: MuonBufs::new(backend, &muon)?,
+            muon,
         })
     }
 
@@ -399,7 +533,42 @@ impl<B: Backend> Optimizer<B> {
             };
             backend.optimizer_step(&rule, hyper, p, g, s)?;
         }
+        for m in self.muon.clone() {
+            self.muon_step(backend, params, m)?;
+        }
         Ok(())
+    }
+
+    /// Whether any weights are updated by [`Muon`] (whose steps cannot be skipped).
+    pub fn uses_muon(&self) -> bool {
+        !self.muon.is_empty()
+    }
+
+    /// One [`Muon`] update of one weight.
+    fn muon_step(&mut self, backend: &B, params: &mut ParamStore<B>, m: MuonMatrix) -> Result<()> {
+        let muon = self.groups[m.slot - 1].muon.ok_or_else(|| Error::config("Muon", "a Muon matrix outside a Muon group"))?;
+        let bufs = self.muon_bufs.as_mut().ok_or_else(|| Error::config("Muon", "buffers not allocated"))?;
+        let len = m.rows * m.cols;
+        let g = View::range(&params.grads, m.offset, len)?;
+        // v = g + momentum v; the update: g + momentum v (Nesterov) or v, scaled to norm 1.
+        let mut v = ViewMut::range(&mut self.state, m.offset, len)?;
+        backend.axpby(1.0, g, muon.momentum, v.reborrow())?;
+        if muon.nesterov {
+            backend.copy(g, ViewMut::prefix(&mut bufs.x, len)?)?;
+            backend.axpby(muon.momentum, v.as_view(), 1.0, ViewMut::prefix(&mut bufs.x, len)?)?;
+        } else {
+            backend.copy(v.as_view(), ViewMut::prefix(&mut bufs.x, len)?)?;
+        }
+        backend.scale_to_norm(ViewMut::prefix(&mut bufs.x, len)?, 1.0, Muon::EPS)?;
+        bufs.newton_schulz(backend, (m.rows, m.cols), muon.steps)?;
+        let mut p = ViewMut::range(&mut params.data, m.offset, len)?;
+        if muon.normalize_weights {
+            backend.scale_to_norm(p.reborrow(), (m.rows as f32).sqrt(), 0.0)?;
+        }
+        // p -= lr * update, with this step's learning rate (and skip flag) from the device.
+        let apply = UpdateRule::Sgd { momentum: 0.0, nesterov: false, weight_decay: 0.0 };
+        let hyper = View::range(&self.hyper, m.slot * Hyper::LEN, Hyper::LEN)?;
+        backend.optimizer_step(&apply, hyper, p, View::prefix(&bufs.x, len)?, ViewMut::prefix(&mut bufs.sgd_state, len)?)
     }
 
     /// The state for a checkpoint (host copy).

@@ -156,6 +156,9 @@ where
     fn axpby(&self, a: f32, x: View<'_, Self, f32>, b: f32, y: ViewMut<'_, Self, f32>) -> Result<()> {
         self.timed("axpby", || self.inner.axpby(a, v(x), b, vm(y)))
     }
+    fn scale_to_norm(&self, x: ViewMut<'_, Self, f32>, target: f32, eps: f32) -> Result<()> {
+        self.timed("scale_to_norm", || self.inner.scale_to_norm(vm(x), target, eps))
+    }
     fn conv2d_forward(
         &self,
         g: &Conv2dGeom,

@@ -79,6 +79,15 @@ pub fn axpby(a: f32, x: &[f32], b: f32, y: &mut [f32]) {
     }
 }
 
+/// `x *= target / (||x|| + eps)`, the norm summed in f64; x unchanged where `||x|| + eps` is 0.
+pub fn scale_to_norm(x: &mut [f32], target: f32, eps: f32) {
+    let norm = x.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt() + eps as f64;
+    if norm > 0.0 {
+        let factor = (target as f64 / norm) as f32;
+        x.iter_mut().for_each(|v| *v *= factor);
+    }
+}
+
 /// Direct convolution.
 /// x: (N, C_in, H, W), w: (C_out, C_in, K, K), b: (C_out) -> y: (N, C_out, OH, OW)
 pub fn conv2d_forward(g: &Conv2dGeom, x: &[f32], w: &[f32], b: &[f32], y: &mut [f32]) {

@@ -528,6 +528,10 @@ impl<B: Backend> Trainer<B> {
         backend.write(ViewMut::range(&mut model.rng, 0, 1)?, &[crate::random::device_seed(config.seed)])?;
         let optimizer = Optimizer::with_groups(backend, config.optimizer, &model.params, &config.param_groups)?;
         let loss_scaler = LossScaler::new(backend, config.loss_scale)?;
+        if optimizer.uses_muon() && loss_scaler.is_some() {
+            // An overflowed step would put infinities into Muon's momentum: it cannot be skipped.
+            return Err(Error::config("--precision fp16", "its loss scaling skips overflowed steps, which Muon cannot; use bf16"));
+        }
         let lookahead = config.lookahead.map(|c| Lookahead::new(backend, c, &mut model)).transpose()?;
         let mut batch = Batch::new(backend, bs, model.input_len())?;
         if config.augment.warps() {

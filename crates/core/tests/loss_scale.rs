@@ -164,3 +164,16 @@ fn skip_if_holds_every_parameter_group() {
         assert!(changed, "`{}` was not updated by the step that was not skipped", e.name);
     }
 }
+
+/// Muon's momentum cannot skip an overflowed step: a run that scales its loss refuses Muon groups.
+#[test]
+fn loss_scaling_refuses_muon_groups() {
+    use rr_core::optim::{Muon, ParamGroup};
+    let b = CpuBackend::new(1).unwrap();
+    let model = Model::new(&b, &ModelConfig::Lenet5, &[1, 28, 28], 10, 0).unwrap();
+    let groups = vec![ParamGroup { muon: Some(Muon::airbench()), ..ParamGroup::new("*.weight", 1.0) }];
+    let config = TrainConfig { param_groups: groups, loss_scale: LossScaling::dynamic(), ..TrainConfig::default() };
+    let err = Trainer::new(&b, model, config, 1000).err().expect("Muon with loss scaling must be refused");
+    let msg = err.to_string();
+    assert!(msg.contains("Muon") && msg.contains("fp16") && msg.contains("bf16"), "{msg}");
+}

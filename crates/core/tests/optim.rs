@@ -2,7 +2,7 @@
 
 use rr_core::backend::{View, ViewMut};
 use rr_core::model::{Init, Model, ModelConfig};
-use rr_core::optim::{Optimizer, OptimizerConfig, ParamGroup, Schedule, ScheduleConfig};
+use rr_core::optim::{Muon, Optimizer, OptimizerConfig, ParamGroup, Schedule, ScheduleConfig};
 use rr_core::{Backend, CpuBackend};
 
 fn close(a: f32, b: f32) -> bool {
@@ -129,4 +129,101 @@ fn parameter_groups_are_checked() {
     assert!(err(sgd, &[ParamGroup::new("fc1.bias", -1.0)]).contains("lr_scale"));
     let adam = OptimizerConfig { kind: rr_core::optim::OptimizerKind::Adam, ..sgd };
     assert!(err(adam, &[ParamGroup::new("fc1.bias", 2.0)]).contains("--optimizer sgd"));
+}
+
+// ---- Muon ------------------------------------------------------------------------
+
+/// Muon's update of one weight on the host, in f64: the (Nesterov) momentum
+/// update scaled to norm 1, then the quintic Newton-Schulz iterations on the
+/// wide orientation of the matrix (airbench94_muon's `zeropower_via_newtonschulz5`).
+fn host_muon_update(u: &[f64], rows: usize, cols: usize, steps: usize) -> Vec<f64> {
+    let norm = u.iter().map(|v| v * v).sum::<f64>().sqrt() + Muon::EPS as f64;
+    let tall = rows > cols;
+    let (r, c) = if tall { (cols, rows) } else { (rows, cols) };
+    // x: (r, c), the transpose of the weight when it is tall.
+    let mut x: Vec<f64> = (0..r * c).map(|i| if tall { u[(i % c) * cols + i / c] } else { u[i] } / norm).collect();
+    let (a, b, cc) = Muon::COEFFICIENTS;
+    let matmul = |p: &[f64], q: &[f64], n: usize, k: usize, m: usize| -> Vec<f64> {
+        (0..n * m).map(|i| (0..k).map(|t| p[(i / m) * k + t] * q[t * m + i % m]).sum()).collect()
+    };
+    for _ in 0..steps {
+        let xt: Vec<f64> = (0..c * r).map(|i| x[(i % r) * c + i / r]).collect();
+        let gram = matmul(&x, &xt, r, c, r);
+        let sq = matmul(&gram, &gram, r, r, r);
+        let poly: Vec<f64> = gram.iter().zip(&sq).map(|(g, s)| b as f64 * g + cc as f64 * s).collect();
+        let px = matmul(&poly, &x, r, r, c);
+        x = x.iter().zip(&px).map(|(x, p)| a as f64 * x + p).collect();
+    }
+    if tall {
+        (0..rows * cols).map(|i| x[(i % cols) * rows + i / cols]).collect()
+    } else {
+        x
+    }
+}
+
+#[test]
+fn muon_updates_each_weight_as_airbench_does_and_the_rest_with_sgd() {
+    let b = CpuBackend::new(1).unwrap();
+    // fc1.weight (5, 2) is tall, fc2.weight (3, 5) wide.
+    let mut model = Model::new(&b, &ModelConfig::Mlp { sizes: vec![2, 5, 3] }, &[1, 1, 2], 3, 1).unwrap();
+    let muon = Muon::airbench();
+    let groups = [ParamGroup { muon: Some(muon), ..ParamGroup::new("*.weight", 2.0) }];
+    let mut opt = Optimizer::with_groups(&b, OptimizerConfig::sgd(0.1, 0.0, 0.01), &model.params, &groups).unwrap();
+    assert!(opt.uses_muon());
+    let mut velocity = vec![0.0f64; model.params.len()];
+    for step in 0..2 {
+        let before = b.download(View::all(&model.params.data)).unwrap();
+        let grads: Vec<f32> = (0..model.params.len()).map(|i| ((i * 7 + step * 3) % 11) as f32 / 5.0 - 1.0).collect();
+        b.write(ViewMut::all(&mut model.params.grads), &grads).unwrap();
+        opt.plan(&b, 0, &[0.1]).unwrap();
+        opt.prepare(&b, 0).unwrap();
+        opt.step(&b, &mut model.params).unwrap();
+        let after = b.download(View::all(&model.params.data)).unwrap();
+        for e in &model.params.entries {
+            let range = e.offset..e.offset + e.len();
+            if e.name.ends_with(".bias") {
+                for i in range {
+                    let want = before[i] - 0.1 * (grads[i] + 0.01 * before[i]);
+                    assert!(close(after[i], want), "step {step}, {}: {} vs {want}", e.name, after[i]);
+                }
+                continue;
+            }
+            let (rows, cols) = (e.shape[0], e.len() / e.shape[0]);
+            let mut update = Vec::new();
+            for i in range.clone() {
+                velocity[i] = grads[i] as f64 + muon.momentum as f64 * velocity[i];
+                update.push(grads[i] as f64 + muon.momentum as f64 * velocity[i]);
+            }
+            let update = host_muon_update(&update, rows, cols, muon.steps);
+            let norm = before[range.clone()].iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+            for (k, i) in range.enumerate() {
+                let want = before[i] as f64 * (rows as f64).sqrt() / norm - 0.2 * update[k];
+                assert!(
+                    (after[i] as f64 - want).abs() <= 1e-5 * want.abs().max(0.1),
+                    "step {step}, {}[{k}]: {} vs {want}",
+                    e.name,
+                    after[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn muon_groups_are_checked() {
+    let b = CpuBackend::new(1).unwrap();
+    let model = Model::new(&b, &ModelConfig::Mlp { sizes: vec![6, 4, 3] }, &[1, 2, 3], 3, 1).unwrap();
+    let err = |config: OptimizerConfig, group: ParamGroup| match Optimizer::with_groups(&b, config, &model.params, &[group]) {
+        Ok(_) => panic!("accepted a Muon group"),
+        Err(e) => e.to_string(),
+    };
+    let sgd = OptimizerConfig::sgd(0.1, 0.9, 0.0);
+    let muon = |params: &str| ParamGroup { muon: Some(Muon::airbench()), ..ParamGroup::new(params, 1.0) };
+    let e = err(sgd, muon("*.bias"));
+    assert!(e.contains("fc1.bias") && e.contains("[4]") && e.contains("matrices"), "{e}");
+    let adam = OptimizerConfig { kind: rr_core::optim::OptimizerKind::Adam, ..sgd };
+    assert!(err(adam, muon("*.weight")).contains("--optimizer sgd"));
+    assert!(err(sgd, ParamGroup { train_epochs: Some(2), ..muon("*.weight") }).contains("train_epochs"));
+    let bad = ParamGroup { muon: Some(Muon { momentum: 1.5, ..Muon::airbench() }), ..ParamGroup::new("*.weight", 1.0) };
+    assert!(err(sgd, bad).contains("momentum"));
 }

@@ -29,6 +29,18 @@ extern "C" __global__ void axpby_f32(const float* __restrict__ x, float* __restr
     GRID_STRIDE(i, n) y[i] = b == 0.0f ? a * x[i] : a * x[i] + b * y[i];
 }
 
+// x *= target / (||x|| + eps), unchanged where that is 0 (Muon). One block of
+// 1024 threads: the sum of squares (f64) is reduced, then every thread scales its share.
+extern "C" __global__ void scale_to_norm(float* x, int n, float target, float eps) {
+    __shared__ double partial[32];
+    double sq = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sq += (double)x[i] * (double)x[i];
+    double norm = sqrt(block_sum_d(sq, partial)) + (double)eps;
+    if (norm <= 0.0) return;
+    float factor = (float)((double)target / norm);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) x[i] *= factor;
+}
+
 // y = a + b (residual connections)
 extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, int n) {
     GRID_STRIDE(i, n) y[i] = a[i] + b[i];

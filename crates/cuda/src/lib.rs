@@ -133,6 +133,7 @@ struct Kernels {
     narrow_to_nhwc: CudaFunction,
     widen_from_nhwc: CudaFunction,
     maxpool_from_nhwc16: CudaFunction,
+    scale_to_norm: CudaFunction,
     maxpool_backward_to_nhwc16: CudaFunction,
     // dynamic loss scaling
     loss_scale_dlogits: CudaFunction,
@@ -291,6 +292,7 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         narrow_to_nhwc: f("narrow_to_nhwc")?,
         widen_from_nhwc: f("widen_from_nhwc")?,
         maxpool_from_nhwc16: f("maxpool_from_nhwc16")?,
+        scale_to_norm: f("scale_to_norm")?,
         maxpool_backward_to_nhwc16: f("maxpool_backward_to_nhwc16")?,
         // dynamic loss scaling
         loss_scale_dlogits: f("loss_scale_dlogits")?,

@@ -567,6 +567,16 @@ impl Backend for CudaBackend {
         launch!(self, axpby, self.cfg(x.len), ptr(&x), ptr_mut(&y), i32c(x.len)?, a, b)
     }
 
+    fn scale_to_norm(&self, x: ViewMut<'_, Self, f32>, target: f32, eps: f32) -> Result<()> {
+        checks::scale_to_norm(target, eps)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        // One block: the norm is a block reduction that every thread then applies (no second launch, no scratch).
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+        launch!(self, scale_to_norm, cfg, ptr_mut(&x), i32c(x.len)?, target, eps)
+    }
+
     fn conv2d_forward(
         &self,
         g: &Conv2dGeom,

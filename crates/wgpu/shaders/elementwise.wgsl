@@ -138,3 +138,35 @@ fn copy_words(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
         w0[pu(1u) + i] = r0[pu(0u) + i];
     }
 }
+
+//! kernel scale_to_norm
+// [x, n, target, eps]: x *= target / (||x|| + eps), unchanged where that is 0 (Muon).
+// One workgroup: a tree sum of squares, then every invocation scales its share.
+var<workgroup> sq_part: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn scale_to_norm(@builtin(local_invocation_id) lid: vec3<u32>) {
+    let base = pu(0u);
+    let n = pu(1u);
+    var acc = 0.0;
+    for (var i = lid.x; i < n; i += 256u) {
+        let v = bitcast<f32>(w0[base + i]);
+        acc += v * v;
+    }
+    sq_part[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = 128u; s > 0u; s >>= 1u) {
+        if (lid.x < s) {
+            sq_part[lid.x] += sq_part[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    let norm = sqrt(sq_part[0]) + pf(3u);
+    if (norm <= 0.0) {
+        return;
+    }
+    let factor = pf(2u) / norm;
+    for (var i = lid.x; i < n; i += 256u) {
+        w0[base + i] = bitcast<u32>(bitcast<f32>(w0[base + i]) * factor);
+    }
+}

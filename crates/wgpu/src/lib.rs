@@ -47,6 +47,7 @@ const KERNELS: &[(&str, &str, u32, u32)] = &[
     ("add_assign", "elementwise", 1, 1),
     ("column_sums", "elementwise", 1, 1),
     ("copy_words", "elementwise", 1, 1),
+    ("scale_to_norm", "elementwise", 0, 1),
     ("gemm", "gemm", 3, 1),
     ("conv_forward", "conv", 3, 1),
     ("conv_backward_weight", "conv", 2, 1),

@@ -239,6 +239,15 @@ impl Backend for WgpuBackend {
         self.run("axpby", grid(x.len), &params, &[r(&x), w(&y)])
     }
 
+    fn scale_to_norm(&self, x: ViewMut<'_, Self, f32>, target: f32, eps: f32) -> Result<()> {
+        checks::scale_to_norm(target, eps)?;
+        if x.len == 0 {
+            return Ok(());
+        }
+        let params = [u(x.offset)?, u(x.len)?, f(target), f(eps)];
+        self.run("scale_to_norm", (1, 1, 1), &params, &[w(&x)])
+    }
+
     fn conv2d_forward(
         &self,
         g: &Conv2dGeom,

@@ -425,6 +425,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn scale_to_norm(&self, x: ViewMut<'_, Self, f32>, target: f32, eps: f32) -> Result<()> {
+        checks::scale_to_norm(target, eps)?;
+        reference::scale_to_norm(sm(x), target, eps);
+        Ok(())
+    }
+
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add(a.len, b.len, y.len)?;
         let (a, b, y) = (s(a), s(b), sm(y));
