@@ -227,3 +227,13 @@ fn muon_groups_are_checked() {
     let bad = ParamGroup { muon: Some(Muon { momentum: 1.5, ..Muon::airbench() }), ..ParamGroup::new("*.weight", 1.0) };
     assert!(err(sgd, bad).contains("momentum"));
 }
+
+#[test]
+fn a_frozen_parameter_between_two_of_one_group_stays_frozen() {
+    // fc1.bias lies between fc1.weight and fc2.weight, both in the default group.
+    let (model, before, after) = step_with_groups(&[ParamGroup::new("fc1.bias", 0.0)], 0);
+    for e in &model.params.entries {
+        let unchanged = (e.offset..e.offset + e.len()).all(|i| after[i] == before[i]);
+        assert_eq!(unchanged, e.name == "fc1.bias", "{}", e.name);
+    }
+}
