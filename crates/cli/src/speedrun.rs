@@ -24,7 +24,7 @@ pub struct SpeedrunArgs {
     /// Timed runs (seeds --seed, --seed + 1, ...)
     #[arg(long, default_value_t = 5, allow_negative_numbers = true)]
     runs: usize,
-    /// Epochs per run [default: the recipe's 10]
+    /// Epochs per run [default: the recipe's, 10 (8 with --muon)]
     #[arg(long, allow_negative_numbers = true)]
     epochs: Option<usize>,
     /// The first run's seed
@@ -49,6 +49,10 @@ pub struct SpeedrunArgs {
     /// Run every step op by op instead of replaying a recorded CUDA graph
     #[arg(long)]
     no_graphs: bool,
+    /// airbench94_muon's recipe instead of airbench94's (TrainConfig::speed_run_muon:
+    /// Muon for the convs, batch 2000, 8 epochs, no lookahead); needs bf16 or fp32, not fp16
+    #[arg(long)]
+    muon: bool,
     #[command(flatten)]
     common: CommonArgs,
 }
@@ -90,6 +94,9 @@ impl Timed {
 impl WithBackend for SpeedrunJob {
     fn run<B: Backend>(self, backend: &B) -> Result<RunStats> {
         let args = self.0;
+        if args.muon && backend.precision() == rr_core::Precision::Fp16 {
+            bail!("--muon cannot run at --precision fp16: Muon cannot skip the steps whose loss scaling overflowed; use bf16");
+        }
         let dir = dataset::data_dir(&args.common.data_dir, DatasetArg::Cifar10)?;
         let mut data = dataset::load(DatasetArg::Cifar10, &dir, 32)?;
         if let Some(n) = args.limit_train {
@@ -99,13 +106,14 @@ impl WithBackend for SpeedrunJob {
             data.test.truncate(n);
         }
         let test_set = DeviceDataset::upload(backend, &data.test, &data.info)?;
-        let mut recipe = TrainConfig::speed_run();
+        let mut recipe = if args.muon { TrainConfig::speed_run_muon() } else { TrainConfig::speed_run() };
         recipe.epochs = args.epochs.unwrap_or(recipe.epochs);
         // fp16 needs dynamic loss scaling (rr_core::loss_scale); other precisions do without.
         recipe.loss_scale = rr_core::loss_scale::LossScaling::for_precision(backend.precision());
         println!(
-            "speedrun: cifar-speed (widths {:?}) on {} ({}), {} train images, {} epochs of batch {}, {} timed runs after a {}-epoch warm-up",
+            "speedrun: cifar-speed (widths {:?}, {}) on {} ({}), {} train images, {} epochs of batch {}, {} timed runs after a {}-epoch warm-up",
             args.width.map_or(ModelConfig::SPEED_WIDTHS, |w| [w, 4 * w, 4 * w]),
+            if args.muon { "airbench94_muon's recipe" } else { "airbench94's recipe" },
             backend.name(),
             backend.precision(),
             data.train.len,

@@ -191,6 +191,17 @@ fn speedrun_prints_each_run_and_a_summary() {
         }
     }
     assert!(out.contains("SPEEDRUN_SUMMARY") && out.contains("runs=2 mean_tta_acc="), "{out}");
+    // airbench94_muon's recipe: batch 2000, so 2000 images make one step.
+    let o = bin()
+        .args(["speedrun", "--device", "cpu", "--runs", "1", "--epochs", "1", "--warmup-epochs", "0", "--width", "4", "--muon"])
+        .args(["--limit-train", "2000", "--limit-test", "300", "--data-dir"])
+        .arg(cifar10_dir())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("airbench94_muon's recipe") && out.contains("1 epochs of batch 2000"), "{out}");
+    assert!(out.contains("SPEEDRUN run=1 seed=0 tta_acc=0.") && out.contains("runs=1 mean_tta_acc="), "{out}");
     let o = bin().args(["speedrun", "--device", "cpu", "--runs", "0"]).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("--runs must be at least 1, got 0"), "{}", text(&o));
 }

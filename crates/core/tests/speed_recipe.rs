@@ -201,3 +201,45 @@ fn a_frozen_first_layer_gets_no_backward() {
         }
     }
 }
+
+/// airbench94_muon's recipe: every parameter of the speed network is in one
+/// of its groups (the six block convs on Muon), and it trains: an epoch of
+/// random images keeps the loss finite, moves every trained parameter and
+/// leaves the frozen ones as they were (Muon's step itself: tests/optim.rs).
+#[test]
+fn the_muon_recipe_covers_the_speed_network_and_trains() {
+    use rr_core::train::{TrainConfig, Trainer};
+    let b = cpu();
+    let shape = [3, 32, 32];
+    let recipe = TrainConfig::speed_run_muon();
+    recipe.validate().unwrap();
+    assert_eq!((recipe.epochs, recipe.batch_size, recipe.lookahead.is_none()), (8, 2000, true));
+    let config = TrainConfig { batch_size: 16, epochs: 1, ..recipe };
+    let mut model = Model::new(&b, &ModelConfig::CifarSpeed { widths: [2, 3, 4] }, &shape, 4, 1).unwrap();
+    let data = random_images(64, shape, 3);
+    model.init_from_data(&b, &data.normalized(&info(shape), 64)).unwrap();
+    let entries = model.params.entries.clone();
+    for e in &entries {
+        assert!(config.param_groups.iter().any(|g| g.matches(&e.name)), "{} is in no group", e.name);
+    }
+    let muon: Vec<&str> = entries
+        .iter()
+        .filter(|e| config.param_groups.iter().find(|g| g.matches(&e.name)).unwrap().muon.is_some())
+        .map(|e| e.name.as_str())
+        .collect();
+    assert_eq!(muon.len(), 6, "{muon:?}");
+    assert!(muon.iter().all(|n| n.starts_with("block") && n.ends_with(".weight") && n.contains(".conv")), "{muon:?}");
+    let before = params(&b, &model);
+    let train = DeviceDataset::upload(&b, &config.augment.prepare_train(&data, 0), &info(shape)).unwrap();
+    let mut trainer = Trainer::new(&b, model, config, train.len).unwrap();
+    assert!(trainer.optimizer.uses_muon());
+    let stats = trainer.train_epoch(&b, &train, 0, &mut |_, _| {}).unwrap();
+    assert!(stats.loss.is_finite(), "loss {}", stats.loss);
+    let after = params(&b, &trainer.model);
+    for e in &entries {
+        let w = &after[e.offset..e.offset + e.len()];
+        let moved = (0..e.len()).any(|i| w[i] != before[e.offset + i]);
+        let frozen = e.name == "whiten.weight" || e.name.contains(".norm") && e.name.ends_with(".weight");
+        assert_eq!(moved, !frozen, "{}", e.name);
+    }
+}
