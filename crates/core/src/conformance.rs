@@ -1409,12 +1409,6 @@ pub fn gradcheck_dropout<B: Backend>(b: &B, _tol: f32) {
     }
 }
 
-/// Every precision the backend offers below fp32, on the ops it changes
-/// (wide convolutions, large products), against the fp32 reference with a
-/// bound of a few unit roundoffs of the format; fp32 is restored afterwards.
-/// The result must also differ from fp32's (else the precision was ignored).
-/// Precisions a backend does not offer must be refused. Inputs are in [-1, 1],
-/// so every operand and result stays far inside fp16's range (checked).
 /// Puts a backend back to fp32 when a test that changed its precision ends (passing or not).
 struct Restore<'a, B: Backend>(&'a B);
 
@@ -1424,6 +1418,12 @@ impl<B: Backend> Drop for Restore<'_, B> {
     }
 }
 
+/// Every precision the backend offers below fp32, on the ops it changes
+/// (wide convolutions, large products), against the fp32 reference with a
+/// bound of a few unit roundoffs of the format; fp32 is restored afterwards.
+/// The result must also differ from fp32's (else the precision was ignored).
+/// Precisions a backend does not offer must be refused. Inputs are in [-1, 1],
+/// so every operand and result stays far inside fp16's range (checked).
 pub fn precisions<B: Backend>(b: &B, _tol: f32) {
     use crate::backend::Precision;
     let _restore = Restore(b);
@@ -1608,12 +1608,25 @@ pub fn loss_scaling<B: Backend>(b: &B, tol: f32) {
 
 // ---- fused conv + max pool --------------------------------------------------------
 
-/// What [`Backend::conv2d_maxpool_forward`] and its backward produce.
+/// What [`Backend::conv2d_maxpool_forward`] and its backward produce, and
+/// whether the forward left the second half of the stash alone (it kept the
+/// conv's output in 16 bits).
 struct ConvPoolOut {
     y: Vec<f32>,
     argmax: Vec<u32>,
     dx: Vec<f32>,
     dw: Vec<f32>,
+    /// dw of a second pass whose backward computes no dx.
+    dw_without_dx: Vec<f32>,
+    narrow_stash: bool,
+}
+
+/// The operands of one case.
+struct ConvPoolInputs<'a> {
+    x: &'a [f32],
+    w: &'a [f32],
+    bias: &'a [f32],
+    dy: &'a [f32],
 }
 
 /// Bias-free convs and the non-overlapping max pool over each one's output:
@@ -1634,37 +1647,78 @@ fn conv_pool_cases() -> Vec<(Conv2dGeom, Pool2dGeom)> {
     .collect()
 }
 
-/// Runs the fused op, or its two ops one by one when `fused` is false, on uploaded inputs.
-fn run_conv_pool<B: Backend>(b: &B, (g, pool): (&Conv2dGeom, &Pool2dGeom), x: &[f32], w: &[f32], dy: &[f32], fused: bool) -> ConvPoolOut {
-    let (dx_in, w_in, dy_in, zeros) =
-        (b.upload(x).unwrap(), b.upload(w).unwrap(), b.upload(dy).unwrap(), b.upload(&vec![0.0; g.c_out]).unwrap());
-    let (mut y, mut stash) = (poisoned(b, pool.y_len()), poisoned(b, g.y_len()));
-    let mut argmax = b.upload(&vec![7u32; pool.y_len()]).unwrap();
-    let (mut gdx, mut dweight, mut scratch) = (poisoned(b, g.x_len()), poisoned(b, g.w_len() + 2), poisoned(b, g.w_len() + g.c_out));
-    let (xv, wv) = (View::all(&dx_in), View::all(&w_in));
-    let (yv, av, sv) = (ViewMut::all(&mut y), ViewMut::all(&mut argmax), ViewMut::all(&mut stash));
-    match fused {
-        true => b.conv2d_maxpool_forward(g, pool, xv, wv, View::all(&zeros), yv, av, sv),
-        false => crate::backend::conv2d_maxpool_forward_unfused(b, g, pool, xv, wv, View::all(&zeros), yv, av, sv),
-    }
-    .unwrap();
-    let (dyv, av, sv) = (View::all(&dy_in), View::all(&argmax), ViewMut::all(&mut stash));
-    let (dxv, dwv, scv) = (Some(ViewMut::all(&mut gdx)), ViewMut::range(&mut dweight, 1, g.w_len()).unwrap(), ViewMut::all(&mut scratch));
-    match fused {
-        true => b.conv2d_maxpool_backward(g, pool, xv, wv, dyv, av, sv, dxv, dwv, scv),
-        false => crate::backend::conv2d_maxpool_backward_unfused(b, g, pool, xv, wv, dyv, av, sv, dxv, dwv, scv),
-    }
-    .unwrap();
-    let dw = down(b, &dweight);
-    assert!(dw[0].is_nan() && dw[dw.len() - 1].is_nan(), "conv2d_maxpool_backward wrote outside its dweight window {g:?}");
-    ConvPoolOut { y: down(b, &y), argmax: down(b, &argmax), dx: down(b, &gdx), dw: dw[1..=g.w_len()].to_vec() }
+/// A buffer of `len` NaNs between two guard values, and its window.
+fn guarded<B: Backend, T: crate::Elem>(b: &B, len: usize, fill: T, guard: T) -> B::Buf<T> {
+    let mut host = vec![fill; len + 2];
+    (host[0], host[len + 1]) = (guard, guard);
+    b.upload(&host).unwrap()
 }
 
-/// The fused conv + max pool against the reference conv then pool, forward
-/// and backward. At each 16-bit precision the backend offers, also against
-/// the backend's own two ops at that precision: the fused op must round as
-/// they do, so its outputs and argmax are the same (the gradients up to the
-/// order of cuDNN's sums), and the precision must have been applied.
+/// The window of a [`guarded`] buffer, after checking that nothing was written outside it.
+fn unguarded<B: Backend, T: crate::Elem + PartialEq + std::fmt::Debug>(b: &B, buf: &B::Buf<T>, guard: T, what: &str) -> Vec<T> {
+    let all = down(b, buf);
+    assert!(all[0] == guard && all[all.len() - 1] == guard, "{what}: written outside its window");
+    all[1..all.len() - 1].to_vec()
+}
+
+/// Runs the fused op, or its two ops one by one when `fused` is false, on
+/// uploaded inputs; every output in a window of a guarded buffer.
+fn run_conv_pool<B: Backend>(b: &B, (g, pool): (&Conv2dGeom, &Pool2dGeom), input: &ConvPoolInputs<'_>, fused: bool) -> ConvPoolOut {
+    let (x_in, w_in, dy_in, bias) =
+        (b.upload(input.x).unwrap(), b.upload(input.w).unwrap(), b.upload(input.dy).unwrap(), b.upload(input.bias).unwrap());
+    let (xv, wv) = (View::all(&x_in), View::all(&w_in));
+    let nan = f32::NAN;
+    let mut stash = guarded(b, g.y_len(), nan, -5.0);
+    let mut dws = Vec::new();
+    let (mut y_out, mut arg_out, mut dx_out, mut narrow_stash) = (Vec::new(), Vec::new(), Vec::new(), false);
+    for with_dx in [true, false] {
+        let (mut y, mut argmax) = (guarded(b, pool.y_len(), nan, -5.0), guarded(b, pool.y_len(), 7u32, 9u32));
+        let (yv, av, sv) = (
+            ViewMut::range(&mut y, 1, pool.y_len()).unwrap(),
+            ViewMut::range(&mut argmax, 1, pool.y_len()).unwrap(),
+            ViewMut::range(&mut stash, 1, g.y_len()).unwrap(),
+        );
+        match fused {
+            true => b.conv2d_maxpool_forward(g, pool, xv, wv, View::all(&bias), yv, av, sv),
+            false => crate::backend::conv2d_maxpool_forward_unfused(b, g, pool, xv, wv, View::all(&bias), yv, av, sv),
+        }
+        .unwrap();
+        if with_dx {
+            let kept = unguarded(b, &stash, -5.0, "conv2d_maxpool_forward stash");
+            narrow_stash = kept[g.y_len().div_ceil(2)..].iter().all(|v| v.is_nan());
+            (y_out, arg_out) =
+                (unguarded(b, &y, -5.0, "conv2d_maxpool_forward y"), unguarded(b, &argmax, 9, "conv2d_maxpool_forward argmax"));
+        }
+        let (mut gdx, mut dweight, mut scratch) =
+            (guarded(b, g.x_len(), nan, -5.0), guarded(b, g.w_len(), nan, -5.0), poisoned(b, g.w_len() + g.c_out));
+        let (dyv, av, sv) =
+            (View::all(&dy_in), View::range(&argmax, 1, pool.y_len()).unwrap(), ViewMut::range(&mut stash, 1, g.y_len()).unwrap());
+        let dxv = with_dx.then(|| ViewMut::range(&mut gdx, 1, g.x_len()).unwrap());
+        let (dwv, scv) = (ViewMut::range(&mut dweight, 1, g.w_len()).unwrap(), ViewMut::all(&mut scratch));
+        match fused {
+            true => b.conv2d_maxpool_backward(g, pool, xv, wv, dyv, av, sv, dxv, dwv, scv),
+            false => crate::backend::conv2d_maxpool_backward_unfused(b, g, pool, xv, wv, dyv, av, sv, dxv, dwv, scv),
+        }
+        .unwrap();
+        dws.push(unguarded(b, &dweight, -5.0, "conv2d_maxpool_backward dweight"));
+        let dx = unguarded(b, &gdx, -5.0, "conv2d_maxpool_backward dx");
+        if with_dx {
+            dx_out = dx;
+        } else {
+            assert!(dx.iter().all(|v| v.is_nan()), "conv2d_maxpool_backward wrote dx although not asked {g:?}");
+        }
+    }
+    let dw_without_dx = dws.pop().unwrap();
+    ConvPoolOut { y: y_out, argmax: arg_out, dx: dx_out, dw: dws.pop().unwrap(), dw_without_dx, narrow_stash }
+}
+
+/// The fused conv + max pool against the reference conv (with a bias) then
+/// pool, forward and backward, with and without dx. At each 16-bit precision
+/// the backend offers, also against the backend's own two ops at that
+/// precision: the fused op must round as they do, so its outputs and argmax
+/// are the same (the gradients up to the order of cuDNN's sums, a rounding of
+/// the format), the precision must have been applied, and wide layers must
+/// keep the conv's output in 16 bits (half the stash left untouched).
 pub fn conv2d_maxpool<B: Backend>(b: &B, tol: f32) {
     use crate::backend::Precision;
     let _restore = Restore(b);
@@ -1675,13 +1729,16 @@ pub fn conv2d_maxpool<B: Backend>(b: &B, tol: f32) {
         for (g, pool) in conv_pool_cases() {
             let (x, w, dy) =
                 (uniform(&mut r, g.x_len(), -1.0, 1.0), uniform(&mut r, g.w_len(), -1.0, 1.0), uniform(&mut r, pool.y_len(), -1.0, 1.0));
+            let bias = uniform(&mut r, g.c_out, -0.5, 0.5);
+            let input = ConvPoolInputs { x: &x, w: &w, bias: &bias, dy: &dy };
             let mut conv_y = vec![0.0; g.y_len()];
-            reference::conv2d_forward(&g, &x, &w, &vec![0.0; g.c_out], &mut conv_y);
+            reference::conv2d_forward(&g, &x, &w, &bias, &mut conv_y);
             let (mut want_y, mut want_arg) = (vec![0.0; pool.y_len()], vec![0u32; pool.y_len()]);
             reference::maxpool2d_forward(&pool, &conv_y, &mut want_y, &mut want_arg);
-            let got = run_conv_pool(b, (&g, &pool), &x, &w, &dy, true);
+            let got = run_conv_pool(b, (&g, &pool), &input, true);
             let what = format!("conv2d_maxpool at {p} {g:?} {pool:?}");
             assert_close(&format!("{what}: y"), &got.y, &want_y, tol);
+            assert_close(&format!("{what}: dw without dx"), &got.dw_without_dx, &got.dw, tol);
             if p == Precision::Fp32 {
                 assert_eq!(got.argmax, want_arg, "{what}: argmax");
                 let mut dconv = vec![0.0; g.y_len()];
@@ -1693,13 +1750,14 @@ pub fn conv2d_maxpool<B: Backend>(b: &B, tol: f32) {
                 continue;
             }
             // Below fp32 a near-tie may pick another maximum than fp32 does: compare with the two ops.
-            let two_ops = run_conv_pool(b, (&g, &pool), &x, &w, &dy, false);
+            let two_ops = run_conv_pool(b, (&g, &pool), &input, false);
             assert_eq!(got.y, two_ops.y, "{what}: y differs from conv2d_forward + maxpool2d_forward at the same precision");
             assert_eq!(got.argmax, two_ops.argmax, "{what}: argmax differs from maxpool2d_forward's");
-            assert_close(&format!("{what}: dx against the two ops"), &got.dx, &two_ops.dx, 1e-5);
-            assert_close(&format!("{what}: dw against the two ops"), &got.dw, &two_ops.dw, 1e-5);
+            assert_close(&format!("{what}: dx against the two ops"), &got.dx, &two_ops.dx, 2.0 * p.unit_roundoff());
+            assert_close(&format!("{what}: dw against the two ops"), &got.dw, &two_ops.dw, 2.0 * p.unit_roundoff());
             if g.n > 0 && g.c_out >= 32 {
                 assert!(got.y != want_y, "{what}: bit-identical to fp32, so the precision was not applied");
+                assert!(got.narrow_stash, "{what}: the conv's output was not kept in 16 bits (the stash's second half was written)");
             }
         }
     }

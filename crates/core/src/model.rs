@@ -823,7 +823,6 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// Initial parameter values for `entries` (see [`Init`]); biases are 0 except with `PyTorch`.
 /// Per node: whether the node before runs its op (a conv and the max pool
 /// that alone reads its output, see [`Conv2dMaxPool::fuse`]).
 fn absorbed_nodes(graph: &Graph) -> Vec<bool> {
@@ -857,6 +856,7 @@ fn output_nodes<B: Backend>(nodes: &[NodeRt<B>]) -> Vec<usize> {
     (0..nodes.len()).map(|i| if nodes.get(i + 1).is_some_and(|n| n.absorbed) { i + 1 } else { i }).collect()
 }
 
+/// Initial parameter values for `entries` (see [`Init`]); biases are 0 except with `PyTorch`.
 fn initial_values(entries: &[ParamEntry], total: usize, seed: u64, init: Init) -> Vec<f32> {
     let mut host = vec![0.0f32; total];
     let mut rng = ChaCha8Rng::seed_from_u64(seed);

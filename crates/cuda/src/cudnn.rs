@@ -326,6 +326,11 @@ impl Cudnn {
         }
         let mut ptrs = Vec::with_capacity(bytes.len());
         for (i, &want) in bytes.iter().enumerate() {
+            // A slot this call does not use: nothing to allocate (which could happen during graph capture).
+            if want == 0 {
+                ptrs.push(0);
+                continue;
+            }
             if s.bufs[i].as_ref().is_none_or(|b| b.len < want) {
                 let old = s.bufs[i].replace(backend.alloc_bytes::<u8>(want.next_multiple_of(256))?);
                 s.retired.extend(old);
