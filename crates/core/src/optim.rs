@@ -571,6 +571,11 @@ impl<B: Backend> Optimizer<B> {
         backend.optimizer_step(&apply, hyper, p, View::prefix(&bufs.x, len)?, ViewMut::prefix(&mut bufs.sgd_state, len)?)
     }
 
+    /// Values in [`Optimizer::state`].
+    pub fn state_len(&self) -> usize {
+        crate::Storage::len(&self.state)
+    }
+
     /// The state for a checkpoint (host copy).
     pub fn state(&self, backend: &B) -> Result<Vec<f32>> {
         backend.download(View::all(&self.state))

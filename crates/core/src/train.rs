@@ -563,6 +563,9 @@ struct GraphKey {
     model: u64,
 }
 
+/// Values of the loss scale in [`Trainer::state`].
+const SAVED_SCALE: usize = 3;
+
 impl<B: Backend> Trainer<B> {
     pub fn new(backend: &B, mut model: Model<B>, config: TrainConfig, train_len: usize) -> Result<Self> {
         config.validate()?;
@@ -613,25 +616,55 @@ impl<B: Backend> Trainer<B> {
     }
 
     /// What a resume needs besides the model: the optimizer state, then the
-    /// lookahead average (when there is one).
+    /// lookahead average (when there is one), then the loss scale (when the
+    /// run scales its loss: [scale, good steps, skipped steps]).
     pub fn state(&self, backend: &B) -> Result<Vec<f32>> {
         let mut state = self.optimizer.state(backend)?;
         if let Some(lookahead) = &self.lookahead {
             state.extend(lookahead.state(backend)?);
         }
+        if let Some(scaler) = &self.loss_scaler {
+            let s = scaler.status(backend)?;
+            state.extend([s.scale, s.good_steps as f32, s.skipped as f32]);
+        }
         Ok(state)
     }
 
     /// Restores what [`Trainer::state`] saved after `steps` optimizer steps.
+    /// A saved loss scale is taken up when this run scales its loss too and
+    /// dropped when it does not (a resume may change `--precision`); a run
+    /// saved without one (another precision, or before loss scales were
+    /// saved) starts its scale afresh.
     pub fn restore(&mut self, backend: &B, state: &[f32], steps: u64) -> Result<()> {
-        let average = self.lookahead.as_ref().map_or(0, |l| l.state_len());
-        let split = state.len().checked_sub(average).ok_or_else(|| {
-            Error::shape("trainer restore", "state", format!("at least {average} values (the lookahead average)"), state.len())
-        })?;
-        self.optimizer.restore(backend, &state[..split], steps)?;
-        match self.lookahead.as_mut() {
-            Some(lookahead) => lookahead.restore(backend, &state[split..]),
-            None => Ok(()),
+        let (optimizer, average) = (self.optimizer.state_len(), self.lookahead.as_ref().map_or(0, |l| l.state_len()));
+        let scale = match state.len().checked_sub(optimizer + average) {
+            Some(0) => None,
+            Some(SAVED_SCALE) => Some(&state[optimizer + average..]),
+            _ => {
+                return Err(Error::shape(
+                    "trainer restore",
+                    "state",
+                    format!("{} values (optimizer, lookahead average, optionally {SAVED_SCALE} of loss scale)", optimizer + average),
+                    state.len(),
+                ))
+            }
+        };
+        self.optimizer.restore(backend, &state[..optimizer], steps)?;
+        if let Some(lookahead) = self.lookahead.as_mut() {
+            lookahead.restore(backend, &state[optimizer..optimizer + average])?;
+        }
+        match (self.loss_scaler.as_mut(), scale) {
+            (Some(scaler), Some(&[scale, good, skipped])) => {
+                let count = |v: f32| v >= 0.0 && v.fract() == 0.0;
+                if !(scale.is_finite() && scale > 0.0 && count(good) && count(skipped)) {
+                    return Err(Error::config(
+                        "saved loss scale",
+                        format!("needs a positive scale and whole step counts, got {scale}, {good}, {skipped}"),
+                    ));
+                }
+                scaler.restore(backend, crate::loss_scale::LossScaleStatus { scale, good_steps: good as u32, skipped: skipped as u64 })
+            }
+            _ => Ok(()),
         }
     }
 

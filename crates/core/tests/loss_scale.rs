@@ -177,3 +177,39 @@ fn loss_scaling_refuses_muon_groups() {
     let msg = err.to_string();
     assert!(msg.contains("Muon") && msg.contains("fp16") && msg.contains("bf16"), "{msg}");
 }
+
+/// The loss scale is part of what a resume restores: a run saved with one
+/// resumes at its scale, step counts included; a resume without loss scaling
+/// drops it; a state saved without one starts the scale afresh; a corrupt
+/// one is refused by name.
+#[test]
+fn the_loss_scale_survives_a_resume() {
+    let b = CpuBackend::new(2).unwrap();
+    let data = mnist();
+    let train = DeviceDataset::upload(&b, &first(&data.train, 7 * 32), &data.info).unwrap();
+    let scaling = LossScaling::Dynamic { init: 1024.0, growth_interval: 5 };
+    let mut t = trainer(&b, 32, scaling, train.len);
+    t.train_epoch(&b, &train, 0, &mut |_, _| {}).unwrap();
+    let saved = status(&b, &t);
+    assert_eq!((saved.scale, saved.good_steps), (2048.0, 2), "grown once after 5 of 7 steps");
+    let state = t.state(&b).unwrap();
+    let steps = t.optimizer.steps;
+    let mut resumed = trainer(&b, 32, scaling, train.len);
+    resumed.restore(&b, &state, steps).unwrap();
+    assert_eq!(status(&b, &resumed), saved);
+    assert_eq!(snapshot(&b, &resumed).1, snapshot(&b, &t).1, "the optimizer state too");
+    let mut plain = trainer(&b, 32, LossScaling::Off, train.len);
+    plain.restore(&b, &state, steps).unwrap();
+    assert_eq!(snapshot(&b, &plain).1, snapshot(&b, &t).1);
+    let without_scale = &state[..state.len() - 3];
+    let mut fresh = trainer(&b, 32, scaling, train.len);
+    fresh.restore(&b, without_scale, steps).unwrap();
+    assert_eq!(status(&b, &fresh), LossScaleStatus { scale: 1024.0, good_steps: 0, skipped: 0 });
+    let mut corrupt = state.clone();
+    let at = corrupt.len() - 3;
+    corrupt[at] = f32::NAN;
+    let err = trainer(&b, 32, scaling, train.len).restore(&b, &corrupt, steps).unwrap_err().to_string();
+    assert!(err.contains("loss scale") && err.contains("NaN"), "{err}");
+    let err = trainer(&b, 32, scaling, train.len).restore(&b, &state[..state.len() - 1], steps).unwrap_err().to_string();
+    assert!(err.contains("trainer restore"), "{err}");
+}
