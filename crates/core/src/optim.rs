@@ -533,8 +533,8 @@ impl<B: Backend> Optimizer<B> {
             };
             backend.optimizer_step(&rule, hyper, p, g, s)?;
         }
-        for m in self.muon.clone() {
-            self.muon_step(backend, params, m)?;
+        for i in 0..self.muon.len() {
+            self.muon_step(backend, params, self.muon[i])?;
         }
         Ok(())
     }

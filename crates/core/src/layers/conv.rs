@@ -17,6 +17,10 @@ pub struct Conv2d<B: Backend> {
     no_bias: Option<BiasFree<B>>,
 }
 
+fn no_bias_buffers() -> Error {
+    Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none")
+}
+
 /// A bias-free convolution's buffers: zeros for the backend's bias input, and
 /// a window for the [dweight | dbias] it writes (dweight is copied to the gradients).
 struct BiasFree<B: Backend> {
@@ -40,7 +44,12 @@ impl<B: Backend> Conv2d<B> {
     }
 
     fn bias_free(&self) -> Result<&BiasFree<B>> {
-        self.no_bias.as_ref().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))
+        self.no_bias.as_ref().ok_or_else(no_bias_buffers)
+    }
+
+    /// The window a bias-free backward writes [dweight | dbias] into (see [`BiasFree`]).
+    fn bias_free_scratch(&mut self) -> Result<ViewMut<'_, B, f32>> {
+        self.no_bias.as_mut().map(|b| ViewMut::all(&mut b.dparams)).ok_or_else(no_bias_buffers)
     }
 }
 
@@ -114,10 +123,8 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
             let dparams = ViewMut::range(grads, self.off, g.w_len() + g.c_out)?;
             return ctx.backend.conv2d_backward(&g, x, w, dy, dx, dparams);
         }
-        let BiasFree { dparams, .. } =
-            self.no_bias.as_mut().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))?;
         let dweight = ViewMut::range(grads, self.off, g.w_len())?;
-        ctx.backend.conv2d_backward_no_bias(&g, x, w, dy, dx, dweight, ViewMut::all(dparams))
+        ctx.backend.conv2d_backward_no_bias(&g, x, w, dy, dx, dweight, self.bias_free_scratch()?)
     }
 }
 
@@ -202,9 +209,7 @@ impl<B: Backend> Layer<B> for Conv2dMaxPool<B> {
             stash.as_mut().ok_or_else(|| Error::shape("conv2d+maxpool2d", "backward before forward", "stash", "none"))?,
             g.y_len(),
         )?;
-        let scratch = ViewMut::all(
-            &mut conv.no_bias.as_mut().ok_or_else(|| Error::shape("conv2d", "bias-free buffers", "init_buffers first", "none"))?.dparams,
-        );
+        let scratch = conv.bias_free_scratch()?;
         ctx.backend.conv2d_maxpool_backward(&g, &pool, x, w, dy, argmax, stash, dx, dweight, scratch)
     }
 }

@@ -234,19 +234,16 @@ impl CudaBackend {
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2], bytes[3]])?;
         // Operands as cuDNN reads them: the fp32 tensors (tf32), or channels-last 16-bit copies
         // with one buffer (s[4]) receiving dW, then dx, each widened back before the next.
-        let (xs, ws, dys) = match dy {
-            _ if !sixteen => (ptr(x), ptr(w), dy.addr()),
-            Dy::Wide(dy) => {
-                self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
-                self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
-                self.narrow_nhwc(dy, s[3], (g.n, g.c_out, ohw), p)?;
-                (s[1], s[2], s[3])
-            }
-            Dy::Narrow(dy) => {
-                self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
-                self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
-                (s[1], s[2], dy)
-            }
+        let (xs, ws, dys) = if sixteen {
+            self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+            self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
+            let dys = match dy {
+                Dy::Wide(dy) => self.narrow_nhwc(dy, s[3], (g.n, g.c_out, ohw), p).map(|_| s[3])?,
+                Dy::Narrow(dy) => dy,
+            };
+            (s[1], s[2], dys)
+        } else {
+            (ptr(x), ptr(w), dy.addr())
         };
         let err = |what: &str, e| device_err(format!("cuDNN convolution {what} {g:?}: {e:?}"));
         let o = Operands { x: xs, w: if sixteen { s[4] } else { dw }, y: dys, workspace: s[0] };
