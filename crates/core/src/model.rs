@@ -548,8 +548,7 @@ impl<B: Backend> Model<B> {
         let last = self.nodes.len() - 1;
         self.dacts = (0..last).map(|i| backend.alloc(n * self.kept_len(i))).collect::<Result<_>>()?;
         // A tensor read by several nodes gets its gradients summed through a scratch buffer.
-        let mut reads = vec![0usize; self.shapes.len()];
-        self.nodes.iter().flat_map(|node| &node.inputs).for_each(|t| reads[t.0] += 1);
+        let reads = self.graph.readers();
         let fan_out = (1..self.shapes.len()).filter(|&t| reads[t] > 1).map(|t| self.tensor_len(t)).max();
         self.grad_scratch = fan_out.map(|len| backend.alloc(n * len)).transpose()?;
         self.grad_capacity = n;
@@ -826,8 +825,7 @@ impl<B: Backend> Model<B> {
 /// Per node: whether the node before runs its op (a conv and the max pool
 /// that alone reads its output, see [`Conv2dMaxPool::fuse`]).
 fn absorbed_nodes(graph: &Graph) -> Vec<bool> {
-    let mut reads = vec![0usize; graph.nodes.len() + 1];
-    graph.nodes.iter().flat_map(|node| &node.inputs).for_each(|t| reads[t.0] += 1);
+    let reads = graph.readers();
     let mut absorbed = vec![false; graph.nodes.len()];
     for i in 1..graph.nodes.len() {
         let (prev, node) = (&graph.nodes[i - 1], &graph.nodes[i]);
