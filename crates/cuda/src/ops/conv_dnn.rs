@@ -91,6 +91,9 @@ impl CudaBackend {
         } else {
             Operands { x: ptr(x), w: ptr(w), y: ptr_mut(y), workspace: s[0] }
         };
+        // The first call's algorithm search runs trial convolutions into y, so it comes before the bias fill.
+        // SAFETY: descriptors match the checked buffer sizes; the workspace holds WORKSPACE bytes.
+        unsafe { plan.forward_algo(dnn.handle(), &o, self.capturing())? };
         // fp32 output: y = bias, then y += x * w. 16-bit: y16 = x * w, widened with the bias below.
         let beta = if sixteen {
             &ZERO
