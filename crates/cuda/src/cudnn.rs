@@ -52,6 +52,8 @@ pub(crate) struct Plan {
     /// 16-bit operands are channels-last (NHWC), the layout tensor cores read;
     /// fp32 ones (tf32) stay NCHW.
     pub channels_last: bool,
+    /// The shape and precision, for `RR_CUDNN_LOG`.
+    label: String,
     fwd: OnceLock<sys::cudnnConvolutionFwdAlgo_t>,
     bwd_data: OnceLock<sys::cudnnConvolutionBwdDataAlgo_t>,
     bwd_filter: OnceLock<sys::cudnnConvolutionBwdFilterAlgo_t>,
@@ -112,6 +114,7 @@ impl Plan {
                 w: dnn::create_filter_descriptor().map_err(|e| dnn_err("filter descriptor", e))?,
                 conv: dnn::create_convolution_descriptor().map_err(|e| dnn_err("convolution descriptor", e))?,
                 channels_last,
+                label: format!("{g:?} at {p}"),
                 fwd: OnceLock::new(),
                 bwd_data: OnceLock::new(),
                 bwd_filter: OnceLock::new(),
@@ -165,7 +168,9 @@ impl Plan {
             )
         };
         status.result().map_err(|e| dnn_err("forward algorithm search", e))?;
-        let i = pick(&perf[..count as usize], |p| (p.status, p.memory)).ok_or_else(|| dnn_err("forward", "no algorithm fits"))?;
+        let found = &perf[..count as usize];
+        let i = pick(found, |p| (p.status, p.memory)).ok_or_else(|| dnn_err("forward", "no algorithm fits"))?;
+        log_choice(&self.label, "forward", capturing, i, found.iter().map(|p| (p.algo as i32, p.time, p.memory, p.status)));
         Ok(*self.fwd.get_or_init(|| perf[i].algo))
     }
 
@@ -210,7 +215,9 @@ impl Plan {
             )
         };
         status.result().map_err(|e| dnn_err("backward-data algorithm search", e))?;
-        let i = pick(&perf[..count as usize], |p| (p.status, p.memory)).ok_or_else(|| dnn_err("backward data", "no algorithm fits"))?;
+        let found = &perf[..count as usize];
+        let i = pick(found, |p| (p.status, p.memory)).ok_or_else(|| dnn_err("backward data", "no algorithm fits"))?;
+        log_choice(&self.label, "backward data", capturing, i, found.iter().map(|p| (p.algo as i32, p.time, p.memory, p.status)));
         Ok(*self.bwd_data.get_or_init(|| perf[i].algo))
     }
 
@@ -255,7 +262,9 @@ impl Plan {
             )
         };
         status.result().map_err(|e| dnn_err("backward-filter algorithm search", e))?;
-        let i = pick(&perf[..count as usize], |p| (p.status, p.memory)).ok_or_else(|| dnn_err("backward filter", "no algorithm fits"))?;
+        let found = &perf[..count as usize];
+        let i = pick(found, |p| (p.status, p.memory)).ok_or_else(|| dnn_err("backward filter", "no algorithm fits"))?;
+        log_choice(&self.label, "backward filter", capturing, i, found.iter().map(|p| (p.algo as i32, p.time, p.memory, p.status)));
         Ok(*self.bwd_filter.get_or_init(|| perf[i].algo))
     }
 }
@@ -268,6 +277,21 @@ fn vp(p: u64) -> *const c_void {
 
 fn vm(p: u64) -> *mut c_void {
     p as *mut c_void
+}
+
+/// With `RR_CUDNN_LOG` set, prints what cuDNN offered for one shape and
+/// direction (algorithm, time, workspace, status) and which one was taken.
+fn log_choice(label: &str, what: &str, heuristic: bool, picked: usize, found: impl Iterator<Item = (i32, f32, usize, sys::cudnnStatus_t)>) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if !*ON.get_or_init(|| std::env::var_os("RR_CUDNN_LOG").is_some()) {
+        return;
+    }
+    let how = if heuristic { "heuristics (graph capture)" } else { "timed" };
+    eprintln!("cudnn {what} {label}: {how}");
+    for (i, (algo, ms, bytes, status)) in found.enumerate() {
+        let mark = if i == picked { "<- taken" } else { "" };
+        eprintln!("  algo {algo:2} {ms:9.4} ms {:8.1} MB {status:?} {mark}", bytes as f64 / 1e6);
+    }
 }
 
 /// Index of the fastest usable result (cuDNN sorts them fastest first).
