@@ -135,6 +135,8 @@ struct Kernels {
     maxpool_from_nhwc16: CudaFunction,
     scale_to_norm: CudaFunction,
     maxpool_backward_to_nhwc16: CudaFunction,
+    narrow_to_nhwc_subsampled: CudaFunction,
+    widen_to_nchw_upsampled: CudaFunction,
     // dynamic loss scaling
     loss_scale_dlogits: CudaFunction,
     loss_scale_unscale: CudaFunction,
@@ -294,6 +296,8 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         maxpool_from_nhwc16: f("maxpool_from_nhwc16")?,
         scale_to_norm: f("scale_to_norm")?,
         maxpool_backward_to_nhwc16: f("maxpool_backward_to_nhwc16")?,
+        narrow_to_nhwc_subsampled: f("narrow_to_nhwc_subsampled")?,
+        widen_to_nchw_upsampled: f("widen_to_nchw_upsampled")?,
         // dynamic loss scaling
         loss_scale_dlogits: f("loss_scale_dlogits")?,
         loss_scale_unscale: f("loss_scale_unscale")?,

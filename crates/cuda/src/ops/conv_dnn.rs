@@ -51,7 +51,71 @@ impl Dy {
     }
 }
 
+/// The convolution cuDNN runs for `g` at precision `p`: at 16 bits a strided 1x1
+/// convolution without padding (a ResNet shortcut) reads only every stride-th
+/// pixel, so it runs as the stride-1 1x1 convolution of that subsample, where
+/// cuDNN has its fast tensor-core kernels (for the strided one it picks slow
+/// generic ones); [`CudaBackend::narrow_input`] takes the subsample.
+fn cudnn_geom(g: &Conv2dGeom, p: Precision) -> Conv2dGeom {
+    match subsampled(g, p) {
+        true => Conv2dGeom { h: g.out_h(), w: g.out_w(), stride: 1, ..*g },
+        false => *g,
+    }
+}
+
+fn subsampled(g: &Conv2dGeom, p: Precision) -> bool {
+    g.k == 1 && g.pad == 0 && g.stride > 1 && matches!(p, Precision::Bf16 | Precision::Fp16)
+}
+
 impl CudaBackend {
+    /// A convolution's input as cuDNN reads it at 16 bits (see [`cudnn_geom`]):
+    /// x: (N, C_in, H, W) fp32 at `src` -> (N, H'W', C_in) 16-bit at `dst`.
+    fn narrow_input(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
+        if !subsampled(g, p) {
+            return self.narrow_nhwc(src, dst, (g.n, g.c_in, g.h * g.w), p);
+        }
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let args = (i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.stride)?, i32c(oh)?, i32c(ow)?);
+        launch!(
+            self,
+            narrow_to_nhwc_subsampled,
+            tiles(g.n, g.c_in, oh * ow),
+            src,
+            dst,
+            args.0,
+            args.1,
+            args.2,
+            args.3,
+            args.4,
+            args.5,
+            half(p)
+        )
+    }
+
+    /// The input gradient cuDNN computed for [`cudnn_geom`] (16-bit channels-last at
+    /// `src`) -> dx: (N, C_in, H, W) fp32 at `dst` (zeros where a subsample skipped).
+    fn widen_input_grad(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
+        if !subsampled(g, p) {
+            return self.widen_nchw(src, 0, dst, (g.n, g.c_in, g.h * g.w), p);
+        }
+        let (oh, ow) = (g.out_h(), g.out_w());
+        let args = (i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.stride)?, i32c(oh)?, i32c(ow)?);
+        launch!(
+            self,
+            widen_to_nchw_upsampled,
+            tiles(g.n, g.c_in, g.h * g.w),
+            src,
+            dst,
+            args.0,
+            args.1,
+            args.2,
+            args.3,
+            args.4,
+            args.5,
+            half(p)
+        )
+    }
+
     /// (N, C, HW) fp32 at `src` -> (N, HW, C) 16-bit at `dst`.
     fn narrow_nhwc(&self, src: u64, dst: u64, (n, c, hw): (usize, usize, usize), p: Precision) -> Result<()> {
         launch!(self, narrow_to_nhwc, tiles(n, c, hw), src, dst, i32c(c)?, i32c(hw)?, half(p))
@@ -79,13 +143,13 @@ impl CudaBackend {
         bias: &View<'_, Self, f32>,
         y: &ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        let plan = dnn.plan(g, p)?;
+        let plan = dnn.plan(&cudnn_geom(g, p), p)?;
         let ohw = g.out_h() * g.out_w();
         let sixteen = plan.channels_last;
-        let bytes = if sixteen { [2 * g.x_len(), 2 * g.w_len(), 2 * g.y_len()] } else { [0; 3] };
+        let bytes = if sixteen { [2 * cudnn_geom(g, p).x_len(), 2 * g.w_len(), 2 * g.y_len()] } else { [0; 3] };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2]])?;
         let o = if sixteen {
-            self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+            self.narrow_input(g, ptr(x), s[1], p)?;
             self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
             Operands { x: s[1], w: s[2], y: s[3], workspace: s[0] }
         } else {
@@ -148,12 +212,12 @@ impl CudaBackend {
         (y, argmax): (&ViewMut<'_, Self, f32>, &ViewMut<'_, Self, u32>),
         stash: &ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        let plan = dnn.plan(g, p)?;
+        let plan = dnn.plan(&cudnn_geom(g, p), p)?;
         if !plan.channels_last {
             return Err(device_err(format!("conv2d_maxpool: the fused path needs 16-bit operands, not {p}")));
         }
-        let (_guard, s) = dnn.slots(self, &[WORKSPACE, 2 * g.x_len(), 2 * g.w_len()])?;
-        self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+        let (_guard, s) = dnn.slots(self, &[WORKSPACE, 2 * cudnn_geom(g, p).x_len(), 2 * g.w_len()])?;
+        self.narrow_input(g, ptr(x), s[1], p)?;
         self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
         self.dnn_forward(dnn, &plan, g, &Operands { x: s[1], w: s[2], y: ptr_mut(stash), workspace: s[0] }, &ZERO)?;
         let (oh, ow) = (pool.out_h(), pool.out_w());
@@ -224,7 +288,7 @@ impl CudaBackend {
         dx: Option<&ViewMut<'_, Self, f32>>,
         (dw, db): (u64, Option<u64>),
     ) -> Result<()> {
-        let plan = dnn.plan(g, p)?;
+        let plan = dnn.plan(&cudnn_geom(g, p), p)?;
         let ohw = g.out_h() * g.out_w();
         let sixteen = plan.channels_last;
         if let (Some(db), Dy::Wide(dy)) = (db, dy) {
@@ -233,12 +297,13 @@ impl CudaBackend {
             return Err(device_err(format!("conv2d_backward {g:?}: a 16-bit dy takes 16-bit operands and no bias")));
         }
         let dy_bytes = if matches!(dy, Dy::Wide(_)) { 2 * g.y_len() } else { 0 };
-        let bytes = if sixteen { [2 * g.x_len(), 2 * g.w_len(), dy_bytes, 2 * g.x_len().max(g.w_len())] } else { [0; 4] };
+        let x_len = cudnn_geom(g, p).x_len();
+        let bytes = if sixteen { [2 * x_len, 2 * g.w_len(), dy_bytes, 2 * x_len.max(g.w_len())] } else { [0; 4] };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2], bytes[3]])?;
         // Operands as cuDNN reads them: the fp32 tensors (tf32), or channels-last 16-bit copies
         // with one buffer (s[4]) receiving dW, then dx, each widened back before the next.
         let (xs, ws, dys) = if sixteen {
-            self.narrow_nhwc(ptr(x), s[1], (g.n, g.c_in, g.h * g.w), p)?;
+            self.narrow_input(g, ptr(x), s[1], p)?;
             self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
             let dys = match dy {
                 Dy::Wide(dy) => self.narrow_nhwc(dy, s[3], (g.n, g.c_out, ohw), p).map(|_| s[3])?,
@@ -295,7 +360,7 @@ impl CudaBackend {
         }
         .map_err(|e| err("backward data", e))?;
         if sixteen {
-            self.widen_nchw(s[4], 0, ptr_mut(dx), (g.n, g.c_in, g.h * g.w), p)?;
+            self.widen_input_grad(g, s[4], ptr_mut(dx), p)?;
         }
         Ok(())
     }
