@@ -176,3 +176,67 @@ extern "C" __global__ void widen_to_nchw_upsampled(const unsigned short* __restr
         if (ch < c && p < hw) dx[((long long)n * c + ch) * hw + p] = tile[threadIdx.x][j];
     }
 }
+
+// narrow_to_nhwc and widen_from_nhwc with 16-byte accesses (four floats along positions, eight
+// 16-bit values along channels) through a 64x64 tile, for C % 8 == 0, HW % 4 == 0 and 16-byte
+// aligned tensors (the host checks); the same roundings, bit for bit. Block 256; grid
+// (ceil(HW/64), ceil(C/64), N).
+__device__ __forceinline__ unsigned pack16x2(float lo, float hi, int half) {
+    return (unsigned)f32_to_16(lo, half) | ((unsigned)f32_to_16(hi, half) << 16);
+}
+
+// x: (N, C, HW) fp32 -> y: (N, HW, C) 16-bit
+extern "C" __global__ void narrow_to_nhwc_x8(const float* __restrict__ x, unsigned short* __restrict__ y, int c, int hw, int half) {
+    __shared__ float tile[64][65];
+    long long base = (long long)blockIdx.z * c * hw;
+    int p0 = blockIdx.x * 64, c0 = blockIdx.y * 64;
+    for (int i = threadIdx.x; i < 64 * 16; i += blockDim.x) {
+        int r = i / 16, q = (i % 16) * 4;
+        if (c0 + r < c && p0 + q < hw) {
+            float4 v = *reinterpret_cast<const float4*>(x + base + (long long)(c0 + r) * hw + p0 + q);
+            tile[r][q] = v.x;
+            tile[r][q + 1] = v.y;
+            tile[r][q + 2] = v.z;
+            tile[r][q + 3] = v.w;
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 64 * 8; i += blockDim.x) {
+        int g = (i % 8) * 8, q = i / 8;
+        if (c0 + g < c && p0 + q < hw) {
+            uint4 v;
+            v.x = pack16x2(tile[g][q], tile[g + 1][q], half);
+            v.y = pack16x2(tile[g + 2][q], tile[g + 3][q], half);
+            v.z = pack16x2(tile[g + 4][q], tile[g + 5][q], half);
+            v.w = pack16x2(tile[g + 6][q], tile[g + 7][q], half);
+            *reinterpret_cast<uint4*>(y + base + (long long)(p0 + q) * c + c0 + g) = v;
+        }
+    }
+}
+
+// x: (N, HW, C) 16-bit -> y: (N, C, HW) fp32, plus bias[c] when given.
+extern "C" __global__ void widen_from_nhwc_x8(const unsigned short* __restrict__ x, const float* __restrict__ bias, float* __restrict__ y,
+                                             int c, int hw, int half) {
+    __shared__ float tile[64][65];
+    long long base = (long long)blockIdx.z * c * hw;
+    int p0 = blockIdx.x * 64, c0 = blockIdx.y * 64;
+    for (int i = threadIdx.x; i < 64 * 8; i += blockDim.x) {
+        int g = (i % 8) * 8, q = i / 8;
+        if (c0 + g < c && p0 + q < hw) {
+            uint4 v = *reinterpret_cast<const uint4*>(x + base + (long long)(p0 + q) * c + c0 + g);
+            unsigned words[4] = {v.x, v.y, v.z, v.w};
+            for (int k = 0; k < 8; k++) {
+                unsigned short h = (unsigned short)(words[k / 2] >> (16 * (k % 2)));
+                tile[g + k][q] = f16_to_32(h, half) + (bias ? bias[c0 + g + k] : 0.0f);
+            }
+        }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < 64 * 16; i += blockDim.x) {
+        int r = i / 16, q = (i % 16) * 4;
+        if (c0 + r < c && p0 + q < hw) {
+            float4 v = make_float4(tile[r][q], tile[r][q + 1], tile[r][q + 2], tile[r][q + 3]);
+            *reinterpret_cast<float4*>(y + base + (long long)(c0 + r) * hw + p0 + q) = v;
+        }
+    }
+}

@@ -136,6 +136,8 @@ struct Kernels {
     scale_to_norm: CudaFunction,
     maxpool_backward_to_nhwc16: CudaFunction,
     narrow_to_nhwc_subsampled: CudaFunction,
+    narrow_to_nhwc_x8: CudaFunction,
+    widen_from_nhwc_x8: CudaFunction,
     widen_to_nchw_upsampled: CudaFunction,
     // dynamic loss scaling
     loss_scale_dlogits: CudaFunction,
@@ -297,6 +299,8 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         scale_to_norm: f("scale_to_norm")?,
         maxpool_backward_to_nhwc16: f("maxpool_backward_to_nhwc16")?,
         narrow_to_nhwc_subsampled: f("narrow_to_nhwc_subsampled")?,
+        narrow_to_nhwc_x8: f("narrow_to_nhwc_x8")?,
+        widen_from_nhwc_x8: f("widen_from_nhwc_x8")?,
         widen_to_nchw_upsampled: f("widen_to_nchw_upsampled")?,
         // dynamic loss scaling
         loss_scale_dlogits: f("loss_scale_dlogits")?,

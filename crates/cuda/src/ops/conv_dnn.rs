@@ -35,6 +35,17 @@ fn tiles(n: usize, c: usize, hw: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (hw.div_ceil(32) as u32, c.div_ceil(32) as u32, n as u32), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
 }
 
+/// Whether the 16-byte layout kernels apply: eight channels and four positions
+/// per access, on 16-byte aligned tensors (ResNet's and the speed network's activations).
+fn vectorized(c: usize, hw: usize, addrs: [u64; 2]) -> bool {
+    c % 8 == 0 && hw % 4 == 0 && addrs.iter().all(|a| a % 16 == 0)
+}
+
+/// Their grid: 64x64 tiles of (positions, channels) per sample, 256 threads each.
+fn tiles64(n: usize, c: usize, hw: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (hw.div_ceil(64) as u32, c.div_ceil(64) as u32, n as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
 /// The output gradient a convolution's backward reads: fp32 NCHW (narrowed
 /// first at 16 bits), or already 16-bit channels-last (from a fused pool).
 #[derive(Clone, Copy)]
@@ -118,11 +129,17 @@ impl CudaBackend {
 
     /// (N, C, HW) fp32 at `src` -> (N, HW, C) 16-bit at `dst`.
     fn narrow_nhwc(&self, src: u64, dst: u64, (n, c, hw): (usize, usize, usize), p: Precision) -> Result<()> {
+        if vectorized(c, hw, [src, dst]) {
+            return launch!(self, narrow_to_nhwc_x8, tiles64(n, c, hw), src, dst, i32c(c)?, i32c(hw)?, half(p));
+        }
         launch!(self, narrow_to_nhwc, tiles(n, c, hw), src, dst, i32c(c)?, i32c(hw)?, half(p))
     }
 
     /// (N, HW, C) 16-bit at `src` -> (N, C, HW) fp32 at `dst`, plus `bias` (0: none) per channel.
     fn widen_nchw(&self, src: u64, bias: u64, dst: u64, (n, c, hw): (usize, usize, usize), p: Precision) -> Result<()> {
+        if vectorized(c, hw, [src, dst]) {
+            return launch!(self, widen_from_nhwc_x8, tiles64(n, c, hw), src, bias, dst, i32c(c)?, i32c(hw)?, half(p));
+        }
         launch!(self, widen_from_nhwc, tiles(n, c, hw), src, bias, dst, i32c(c)?, i32c(hw)?, half(p))
     }
 
