@@ -38,7 +38,7 @@ fn tiles(n: usize, c: usize, hw: usize) -> LaunchConfig {
 /// Whether the 16-byte layout kernels apply: eight channels and four positions
 /// per access, on 16-byte aligned tensors (ResNet's and the speed network's activations).
 fn vectorized(c: usize, hw: usize, addrs: [u64; 2]) -> bool {
-    c % 8 == 0 && hw % 4 == 0 && addrs.iter().all(|a| a % 16 == 0)
+    c.is_multiple_of(8) && hw.is_multiple_of(4) && addrs.iter().all(|a| a.is_multiple_of(16))
 }
 
 /// Their grid: 64x64 tiles of (positions, channels) per sample, 256 threads each.
