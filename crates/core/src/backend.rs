@@ -107,6 +107,14 @@ fn check_range(buf_len: usize, offset: usize, len: usize) -> Result<()> {
     }
 }
 
+/// The gradients a convolution's backward writes: [dweight | dbias] as one
+/// window, or, without a bias, dweight and the scratch of
+/// [`Backend::conv2d_backward_no_bias`].
+pub enum ConvGrads<'a, B: Backend> {
+    Bias(ViewMut<'a, B, f32>),
+    NoBias { dweight: ViewMut<'a, B, f32>, scratch: ViewMut<'a, B, f32> },
+}
+
 /// `C (m, n) = alpha * op(A) * op(B) + beta * C (+ bias broadcast over rows)`.
 /// Row-major: `A` is stored (m, k), or (k, m) when `trans_a`; `B` is stored
 /// (k, n), or (n, k) when `trans_b`; `bias` has length n.
@@ -843,6 +851,46 @@ pub trait Backend: Send + Sync + Sized + 'static {
         scratch: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
         conv2d_backward_through_scratch(self, g, x, w, dy, dx, dweight, scratch)
+    }
+    /// Whether [`Backend::conv2d_forward_keep`] keeps anything for `g` at the
+    /// current precision (layers allocate its room only then).
+    fn conv2d_keeps(&self, _g: &Conv2dGeom) -> bool {
+        false
+    }
+    /// [`Backend::conv2d_forward`] that may also leave in `keep` (room for
+    /// `g.x_len().div_ceil(2)` floats) what its backward would otherwise compute
+    /// again from x (CUDA at 16 bits: x rounded and laid out channels-last),
+    /// for a [`Backend::conv2d_backward_kept`] at the same precision. The default ignores it.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_forward_keep(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        _keep: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.conv2d_forward(g, x, w, bias, y)
+    }
+    /// The backward of a [`Backend::conv2d_forward_keep`] of the same x, given
+    /// its `keep`: [`Backend::conv2d_backward`] or [`Backend::conv2d_backward_no_bias`]
+    /// as `grads` says.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_backward_kept(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        _kept: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        grads: ConvGrads<'_, Self>,
+    ) -> Result<()> {
+        match grads {
+            ConvGrads::Bias(dparams) => self.conv2d_backward(g, x, w, dy, dx, dparams),
+            ConvGrads::NoBias { dweight, scratch } => self.conv2d_backward_no_bias(g, x, w, dy, dx, dweight, scratch),
+        }
     }
     /// `argmax[o]` is the flat index into x of the maximum of output o
     /// ([`NO_ARGMAX`] where a fused ReLU clamped it).

@@ -33,7 +33,7 @@ macro_rules! backend_conformance_tests {
             gradcheck_dropout, gradcheck_model,
             add, crop_flip, crop_modes, label_smoothing, gather_channels, precisions,
             gelu, axpby, gradcheck_gelu,
-            loss_scaling, conv2d_maxpool, scale_to_norm);
+            loss_scaling, conv2d_maxpool, scale_to_norm, conv2d_keep);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
         $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*
@@ -1772,6 +1772,103 @@ pub fn conv2d_maxpool<B: Backend>(b: &B, tol: f32) {
             if g.n > 0 && g.c_out >= 32 {
                 assert!(got.y != want_y, "{what}: bit-identical to fp32, so the precision was not applied");
                 assert!(got.narrow_stash, "{what}: the conv's output was not kept in 16 bits (the stash's second half was written)");
+            }
+        }
+    }
+}
+
+// ---- a conv's forward keeping x for its backward --------------------------------
+
+/// The outputs of a conv forward and backward: y, dx and the gradients.
+type ConvRun = (Vec<f32>, Vec<f32>, Vec<f32>);
+
+/// [`Backend::conv2d_forward_keep`] and [`Backend::conv2d_backward_kept`]
+/// (`keep` true) or the plain ops, with and without a bias; returns the
+/// outputs and whether `keep` was written.
+fn run_conv_keep<B: Backend>(
+    b: &B,
+    g: &Conv2dGeom,
+    (x, w, bias, dy): (&[f32], &[f32], &[f32], &[f32]),
+    with_bias: bool,
+    keep: bool,
+) -> (ConvRun, bool) {
+    let (xv, wv, bv, dyv) = (b.upload(x).unwrap(), b.upload(w).unwrap(), b.upload(bias).unwrap(), b.upload(dy).unwrap());
+    let (mut y, mut dx, mut kept) = (poisoned(b, g.y_len()), poisoned(b, g.x_len()), guarded(b, g.x_len().div_ceil(2), f32::NAN, -5.0));
+    let grads_len = g.w_len() + if with_bias { g.c_out } else { 0 };
+    let (mut grads, mut scratch) = (poisoned(b, grads_len), poisoned(b, g.w_len() + g.c_out));
+    let (x_, w_, b_) = (View::all(&xv), View::all(&wv), View::all(&bv));
+    match keep {
+        true => b.conv2d_forward_keep(g, x_, w_, b_, ViewMut::all(&mut y), ViewMut::range(&mut kept, 1, g.x_len().div_ceil(2)).unwrap()),
+        false => b.conv2d_forward(g, x_, w_, b_, ViewMut::all(&mut y)),
+    }
+    .unwrap();
+    let all = unguarded(b, &kept, -5.0, "conv2d_forward_keep keep");
+    let written = all.iter().any(|v| !v.is_nan());
+    let gv = match with_bias {
+        true => crate::backend::ConvGrads::Bias(ViewMut::all(&mut grads)),
+        false => crate::backend::ConvGrads::NoBias { dweight: ViewMut::all(&mut grads), scratch: ViewMut::all(&mut scratch) },
+    };
+    let dxv = Some(ViewMut::all(&mut dx));
+    match (keep, gv) {
+        (true, gv) => b.conv2d_backward_kept(g, x_, View::range(&kept, 1, g.x_len().div_ceil(2)).unwrap(), w_, View::all(&dyv), dxv, gv),
+        (false, crate::backend::ConvGrads::Bias(d)) => b.conv2d_backward(g, x_, w_, View::all(&dyv), dxv, d),
+        (false, crate::backend::ConvGrads::NoBias { dweight, scratch }) => {
+            b.conv2d_backward_no_bias(g, x_, w_, View::all(&dyv), dxv, dweight, scratch)
+        }
+    }
+    .unwrap();
+    ((down(b, &y), down(b, &dx), down(b, &grads)), written)
+}
+
+/// A conv's forward that keeps what its backward needs (x in 16 bits on CUDA)
+/// computes what the plain ops compute at every precision the backend offers:
+/// the same y, the gradients up to the order of cuDNN's sums; against the
+/// reference at fp32; and wherever the backend says it keeps something for a
+/// shape, `keep` was written (the kept path ran).
+pub fn conv2d_keep<B: Backend>(b: &B, tol: f32) {
+    use crate::backend::Precision;
+    let _restore = Restore(b);
+    let mut r = rng(62);
+    let g = |n, c_in, h, w, c_out, k, stride, pad| Conv2dGeom { n, c_in, h, w, c_out, k, stride, pad };
+    // The RGB stem, a ResNet 3x3, a strided 3x3, the strided 1x1 shortcut, a narrow conv.
+    let cases = [
+        g(2, 3, 8, 8, 64, 3, 1, 1),
+        g(2, 64, 8, 8, 64, 3, 1, 1),
+        g(3, 32, 9, 7, 48, 3, 2, 1),
+        g(2, 64, 8, 8, 128, 1, 2, 0),
+        g(2, 4, 6, 6, 8, 3, 1, 1),
+    ];
+    for p in b.precisions() {
+        b.set_precision(p).unwrap();
+        let bound = if p == Precision::Fp32 { tol } else { 2.0 * p.unit_roundoff() };
+        for geom in cases {
+            for with_bias in [true, false] {
+                let (x, w, dy) = (
+                    uniform(&mut r, geom.x_len(), -1.0, 1.0),
+                    uniform(&mut r, geom.w_len(), -1.0, 1.0),
+                    uniform(&mut r, geom.y_len(), -1.0, 1.0),
+                );
+                let bias: Vec<f32> = if with_bias { uniform(&mut r, geom.c_out, -0.5, 0.5) } else { vec![0.0; geom.c_out] };
+                let input = (&x[..], &w[..], &bias[..], &dy[..]);
+                let what = format!("conv2d_keep at {p} {geom:?} bias={with_bias}");
+                let ((y, dx, grads), written) = run_conv_keep(b, &geom, input, with_bias, true);
+                let ((y0, dx0, grads0), _) = run_conv_keep(b, &geom, input, with_bias, false);
+                assert_eq!(y, y0, "{what}: y differs from conv2d_forward's");
+                assert_close(&format!("{what}: dx"), &dx, &dx0, bound);
+                assert_close(&format!("{what}: grads"), &grads, &grads0, bound);
+                if b.conv2d_keeps(&geom) {
+                    assert!(written, "{what}: the backend keeps x for this shape but left keep untouched");
+                }
+                if p == Precision::Fp32 {
+                    let mut want_y = vec![0.0; geom.y_len()];
+                    reference::conv2d_forward(&geom, &x, &w, &bias, &mut want_y);
+                    let (mut want_dx, mut want_dw, mut want_db) = (vec![0.0; geom.x_len()], vec![0.0; geom.w_len()], vec![0.0; geom.c_out]);
+                    reference::conv2d_backward(&geom, &x, &w, &dy, Some(&mut want_dx), &mut want_dw, &mut want_db);
+                    let want_grads = if with_bias { [want_dw, want_db].concat() } else { want_dw };
+                    assert_close(&format!("{what}: y against the reference"), &y, &want_y, tol);
+                    assert_close(&format!("{what}: dx against the reference"), &dx, &want_dx, tol);
+                    assert_close(&format!("{what}: grads against the reference"), &grads, &want_grads, tol);
+                }
             }
         }
     }

@@ -547,6 +547,9 @@ impl<B: Backend> Model<B> {
         }
         let last = self.nodes.len() - 1;
         self.dacts = (0..last).map(|i| backend.alloc(n * self.kept_len(i))).collect::<Result<_>>()?;
+        for layer in self.nodes.iter_mut().filter(|node| !node.absorbed).filter_map(|node| node.layer.as_mut()) {
+            layer.reserve_backward(backend, n)?;
+        }
         // A tensor read by several nodes gets its gradients summed through a scratch buffer.
         let reads = self.graph.readers();
         let fan_out = (1..self.shapes.len()).filter(|&t| reads[t] > 1).map(|t| self.tensor_len(t)).max();

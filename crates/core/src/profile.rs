@@ -3,8 +3,8 @@
 //! profiled runs show each op separately.
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, ScaleUpdate, UpdateRule, View,
-    ViewMut,
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, ScaleUpdate,
+    UpdateRule, View, ViewMut,
 };
 use crate::error::Result;
 use std::sync::Mutex;
@@ -191,6 +191,36 @@ where
         scratch: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
         self.timed("conv2d_backward", || self.inner.conv2d_backward_no_bias(g, v(x), v(w), v(dy), dx.map(vm), vm(dweight), vm(scratch)))
+    }
+    fn conv2d_keeps(&self, g: &Conv2dGeom) -> bool {
+        self.inner.conv2d_keeps(g)
+    }
+    fn conv2d_forward_keep(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        keep: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("conv2d_forward", || self.inner.conv2d_forward_keep(g, v(x), v(w), v(bias), vm(y), vm(keep)))
+    }
+    fn conv2d_backward_kept(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        kept: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        grads: ConvGrads<'_, Self>,
+    ) -> Result<()> {
+        let grads = match grads {
+            ConvGrads::Bias(dparams) => ConvGrads::Bias(vm(dparams)),
+            ConvGrads::NoBias { dweight, scratch } => ConvGrads::NoBias { dweight: vm(dweight), scratch: vm(scratch) },
+        };
+        self.timed("conv2d_backward", || self.inner.conv2d_backward_kept(g, v(x), v(kept), v(w), v(dy), dx.map(vm), grads))
     }
     fn conv2d_maxpool_forward(
         &self,

@@ -134,31 +134,35 @@ extern "C" __global__ void maxpool_backward_to_nhwc16(const float* __restrict__ 
     }
 }
 
-// A 1x1 convolution of stride S without padding reads only x[.., oy*S, ox*S]: it runs as
-// the stride-1 1x1 convolution of that subsample, on which cuDNN has its fast kernels.
-// x: (N, C, H, W) fp32 -> y: (N, OH*OW, C) 16-bit, y[q = oy*OW + ox] = x[oy*S, ox*S].
-// Block (32, 8); grid (ceil(OH*OW/32), ceil(C/32), N).
-extern "C" __global__ void narrow_to_nhwc_subsampled(const float* __restrict__ x, unsigned short* __restrict__ y, int c, int h,
-                                                     int w, int s, int oh, int ow, int half) {
+// The operands cuDNN gets for convolutions it runs slowly as they are (see cudnn_geom in
+// conv_dnn.rs): a 1x1 convolution of stride S without padding reads only x[.., oy*S, ox*S], so
+// it runs as the stride-1 1x1 convolution of that subsample; a channel count that is not a
+// multiple of 8 (the RGB stem) is padded with zero channels to CP, the alignment tensor cores need.
+// x: (N, C, H, W) fp32 -> y: (N, OH*OW, CP) 16-bit, y[q = oy*OW + ox][ch] = x[ch][oy*S][ox*S]
+// (0 for ch >= C). S = 1, OH = H, OW = W: only the padding. Block (32, 8); grid
+// (ceil(OH*OW/32), ceil(CP/32), N).
+extern "C" __global__ void narrow_to_nhwc_strided(const float* __restrict__ x, unsigned short* __restrict__ y, int c, int cp, int h,
+                                                  int w, int s, int oh, int ow, int half) {
     __shared__ float tile[32][33];
     int n = blockIdx.z, ohw = oh * ow;
     int q0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
     for (int j = threadIdx.y; j < 32; j += 8) {
         int ch = c0 + j, q = q0 + threadIdx.x;
-        if (ch < c && q < ohw) tile[j][threadIdx.x] = x[((long long)n * c + ch) * h * w + (long long)(q / ow) * s * w + (q % ow) * s];
+        if (ch < cp && q < ohw)
+            tile[j][threadIdx.x] = ch < c ? x[((long long)n * c + ch) * h * w + (long long)(q / ow) * s * w + (q % ow) * s] : 0.0f;
     }
     __syncthreads();
     for (int j = threadIdx.y; j < 32; j += 8) {
         int q = q0 + j, ch = c0 + threadIdx.x;
-        if (ch < c && q < ohw) y[((long long)n * ohw + q) * c + ch] = f32_to_16(tile[threadIdx.x][j], half);
+        if (ch < cp && q < ohw) y[((long long)n * ohw + q) * cp + ch] = f32_to_16(tile[threadIdx.x][j], half);
     }
 }
 
-// The gradient of that subsample: dx16: (N, OH*OW, C) 16-bit -> dx: (N, C, H, W) fp32, the
-// value at (oy*S, ox*S) and 0 everywhere else (every element of dx is written).
+// Back from those operands: src: (N, OH*OW, CP) 16-bit -> dst: (N, C, H, W) fp32, the value at
+// (oy*S, ox*S) and 0 everywhere else (every element of dst is written; padding channels dropped).
 // Block (32, 8); grid (ceil(H*W/32), ceil(C/32), N).
-extern "C" __global__ void widen_to_nchw_upsampled(const unsigned short* __restrict__ dx16, float* __restrict__ dx, int c, int h,
-                                                   int w, int s, int oh, int ow, int half) {
+extern "C" __global__ void widen_to_nchw_strided(const unsigned short* __restrict__ src, float* __restrict__ dst, int c, int cp, int h,
+                                                 int w, int s, int oh, int ow, int half) {
     __shared__ float tile[32][33];
     int n = blockIdx.z, hw = h * w;
     int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
@@ -168,12 +172,12 @@ extern "C" __global__ void widen_to_nchw_upsampled(const unsigned short* __restr
         int iy = p / w, ix = p % w;
         bool sampled = iy % s == 0 && ix % s == 0 && iy / s < oh && ix / s < ow;
         long long q = (long long)(iy / s) * ow + ix / s;
-        tile[j][threadIdx.x] = sampled ? f16_to_32(dx16[((long long)n * oh * ow + q) * c + ch], half) : 0.0f;
+        tile[j][threadIdx.x] = sampled ? f16_to_32(src[((long long)n * oh * ow + q) * cp + ch], half) : 0.0f;
     }
     __syncthreads();
     for (int j = threadIdx.y; j < 32; j += 8) {
         int ch = c0 + j, p = p0 + threadIdx.x;
-        if (ch < c && p < hw) dx[((long long)n * c + ch) * hw + p] = tile[threadIdx.x][j];
+        if (ch < c && p < hw) dst[((long long)n * c + ch) * hw + p] = tile[threadIdx.x][j];
     }
 }
 

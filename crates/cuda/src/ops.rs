@@ -6,8 +6,8 @@ use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use rr_core::backend::{
-    checks, Activation, AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom, ScaleUpdate,
-    UpdateRule, MAX_CHANNELS,
+    checks, Activation, AugmentSpec, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom,
+    ScaleUpdate, UpdateRule, MAX_CHANNELS,
 };
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Precision, Result, View, ViewMut};
@@ -196,6 +196,12 @@ impl CudaBackend {
         // From 32 output channels (ResNet's 3-channel stem included); LeNet's layers stay.
         (p != Precision::Fp32 && g.c_out >= 32).then_some(())?;
         self.dnn.as_ref().map(|dnn| (dnn, p))
+    }
+
+    /// [`Self::sixteen_bit`] where the 16-bit x cuDNN reads fits the `g.x_len()`
+    /// 16-bit values a layer keeps for the backward (not the padded RGB stem).
+    fn keeping(&self, g: &Conv2dGeom) -> Option<(&crate::cudnn::Cudnn, Precision)> {
+        self.sixteen_bit(g).filter(|&(_, p)| conv_dnn::cudnn_geom(g, p).x_len() <= g.x_len())
     }
 
     /// cuDNN and the precision when a wide convolution runs on 16-bit channels-last operands.
@@ -592,7 +598,7 @@ impl Backend for CudaBackend {
         let geo = ConvGeo::new(g)?;
         // Wide layers on tensor cores (cuDNN) below fp32.
         if let Some((dnn, p)) = self.tensor_cores(g) {
-            return self.conv2d_forward_dnn(dnn, p, g, &x, &w, &bias, &y);
+            return self.conv2d_forward_dnn(dnn, p, g, &x, &w, &bias, &y, None);
         }
         // Wide layers (the strong model's 32..128 channels): im2col + batched GEMM.
         if wide(g) {
@@ -629,7 +635,16 @@ impl Backend for CudaBackend {
         }
         if let Some((dnn, p)) = self.tensor_cores(g) {
             let dw = ptr_mut(&dparams);
-            return self.conv2d_backward_dnn(dnn, p, g, &x, &w, Dy::Wide(ptr(&dy)), dx.as_ref(), (dw, Some(dw + 4 * g.w_len() as u64)));
+            return self.conv2d_backward_dnn(
+                dnn,
+                p,
+                g,
+                (&x, None),
+                &w,
+                Dy::Wide(ptr(&dy)),
+                dx.as_ref(),
+                (dw, Some(dw + 4 * g.w_len() as u64)),
+            );
         }
         let (pl, rows) = (g.patch_len(), g.patch_len() + 1);
         let (_guard, cols, partial) = self.scratch(g.n * rows * ohw, g.n * g.c_out * rows)?;
@@ -674,8 +689,70 @@ impl Backend for CudaBackend {
         rr_core::error::check_len("conv2d_backward_no_bias", "dweight", g.w_len(), dweight.len)?;
         // cuDNN writes dW where it belongs and no bias sums are taken (a full pass over dy saved).
         match self.tensor_cores(g).filter(|_| g.n > 0 && g.out_h() * g.out_w() > 0) {
-            Some((dnn, p)) => self.conv2d_backward_dnn(dnn, p, g, &x, &w, Dy::Wide(ptr(&dy)), dx.as_ref(), (ptr_mut(&dweight), None)),
+            Some((dnn, p)) => {
+                self.conv2d_backward_dnn(dnn, p, g, (&x, None), &w, Dy::Wide(ptr(&dy)), dx.as_ref(), (ptr_mut(&dweight), None))
+            }
             None => rr_core::backend::conv2d_backward_through_scratch(self, g, x, w, dy, dx, dweight, scratch),
+        }
+    }
+
+    fn conv2d_keeps(&self, g: &Conv2dGeom) -> bool {
+        self.keeping(g).is_some()
+    }
+
+    fn conv2d_forward_keep(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        bias: View<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+        keep: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::conv2d_forward(g, x.len, w.len, bias.len, y.len)?;
+        check_len("conv2d_forward_keep", "keep", g.x_len().div_ceil(2), keep.len)?;
+        match self.keeping(g).filter(|_| g.n > 0) {
+            Some((dnn, p)) => self.conv2d_forward_dnn(dnn, p, g, &x, &w, &bias, &y, Some(ptr_mut(&keep))),
+            None => self.conv2d_forward(g, x, w, bias, y),
+        }
+    }
+
+    fn conv2d_backward_kept(
+        &self,
+        g: &Conv2dGeom,
+        x: View<'_, Self, f32>,
+        kept: View<'_, Self, f32>,
+        w: View<'_, Self, f32>,
+        dy: View<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        grads: ConvGrads<'_, Self>,
+    ) -> Result<()> {
+        check_len("conv2d_backward_kept", "kept", g.x_len().div_ceil(2), kept.len)?;
+        let wide = |len| checks::conv2d_backward(g, x.len, w.len, dy.len, dx.as_ref().map(|d| d.len), len);
+        // At 16 bits on cuDNN, x as conv2d_forward_keep narrowed it; otherwise the plain backward.
+        let dnn = self.keeping(g).filter(|_| g.n > 0 && g.out_h() * g.out_w() > 0);
+        match (dnn, grads) {
+            (Some((dnn, p)), ConvGrads::Bias(dparams)) => {
+                wide(dparams.len)?;
+                let dw = ptr_mut(&dparams);
+                self.conv2d_backward_dnn(
+                    dnn,
+                    p,
+                    g,
+                    (&x, Some(ptr(&kept))),
+                    &w,
+                    Dy::Wide(ptr(&dy)),
+                    dx.as_ref(),
+                    (dw, Some(dw + 4 * g.w_len() as u64)),
+                )
+            }
+            (Some((dnn, p)), ConvGrads::NoBias { dweight, scratch }) => {
+                wide(scratch.len)?;
+                check_len("conv2d_backward_kept", "dweight", g.w_len(), dweight.len)?;
+                self.conv2d_backward_dnn(dnn, p, g, (&x, Some(ptr(&kept))), &w, Dy::Wide(ptr(&dy)), dx.as_ref(), (ptr_mut(&dweight), None))
+            }
+            (None, ConvGrads::Bias(dparams)) => self.conv2d_backward(g, x, w, dy, dx, dparams),
+            (None, ConvGrads::NoBias { dweight, scratch }) => self.conv2d_backward_no_bias(g, x, w, dy, dx, dweight, scratch),
         }
     }
 

@@ -1,5 +1,5 @@
 use super::{Ctx, Layer, MaxPool2d, ParamSpec};
-use crate::backend::{Backend, Conv2dGeom, View, ViewMut};
+use crate::backend::{Backend, Conv2dGeom, ConvGrads, View, ViewMut};
 use crate::error::{Error, Result};
 
 /// 2-D convolution with square kernels, as `torch.nn.Conv2d` (weight (C_out, C_in, K, K)),
@@ -15,6 +15,15 @@ pub struct Conv2d<B: Backend> {
     off: usize,
     /// Without a bias: what stands in for it (see [`BiasFree`]).
     no_bias: Option<BiasFree<B>>,
+    /// What the forward leaves for the backward (see [`Backend::conv2d_forward_keep`]),
+    /// for training batches of up to its capacity; the batch it holds.
+    keep: Option<B::Buf<f32>>,
+    kept_for: Option<usize>,
+}
+
+/// Floats of room for what a forward keeps for its backward: x in 16 bits.
+fn keep_len(g: &Conv2dGeom) -> usize {
+    g.x_len().div_ceil(2)
 }
 
 fn no_bias_buffers() -> Error {
@@ -30,7 +39,7 @@ struct BiasFree<B: Backend> {
 
 impl<B: Backend> Conv2d<B> {
     pub fn new(c_in: usize, c_out: usize, kernel: usize, stride: usize, pad: usize) -> Self {
-        Conv2d { c_in, c_out, kernel, stride, pad, bias: true, hw: (0, 0), off: 0, no_bias: None }
+        Conv2d { c_in, c_out, kernel, stride, pad, bias: true, hw: (0, 0), off: 0, no_bias: None, keep: None, kept_for: None }
     }
 
     /// The same convolution without a bias parameter.
@@ -96,15 +105,29 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
         Ok(())
     }
 
+    fn reserve_backward(&mut self, backend: &B, n: usize) -> Result<()> {
+        let len = keep_len(&self.geom(n));
+        if backend.conv2d_keeps(&self.geom(n)) && self.keep.as_ref().is_none_or(|k| crate::Storage::len(k) < len) {
+            self.keep = Some(backend.alloc(len)?);
+        }
+        Ok(())
+    }
+
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
         // x: (N, C_in, H, W) -> y: (N, C_out, OH, OW)
         let g = self.geom(ctx.n);
         let w = View::range(ctx.params, self.off, g.w_len())?;
         let b = match self.bias {
             true => View::range(ctx.params, self.off + g.w_len(), g.c_out)?,
-            false => View::all(&self.bias_free()?.zeros),
+            false => View::all(&self.no_bias.as_ref().ok_or_else(no_bias_buffers)?.zeros),
         };
-        ctx.backend.conv2d_forward(&g, x, w, b, y)
+        // A batch that fits the training room leaves what its backward needs there.
+        let keep = self.keep.as_mut().filter(|k| crate::Storage::len(*k) >= keep_len(&g));
+        self.kept_for = keep.is_some().then_some(ctx.n);
+        match keep {
+            Some(keep) => ctx.backend.conv2d_forward_keep(&g, x, w, b, y, ViewMut::prefix(keep, keep_len(&g))?),
+            None => ctx.backend.conv2d_forward(&g, x, w, b, y),
+        }
     }
 
     fn backward(
@@ -119,12 +142,19 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
         // dy: (N, C_out, OH, OW) -> dW (C_out, C_in, K, K), db (C_out), dx (N, C_in, H, W)
         let g = self.geom(ctx.n);
         let w = View::range(ctx.params, self.off, g.w_len())?;
-        if self.bias {
-            let dparams = ViewMut::range(grads, self.off, g.w_len() + g.c_out)?;
-            return ctx.backend.conv2d_backward(&g, x, w, dy, dx, dparams);
+        let grads = match self.bias {
+            true => ConvGrads::Bias(ViewMut::range(grads, self.off, g.w_len() + g.c_out)?),
+            false => {
+                let scratch = self.no_bias.as_mut().map(|b| ViewMut::all(&mut b.dparams)).ok_or_else(no_bias_buffers)?;
+                ConvGrads::NoBias { dweight: ViewMut::range(grads, self.off, g.w_len())?, scratch }
+            }
+        };
+        let kept = self.keep.as_ref().filter(|_| self.kept_for == Some(ctx.n));
+        match (kept, grads) {
+            (Some(kept), grads) => ctx.backend.conv2d_backward_kept(&g, x, View::prefix(kept, keep_len(&g))?, w, dy, dx, grads),
+            (None, ConvGrads::Bias(dparams)) => ctx.backend.conv2d_backward(&g, x, w, dy, dx, dparams),
+            (None, ConvGrads::NoBias { dweight, scratch }) => ctx.backend.conv2d_backward_no_bias(&g, x, w, dy, dx, dweight, scratch),
         }
-        let dweight = ViewMut::range(grads, self.off, g.w_len())?;
-        ctx.backend.conv2d_backward_no_bias(&g, x, w, dy, dx, dweight, self.bias_free_scratch()?)
     }
 }
 

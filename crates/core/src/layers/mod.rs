@@ -98,6 +98,10 @@ pub trait Layer<B: Backend>: Send {
     fn reserve(&mut self, _backend: &B, _n: usize) -> Result<()> {
         Ok(())
     }
+    /// Makes room for training (backward) batches of up to `n` samples.
+    fn reserve_backward(&mut self, _backend: &B, _n: usize) -> Result<()> {
+        Ok(())
+    }
     /// x: (n, input...) -> y: (n, output...)
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()>;
     /// Given dy = dL/dy, writes the parameter gradients into `grads` and, when

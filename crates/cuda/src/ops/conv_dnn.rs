@@ -62,69 +62,93 @@ impl Dy {
     }
 }
 
-/// The convolution cuDNN runs for `g` at precision `p`: at 16 bits a strided 1x1
+/// The convolution cuDNN runs for `g` at precision `p`. At 16 bits, two shapes
+/// where cuDNN picks slow generic kernels are rewritten: a strided 1x1
 /// convolution without padding (a ResNet shortcut) reads only every stride-th
-/// pixel, so it runs as the stride-1 1x1 convolution of that subsample, where
-/// cuDNN has its fast tensor-core kernels (for the strided one it picks slow
-/// generic ones); [`CudaBackend::narrow_input`] takes the subsample.
-fn cudnn_geom(g: &Conv2dGeom, p: Precision) -> Conv2dGeom {
-    match subsampled(g, p) {
-        true => Conv2dGeom { h: g.out_h(), w: g.out_w(), stride: 1, ..*g },
-        false => *g,
+/// pixel, so it runs as the stride-1 1x1 convolution of that subsample; and a
+/// channel count that is not a multiple of 8 (the RGB stem) gets zero channels
+/// up to the next multiple, the alignment tensor cores need. The narrow and
+/// widen passes below make and undo the rewrite.
+pub(super) fn cudnn_geom(g: &Conv2dGeom, p: Precision) -> Conv2dGeom {
+    let mut e = *g;
+    if matches!(p, Precision::Bf16 | Precision::Fp16) {
+        if g.k == 1 && g.pad == 0 && g.stride > 1 {
+            (e.h, e.w, e.stride) = (g.out_h(), g.out_w(), 1);
+        }
+        e.c_in = g.c_in.next_multiple_of(8);
     }
-}
-
-fn subsampled(g: &Conv2dGeom, p: Precision) -> bool {
-    g.k == 1 && g.pad == 0 && g.stride > 1 && matches!(p, Precision::Bf16 | Precision::Fp16)
+    e
 }
 
 impl CudaBackend {
     /// A convolution's input as cuDNN reads it at 16 bits (see [`cudnn_geom`]):
-    /// x: (N, C_in, H, W) fp32 at `src` -> (N, H'W', C_in) 16-bit at `dst`.
+    /// x: (N, C_in, H, W) fp32 at `src` -> (N, H'W', C_in') 16-bit at `dst`.
     fn narrow_input(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
-        if !subsampled(g, p) {
+        let e = cudnn_geom(g, p);
+        if e == *g {
             return self.narrow_nhwc(src, dst, (g.n, g.c_in, g.h * g.w), p);
         }
-        let (oh, ow) = (g.out_h(), g.out_w());
-        let args = (i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.stride)?, i32c(oh)?, i32c(ow)?);
-        launch!(
-            self,
-            narrow_to_nhwc_subsampled,
-            tiles(g.n, g.c_in, oh * ow),
-            src,
-            dst,
-            args.0,
-            args.1,
-            args.2,
-            args.3,
-            args.4,
-            args.5,
-            half(p)
-        )
+        let s = if e.stride != g.stride { g.stride } else { 1 };
+        self.narrow_strided(src, dst, (g.n, g.c_in, e.c_in), (g.h, g.w), s, (e.h, e.w), p)
     }
 
     /// The input gradient cuDNN computed for [`cudnn_geom`] (16-bit channels-last at
     /// `src`) -> dx: (N, C_in, H, W) fp32 at `dst` (zeros where a subsample skipped).
     fn widen_input_grad(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
-        if !subsampled(g, p) {
+        let e = cudnn_geom(g, p);
+        if e == *g {
             return self.widen_nchw(src, 0, dst, (g.n, g.c_in, g.h * g.w), p);
         }
-        let (oh, ow) = (g.out_h(), g.out_w());
-        let args = (i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.stride)?, i32c(oh)?, i32c(ow)?);
-        launch!(
-            self,
-            widen_to_nchw_upsampled,
-            tiles(g.n, g.c_in, g.h * g.w),
-            src,
-            dst,
-            args.0,
-            args.1,
-            args.2,
-            args.3,
-            args.4,
-            args.5,
-            half(p)
-        )
+        let s = if e.stride != g.stride { g.stride } else { 1 };
+        self.widen_strided(src, dst, (g.n, g.c_in, e.c_in), (g.h, g.w), s, (e.h, e.w), p)
+    }
+
+    /// w: (C_out, C_in, K, K) fp32 -> (C_out, K, K, C_in') 16-bit (zero channels as [`cudnn_geom`] pads).
+    fn narrow_weight(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
+        match cudnn_geom(g, p).c_in {
+            cp if cp == g.c_in => self.narrow_nhwc(src, dst, (g.c_out, g.c_in, g.k * g.k), p),
+            cp => self.narrow_strided(src, dst, (g.c_out, g.c_in, cp), (g.k, g.k), 1, (g.k, g.k), p),
+        }
+    }
+
+    /// dW as cuDNN computed it, (C_out, K, K, C_in') 16-bit -> (C_out, C_in, K, K) fp32.
+    fn widen_weight_grad(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
+        match cudnn_geom(g, p).c_in {
+            cp if cp == g.c_in => self.widen_nchw(src, 0, dst, (g.c_out, g.c_in, g.k * g.k), p),
+            cp => self.widen_strided(src, dst, (g.c_out, g.c_in, cp), (g.k, g.k), 1, (g.k, g.k), p),
+        }
+    }
+
+    /// `narrow_to_nhwc_strided`: (N, C, H, W) -> (N, OH*OW, CP), every s-th pixel, CP - C zero channels.
+    #[allow(clippy::too_many_arguments)]
+    fn narrow_strided(
+        &self,
+        src: u64,
+        dst: u64,
+        (n, c, cp): (usize, usize, usize),
+        (h, w): (usize, usize),
+        s: usize,
+        (oh, ow): (usize, usize),
+        p: Precision,
+    ) -> Result<()> {
+        let a = (i32c(c)?, i32c(cp)?, i32c(h)?, i32c(w)?, i32c(s)?, i32c(oh)?, i32c(ow)?);
+        launch!(self, narrow_to_nhwc_strided, tiles(n, cp, oh * ow), src, dst, a.0, a.1, a.2, a.3, a.4, a.5, a.6, half(p))
+    }
+
+    /// `widen_to_nchw_strided`: the inverse of [`Self::narrow_strided`], zeros where it skipped.
+    #[allow(clippy::too_many_arguments)]
+    fn widen_strided(
+        &self,
+        src: u64,
+        dst: u64,
+        (n, c, cp): (usize, usize, usize),
+        (h, w): (usize, usize),
+        s: usize,
+        (oh, ow): (usize, usize),
+        p: Precision,
+    ) -> Result<()> {
+        let a = (i32c(c)?, i32c(cp)?, i32c(h)?, i32c(w)?, i32c(s)?, i32c(oh)?, i32c(ow)?);
+        launch!(self, widen_to_nchw_strided, tiles(n, c, h * w), src, dst, a.0, a.1, a.2, a.3, a.4, a.5, a.6, half(p))
     }
 
     /// (N, C, HW) fp32 at `src` -> (N, HW, C) 16-bit at `dst`.
@@ -159,16 +183,20 @@ impl CudaBackend {
         w: &View<'_, Self, f32>,
         bias: &View<'_, Self, f32>,
         y: &ViewMut<'_, Self, f32>,
+        keep: Option<u64>,
     ) -> Result<()> {
         let plan = dnn.plan(&cudnn_geom(g, p), p)?;
         let ohw = g.out_h() * g.out_w();
         let sixteen = plan.channels_last;
-        let bytes = if sixteen { [2 * cudnn_geom(g, p).x_len(), 2 * g.w_len(), 2 * g.y_len()] } else { [0; 3] };
+        // At 16 bits x is narrowed into `keep` when given (for the backward), else into a slot.
+        let x_bytes = if keep.is_some() { 0 } else { 2 * cudnn_geom(g, p).x_len() };
+        let bytes = if sixteen { [x_bytes, 2 * cudnn_geom(g, p).w_len(), 2 * g.y_len()] } else { [0; 3] };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2]])?;
         let o = if sixteen {
-            self.narrow_input(g, ptr(x), s[1], p)?;
-            self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
-            Operands { x: s[1], w: s[2], y: s[3], workspace: s[0] }
+            let xs = keep.unwrap_or(s[1]);
+            self.narrow_input(g, ptr(x), xs, p)?;
+            self.narrow_weight(g, ptr(w), s[2], p)?;
+            Operands { x: xs, w: s[2], y: s[3], workspace: s[0] }
         } else {
             Operands { x: ptr(x), w: ptr(w), y: ptr_mut(y), workspace: s[0] }
         };
@@ -233,9 +261,10 @@ impl CudaBackend {
         if !plan.channels_last {
             return Err(device_err(format!("conv2d_maxpool: the fused path needs 16-bit operands, not {p}")));
         }
-        let (_guard, s) = dnn.slots(self, &[WORKSPACE, 2 * cudnn_geom(g, p).x_len(), 2 * g.w_len()])?;
+        let e = cudnn_geom(g, p);
+        let (_guard, s) = dnn.slots(self, &[WORKSPACE, 2 * e.x_len(), 2 * e.w_len()])?;
         self.narrow_input(g, ptr(x), s[1], p)?;
-        self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
+        self.narrow_weight(g, ptr(w), s[2], p)?;
         self.dnn_forward(dnn, &plan, g, &Operands { x: s[1], w: s[2], y: ptr_mut(stash), workspace: s[0] }, &ZERO)?;
         let (oh, ow) = (pool.out_h(), pool.out_w());
         launch!(
@@ -287,7 +316,7 @@ impl CudaBackend {
             i32c(pool.out_w())?,
             half(p)
         )?;
-        self.conv2d_backward_dnn(dnn, p, g, x, w, Dy::Narrow(ptr_mut(stash)), dx, (dweight, None))
+        self.conv2d_backward_dnn(dnn, p, g, (x, None), w, Dy::Narrow(ptr_mut(stash)), dx, (dweight, None))
     }
 
     /// dW (C_out, C_in, K, K) at `dw`, db (C_out) at `db` when the conv has a
@@ -299,7 +328,7 @@ impl CudaBackend {
         dnn: &Cudnn,
         p: Precision,
         g: &Conv2dGeom,
-        x: &View<'_, Self, f32>,
+        (x, kept): (&View<'_, Self, f32>, Option<u64>),
         w: &View<'_, Self, f32>,
         dy: Dy,
         dx: Option<&ViewMut<'_, Self, f32>>,
@@ -314,19 +343,24 @@ impl CudaBackend {
             return Err(device_err(format!("conv2d_backward {g:?}: a 16-bit dy takes 16-bit operands and no bias")));
         }
         let dy_bytes = if matches!(dy, Dy::Wide(_)) { 2 * g.y_len() } else { 0 };
-        let x_len = cudnn_geom(g, p).x_len();
-        let bytes = if sixteen { [2 * x_len, 2 * g.w_len(), dy_bytes, 2 * x_len.max(g.w_len())] } else { [0; 4] };
+        let e = cudnn_geom(g, p);
+        let x_bytes = if kept.is_some() { 0 } else { 2 * e.x_len() };
+        let bytes = if sixteen { [x_bytes, 2 * e.w_len(), dy_bytes, 2 * e.x_len().max(e.w_len())] } else { [0; 4] };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, bytes[0], bytes[1], bytes[2], bytes[3]])?;
         // Operands as cuDNN reads them: the fp32 tensors (tf32), or channels-last 16-bit copies
         // with one buffer (s[4]) receiving dW, then dx, each widened back before the next.
         let (xs, ws, dys) = if sixteen {
-            self.narrow_input(g, ptr(x), s[1], p)?;
-            self.narrow_nhwc(ptr(w), s[2], (g.c_out, g.c_in, g.k * g.k), p)?;
+            // x as the forward narrowed it (`kept`), or narrowed again.
+            let xs = match kept {
+                Some(kept) => kept,
+                None => self.narrow_input(g, ptr(x), s[1], p).map(|_| s[1])?,
+            };
+            self.narrow_weight(g, ptr(w), s[2], p)?;
             let dys = match dy {
                 Dy::Wide(dy) => self.narrow_nhwc(dy, s[3], (g.n, g.c_out, ohw), p).map(|_| s[3])?,
                 Dy::Narrow(dy) => dy,
             };
-            (s[1], s[2], dys)
+            (xs, s[2], dys)
         } else {
             (ptr(x), ptr(w), dy.addr())
         };
@@ -353,7 +387,7 @@ impl CudaBackend {
         }
         .map_err(|e| err("backward filter", e))?;
         if sixteen {
-            self.widen_nchw(s[4], 0, dw, (g.c_out, g.c_in, g.k * g.k), p)?;
+            self.widen_weight_grad(g, s[4], dw, p)?;
         }
         let Some(dx) = dx else { return Ok(()) };
         let o = Operands { x: if sixteen { s[4] } else { ptr_mut(dx) }, w: ws, y: dys, workspace: s[0] };
