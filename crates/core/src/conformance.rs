@@ -794,6 +794,16 @@ pub fn gradcheck_model<B: Backend>(b: &B, _tol: f32) {
                 // (The thresholds sit above f32 rounding noise of the slopes.)
                 let bound = abs_tol + 5e-2 * numeric.abs();
                 if (left - right).abs() > bound || (numeric - numeric_half).abs() > 0.5 * bound + 2e-3 {
+                    // Not differentiable within the step. It still counts as checked when one side
+                    // is smooth (its full and half steps give one slope) and that slope is the
+                    // analytic gradient (seen in CI: max-pool ties downstream of a 2-channel
+                    // BatchNorm put both its weights next to a kink on one side). A side that
+                    // disagrees proves nothing: another kink may sit close by.
+                    let (left_half, right_half) = ((base - minus_half) / (0.5 * eps as f64), (plus_half - base) / (0.5 * eps as f64));
+                    let one_sided = [(left, left_half), (right, right_half)]
+                        .into_iter()
+                        .any(|(full, half)| (full - half).abs() <= 0.5 * bound && (grads[at] as f64 - full).abs() <= bound);
+                    checked += one_sided as usize;
                     continue;
                 }
                 checked += 1;
