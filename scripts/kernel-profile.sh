@@ -41,7 +41,8 @@ for row in csv.reader(open(path)):
     d = dict(zip(hdr, row))
     if d["Metric Name"] != "gpu__time_duration.sum":
         continue
-    name = d["Kernel Name"].split("(")[0][:70]
+    # The name without its argument list ("(anonymous namespace)" is part of the name, not one).
+    name = d["Kernel Name"].replace("(anonymous namespace)", "{anon}").split("(")[0].removeprefix("void ")[:70]
     total[name] += float(d["Metric Value"].replace(",", "")) / 1000.0
     calls[name] += 1
 # One loss kernel per training step: ours computes loss and gradient in one, PyTorch's log-softmax backward.

@@ -229,7 +229,6 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// Every tensor's shape: `[input, node 0's output, ...]`; checks the whole graph.
     /// How many node inputs read each tensor (0: the graph's input, i + 1: node i's output).
     pub fn readers(&self) -> Vec<usize> {
         let mut reads = vec![0usize; self.nodes.len() + 1];
@@ -237,6 +236,7 @@ impl Graph {
         reads
     }
 
+    /// Every tensor's shape: `[input, node 0's output, ...]`; checks the whole graph.
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
         if self.nodes.is_empty() {
             return Err(Error::config(format!("model `{}`", self.name), "has no nodes"));

@@ -168,9 +168,7 @@ impl Plan {
             )
         };
         status.result().map_err(|e| dnn_err("forward algorithm search", e))?;
-        let found = &perf[..count as usize];
-        let i = pick(found, |p| (p.status, p.memory)).ok_or_else(|| dnn_err("forward", "no algorithm fits"))?;
-        log_choice(&self.label, "forward", capturing, i, found.iter().map(|p| (p.algo as i32, p.time, p.memory, p.status)));
+        let i = pick(&perf[..count as usize], |p| (p.algo as i32, p.time, p.memory, p.status), (&self.label, "forward", capturing))?;
         Ok(*self.fwd.get_or_init(|| perf[i].algo))
     }
 
@@ -215,9 +213,7 @@ impl Plan {
             )
         };
         status.result().map_err(|e| dnn_err("backward-data algorithm search", e))?;
-        let found = &perf[..count as usize];
-        let i = pick(found, |p| (p.status, p.memory)).ok_or_else(|| dnn_err("backward data", "no algorithm fits"))?;
-        log_choice(&self.label, "backward data", capturing, i, found.iter().map(|p| (p.algo as i32, p.time, p.memory, p.status)));
+        let i = pick(&perf[..count as usize], |p| (p.algo as i32, p.time, p.memory, p.status), (&self.label, "backward data", capturing))?;
         Ok(*self.bwd_data.get_or_init(|| perf[i].algo))
     }
 
@@ -262,9 +258,8 @@ impl Plan {
             )
         };
         status.result().map_err(|e| dnn_err("backward-filter algorithm search", e))?;
-        let found = &perf[..count as usize];
-        let i = pick(found, |p| (p.status, p.memory)).ok_or_else(|| dnn_err("backward filter", "no algorithm fits"))?;
-        log_choice(&self.label, "backward filter", capturing, i, found.iter().map(|p| (p.algo as i32, p.time, p.memory, p.status)));
+        let i =
+            pick(&perf[..count as usize], |p| (p.algo as i32, p.time, p.memory, p.status), (&self.label, "backward filter", capturing))?;
         Ok(*self.bwd_filter.get_or_init(|| perf[i].algo))
     }
 }
@@ -279,27 +274,27 @@ fn vm(p: u64) -> *mut c_void {
     p as *mut c_void
 }
 
-/// With `RR_CUDNN_LOG` set, prints what cuDNN offered for one shape and
-/// direction (algorithm, time, workspace, status) and which one was taken.
-fn log_choice(label: &str, what: &str, heuristic: bool, picked: usize, found: impl Iterator<Item = (i32, f32, usize, sys::cudnnStatus_t)>) {
-    static ON: OnceLock<bool> = OnceLock::new();
-    if !*ON.get_or_init(|| std::env::var_os("RR_CUDNN_LOG").is_some()) {
-        return;
-    }
-    let how = if heuristic { "heuristics (graph capture)" } else { "timed" };
-    eprintln!("cudnn {what} {label}: {how}");
-    for (i, (algo, ms, bytes, status)) in found.enumerate() {
-        let mark = if i == picked { "<- taken" } else { "" };
-        eprintln!("  algo {algo:2} {ms:9.4} ms {:8.1} MB {status:?} {mark}", bytes as f64 / 1e6);
-    }
-}
-
-/// Index of the fastest usable result (cuDNN sorts them fastest first).
-fn pick<T>(results: &[T], key: impl Fn(&T) -> (sys::cudnnStatus_t, usize)) -> Option<usize> {
-    results.iter().position(|r| {
-        let (status, memory) = key(r);
+/// Index of the fastest usable result (cuDNN sorts them fastest first); `key`
+/// gives each one's (algorithm, time, workspace, status). With `RR_CUDNN_LOG`
+/// set, prints what cuDNN offered for this shape and direction and which one was taken.
+fn pick<T>(
+    results: &[T],
+    key: impl Fn(&T) -> (i32, f32, usize, sys::cudnnStatus_t),
+    (label, what, heuristic): (&str, &str, bool),
+) -> Result<usize> {
+    let ok = |&(_, _, memory, status): &(i32, f32, usize, sys::cudnnStatus_t)| {
         status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS && memory <= WORKSPACE
-    })
+    };
+    let picked = results.iter().position(|r| ok(&key(r)));
+    static LOG: OnceLock<bool> = OnceLock::new();
+    if *LOG.get_or_init(|| std::env::var_os("RR_CUDNN_LOG").is_some()) {
+        eprintln!("cudnn {what} {label}: {}", if heuristic { "heuristics (graph capture)" } else { "timed" });
+        for (i, (algo, ms, bytes, status)) in results.iter().map(&key).enumerate() {
+            let mark = if Some(i) == picked { "<- taken" } else { "" };
+            eprintln!("  algo {algo:2} {ms:9.4} ms {:8.1} MB {status:?} {mark}", bytes as f64 / 1e6);
+        }
+    }
+    picked.ok_or_else(|| dnn_err(what, "no algorithm fits"))
 }
 
 /// Device buffers reused across calls. Outgrown ones are kept, not freed:
