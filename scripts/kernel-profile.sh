@@ -7,7 +7,9 @@
 # SKIP kernel launches are left out first (the warm-up, cuDNN's algorithm search and PyTorch's
 # autotuning), then COUNT are timed (gpu__time_duration, one metric: a replay per kernel).
 # Env: DATA (default /tmp/stage/cifar10), BIN (default .device-bin/rusty-recognition), TORCH_CIFAR
-# (default .device-bin/torch_cifar.py), OURS (our train options; default ResNet-18 at bf16), NCU.
+# (default .device-bin/torch_cifar.py), OURS (our train options; default ResNet-18 at bf16), NCU,
+# NCU_FLAGS (more ncu options: "--clock-control none --cache-control none" times kernels at the
+# clocks and with the caches a real run has; ncu's defaults lock base clocks and flush caches).
 # Graphs are off on both sides (ncu times kernels one by one). Prints the top kernels of each and
 # the time per training step (the window's time over the loss kernels it holds, one a step).
 set -uo pipefail
@@ -26,7 +28,8 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 profile() {  # $1: label; the rest: the command
   local label=$1
   shift
-  "$NCU" --launch-skip "$SKIP" --launch-count "$COUNT" --metrics gpu__time_duration.sum --csv "$@" >"$WORK/$label.csv" 2>"$WORK/$label.err"
+  # shellcheck disable=SC2086
+  "$NCU" ${NCU_FLAGS:-} --launch-skip "$SKIP" --launch-count "$COUNT" --metrics gpu__time_duration.sum --csv "$@" >"$WORK/$label.csv" 2>"$WORK/$label.err"
   python3 - "$WORK/$label.csv" "$label" <<'PY'
 import collections, csv, sys
 path, label = sys.argv[1], sys.argv[2]

@@ -888,6 +888,10 @@ pub fn batchnorm_cases() -> Vec<BatchNormGeom> {
         g(5, 7, 1, A::Gelu),
         g(16, 24, 289, A::Gelu),
         g(1, 3, 10, A::Gelu),
+        // HW % 4 == 0: the CUDA kernels' four-at-a-time path, with each activation.
+        g(6, 9, 16, A::Gelu),
+        g(2, 3, 4, A::Relu),
+        g(3, 5, 8, A::None),
     ]
 }
 

@@ -141,6 +141,21 @@ impl CudaBackend {
     }
 }
 
+/// Whether per-channel kernels over (N, C, HW) tensors may move four floats at a
+/// time (`vec4` in norm.cu): HW % 4 == 0 and every address (0: unused) 16-byte aligned.
+fn vec4(hw: usize, addrs: &[u64]) -> bool {
+    hw.is_multiple_of(4) && addrs.iter().all(|a| a.is_multiple_of(16))
+}
+
+/// Threads a `vec4` kernel needs for `len` values, one per group.
+fn groups(len: usize, vec4: bool) -> usize {
+    if vec4 {
+        len / 4
+    } else {
+        len
+    }
+}
+
 impl CudaBackend {
     /// Samples per slice of the two-phase channel sums: enough (C, S) blocks to fill every SM a few times.
     fn slices(&self, n: usize, c: usize) -> i32 {
@@ -161,7 +176,8 @@ impl CudaBackend {
         // (C, S, 2) doubles, as floats.
         let (guard, _, partial) = self.scratch(0, 4 * c * slices as usize)?;
         let cfg = LaunchConfig { grid_dim: (c as u32, slices as u32, 1), block_dim: (BLOCK, 1, 1), shared_mem_bytes: 0 };
-        launch!(self, channel_partials, cfg, x, y, dy, saved, params, partial, i32c(n)?, i32c(c)?, i32c(hw)?, mode, act.code() as i32)?;
+        let (code, vec4) = (act.code() as i32, vec4(hw, &[x, y, dy]) as i32);
+        launch!(self, channel_partials, cfg, x, y, dy, saved, params, partial, i32c(n)?, i32c(c)?, i32c(hw)?, mode, code, vec4)?;
         Ok((guard, partial))
     }
 
@@ -880,10 +896,11 @@ impl Backend for CudaBackend {
         } else {
             ptr_mut(&running)
         };
+        let v4 = vec4(g.hw, &[ptr(&x), ptr_mut(&y)]);
         launch!(
             self,
             bn_apply,
-            self.cfg(g.len()),
+            self.cfg(groups(g.len(), v4)),
             ptr(&x),
             ptr(&params),
             stats,
@@ -893,7 +910,8 @@ impl Backend for CudaBackend {
             hw,
             g.eps,
             training as i32,
-            g.act.code() as i32
+            g.act.code() as i32,
+            v4 as i32
         )
     }
 
@@ -915,22 +933,26 @@ impl Backend for CudaBackend {
         launch!(self, channel_partials_finish, self.cfg(g.c), partial, ptr_mut(&dparams), c, self.slices(g.n, g.c), 1i32)?;
         drop(guard);
         match dx {
-            Some(dx) if !g.is_empty() => launch!(
-                self,
-                bn_backward_dx,
-                self.cfg(g.len()),
-                ptr(&x),
-                ptr(&y),
-                ptr(&dy),
-                ptr(&params),
-                ptr(&saved),
-                ptr_mut(&dparams),
-                ptr_mut(&dx),
-                n,
-                c,
-                hw,
-                act
-            ),
+            Some(dx) if !g.is_empty() => {
+                let v4 = vec4(g.hw, &[ptr(&x), ptr(&y), ptr(&dy), ptr_mut(&dx)]);
+                launch!(
+                    self,
+                    bn_backward_dx,
+                    self.cfg(groups(g.len(), v4)),
+                    ptr(&x),
+                    ptr(&y),
+                    ptr(&dy),
+                    ptr(&params),
+                    ptr(&saved),
+                    ptr_mut(&dparams),
+                    ptr_mut(&dx),
+                    n,
+                    c,
+                    hw,
+                    act,
+                    v4 as i32
+                )
+            }
             _ => Ok(()),
         }
     }
