@@ -107,6 +107,10 @@ fn check_range(buf_len: usize, offset: usize, len: usize) -> Result<()> {
     }
 }
 
+/// What a conv's backward reads: x, what its forward kept of x (see
+/// [`Backend::conv2d_forward_keep`]), if it did, and the weight.
+pub type KeptConvInputs<'a, B> = (View<'a, B, f32>, Option<View<'a, B, f32>>, View<'a, B, f32>);
+
 /// The gradients a convolution's backward writes: [dweight | dbias] as one
 /// window, or, without a bias, dweight and the scratch of
 /// [`Backend::conv2d_backward_no_bias`].
@@ -950,6 +954,46 @@ pub trait Backend: Send + Sync + Sized + 'static {
         conv2d_maxpool_backward_unfused(self, g, pool, x, w, dy, argmax, stash, dx, dweight, scratch)
     }
 
+    /// A bias-free convolution whose output only a 2-D BatchNorm over it reads:
+    /// `y = batchnorm(conv(x, w) + bias)`, the BatchNorm as [`Backend::batchnorm_forward`]
+    /// (`params` [gamma | beta], `running`, `saved`), `keep` as [`Backend::conv2d_forward_keep`]'s.
+    /// `stash` (`g.y_len()` floats) holds the conv's output for backward:
+    /// backends that can keep it narrower than fp32 (CUDA's 16-bit channels-last)
+    /// normalize it from there and never write it in fp32 (see
+    /// [`conv2d_batchnorm_forward_unfused`], the default).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_batchnorm_forward(
+        &self,
+        geoms: (&Conv2dGeom, &BatchNormGeom),
+        training: bool,
+        (x, w, bias): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        keep: Option<ViewMut<'_, Self, f32>>,
+        bn: (View<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
+        stash: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        conv2d_batchnorm_forward_unfused(self, geoms, training, (x, w, bias), keep, bn, stash, y)
+    }
+    /// The gradients of a training [`Backend::conv2d_batchnorm_forward`] of the
+    /// same x and bias (its `kept` and `stash`; `y` its output), for a fixed
+    /// bias: overwrites the BatchNorm's `dparams` [dgamma | dbeta], `dweight`
+    /// and dx (when given).
+    /// `dstash` (`g.y_len()` floats) is room for the conv's output gradient,
+    /// `scratch` as [`Backend::conv2d_backward_no_bias`]'s.
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_batchnorm_backward(
+        &self,
+        geoms: (&Conv2dGeom, &BatchNormGeom),
+        (x, kept, w): KeptConvInputs<'_, Self>,
+        (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        dstash: ViewMut<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        grads: (ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
+    ) -> Result<()> {
+        conv2d_batchnorm_backward_unfused(self, geoms, (x, kept, w), (stash, y, dy), (bias, params, saved), dstash, dx, grads)
+    }
+
     /// Average pooling (padding counts as 0 and the divisor is always k*k, as
     /// PyTorch's default `count_include_pad=True`). `g.relu` must be false.
     fn avgpool2d_forward(&self, g: &Pool2dGeom, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
@@ -1115,6 +1159,50 @@ pub fn conv2d_maxpool_backward_unfused<B: Backend>(
     backend.conv2d_backward_no_bias(g, x, w, stash.as_view(), dx, dweight, scratch)
 }
 
+/// [`Backend::conv2d_batchnorm_forward`] as its two ops, the conv's output in
+/// `stash` (the default, and the fallback of backends that fuse some shapes only).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batchnorm_forward_unfused<B: Backend>(
+    backend: &B,
+    (g, bn): (&Conv2dGeom, &BatchNormGeom),
+    training: bool,
+    (x, w, bias): (View<'_, B, f32>, View<'_, B, f32>, View<'_, B, f32>),
+    keep: Option<ViewMut<'_, B, f32>>,
+    (params, running, saved): (View<'_, B, f32>, ViewMut<'_, B, f32>, ViewMut<'_, B, f32>),
+    mut stash: ViewMut<'_, B, f32>,
+    y: ViewMut<'_, B, f32>,
+) -> Result<()> {
+    checks::conv2d_batchnorm(g, bn, stash.len)?;
+    match keep {
+        Some(keep) => backend.conv2d_forward_keep(g, x, w, bias, stash.reborrow(), keep)?,
+        None => backend.conv2d_forward(g, x, w, bias, stash.reborrow())?,
+    }
+    backend.batchnorm_forward(bn, training, stash.as_view(), params, running, saved, y)
+}
+
+/// [`Backend::conv2d_batchnorm_backward`] as its two ops: the BatchNorm's dx
+/// in `dstash`, then the bias-free conv's backward from it (the stash holds
+/// the conv's output with its bias, so the bias is not read again).
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_batchnorm_backward_unfused<B: Backend>(
+    backend: &B,
+    (g, bn): (&Conv2dGeom, &BatchNormGeom),
+    (x, kept, w): KeptConvInputs<'_, B>,
+    (stash, y, dy): (View<'_, B, f32>, View<'_, B, f32>, View<'_, B, f32>),
+    (_bias, params, saved): (View<'_, B, f32>, View<'_, B, f32>, View<'_, B, f32>),
+    mut dstash: ViewMut<'_, B, f32>,
+    dx: Option<ViewMut<'_, B, f32>>,
+    (dweight, scratch, dparams): (ViewMut<'_, B, f32>, ViewMut<'_, B, f32>, ViewMut<'_, B, f32>),
+) -> Result<()> {
+    checks::conv2d_batchnorm(g, bn, stash.len)?;
+    check_len("conv2d_batchnorm_backward", "dstash", g.y_len(), dstash.len)?;
+    backend.batchnorm_backward(bn, stash, y, dy, params, saved, Some(dstash.reborrow()), dparams)?;
+    match kept {
+        Some(kept) => backend.conv2d_backward_kept(g, x, kept, w, dstash.as_view(), dx, ConvGrads::NoBias { dweight, scratch }),
+        None => backend.conv2d_backward_no_bias(g, x, w, dstash.as_view(), dx, dweight, scratch),
+    }
+}
+
 /// Argument checks shared by every backend: each op validates its geometry
 /// and the length of every window the same way, so a mismatch is the same
 /// [`Error::Shape`] on every device.
@@ -1154,6 +1242,16 @@ pub mod checks {
             ));
         }
         check_len("conv2d_maxpool", "stash", g.y_len(), stash)
+    }
+
+    /// A fused conv + 2-D BatchNorm: the BatchNorm reads exactly the conv's
+    /// output; `stash` holds that output.
+    pub fn conv2d_batchnorm(g: &Conv2dGeom, bn: &BatchNormGeom, stash: usize) -> Result<()> {
+        g.validate()?;
+        if (bn.n, bn.c, bn.hw) != (g.n, g.c_out, g.out_h() * g.out_w()) {
+            return Err(Error::shape("conv2d_batchnorm", "batch-norm geometry", format!("the conv's output ({g:?})"), format!("{bn:?}")));
+        }
+        check_len("conv2d_batchnorm", "stash", g.y_len(), stash)
     }
 
     pub fn maxpool2d_forward(g: &Pool2dGeom, x: usize, y: usize, argmax: usize) -> Result<()> {

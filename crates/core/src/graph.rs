@@ -146,27 +146,7 @@ impl Op {
                 let linear = Linear::new(in_features, out_features).scaled(scale);
                 Box::new(if bias { linear } else { linear.without_bias() })
             }
-            Op::BatchNorm { channels, dims, relu, gelu, eps, momentum } => {
-                let mut bn = match dims {
-                    1 => BatchNorm::new_1d(channels),
-                    2 => BatchNorm::new_2d(channels),
-                    _ => return Err(Error::config("batch-norm", format!("dims must be 1 or 2, got {dims}"))),
-                };
-                bn.eps = eps.unwrap_or(bn.eps);
-                bn.momentum = momentum.unwrap_or(bn.momentum);
-                if !(bn.eps > 0.0 && bn.eps.is_finite() && (0.0..=1.0).contains(&bn.momentum)) {
-                    return Err(Error::config(
-                        "batch-norm",
-                        format!("needs eps > 0 and momentum in [0, 1], got {} and {}", bn.eps, bn.momentum),
-                    ));
-                }
-                Box::new(match (relu, gelu) {
-                    (false, false) => bn,
-                    (true, false) => bn.with_relu(),
-                    (false, true) => bn.with_gelu(),
-                    (true, true) => return Err(Error::config("batch-norm", "fuses ReLU or GELU, not both (relu and gelu are true)")),
-                })
-            }
+            Op::BatchNorm { .. } => Box::new(self.batch_norm::<B>()?.expect("a batch-norm op")),
             Op::Relu => Box::new(Relu),
             Op::Gelu => Box::new(Gelu),
             Op::MaxPool2d { kernel, stride, pad, relu } => {
@@ -178,6 +158,27 @@ impl Op {
             Op::Dropout { p, salt } => Box::new(Dropout::new(p, salt)?),
             Op::Flatten => Box::new(Flatten),
             Op::Add => return Ok(None),
+        }))
+    }
+
+    /// The layer of a [`Op::BatchNorm`] (`None` for any other op), checked.
+    pub fn batch_norm<B: Backend>(&self) -> Result<Option<BatchNorm<B>>> {
+        let Op::BatchNorm { channels, dims, relu, gelu, eps, momentum } = *self else { return Ok(None) };
+        let mut bn = match dims {
+            1 => BatchNorm::new_1d(channels),
+            2 => BatchNorm::new_2d(channels),
+            _ => return Err(Error::config("batch-norm", format!("dims must be 1 or 2, got {dims}"))),
+        };
+        bn.eps = eps.unwrap_or(bn.eps);
+        bn.momentum = momentum.unwrap_or(bn.momentum);
+        if !(bn.eps > 0.0 && bn.eps.is_finite() && (0.0..=1.0).contains(&bn.momentum)) {
+            return Err(Error::config("batch-norm", format!("needs eps > 0 and momentum in [0, 1], got {} and {}", bn.eps, bn.momentum)));
+        }
+        Ok(Some(match (relu, gelu) {
+            (false, false) => bn,
+            (true, false) => bn.with_relu(),
+            (false, true) => bn.with_gelu(),
+            (true, true) => return Err(Error::config("batch-norm", "fuses ReLU or GELU, not both (relu and gelu are true)")),
         }))
     }
 
@@ -515,6 +516,39 @@ mod tests {
         let both = Op::BatchNorm { channels: 2, dims: 2, relu: true, gelu: true, eps: None, momentum: None };
         let err = both.layer::<crate::CpuBackend>().err().expect("relu and gelu together are refused");
         assert!(err.to_string().contains("not both"), "{err}");
+    }
+
+    #[test]
+    fn a_bias_free_conv_runs_fused_with_the_batch_norm_that_alone_reads_it_and_both_keep_their_names() {
+        let mut g = GraphBuilder::new("fusion", &[3, 8, 8]);
+        // Fused: a bias-free conv, then a 2-D BatchNorm (+ReLU) reading it alone.
+        let x = g.conv2d("conv1", g.input(), Conv::new(4, 3).pad(1).no_bias()).unwrap();
+        let x = g.batch_norm_relu("bn1", x).unwrap();
+        // Not fused: a conv with a bias; a conv output that a second node reads.
+        let y = g.conv2d("conv2", x, Conv::new(4, 3).pad(1)).unwrap();
+        let y = g.batch_norm("bn2", y).unwrap();
+        let z = g.conv2d("conv3", y, Conv::new(4, 1).no_bias()).unwrap();
+        let n = g.batch_norm("bn3", z).unwrap();
+        let x = g.add(n, z).unwrap();
+        let x = g.global_avg_pool(x).unwrap();
+        let logits = g.linear("fc", x, 2).unwrap();
+        let graph = g.finish(logits).unwrap();
+        let backend = crate::CpuBackend::new(1).unwrap();
+        let mut model = crate::Model::from_graph(&backend, graph, 0, crate::model::Init::PyTorch).unwrap();
+        let kinds = model.layer_kinds();
+        assert_eq!(kinds[..2], ["conv2d+batchnorm2d+relu", "batchnorm2d+relu"]);
+        assert_eq!(kinds[2..6], ["conv2d", "batchnorm2d", "conv2d", "batchnorm2d"]);
+        // Parameters and buffers keep each node's names, in node order.
+        let names: Vec<String> = model.state_dict(&backend).unwrap().into_iter().map(|(name, _, _)| name).collect();
+        for name in ["conv1.weight", "bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked"] {
+            assert!(names.iter().any(|n| n == name), "{name} missing from {names:?}");
+        }
+        assert!(!names.iter().any(|n| n.starts_with("conv1.running")), "{names:?}");
+        let params: Vec<&str> = model.params.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(params[..3], ["conv1.weight", "bn1.weight", "bn1.bias"]);
+        // A checkpoint's tensors load back (the fused layer takes its BatchNorm's buffers).
+        let state = model.state_dict(&backend).unwrap();
+        model.load_state_dict(&backend, &state, std::path::Path::new("state")).unwrap();
     }
 
     #[test]

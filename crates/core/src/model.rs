@@ -7,7 +7,7 @@
 use crate::backend::{Backend, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::graph::{Conv, Graph, GraphBuilder, NodeId, Op};
-use crate::layers::{Conv2d, Conv2dMaxPool, Ctx, Layer, MaxPool2d};
+use crate::layers::{Conv2d, Conv2dBatchNorm, Conv2dMaxPool, Ctx, Layer, MaxPool2d};
 use crate::Storage;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -350,9 +350,11 @@ fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
 /// Each layer's parameters start on a 64-float (256-byte) boundary.
 const PARAM_ALIGN: usize = 64;
 
-/// One node of a built model: its layer (`None` for `add`), inputs and state-dict name.
+/// One node of a built model: its layer (`None` for `add` and absorbed
+/// nodes), the kind of its op, inputs and state-dict name.
 struct NodeRt<B: Backend> {
     layer: Option<Box<dyn Layer<B>>>,
+    kind: &'static str,
     inputs: Vec<NodeId>,
     name: Option<String>,
     /// The node before runs this one's op fused with its own (see
@@ -362,7 +364,7 @@ struct NodeRt<B: Backend> {
 
 impl<B: Backend> NodeRt<B> {
     fn kind(&self) -> &'static str {
-        self.layer.as_ref().map_or("add", |l| l.kind())
+        self.kind
     }
     /// The prefix of its tensors' names ("layer1.0.conv1").
     fn prefix(&self) -> &str {
@@ -429,41 +431,32 @@ impl<B: Backend> Model<B> {
             ));
         }
         let mut nodes = Vec::new();
-        let mut entries = Vec::new();
-        let mut total = 0usize;
+        let mut layout = ParamLayout { model: graph.name.clone(), entries: Vec::new(), total: 0 };
         let absorbed = absorbed_nodes(&graph);
         for (i, node) in graph.nodes.iter().enumerate() {
-            let mut layer = match absorbed.get(i + 1) {
-                Some(true) => Some(fused_conv_pool::<B>(&graph.nodes[i].op, &graph.nodes[i + 1].op)?),
-                _ => node.op.layer::<B>()?,
-            };
-            if let Some(layer) = layer.as_mut() {
-                layer.build(&shapes[node.inputs[0].0])?;
-                layer.init_buffers(backend)?;
-                let specs = layer.param_specs();
-                if !specs.is_empty() {
-                    let prefix = node.name.as_deref().ok_or_else(|| {
-                        Error::config(format!("model `{}`", graph.name), format!("node {i} ({}) has parameters but no name", node.label()))
-                    })?;
-                    total = total.next_multiple_of(PARAM_ALIGN);
-                    let mut offsets = Vec::new();
-                    for spec in specs {
-                        offsets.push(total);
-                        entries.push(ParamEntry {
-                            name: format!("{prefix}.{}", spec.name),
-                            shape: spec.shape.clone(),
-                            offset: total,
-                            fan_in: spec.fan_in,
-                            fan_out: spec.fan_out,
-                            init: spec.init,
-                        });
-                        total += spec.len();
+            let next = graph.nodes.get(i + 1).filter(|_| absorbed[i + 1]);
+            let input = &shapes[node.inputs[0].0];
+            let layer = match (absorbed[i], next) {
+                // The node before runs this one's op.
+                (true, _) => None,
+                (false, Some(next)) => Some(fused_pair::<B>(backend, (i, node), next, input, &mut layout)?),
+                (false, None) => match node.op.layer::<B>()? {
+                    Some(mut layer) => {
+                        layer.build(input)?;
+                        layer.init_buffers(backend)?;
+                        layout.register(layer.as_mut(), (i, node))?;
+                        Some(layer)
                     }
-                    layer.bind_params(&offsets);
-                }
-            }
-            nodes.push(NodeRt { layer, inputs: node.inputs.clone(), name: node.name.clone(), absorbed: absorbed[i] });
+                    None => None,
+                },
+            };
+            let kind = match &layer {
+                Some(layer) => layer.kind(),
+                None => node.op.layer::<B>()?.map_or("add", |l| l.kind()),
+            };
+            nodes.push(NodeRt { layer, kind, inputs: node.inputs.clone(), name: node.name.clone(), absorbed: absorbed[i] });
         }
+        let ParamLayout { entries, total, .. } = layout;
         let mut host = initial_values(&entries, total, seed, init);
         config.adjust_init(&entries, &mut host);
         let params = ParamStore { data: backend.upload(&host)?, grads: backend.alloc(total)?, entries };
@@ -731,17 +724,20 @@ impl<B: Backend> Model<B> {
         let all = backend.download(View::all(&self.params.data))?;
         let mut out: Vec<NamedTensor> =
             self.params.entries.iter().map(|e| (e.name.clone(), e.shape.clone(), all[e.offset..e.offset + e.len()].to_vec())).collect();
-        for node in &self.nodes {
+        // A fused layer's buffers are its second node's (the BatchNorm after a conv).
+        let outputs = output_nodes(&self.nodes);
+        for (i, node) in self.nodes.iter().enumerate() {
             let Some(layer) = &node.layer else { continue };
             let buffers = layer.buffers();
             if buffers.is_empty() {
                 continue;
             }
+            let prefix = self.nodes[outputs[i]].prefix();
             for b in buffers {
-                out.push((format!("{}.{}", node.prefix(), b.name), b.shape, backend.download(b.data)?));
+                out.push((format!("{prefix}.{}", b.name), b.shape, backend.download(b.data)?));
             }
             // PyTorch keeps this count per BatchNorm layer (an int64 scalar; see checkpoint.rs).
-            out.push((format!("{}.{BATCHES_TRACKED}", node.prefix()), vec![], vec![self.batches_tracked as f32]));
+            out.push((format!("{prefix}.{BATCHES_TRACKED}"), vec![], vec![self.batches_tracked as f32]));
         }
         Ok(out)
     }
@@ -771,16 +767,18 @@ impl<B: Backend> Model<B> {
         // Buffers: every one checked before any is written.
         let mut buffers: Vec<(usize, &'static str, Vec<f32>)> = Vec::new();
         let mut tracked = None;
+        let outputs = output_nodes(&self.nodes);
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(layer) = &node.layer else { continue };
             let list = layer.buffers();
+            let prefix = self.nodes[outputs[i]].prefix();
             for b in &list {
-                let full = format!("{}.{}", node.prefix(), b.name);
+                let full = format!("{prefix}.{}", b.name);
                 buffers.push((i, b.name, find(&full, &b.shape)?.clone()));
                 expected.push(full);
             }
             if !list.is_empty() {
-                let full = format!("{}.{BATCHES_TRACKED}", node.prefix());
+                let full = format!("{prefix}.{BATCHES_TRACKED}");
                 let count = find(&full, &[])?[0];
                 if !(count >= 0.0 && count.fract() == 0.0) {
                     return Err(err(format!("tensor `{full}` is {count}, expected a count")));
@@ -825,8 +823,10 @@ impl<B: Backend> Model<B> {
     }
 }
 
-/// Per node: whether the node before runs its op (a conv and the max pool
-/// that alone reads its output, see [`Conv2dMaxPool::fuse`]).
+/// Per node: whether the node before runs its op fused with its own: a
+/// bias-free conv and the op that alone reads its output, a max pool over
+/// non-overlapping windows (see [`Conv2dMaxPool::fuse`]) or a 2-D BatchNorm
+/// (see [`Conv2dBatchNorm::fuse`]).
 fn absorbed_nodes(graph: &Graph) -> Vec<bool> {
     let reads = graph.readers();
     let mut absorbed = vec![false; graph.nodes.len()];
@@ -834,22 +834,83 @@ fn absorbed_nodes(graph: &Graph) -> Vec<bool> {
         let (prev, node) = (&graph.nodes[i - 1], &graph.nodes[i]);
         let conv = matches!(prev.op, Op::Conv2d { bias: false, .. });
         let pool = matches!(node.op, Op::MaxPool2d { kernel, stride, pad: 0, .. } if kernel == stride);
-        // The conv's output (tensor i) is read by this pool only.
-        absorbed[i] = conv && pool && !absorbed[i - 1] && node.inputs == [NodeId(i)] && reads[i] == 1;
+        let norm = matches!(node.op, Op::BatchNorm { dims: 2, .. });
+        // The conv's output (tensor i) is read by this node only.
+        absorbed[i] = conv && (pool || norm) && !absorbed[i - 1] && node.inputs == [NodeId(i)] && reads[i] == 1;
     }
     absorbed
 }
 
-/// The fused layer of a conv node and the pool node after it.
-fn fused_conv_pool<B: Backend>(conv: &Op, pool: &Op) -> Result<Box<dyn Layer<B>>> {
-    let (&Op::Conv2d { c_in, c_out, kernel, stride, pad, .. }, &Op::MaxPool2d { kernel: k, stride: s, pad: p, relu }) = (conv, pool) else {
-        return Err(Error::config("conv2d+maxpool2d", format!("fuses a conv and a max pool, got {conv:?} and {pool:?}")));
+/// Names the parameters of each layer after its node and gives them their
+/// places in the parameter buffer.
+struct ParamLayout {
+    model: String,
+    entries: Vec<ParamEntry>,
+    total: usize,
+}
+
+impl ParamLayout {
+    fn register<B: Backend>(&mut self, layer: &mut dyn Layer<B>, (i, node): (usize, &crate::graph::Node)) -> Result<()> {
+        let specs = layer.param_specs();
+        if specs.is_empty() {
+            return Ok(());
+        }
+        let prefix = node.name.as_deref().ok_or_else(|| {
+            Error::config(format!("model `{}`", self.model), format!("node {i} ({}) has parameters but no name", node.label()))
+        })?;
+        self.total = self.total.next_multiple_of(PARAM_ALIGN);
+        let mut offsets = Vec::new();
+        for spec in specs {
+            offsets.push(self.total);
+            self.entries.push(ParamEntry {
+                name: format!("{prefix}.{}", spec.name),
+                shape: spec.shape.clone(),
+                offset: self.total,
+                fan_in: spec.fan_in,
+                fan_out: spec.fan_out,
+                init: spec.init,
+            });
+            self.total += spec.len();
+        }
+        layer.bind_params(&offsets);
+        Ok(())
+    }
+}
+
+/// The fused layer of a conv node and the node after it that it absorbs (see
+/// [`absorbed_nodes`]), built, with each part's parameters named after its node.
+fn fused_pair<B: Backend>(
+    backend: &B,
+    (i, conv_node): (usize, &crate::graph::Node),
+    next: &crate::graph::Node,
+    input: &[usize],
+    layout: &mut ParamLayout,
+) -> Result<Box<dyn Layer<B>>> {
+    let fail =
+        || Error::config("fused layer", format!("fuses a bias-free conv and the op after it, got {:?} and {:?}", conv_node.op, next.op));
+    let Op::Conv2d { c_in, c_out, kernel, stride, pad, bias: false } = conv_node.op else { return Err(fail()) };
+    let conv = Conv2d::new(c_in, c_out, kernel, stride, pad).without_bias();
+    let mut layer: Box<dyn Layer<B>> = match (&next.op, next.op.batch_norm::<B>()?) {
+        (_, Some(bn)) => {
+            let mut fused = Conv2dBatchNorm::fuse(conv, bn).ok_or_else(fail)?;
+            fused.build(input)?;
+            fused.init_buffers(backend)?;
+            let (conv, bn) = fused.parts_mut();
+            layout.register(conv, (i, conv_node))?;
+            layout.register(bn, (i + 1, next))?;
+            return Ok(Box::new(fused));
+        }
+        (&Op::MaxPool2d { kernel: k, stride: s, pad: p, relu }, None) => {
+            let pool = MaxPool2d::new(k, s, p);
+            let pool = if relu { pool.with_relu() } else { pool };
+            Box::new(Conv2dMaxPool::fuse(conv, pool).ok_or_else(fail)?)
+        }
+        _ => return Err(fail()),
     };
-    let pool = MaxPool2d::new(k, s, p);
-    let pool = if relu { pool.with_relu() } else { pool };
-    let fused = Conv2dMaxPool::fuse(Conv2d::new(c_in, c_out, kernel, stride, pad).without_bias(), pool)
-        .ok_or_else(|| Error::config("conv2d+maxpool2d", "needs a bias-free conv and kernel == stride, no padding"))?;
-    Ok(Box::new(fused))
+    layer.build(input)?;
+    layer.init_buffers(backend)?;
+    layout.register(layer.as_mut(), (i, conv_node))?;
+    Ok(layer)
 }
 
 /// Per node: the node whose output buffers hold its result (the next one when it absorbed it).

@@ -3,8 +3,8 @@
 //! profiled runs show each op separately.
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Elem, Gather, Gemm, Pool2dGeom, ScaleUpdate,
-    UpdateRule, View, ViewMut,
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Elem, Gather, Gemm, KeptConvInputs, Pool2dGeom,
+    ScaleUpdate, UpdateRule, View, ViewMut,
 };
 use crate::error::Result;
 use std::sync::Mutex;
@@ -252,6 +252,44 @@ where
     ) -> Result<()> {
         self.timed("conv2d_maxpool_backward", || {
             self.inner.conv2d_maxpool_backward(g, pool, v(x), v(w), v(dy), v(argmax), vm(stash), dx.map(vm), vm(dweight), vm(scratch))
+        })
+    }
+    fn conv2d_batchnorm_forward(
+        &self,
+        geoms: (&Conv2dGeom, &BatchNormGeom),
+        training: bool,
+        (x, w, bias): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        keep: Option<ViewMut<'_, Self, f32>>,
+        (params, running, saved): (View<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
+        stash: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        let bn = (v(params), vm(running), vm(saved));
+        self.timed("conv2d_batchnorm_forward", || {
+            self.inner.conv2d_batchnorm_forward(geoms, training, (v(x), v(w), v(bias)), keep.map(vm), bn, vm(stash), vm(y))
+        })
+    }
+    fn conv2d_batchnorm_backward(
+        &self,
+        geoms: (&Conv2dGeom, &BatchNormGeom),
+        (x, kept, w): KeptConvInputs<'_, Self>,
+        (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        dstash: ViewMut<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        (dweight, scratch, dparams): (ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
+    ) -> Result<()> {
+        let (inputs, grads) = ((v(x), kept.map(v), v(w)), (vm(dweight), vm(scratch), vm(dparams)));
+        self.timed("conv2d_batchnorm_backward", || {
+            self.inner.conv2d_batchnorm_backward(
+                geoms,
+                inputs,
+                (v(stash), v(y), v(dy)),
+                (v(bias), v(params), v(saved)),
+                vm(dstash),
+                dx.map(vm),
+                grads,
+            )
         })
     }
     fn maxpool2d_forward(

@@ -28,6 +28,7 @@ const KERNEL_SOURCES: &[(&str, &str)] = &[
     ("norm.cu", include_str!("../kernels/norm.cu")),
     ("random.cu", include_str!("../kernels/random.cu")),
     ("precision.cu", include_str!("../kernels/precision.cu")),
+    ("norm16.cu", include_str!("../kernels/norm16.cu")),
     // dynamic loss scaling
     ("loss_scale.cu", include_str!("../kernels/loss_scale.cu")),
 ];
@@ -138,6 +139,11 @@ struct Kernels {
     narrow_to_nhwc_strided: CudaFunction,
     narrow_to_nhwc_x8: CudaFunction,
     widen_from_nhwc_x8: CudaFunction,
+    bn16_partials: CudaFunction,
+    bn16_stats_finish: CudaFunction,
+    bn16_grads_finish: CudaFunction,
+    bn16_apply: CudaFunction,
+    bn16_backward_dx: CudaFunction,
     widen_to_nchw_strided: CudaFunction,
     // dynamic loss scaling
     loss_scale_dlogits: CudaFunction,
@@ -301,6 +307,11 @@ fn compile_kernels(ctx: &Arc<CudaContext>, major: i32, minor: i32) -> Result<Ker
         narrow_to_nhwc_strided: f("narrow_to_nhwc_strided")?,
         narrow_to_nhwc_x8: f("narrow_to_nhwc_x8")?,
         widen_from_nhwc_x8: f("widen_from_nhwc_x8")?,
+        bn16_partials: f("bn16_partials")?,
+        bn16_stats_finish: f("bn16_stats_finish")?,
+        bn16_grads_finish: f("bn16_grads_finish")?,
+        bn16_apply: f("bn16_apply")?,
+        bn16_backward_dx: f("bn16_backward_dx")?,
         widen_to_nchw_strided: f("widen_to_nchw_strided")?,
         // dynamic loss scaling
         loss_scale_dlogits: f("loss_scale_dlogits")?,

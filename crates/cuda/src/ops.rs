@@ -6,8 +6,8 @@ use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use rr_core::backend::{
-    checks, Activation, AugmentSpec, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Gather, Gemm, Padding, Pool2dGeom,
-    ScaleUpdate, UpdateRule, MAX_CHANNELS,
+    checks, Activation, AugmentSpec, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Gather, Gemm, KeptConvInputs, Padding,
+    Pool2dGeom, ScaleUpdate, UpdateRule, MAX_CHANNELS,
 };
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Precision, Result, View, ViewMut};
@@ -32,6 +32,7 @@ macro_rules! launch {
     (@push $b:ident, $args:ident, [$($i:tt)*]) => {};
 }
 
+mod conv_bn;
 mod conv_dnn;
 use conv_dnn::Dy;
 
@@ -814,6 +815,71 @@ impl Backend for CudaBackend {
             Some(dnn) => self.conv2d_maxpool_backward_dnn(dnn, (g, pool), &x, &w, (&dy, &argmax), &stash, dx.as_ref(), ptr_mut(&dweight)),
             None => rr_core::backend::conv2d_maxpool_backward_unfused(self, g, pool, x, w, dy, argmax, stash, dx, dweight, scratch),
         }
+    }
+
+    fn conv2d_batchnorm_forward(
+        &self,
+        (g, bn): (&Conv2dGeom, &BatchNormGeom),
+        training: bool,
+        (x, w, bias): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        keep: Option<ViewMut<'_, Self, f32>>,
+        (params, running, saved): (View<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
+        stash: ViewMut<'_, Self, f32>,
+        y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::conv2d_batchnorm(g, bn, stash.len)?;
+        checks::conv2d_forward(g, x.len, w.len, bias.len, stash.len)?;
+        checks::batchnorm_forward(bn, training, stash.len, params.len, running.len, saved.len, y.len)?;
+        if let Some(keep) = &keep {
+            check_len("conv2d_batchnorm_forward", "keep", g.x_len().div_ceil(2), keep.len)?;
+        }
+        // 16-bit tensor cores: the conv's output stays 16-bit channels-last, in the stash.
+        let Some(dnn) = self.fuses_batchnorm(g, ptr_mut(&stash)) else {
+            let bn_state = (params, running, saved);
+            return rr_core::backend::conv2d_batchnorm_forward_unfused(self, (g, bn), training, (x, w, bias), keep, bn_state, stash, y);
+        };
+        // x goes into `keep` only where the kept backward will read it there (see conv2d_forward_keep).
+        let keep = keep.filter(|_| self.keeping(g).is_some()).map(|k| ptr_mut(&k));
+        let o = conv_bn::BnOperands { bias: ptr(&bias), params: ptr(&params), running: ptr_mut(&running), saved: ptr_mut(&saved) };
+        self.conv2d_batchnorm_forward_dnn(dnn, (g, bn), training, (&x, &w), keep, &o, (ptr_mut(&stash), ptr_mut(&y)))
+    }
+
+    fn conv2d_batchnorm_backward(
+        &self,
+        (g, bn): (&Conv2dGeom, &BatchNormGeom),
+        (x, kept, w): KeptConvInputs<'_, Self>,
+        (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
+        dstash: ViewMut<'_, Self, f32>,
+        dx: Option<ViewMut<'_, Self, f32>>,
+        (dweight, scratch, dparams): (ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
+    ) -> Result<()> {
+        checks::conv2d_batchnorm(g, bn, stash.len)?;
+        checks::batchnorm_backward(bn, stash.len, y.len, dy.len, params.len, saved.len, Some(dstash.len), dparams.len)?;
+        checks::conv2d_backward(g, x.len, w.len, dstash.len, dx.as_ref().map(|d| d.len), scratch.len)?;
+        check_len("conv2d_batchnorm_backward", "dweight", g.w_len(), dweight.len)?;
+        if let Some(kept) = &kept {
+            check_len("conv2d_batchnorm_backward", "kept", g.x_len().div_ceil(2), kept.len)?;
+        }
+        // The same test as the forward's: the stash holds what that forward left there.
+        let Some(dnn) = self.fuses_batchnorm(g, ptr(&stash)) else {
+            let grads = (dweight, scratch, dparams);
+            return rr_core::backend::conv2d_batchnorm_backward_unfused(
+                self,
+                (g, bn),
+                (x, kept, w),
+                (stash, y, dy),
+                (bias, params, saved),
+                dstash,
+                dx,
+                grads,
+            );
+        };
+        let kept = kept.filter(|_| self.keeping(g).is_some()).map(|k| ptr(&k));
+        let o = conv_bn::BnOperands { bias: ptr(&bias), params: ptr(&params), running: 0, saved: ptr(&saved) };
+        let tensors = [ptr(&stash), ptr(&y), ptr(&dy)];
+        let grads = (ptr_mut(&dweight), ptr_mut(&dparams));
+        self.conv2d_batchnorm_backward_dnn(dnn, (g, bn), (&x, kept, &w), tensors, &o, ptr_mut(&dstash), dx.as_ref(), grads)
     }
 
     fn maxpool2d_forward(

@@ -32,8 +32,8 @@ fn no_bias_buffers() -> Error {
 
 /// A bias-free convolution's buffers: zeros for the backend's bias input, and
 /// a window for the [dweight | dbias] it writes (dweight is copied to the gradients).
-struct BiasFree<B: Backend> {
-    zeros: B::Buf<f32>,
+pub(super) struct BiasFree<B: Backend> {
+    pub(super) zeros: B::Buf<f32>,
     dparams: B::Buf<f32>,
 }
 
@@ -48,17 +48,53 @@ impl<B: Backend> Conv2d<B> {
         self
     }
 
-    fn geom(&self, n: usize) -> Conv2dGeom {
+    pub(super) fn geom(&self, n: usize) -> Conv2dGeom {
         Conv2dGeom { n, c_in: self.c_in, h: self.hw.0, w: self.hw.1, c_out: self.c_out, k: self.kernel, stride: self.stride, pad: self.pad }
     }
 
-    fn bias_free(&self) -> Result<&BiasFree<B>> {
+    /// Where its weight (then bias) starts in the parameter and gradient buffers.
+    pub(super) fn param_offset(&self) -> usize {
+        self.off
+    }
+
+    pub(super) fn bias_free(&self) -> Result<&BiasFree<B>> {
         self.no_bias.as_ref().ok_or_else(no_bias_buffers)
     }
 
     /// The window a bias-free backward writes [dweight | dbias] into (see [`BiasFree`]).
-    fn bias_free_scratch(&mut self) -> Result<ViewMut<'_, B, f32>> {
+    pub(super) fn bias_free_scratch(&mut self) -> Result<ViewMut<'_, B, f32>> {
         self.no_bias.as_mut().map(|b| ViewMut::all(&mut b.dparams)).ok_or_else(no_bias_buffers)
+    }
+
+    /// Its pieces a forward reads beside x: the weight, the bias (zeros when
+    /// bias-free) and where to keep what its backward needs: the room
+    /// [`Layer::reserve_backward`] made, when it fits the batch (recorded for [`Self::kept`]).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn forward_operands<'a>(
+        &'a mut self,
+        ctx: &Ctx<'a, B>,
+    ) -> Result<(View<'a, B, f32>, View<'a, B, f32>, Option<ViewMut<'a, B, f32>>)> {
+        let g = self.geom(ctx.n);
+        let w = View::range(ctx.params, self.off, g.w_len())?;
+        let b = match self.bias {
+            true => View::range(ctx.params, self.off + g.w_len(), g.c_out)?,
+            false => View::all(&self.no_bias.as_ref().ok_or_else(no_bias_buffers)?.zeros),
+        };
+        let keep = self.keep.as_mut().filter(|k| crate::Storage::len(*k) >= keep_len(&g));
+        self.kept_for = keep.is_some().then_some(ctx.n);
+        Ok((w, b, keep.map(|k| ViewMut::prefix(k, keep_len(&g))).transpose()?))
+    }
+
+    /// What the last forward kept (see [`Self::forward_operands`]), if it was of
+    /// these `n` samples, and, when bias-free, the zeros and the scratch (see [`BiasFree`]).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn backward_room(
+        &mut self,
+        n: usize,
+    ) -> Result<(Option<View<'_, B, f32>>, Option<(View<'_, B, f32>, ViewMut<'_, B, f32>)>)> {
+        let len = keep_len(&self.geom(n));
+        let kept = self.keep.as_ref().filter(|_| self.kept_for == Some(n)).map(|k| View::prefix(k, len)).transpose()?;
+        Ok((kept, self.no_bias.as_mut().map(|b| (View::all(&b.zeros), ViewMut::all(&mut b.dparams)))))
     }
 }
 
@@ -116,17 +152,11 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
         // x: (N, C_in, H, W) -> y: (N, C_out, OH, OW)
         let g = self.geom(ctx.n);
-        let w = View::range(ctx.params, self.off, g.w_len())?;
-        let b = match self.bias {
-            true => View::range(ctx.params, self.off + g.w_len(), g.c_out)?,
-            false => View::all(&self.no_bias.as_ref().ok_or_else(no_bias_buffers)?.zeros),
-        };
+        let backend = ctx.backend;
         // A batch that fits the training room leaves what its backward needs there.
-        let keep = self.keep.as_mut().filter(|k| crate::Storage::len(*k) >= keep_len(&g));
-        self.kept_for = keep.is_some().then_some(ctx.n);
-        match keep {
-            Some(keep) => ctx.backend.conv2d_forward_keep(&g, x, w, b, y, ViewMut::prefix(keep, keep_len(&g))?),
-            None => ctx.backend.conv2d_forward(&g, x, w, b, y),
+        match self.forward_operands(ctx)? {
+            (w, b, Some(keep)) => backend.conv2d_forward_keep(&g, x, w, b, y, keep),
+            (w, b, None) => backend.conv2d_forward(&g, x, w, b, y),
         }
     }
 
@@ -142,16 +172,15 @@ impl<B: Backend> Layer<B> for Conv2d<B> {
         // dy: (N, C_out, OH, OW) -> dW (C_out, C_in, K, K), db (C_out), dx (N, C_in, H, W)
         let g = self.geom(ctx.n);
         let w = View::range(ctx.params, self.off, g.w_len())?;
-        let grads = match self.bias {
-            true => ConvGrads::Bias(ViewMut::range(grads, self.off, g.w_len() + g.c_out)?),
-            false => {
-                let scratch = self.no_bias.as_mut().map(|b| ViewMut::all(&mut b.dparams)).ok_or_else(no_bias_buffers)?;
-                ConvGrads::NoBias { dweight: ViewMut::range(grads, self.off, g.w_len())?, scratch }
-            }
+        let (with_bias, off) = (self.bias, self.off);
+        let (kept, scratch) = self.backward_room(ctx.n)?;
+        let grads = match (with_bias, scratch) {
+            (true, _) => ConvGrads::Bias(ViewMut::range(grads, off, g.w_len() + g.c_out)?),
+            (false, Some((_, scratch))) => ConvGrads::NoBias { dweight: ViewMut::range(grads, off, g.w_len())?, scratch },
+            (false, None) => return Err(no_bias_buffers()),
         };
-        let kept = self.keep.as_ref().filter(|_| self.kept_for == Some(ctx.n));
         match (kept, grads) {
-            (Some(kept), grads) => ctx.backend.conv2d_backward_kept(&g, x, View::prefix(kept, keep_len(&g))?, w, dy, dx, grads),
+            (Some(kept), grads) => ctx.backend.conv2d_backward_kept(&g, x, kept, w, dy, dx, grads),
             (None, ConvGrads::Bias(dparams)) => ctx.backend.conv2d_backward(&g, x, w, dy, dx, dparams),
             (None, ConvGrads::NoBias { dweight, scratch }) => ctx.backend.conv2d_backward_no_bias(&g, x, w, dy, dx, dweight, scratch),
         }

@@ -7,6 +7,7 @@
 
 mod activation;
 mod conv;
+mod conv_bn;
 mod dropout;
 mod linear;
 mod norm;
@@ -14,6 +15,7 @@ mod pool;
 
 pub use activation::{Flatten, Gelu, Relu};
 pub use conv::{Conv2d, Conv2dMaxPool};
+pub use conv_bn::Conv2dBatchNorm;
 pub use dropout::Dropout;
 pub use linear::Linear;
 pub use norm::BatchNorm;

@@ -46,7 +46,7 @@ impl<B: Backend> BatchNorm<B> {
         self
     }
 
-    fn geom(&self, n: usize) -> BatchNormGeom {
+    pub(super) fn geom(&self, n: usize) -> BatchNormGeom {
         BatchNormGeom { n, c: self.channels, hw: self.hw, eps: self.eps, momentum: self.momentum, act: self.act }
     }
 
@@ -54,7 +54,7 @@ impl<B: Backend> BatchNorm<B> {
         Error::shape(self.kind_name(), what, "init_buffers / a training forward first", "none")
     }
 
-    fn kind_name(&self) -> &'static str {
+    pub(super) fn kind_name(&self) -> &'static str {
         match (self.dims, self.act) {
             (2, Activation::None) => "batchnorm2d",
             (2, Activation::Relu) => "batchnorm2d+relu",
@@ -63,6 +63,33 @@ impl<B: Backend> BatchNorm<B> {
             (_, Activation::Relu) => "batchnorm1d+relu",
             (_, Activation::Gelu) => "batchnorm1d+gelu",
         }
+    }
+
+    /// What a forward reads and writes beside x and y: [gamma | beta],
+    /// running = [mean | var] and saved = [mean | invstd] (allocated on first use).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn forward_state<'a>(
+        &'a mut self,
+        ctx: &Ctx<'a, B>,
+    ) -> Result<(View<'a, B, f32>, ViewMut<'a, B, f32>, ViewMut<'a, B, f32>)> {
+        if self.running.is_none() {
+            self.init_buffers(ctx.backend)?;
+        }
+        let params = View::range(ctx.params, self.off, 2 * self.channels)?;
+        let running = ViewMut::all(self.running.as_mut().expect("allocated above"));
+        let saved = ViewMut::all(self.saved.as_mut().expect("allocated with running"));
+        Ok((params, running, saved))
+    }
+
+    /// What a backward reads: [gamma | beta] and the saved batch statistics.
+    pub(super) fn backward_state<'a>(&'a self, ctx: &Ctx<'a, B>) -> Result<(View<'a, B, f32>, View<'a, B, f32>)> {
+        let saved = self.saved.as_ref().ok_or_else(|| self.missing("saved statistics"))?;
+        Ok((View::range(ctx.params, self.off, 2 * self.channels)?, View::all(saved)))
+    }
+
+    /// Where its gradients [dgamma | dbeta] go in the gradient buffer.
+    pub(super) fn param_offset(&self) -> usize {
+        self.off
     }
 }
 
@@ -134,12 +161,7 @@ impl<B: Backend> Layer<B> for BatchNorm<B> {
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
         // x, y: (N, C, H, W) or (N, C)
         let g = self.geom(ctx.n);
-        if self.running.is_none() {
-            self.init_buffers(ctx.backend)?;
-        }
-        let params = View::range(ctx.params, self.off, 2 * g.c)?;
-        let running = ViewMut::all(self.running.as_mut().expect("allocated above"));
-        let saved = ViewMut::all(self.saved.as_mut().expect("allocated with running"));
+        let (params, running, saved) = self.forward_state(ctx)?;
         ctx.backend.batchnorm_forward(&g, ctx.training, x, params, running, saved, y)
     }
 
@@ -154,9 +176,8 @@ impl<B: Backend> Layer<B> for BatchNorm<B> {
     ) -> Result<()> {
         // dy: (N, C, H, W) -> dgamma, dbeta (C), dx (N, C, H, W)
         let g = self.geom(ctx.n);
-        let saved = self.saved.as_ref().ok_or_else(|| self.missing("saved statistics"))?;
-        let params = View::range(ctx.params, self.off, 2 * g.c)?;
+        let (params, saved) = self.backward_state(ctx)?;
         let dparams = ViewMut::range(grads, self.off, 2 * g.c)?;
-        ctx.backend.batchnorm_backward(&g, x, y, dy, params, View::all(saved), dx, dparams)
+        ctx.backend.batchnorm_backward(&g, x, y, dy, params, saved, dx, dparams)
     }
 }

@@ -11,7 +11,7 @@ use rr_core::{Precision, Result, View, ViewMut};
 use std::ffi::c_void;
 
 /// Whether a 16-bit format is fp16 (1) or bf16 (0), as the kernels take it.
-fn half(p: Precision) -> i32 {
+pub(super) fn half(p: Precision) -> i32 {
     (p == Precision::Fp16) as i32
 }
 
@@ -24,7 +24,7 @@ fn vm(p: u64) -> *mut c_void {
 }
 
 const ONE: f32 = 1.0;
-const ZERO: f32 = 0.0;
+pub(super) const ZERO: f32 = 0.0;
 
 fn scalar(v: &f32) -> *const c_void {
     (v as *const f32).cast()
@@ -42,7 +42,7 @@ fn vectorized(c: usize, hw: usize, addrs: [u64; 2]) -> bool {
 }
 
 /// Their grid: 64x64 tiles of (positions, channels) per sample, 256 threads each.
-fn tiles64(n: usize, c: usize, hw: usize) -> LaunchConfig {
+pub(super) fn tiles64(n: usize, c: usize, hw: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (hw.div_ceil(64) as u32, c.div_ceil(64) as u32, n as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
@@ -167,7 +167,7 @@ impl CudaBackend {
         launch!(self, widen_from_nhwc, tiles(n, c, hw), src, bias, dst, i32c(c)?, i32c(hw)?, half(p))
     }
 
-    fn capturing(&self) -> bool {
+    pub(super) fn capturing(&self) -> bool {
         use cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
         self.stream.capture_status() != Ok(CU_STREAM_CAPTURE_STATUS_NONE)
     }
@@ -242,6 +242,29 @@ impl CudaBackend {
         .map_err(|e| device_err(format!("cuDNN convolution forward {g:?}: {e:?}")))
     }
 
+    /// A conv on tensor cores in 16 bits into `out`, 16-bit channels-last, x narrowed into `keep` when given.
+    // x: (N, C_in, H, W), w: (C_out, C_in, K, K) fp32 -> out: (N, OH, OW, C_out) 16-bit
+    pub(super) fn conv_forward16(
+        &self,
+        (dnn, p): (&Cudnn, Precision),
+        g: &Conv2dGeom,
+        (x, w): (u64, u64),
+        keep: Option<u64>,
+        out: u64,
+    ) -> Result<()> {
+        let plan = dnn.plan(&cudnn_geom(g, p), p)?;
+        if !plan.channels_last {
+            return Err(device_err(format!("conv {g:?}: the fused paths need 16-bit operands, not {p}")));
+        }
+        let e = cudnn_geom(g, p);
+        let x_bytes = if keep.is_some() { 0 } else { 2 * e.x_len() };
+        let (_guard, s) = dnn.slots(self, &[WORKSPACE, x_bytes, 2 * e.w_len()])?;
+        let xs = keep.unwrap_or(s[1]);
+        self.narrow_input(g, x, xs, p)?;
+        self.narrow_weight(g, w, s[2], p)?;
+        self.dnn_forward(dnn, &plan, g, &Operands { x: xs, w: s[2], y: out, workspace: s[0] }, &ZERO)
+    }
+
     /// A conv on tensor cores in 16 bits and the max pool over its output
     /// (non-overlapping windows, see `Backend::conv2d_maxpool_forward`): the
     /// conv writes 16-bit channels-last into `stash`, the pool reads it there.
@@ -257,15 +280,7 @@ impl CudaBackend {
         (y, argmax): (&ViewMut<'_, Self, f32>, &ViewMut<'_, Self, u32>),
         stash: &ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        let plan = dnn.plan(&cudnn_geom(g, p), p)?;
-        if !plan.channels_last {
-            return Err(device_err(format!("conv2d_maxpool: the fused path needs 16-bit operands, not {p}")));
-        }
-        let e = cudnn_geom(g, p);
-        let (_guard, s) = dnn.slots(self, &[WORKSPACE, 2 * e.x_len(), 2 * e.w_len()])?;
-        self.narrow_input(g, ptr(x), s[1], p)?;
-        self.narrow_weight(g, ptr(w), s[2], p)?;
-        self.dnn_forward(dnn, &plan, g, &Operands { x: s[1], w: s[2], y: ptr_mut(stash), workspace: s[0] }, &ZERO)?;
+        self.conv_forward16((dnn, p), g, (ptr(x), ptr(w)), None, ptr_mut(stash))?;
         let (oh, ow) = (pool.out_h(), pool.out_w());
         launch!(
             self,

@@ -18,6 +18,9 @@ use crate::reference;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+mod conv_bn;
+pub use conv_bn::conv2d_batchnorm;
+
 /// Instantiates the whole suite for a backend: `$backend` is an expression of
 /// type `&B` (evaluated once per test), `$tol` the relative-error bound, and
 /// any attributes (e.g. `#[ignore = "needs a CUDA device"]`) go on every test.
@@ -33,7 +36,7 @@ macro_rules! backend_conformance_tests {
             gradcheck_dropout, gradcheck_model,
             add, crop_flip, crop_modes, label_smoothing, gather_channels, precisions,
             gelu, axpby, gradcheck_gelu,
-            loss_scaling, conv2d_maxpool, scale_to_norm, conv2d_keep);
+            loss_scaling, conv2d_maxpool, scale_to_norm, conv2d_keep, conv2d_batchnorm);
     };
     (@tests $backend:expr, $tol:expr, $attrs:tt, $($name:ident),*) => {
         $( $crate::backend_conformance_tests!(@one $backend, $tol, $attrs, $name); )*

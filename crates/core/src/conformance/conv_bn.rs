@@ -1,0 +1,242 @@
+//! The fused conv + BatchNorm op ([`Backend::conv2d_batchnorm_forward`]).
+
+use super::{assert_close, down, poisoned, rng, uniform, Restore};
+use crate::backend::{Activation, Backend, BatchNormGeom, Conv2dGeom, Precision, View, ViewMut};
+use crate::reference;
+
+/// Bias-free-style convs (given a bias here, which the op must add) and the
+/// BatchNorm over each one's output, with each activation: channels not a
+/// multiple of 8 (never fused), a partial and a second channel tile of 64,
+/// HW % 4 != 0 (the CUDA kernels' one-float path), the strided 1x1 shortcut,
+/// several position tiles per sample and an empty batch.
+fn cases() -> Vec<(Conv2dGeom, Activation)> {
+    let g = |n, c_in, h, w, c_out, k, stride, pad| Conv2dGeom { n, c_in, h, w, c_out, k, stride, pad };
+    vec![
+        (g(2, 3, 9, 9, 5, 3, 1, 1), Activation::Relu),
+        (g(2, 16, 8, 8, 64, 3, 1, 1), Activation::None),
+        (g(3, 32, 9, 7, 48, 3, 2, 1), Activation::Relu),
+        (g(2, 64, 8, 8, 72, 1, 2, 0), Activation::Gelu),
+        (g(2, 24, 7, 7, 32, 3, 1, 1), Activation::Relu),
+        (g(5, 32, 16, 12, 64, 3, 1, 1), Activation::Relu),
+        (g(0, 8, 6, 6, 32, 3, 1, 1), Activation::None),
+    ]
+}
+
+fn bn_geom(g: &Conv2dGeom, act: Activation) -> BatchNormGeom {
+    BatchNormGeom { n: g.n, c: g.c_out, hw: g.out_h() * g.out_w(), eps: 1e-5, momentum: 0.1, act }
+}
+
+struct Inputs {
+    x: Vec<f32>,
+    w: Vec<f32>,
+    bias: Vec<f32>,
+    params: Vec<f32>,
+    running: Vec<f32>,
+    dy: Vec<f32>,
+}
+
+#[derive(Default)]
+struct Outputs {
+    y: Vec<f32>,
+    running: Vec<f32>,
+    saved: Vec<f32>,
+    dx: Vec<f32>,
+    dw: Vec<f32>,
+    dw_without_dx: Vec<f32>,
+    dparams: Vec<f32>,
+    eval_y: Vec<f32>,
+    /// Whether the forward left the stash's second half alone (kept the conv's output in 16 bits).
+    narrow_stash: bool,
+}
+
+const GUARD: f32 = -5.0;
+
+/// `len` NaNs after `lead` guard values and before one, and its window.
+fn guarded<B: Backend>(b: &B, len: usize, lead: usize) -> B::Buf<f32> {
+    let host: Vec<f32> = (0..lead + len + 1).map(|i| if i < lead || i == lead + len { GUARD } else { f32::NAN }).collect();
+    b.upload(&host).unwrap()
+}
+
+/// The window of a [`guarded`] buffer, after checking nothing was written outside it.
+fn unguarded<B: Backend>(b: &B, buf: &B::Buf<f32>, lead: usize, what: &str) -> Vec<f32> {
+    let all = down(b, buf);
+    let outside = all[..lead].iter().chain(all.last()).all(|&v| v == GUARD);
+    assert!(outside, "{what}: written outside its window");
+    all[lead..all.len() - 1].to_vec()
+}
+
+/// The op's device buffers: inputs, BatchNorm state, the stash and the keep.
+struct Buffers<B: Backend> {
+    x: B::Buf<f32>,
+    w: B::Buf<f32>,
+    bias: B::Buf<f32>,
+    params: B::Buf<f32>,
+    dy: B::Buf<f32>,
+    running: B::Buf<f32>,
+    saved: B::Buf<f32>,
+    stash: B::Buf<f32>,
+    keep: Option<B::Buf<f32>>,
+}
+
+/// How a run calls the op: its geometries, where windows start (1: not
+/// 16-byte aligned, 4: aligned) and whether fused or as its two ops.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    g: &'a Conv2dGeom,
+    bn: &'a BatchNormGeom,
+    lead: usize,
+    fused: bool,
+}
+
+impl<B: Backend> Buffers<B> {
+    fn forward(&mut self, b: &B, c: Call<'_>, training: bool, y: &mut B::Buf<f32>) {
+        let (g, lead) = (c.g, c.lead);
+        let keep = self.keep.as_mut().map(|k| ViewMut::range(k, lead, g.x_len().div_ceil(2)).unwrap());
+        let inputs = (View::all(&self.x), View::all(&self.w), View::all(&self.bias));
+        let state = (View::all(&self.params), ViewMut::all(&mut self.running), ViewMut::all(&mut self.saved));
+        let (sv, yv) = (ViewMut::range(&mut self.stash, lead, g.y_len()).unwrap(), ViewMut::range(y, lead, g.y_len()).unwrap());
+        match c.fused {
+            true => b.conv2d_batchnorm_forward((g, c.bn), training, inputs, keep, state, sv, yv),
+            false => crate::backend::conv2d_batchnorm_forward_unfused(b, (g, c.bn), training, inputs, keep, state, sv, yv),
+        }
+        .unwrap();
+    }
+
+    /// dx (when asked), dweight and [dgamma | dbeta] of the last training forward, whose output was `y`.
+    fn backward(&self, b: &B, c: Call<'_>, y: &B::Buf<f32>, with_dx: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (g, lead) = (c.g, c.lead);
+        let (mut dx, mut dw, mut dparams) = (guarded(b, g.x_len(), lead), guarded(b, g.w_len(), lead), guarded(b, 2 * c.bn.c, lead));
+        let (mut dstash, mut scratch) = (guarded(b, g.y_len(), lead), poisoned(b, g.w_len() + g.c_out));
+        let inputs =
+            (View::all(&self.x), self.keep.as_ref().map(|k| View::range(k, lead, g.x_len().div_ceil(2)).unwrap()), View::all(&self.w));
+        let tensors = (View::range(&self.stash, lead, g.y_len()).unwrap(), View::range(y, lead, g.y_len()).unwrap(), View::all(&self.dy));
+        let state = (View::all(&self.bias), View::all(&self.params), View::all(&self.saved));
+        let dxv = with_dx.then(|| ViewMut::range(&mut dx, lead, g.x_len()).unwrap());
+        let dsv = ViewMut::range(&mut dstash, lead, g.y_len()).unwrap();
+        let grads = (
+            ViewMut::range(&mut dw, lead, g.w_len()).unwrap(),
+            ViewMut::all(&mut scratch),
+            ViewMut::range(&mut dparams, lead, 2 * c.bn.c).unwrap(),
+        );
+        match c.fused {
+            true => b.conv2d_batchnorm_backward((g, c.bn), inputs, tensors, state, dsv, dxv, grads),
+            false => crate::backend::conv2d_batchnorm_backward_unfused(b, (g, c.bn), inputs, tensors, state, dsv, dxv, grads),
+        }
+        .unwrap();
+        unguarded(b, &dstash, lead, "conv2d_batchnorm_backward dstash");
+        let dx = unguarded(b, &dx, lead, "conv2d_batchnorm_backward dx");
+        if !with_dx {
+            assert!(dx.iter().all(|v| v.is_nan()), "conv2d_batchnorm_backward wrote dx although not asked {g:?}");
+        }
+        (
+            dx,
+            unguarded(b, &dw, lead, "conv2d_batchnorm_backward dweight"),
+            unguarded(b, &dparams, lead, "conv2d_batchnorm_backward dparams"),
+        )
+    }
+}
+
+/// The op as `c` says on uploaded inputs, every output in a window of a guarded buffer.
+fn run<B: Backend>(b: &B, c: Call<'_>, input: &Inputs) -> Outputs {
+    let (g, lead) = (c.g, c.lead);
+    let up = |v: &[f32]| b.upload(v).unwrap();
+    let mut bufs = Buffers::<B> {
+        x: up(&input.x),
+        w: up(&input.w),
+        bias: up(&input.bias),
+        params: up(&input.params),
+        dy: up(&input.dy),
+        running: up(&input.running),
+        saved: poisoned(b, 2 * c.bn.c),
+        stash: guarded(b, g.y_len(), lead),
+        keep: b.conv2d_keeps(g).then(|| guarded(b, g.x_len().div_ceil(2), lead)),
+    };
+    let mut y = guarded(b, g.y_len(), lead);
+    bufs.forward(b, c, true, &mut y);
+    let stash = unguarded(b, &bufs.stash, lead, "conv2d_batchnorm_forward stash");
+    let (dx, dw, dparams) = bufs.backward(b, c, &y, true);
+    let (_, dw_without_dx, _) = bufs.backward(b, c, &y, false);
+    let mut eval_y = guarded(b, g.y_len(), lead);
+    let (running, saved) = (down(b, &bufs.running), down(b, &bufs.saved));
+    bufs.forward(b, c, false, &mut eval_y);
+    Outputs {
+        y: unguarded(b, &y, lead, "conv2d_batchnorm_forward y"),
+        running,
+        saved,
+        dx,
+        dw,
+        dw_without_dx,
+        dparams,
+        eval_y: unguarded(b, &eval_y, lead, "conv2d_batchnorm_forward y (evaluation)"),
+        narrow_stash: stash[g.y_len().div_ceil(2)..].iter().all(|v| v.is_nan()),
+    }
+}
+
+/// The reference conv then BatchNorm, forward (training, then evaluation with
+/// the updated running statistics) and backward through the given forward output.
+fn reference_run(g: &Conv2dGeom, bn: &BatchNormGeom, input: &Inputs, y_got: &[f32]) -> Outputs {
+    let mut conv_y = vec![0.0; g.y_len()];
+    reference::conv2d_forward(g, &input.x, &input.w, &input.bias, &mut conv_y);
+    let (mut running, mut saved, mut y) = (input.running.clone(), vec![0.0; 2 * bn.c], vec![0.0; g.y_len()]);
+    reference::batchnorm_forward(bn, true, &conv_y, &input.params, &mut running, &mut saved, &mut y);
+    let (mut dconv, mut dparams) = (vec![0.0; g.y_len()], vec![0.0; 2 * bn.c]);
+    reference::batchnorm_backward(bn, &conv_y, y_got, &input.dy, &input.params, &saved, Some(&mut dconv), &mut dparams);
+    let (mut dx, mut dw, mut db) = (vec![0.0; g.x_len()], vec![0.0; g.w_len()], vec![0.0; g.c_out]);
+    reference::conv2d_backward(g, &input.x, &input.w, &dconv, Some(&mut dx), &mut dw, &mut db);
+    let mut eval_y = vec![0.0; g.y_len()];
+    reference::batchnorm_forward(bn, false, &conv_y, &input.params, &mut running.clone(), &mut vec![0.0; 2 * bn.c], &mut eval_y);
+    Outputs { y, running, saved, dx, dw, dparams, eval_y, ..Outputs::default() }
+}
+
+/// The fused conv + BatchNorm, forward (training and evaluation) and backward
+/// with and without dx, aligned and not: against the reference at fp32, and at
+/// every precision the backend offers against the backend's own two ops at
+/// that precision (the same conv output, so the same y up to the order of the
+/// statistics' sums; the gradients up to a rounding of the format). Where the
+/// backend keeps the conv's output in 16 bits (CUDA, eight-channel groups,
+/// aligned), the stash's second half must be untouched.
+pub fn conv2d_batchnorm<B: Backend>(b: &B, tol: f32) {
+    let _restore = Restore(b);
+    let mut r = rng(63);
+    for p in b.precisions() {
+        b.set_precision(p).unwrap();
+        for (g, act) in cases() {
+            let bn = bn_geom(&g, act);
+            let input = Inputs {
+                x: uniform(&mut r, g.x_len(), -1.0, 1.0),
+                w: uniform(&mut r, g.w_len(), -1.0, 1.0),
+                bias: uniform(&mut r, g.c_out, -0.5, 0.5),
+                params: [uniform(&mut r, bn.c, 0.5, 1.5), uniform(&mut r, bn.c, -0.5, 0.5)].concat(),
+                running: [uniform(&mut r, bn.c, -0.2, 0.2), uniform(&mut r, bn.c, 0.5, 2.0)].concat(),
+                dy: uniform(&mut r, g.y_len(), -1.0, 1.0),
+            };
+            for lead in [1, 4] {
+                let what = format!("conv2d_batchnorm at {p} {g:?} {act:?} lead {lead}");
+                let call = Call { g: &g, bn: &bn, lead, fused: true };
+                let got = run(b, call, &input);
+                assert_close(&format!("{what}: dw without dx"), &got.dw_without_dx, &got.dw, tol);
+                let (want, bound, grad_bound) = match p {
+                    Precision::Fp32 => (reference_run(&g, &bn, &input, &got.y), tol, tol),
+                    _ => (run(b, Call { fused: false, ..call }, &input), 1e-4, 2.0 * p.unit_roundoff()),
+                };
+                for (name, got, want, bound) in [
+                    ("y", &got.y, &want.y, bound),
+                    ("running", &got.running, &want.running, bound),
+                    ("eval y", &got.eval_y, &want.eval_y, bound),
+                    ("dparams", &got.dparams, &want.dparams, grad_bound),
+                    ("dx", &got.dx, &want.dx, grad_bound),
+                    ("dw", &got.dw, &want.dw, grad_bound),
+                ] {
+                    assert_close(&format!("{what}: {name}"), got, want, bound);
+                }
+                if g.n > 0 {
+                    assert_close(&format!("{what}: saved"), &got.saved, &want.saved, bound);
+                }
+                let sixteen = matches!(p, Precision::Bf16 | Precision::Fp16);
+                if sixteen && g.n > 0 && g.c_out >= 32 && g.c_out % 8 == 0 && lead == 4 {
+                    assert!(got.narrow_stash, "{what}: the conv's output was not kept in 16 bits (the stash's second half was written)");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! `conv2d_batchnorm_forward` / `_backward` at 16 bits: the conv writes its
+//! output 16-bit channels-last into the stash, and the BatchNorm kernels of
+//! norm16.cu read it there, so it is never widened to fp32; the backward writes
+//! the conv's output gradient 16-bit channels-last, as cuDNN reads it.
+
+use super::conv_dnn::{half, tiles64, Dy};
+use super::i32c;
+use crate::cudnn::Cudnn;
+use crate::{device_err, CudaBackend};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use rr_core::backend::{BatchNormGeom, Conv2dGeom};
+use rr_core::{Precision, Result, View, ViewMut};
+
+/// Threads of the per-channel kernels of norm16.cu.
+const BLOCK16: u32 = 256;
+
+/// One warp per channel, for the finishing sums.
+fn warps(c: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((32 * c).div_ceil(BLOCK16 as usize) as u32, 1, 1), block_dim: (BLOCK16, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Whether the fp32 (N, C, HW) tensors at `addrs` (0: unused) may move four floats at a time.
+fn vec4(hw: usize, addrs: &[u64]) -> i32 {
+    (hw.is_multiple_of(4) && addrs.iter().all(|a| a.is_multiple_of(16))) as i32
+}
+
+/// The pointers of the fused op's fp32 operands.
+pub(super) struct BnOperands {
+    pub bias: u64,
+    pub params: u64,
+    pub running: u64,
+    pub saved: u64,
+}
+
+impl CudaBackend {
+    /// cuDNN and the 16-bit precision when a conv + BatchNorm runs fused: a 16-bit
+    /// conv on tensor cores whose output channels come in groups of eight, into a
+    /// 16-byte aligned stash (else the two ops run one by one).
+    pub(super) fn fuses_batchnorm(&self, g: &Conv2dGeom, stash: u64) -> Option<(&Cudnn, Precision)> {
+        self.sixteen_bit(g).filter(|_| g.n > 0 && g.c_out.is_multiple_of(8) && stash.is_multiple_of(16))
+    }
+
+    /// `bn16_partials` (mode 0: statistics, 1: gradients) over the 16-bit conv
+    /// output `x16`; returns the partials' address and slice count, valid while the guard is held.
+    fn bn16_partials(
+        &self,
+        (mode, p): (i32, Precision),
+        g: &BatchNormGeom,
+        [x16, bias, y, dy, saved, params]: [u64; 6],
+    ) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64, i32)> {
+        let (channel_tiles, items) = (g.c.div_ceil(64), g.n * g.hw.div_ceil(64));
+        // Enough blocks to fill every SM a few times, each with several tiles.
+        let slices = (4 * self.sms as usize).div_ceil(channel_tiles).clamp(1, items.max(1));
+        // (C, S, 2) doubles, as floats.
+        let (guard, _, partial) = self.scratch(0, 4 * g.c * slices)?;
+        let cfg = LaunchConfig { grid_dim: (channel_tiles as u32, slices as u32, 1), block_dim: (BLOCK16, 1, 1), shared_mem_bytes: 0 };
+        let (n, c, hw, act) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?, g.act.code() as i32);
+        let vec = vec4(g.hw, &[y, dy]);
+        launch!(self, bn16_partials, cfg, x16, bias, y, dy, saved, params, partial, n, c, hw, mode, act, half(p), vec)?;
+        Ok((guard, partial, slices as i32))
+    }
+
+    // x: (N, C_in, H, W), w: (C_out, C_in, K, K) -> stash: (N, OH, OW, C_out) 16-bit -> y: (N, C_out, OH, OW)
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv2d_batchnorm_forward_dnn(
+        &self,
+        (dnn, p): (&Cudnn, Precision),
+        (g, bn): (&Conv2dGeom, &BatchNormGeom),
+        training: bool,
+        (x, w): (&View<'_, Self, f32>, &View<'_, Self, f32>),
+        keep: Option<u64>,
+        o: &BnOperands,
+        (stash, y): (u64, u64),
+    ) -> Result<()> {
+        self.conv_forward16((dnn, p), g, (crate::ptr(x), crate::ptr(w)), keep, stash)?;
+        let (c, hw) = (i32c(bn.c)?, i32c(bn.hw)?);
+        let stats = if training {
+            let (_guard, partial, slices) = self.bn16_partials((0, p), bn, [stash, o.bias, 0, 0, 0, 0])?;
+            let m = i32c(bn.per_channel())?;
+            launch!(self, bn16_stats_finish, warps(bn.c), partial, o.running, o.saved, c, slices, m, bn.eps, bn.momentum)?;
+            o.saved
+        } else {
+            o.running
+        };
+        let (act, vec) = (bn.act.code() as i32, vec4(bn.hw, &[y]));
+        let cfg = tiles64(bn.n, bn.c, bn.hw);
+        launch!(self, bn16_apply, cfg, stash, o.bias, o.params, stats, y, c, hw, bn.eps, training as i32, act, half(p), vec)
+    }
+
+    /// The gradients of [`Self::conv2d_batchnorm_forward_dnn`]: [dgamma | dbeta]
+    /// into `dparams`, the conv's 16-bit dy into `dstash`, then the conv's backward from it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn conv2d_batchnorm_backward_dnn(
+        &self,
+        (dnn, p): (&Cudnn, Precision),
+        (g, bn): (&Conv2dGeom, &BatchNormGeom),
+        (x, kept, w): (&View<'_, Self, f32>, Option<u64>, &View<'_, Self, f32>),
+        [stash, y, dy]: [u64; 3],
+        o: &BnOperands,
+        dstash: u64,
+        dx: Option<&ViewMut<'_, Self, f32>>,
+        (dweight, dparams): (u64, u64),
+    ) -> Result<()> {
+        let (n, c, hw, act) = (i32c(bn.n)?, i32c(bn.c)?, i32c(bn.hw)?, bn.act.code() as i32);
+        let (guard, partial, slices) = self.bn16_partials((1, p), bn, [stash, o.bias, y, dy, o.saved, o.params])?;
+        launch!(self, bn16_grads_finish, warps(bn.c), partial, dparams, c, slices)?;
+        drop(guard);
+        let (cfg, vec) = (tiles64(bn.n, bn.c, bn.hw), vec4(bn.hw, &[y, dy]));
+        launch!(self, bn16_backward_dx, cfg, stash, o.bias, y, dy, o.params, o.saved, dparams, dstash, n, c, hw, act, half(p), vec)?;
+        self.conv2d_backward_dnn(dnn, p, g, (x, kept), w, Dy::Narrow(dstash), dx, (dweight, None))
+    }
+}
