@@ -45,69 +45,12 @@ __device__ __forceinline__ void load8(const unsigned short* __restrict__ p, int 
 #define SP_MB 5
 #define SP_MG 6
 
-// Phase one of the per-channel sums (norm.cu's channel_partials, same modes 0
-// and 1): block (t, s) of a (ceil(C/64), S) grid sums, for channels
-// [64t, 64t + 64), its share s of the N * ceil(HW/64) position tiles into
-// partial[c][s][0..2], in double. Threads hold 8 channels each (tid % 8) and
-// two positions of each tile (tid / 8 and tid / 8 + 32).
-extern "C" __global__ void __launch_bounds__(256, 3) bn16_partials(const unsigned short* __restrict__ x, const float* __restrict__ bias,
-                                                                const float* __restrict__ y,
-                                                                const float* __restrict__ dy, const float* __restrict__ saved,
-                                                                const float* __restrict__ params, double* __restrict__ partial, int N,
-                                                                int C, int HW, int mode, int act, int half, int vec) {
-    __shared__ float dy_t[T16][T16 + 1];
-    __shared__ float y_t[T16][T16 + 1];
-    __shared__ float sp[5][T16];
-    __shared__ double red[8][2][T16];
-    const int c0 = blockIdx.x * T16, s = blockIdx.y, S = gridDim.y;
-    const int g = threadIdx.x % 8, r = threadIdx.x / 8;
-    const int tiles = (HW + T16 - 1) / T16;
-    const long long items = (long long)N * tiles;
-    const long long i0 = s * items / S, i1 = (s + 1) * items / S;
-    if (threadIdx.x < T16) {
-        int c = c0 + threadIdx.x;
-        bool on = mode == 1 && c < C;
-        sp[SP_MEAN][threadIdx.x] = on ? saved[c] : 0.0f;
-        sp[SP_INVSTD][threadIdx.x] = on ? saved[C + c] : 0.0f;
-        sp[SP_GAMMA][threadIdx.x] = on && act == ACT_GELU ? params[c] : 0.0f;
-        sp[SP_BETA][threadIdx.x] = on && act == ACT_GELU ? params[C + c] : 0.0f;
-        sp[SP_BIAS][threadIdx.x] = bias && c < C ? bias[c] : 0.0f;
-    }
-    if (mode == 0) __syncthreads();
-    double a[8], b[8];
-#pragma unroll
-    for (int k = 0; k < 8; k++) a[k] = b[k] = 0.0;
-    const bool lane_on = c0 + 8 * g < C;
-    for (long long it = i0; it < i1; it++) {
-        const int n = (int)(it / tiles), p0 = (int)(it % tiles) * T16;
-        if (mode == 1) {
-            __syncthreads();  // the previous tile's readers are done
-            load_tile_nchw(dy + (long long)n * C * HW, dy_t, c0, p0, C, HW, vec);
-            if (act == ACT_RELU) load_tile_nchw(y + (long long)n * C * HW, y_t, c0, p0, C, HW, vec);
-            __syncthreads();
-        }
-        for (int q = r; q < T16; q += 32) {
-            if (!lane_on || p0 + q >= HW) continue;
-            float v[8];
-            load8(x + ((long long)n * HW + p0 + q) * C + c0 + 8 * g, half, v);
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const int cl = 8 * g + k;
-                v[k] += sp[SP_BIAS][cl];
-                if (mode == 0) {
-                    double d = v[k];
-                    a[k] += d;
-                    b[k] += d * d;
-                } else {
-                    float xhat = (v[k] - sp[SP_MEAN][cl]) * sp[SP_INVSTD][cl];
-                    float d = bn_dz(act, act == ACT_RELU ? y_t[cl][q] : 0.0f, dy_t[cl][q], xhat, sp[SP_GAMMA][cl], sp[SP_BETA][cl]);
-                    a[k] += d;
-                    b[k] += (double)d * (double)xhat;
-                }
-            }
-        }
-    }
-    // Lanes l and l ^ 8, l ^ 16 hold the same channels: sum them, then the 8 warps.
+// Sums of 8 channels' values held by the threads of a block (tid % 8 picks
+// the channels, a[k] and b[k] the two sums of channel 8 (tid % 8) + k) into
+// partial[c][s][0..2] for the block's 64 channels from c0. `red`: 8 warps x 2 x 64.
+__device__ __forceinline__ void block_channel_sums(double (&a)[8], double (&b)[8], double (*red)[2][T16], double* __restrict__ partial,
+                                                   int c0, int C, int s, int S) {
+    // Lanes l, l ^ 8 and l ^ 16 hold the same channels: sum them, then the 8 warps.
 #pragma unroll
     for (int k = 0; k < 8; k++) {
         for (int o = 8; o < 32; o <<= 1) {
@@ -128,6 +71,114 @@ extern "C" __global__ void __launch_bounds__(256, 3) bn16_partials(const unsigne
         partial[at] = sa;
         partial[at + 1] = sb;
     }
+}
+
+// Phase one of the training statistics (norm.cu's channel_partials mode 0):
+// block (t, s) of a (ceil(C/64), S) grid sums x + bias and its square, in
+// double, over its share s of the N * HW rows (positions) of x for channels
+// [64t, 64t + 64) into partial[c][s][0..2]. Each thread holds 8 channels
+// (tid % 8) and every 32nd row from tid / 8, two rows in flight at a time.
+extern "C" __global__ void __launch_bounds__(256, 3) bn16_stat_partials(const unsigned short* __restrict__ x, const float* __restrict__ bias,
+                                                                     double* __restrict__ partial, long long rows, int C, int half) {
+    __shared__ double red[8][2][T16];
+    const int c0 = blockIdx.x * T16, s = blockIdx.y, S = gridDim.y;
+    const int g = threadIdx.x % 8, r = threadIdx.x / 8, c = c0 + 8 * g;
+    const long long r0 = s * rows / S, r1 = (s + 1) * rows / S;
+    double a[8], b[8];
+    float bk[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) a[k] = b[k] = 0.0, bk[k] = bias && c < C ? bias[c + k] : 0.0f;
+    if (c < C) {
+        for (long long row = r0 + r; row < r1; row += 2 * 32) {
+            float v[2][8];
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                if (row + 32 * u < r1) {
+                    load8(x + (row + 32 * u) * C + c, half, v[u]);
+                } else {
+#pragma unroll
+                    for (int k = 0; k < 8; k++) v[u][k] = -bk[k];  // adds 0 below
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    double d = v[u][k] + bk[k];
+                    a[k] += d;
+                    b[k] += d * d;
+                }
+            }
+        }
+    }
+    block_channel_sums(a, b, red, partial, c0, C, s, S);
+}
+
+// Phase one of the gradient sums (norm.cu's channel_partials mode 1): block
+// (t, s) of a (ceil(C/64), S) grid sums dy' and dy' * xhat (dy' = bn_dz of the
+// fused activation) for channels [64t, 64t + 64) over its share s of the
+// N * ceil(HW/64) tiles of 64 positions, into partial[c][s][0..2]. y and dy
+// come through shared memory (transposed); each thread holds 8 channels
+// (tid % 8) at two positions of each tile (tid / 8 and tid / 8 + 32), summing
+// its few values in float, the rest in double.
+extern "C" __global__ void __launch_bounds__(256) bn16_grad_partials(const unsigned short* __restrict__ x, const float* __restrict__ bias,
+                                                                     const float* __restrict__ y, const float* __restrict__ dy,
+                                                                     const float* __restrict__ saved, const float* __restrict__ params,
+                                                                     double* __restrict__ partial, int N, int C, int HW, int act,
+                                                                     int half, int vec) {
+    __shared__ float dy_t[T16][T16 + 1];
+    __shared__ float y_t[T16][T16 + 1];
+    __shared__ float sp[5][T16];
+    __shared__ double red[8][2][T16];
+    const int c0 = blockIdx.x * T16, s = blockIdx.y, S = gridDim.y;
+    const int g = threadIdx.x % 8, r = threadIdx.x / 8;
+    const int tiles = (HW + T16 - 1) / T16;
+    const long long items = (long long)N * tiles;
+    const long long i0 = s * items / S, i1 = (s + 1) * items / S;
+    if (threadIdx.x < T16) {
+        int c = c0 + threadIdx.x;
+        bool on = c < C;
+        sp[SP_MEAN][threadIdx.x] = on ? saved[c] : 0.0f;
+        sp[SP_INVSTD][threadIdx.x] = on ? saved[C + c] : 0.0f;
+        sp[SP_GAMMA][threadIdx.x] = on && act == ACT_GELU ? params[c] : 0.0f;
+        sp[SP_BETA][threadIdx.x] = on && act == ACT_GELU ? params[C + c] : 0.0f;
+        sp[SP_BIAS][threadIdx.x] = bias && on ? bias[c] : 0.0f;
+    }
+    float fa[8], fb[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) fa[k] = fb[k] = 0.0f;
+    const bool lane_on = c0 + 8 * g < C;
+    for (long long it = i0; it < i1; it++) {
+        const int n = (int)(it / tiles), p0 = (int)(it % tiles) * T16;
+        // This tile's x first (it does not wait for the tiles below).
+        float v[2][8];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int q = r + 32 * h;
+            if (lane_on && p0 + q < HW) load8(x + ((long long)n * HW + p0 + q) * C + c0 + 8 * g, half, v[h]);
+        }
+        __syncthreads();  // the previous tile's readers are done
+        load_tile_nchw(dy + (long long)n * C * HW, dy_t, c0, p0, C, HW, vec);
+        if (act == ACT_RELU) load_tile_nchw(y + (long long)n * C * HW, y_t, c0, p0, C, HW, vec);
+        __syncthreads();
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int q = r + 32 * h;
+            if (!lane_on || p0 + q >= HW) continue;
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const int cl = 8 * g + k;
+                float xhat = (v[h][k] + sp[SP_BIAS][cl] - sp[SP_MEAN][cl]) * sp[SP_INVSTD][cl];
+                float d = bn_dz(act, act == ACT_RELU ? y_t[cl][q] : 0.0f, dy_t[cl][q], xhat, sp[SP_GAMMA][cl], sp[SP_BETA][cl]);
+                fa[k] += d;
+                fb[k] += d * xhat;
+            }
+        }
+    }
+    double a[8], b[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) a[k] = fa[k], b[k] = fb[k];
+    block_channel_sums(a, b, red, partial, c0, C, s, S);
 }
 
 // The sums of channel c's S partials, by one warp; valid in lane 0.

@@ -40,24 +40,40 @@ impl CudaBackend {
         self.sixteen_bit(g).filter(|_| g.n > 0 && g.c_out.is_multiple_of(8) && stash.is_multiple_of(16))
     }
 
-    /// `bn16_partials` (mode 0: statistics, 1: gradients) over the 16-bit conv
-    /// output `x16`; returns the partials' address and slice count, valid while the guard is held.
-    fn bn16_partials(
-        &self,
-        (mode, p): (i32, Precision),
-        g: &BatchNormGeom,
-        [x16, bias, y, dy, saved, params]: [u64; 6],
-    ) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64, i32)> {
-        let (channel_tiles, items) = (g.c.div_ceil(64), g.n * g.hw.div_ceil(64));
-        // Enough blocks to fill every SM a few times, each with several tiles.
-        let slices = (4 * self.sms as usize).div_ceil(channel_tiles).clamp(1, items.max(1));
+    /// `bn16_stat_partials` or `bn16_grad_partials` (`stats`) on a (channel
+    /// tiles, slices) grid of `waves` blocks per SM, each slice at most one of
+    /// `units` (rows or tiles); returns the partials' address and slice count,
+    /// valid while the guard is held.
+    fn bn16_grid(&self, c: usize, units: usize, waves: usize) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64, LaunchConfig)> {
+        let channel_tiles = c.div_ceil(64);
+        let slices = (waves * self.sms as usize).div_ceil(channel_tiles).clamp(1, units.max(1));
         // (C, S, 2) doubles, as floats.
-        let (guard, _, partial) = self.scratch(0, 4 * g.c * slices)?;
+        let (guard, _, partial) = self.scratch(0, 4 * c * slices)?;
         let cfg = LaunchConfig { grid_dim: (channel_tiles as u32, slices as u32, 1), block_dim: (BLOCK16, 1, 1), shared_mem_bytes: 0 };
+        Ok((guard, partial, cfg))
+    }
+
+    /// Training statistics of the 16-bit conv output `x16` (+ `bias`) into
+    /// `saved` [mean | invstd], moving `running` (as norm.cu's bn_stats_finish).
+    fn bn16_stats(&self, p: Precision, g: &BatchNormGeom, (x16, bias): (u64, u64), (running, saved): (u64, u64)) -> Result<()> {
+        let rows = g.n * g.hw;
+        // Three blocks fit an SM (`__launch_bounds__`): one wave.
+        let (_guard, partial, cfg) = self.bn16_grid(g.c, rows, 3)?;
+        let c = i32c(g.c)?;
+        launch!(self, bn16_stat_partials, cfg, x16, bias, partial, rows as i64, c, half(p))?;
+        let (slices, m) = (cfg.grid_dim.1 as i32, i32c(g.per_channel())?);
+        launch!(self, bn16_stats_finish, warps(g.c), partial, running, saved, c, slices, m, g.eps, g.momentum)
+    }
+
+    /// [dgamma | dbeta] into `dparams` from the 16-bit conv output `x16` (+ `bias`),
+    /// the BatchNorm's output y and its gradient dy (as norm.cu's channel_partials mode 1).
+    fn bn16_grads(&self, p: Precision, g: &BatchNormGeom, [x16, bias, y, dy, saved, params]: [u64; 6], dparams: u64) -> Result<()> {
+        let tiles = g.n * g.hw.div_ceil(64);
+        let (_guard, partial, cfg) = self.bn16_grid(g.c, tiles, 8)?;
         let (n, c, hw, act) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?, g.act.code() as i32);
         let vec = vec4(g.hw, &[y, dy]);
-        launch!(self, bn16_partials, cfg, x16, bias, y, dy, saved, params, partial, n, c, hw, mode, act, half(p), vec)?;
-        Ok((guard, partial, slices as i32))
+        launch!(self, bn16_grad_partials, cfg, x16, bias, y, dy, saved, params, partial, n, c, hw, act, half(p), vec)?;
+        launch!(self, bn16_grads_finish, warps(g.c), partial, dparams, c, cfg.grid_dim.1 as i32)
     }
 
     // x: (N, C_in, H, W), w: (C_out, C_in, K, K) -> stash: (N, OH, OW, C_out) 16-bit -> y: (N, C_out, OH, OW)
@@ -75,9 +91,7 @@ impl CudaBackend {
         self.conv_forward16((dnn, p), g, (crate::ptr(x), crate::ptr(w)), keep, stash)?;
         let (c, hw) = (i32c(bn.c)?, i32c(bn.hw)?);
         let stats = if training {
-            let (_guard, partial, slices) = self.bn16_partials((0, p), bn, [stash, o.bias, 0, 0, 0, 0])?;
-            let m = i32c(bn.per_channel())?;
-            launch!(self, bn16_stats_finish, warps(bn.c), partial, o.running, o.saved, c, slices, m, bn.eps, bn.momentum)?;
+            self.bn16_stats(p, bn, (stash, o.bias), (o.running, o.saved))?;
             o.saved
         } else {
             o.running
@@ -102,9 +116,7 @@ impl CudaBackend {
         (dweight, dparams): (u64, u64),
     ) -> Result<()> {
         let (n, c, hw, act) = (i32c(bn.n)?, i32c(bn.c)?, i32c(bn.hw)?, bn.act.code() as i32);
-        let (guard, partial, slices) = self.bn16_partials((1, p), bn, [stash, o.bias, y, dy, o.saved, o.params])?;
-        launch!(self, bn16_grads_finish, warps(bn.c), partial, dparams, c, slices)?;
-        drop(guard);
+        self.bn16_grads(p, bn, [stash, o.bias, y, dy, o.saved, o.params], dparams)?;
         let (cfg, vec) = (tiles64(bn.n, bn.c, bn.hw), vec4(bn.hw, &[y, dy]));
         launch!(self, bn16_backward_dx, cfg, stash, o.bias, y, dy, o.params, o.saved, dparams, dstash, n, c, hw, act, half(p), vec)?;
         self.conv2d_backward_dnn(dnn, p, g, (x, kept), w, Dy::Narrow(dstash), dx, (dweight, None))
