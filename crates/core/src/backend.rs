@@ -809,6 +809,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     // ---- elementwise (residual connections, gradient sums) -----------------
     /// `y = a + b` (all the same length).
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// `y = max(a + b, 0)`: a residual connection and the ReLU after it, in one pass.
+    fn add_relu(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
     /// `y += x` (the same length): sums gradients where an output feeds several nodes.
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
     /// y = a * x + b * y, elementwise; x, y: (len). (Weight averages, test-time-augmentation sums.)

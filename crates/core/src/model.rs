@@ -437,8 +437,9 @@ impl<B: Backend> Model<B> {
             let next = graph.nodes.get(i + 1).filter(|_| absorbed[i + 1]);
             let input = &shapes[node.inputs[0].0];
             let layer = match (absorbed[i], next) {
-                // The node before runs this one's op.
+                // The node before runs this one's op; an add runs the ReLU after it itself.
                 (true, _) => None,
+                (false, Some(_)) if node.op == Op::Add => None,
                 (false, Some(next)) => Some(fused_pair::<B>(backend, (i, node), next, input, &mut layout)?),
                 (false, None) => match node.op.layer::<B>()? {
                     Some(mut layer) => {
@@ -452,6 +453,7 @@ impl<B: Backend> Model<B> {
             };
             let kind = match &layer {
                 Some(layer) => layer.kind(),
+                None if node.op == Op::Add && next.is_some() => "add+relu",
                 None => node.op.layer::<B>()?.map_or("add", |l| l.kind()),
             };
             nodes.push(NodeRt { layer, kind, inputs: node.inputs.clone(), name: node.name.clone(), absorbed: absorbed[i] });
@@ -545,7 +547,9 @@ impl<B: Backend> Model<B> {
         }
         // A tensor read by several nodes gets its gradients summed through a scratch buffer.
         let reads = self.graph.readers();
-        let fan_out = (1..self.shapes.len()).filter(|&t| reads[t] > 1).map(|t| self.tensor_len(t)).max();
+        // (An add+relu masks its gradient there first where both inputs are one tensor.)
+        let is_add = |t: usize| self.graph.nodes[t - 1].op == Op::Add;
+        let fan_out = (1..self.shapes.len()).filter(|&t| reads[t] > 1 || is_add(t)).map(|t| self.tensor_len(t)).max();
         self.grad_scratch = fan_out.map(|len| backend.alloc(n * len)).transpose()?;
         self.grad_capacity = n;
         self.generation += 1;
@@ -584,9 +588,12 @@ impl<B: Backend> Model<B> {
                 Some(s) => View::prefix(&before[s], len(t.0)),
             };
             let y = ViewMut::prefix(&mut after[0], len(out + 1))?;
+            let (a, b) = (tensor(node.inputs[0])?, || tensor(node.inputs[1]));
             match node.layer.as_mut() {
-                Some(layer) => layer.forward(&ctx, tensor(node.inputs[0])?, y)?,
-                None => backend.add(tensor(node.inputs[0])?, tensor(node.inputs[1])?, y)?,
+                Some(layer) => layer.forward(&ctx, a, y)?,
+                // add, or add+relu when it absorbed the ReLU after it
+                None if out > i => backend.add_relu(a, b()?, y)?,
+                None => backend.add(a, b()?, y)?,
             }
         }
         Ok(())
@@ -634,15 +641,9 @@ impl<B: Backend> Model<B> {
             // The node that computes tensor t, when something at or before it learns (else dx is not needed).
             let learner = |t: &NodeId| t.node().filter(|&s| learns[s]);
             let Some(layer) = node.layer.as_mut() else {
-                // add: both inputs receive dy.
-                for s in node.inputs.iter().filter_map(learner) {
-                    let dx = ViewMut::prefix(&mut below[s], len(s + 1))?;
-                    if std::mem::replace(&mut written[s], true) {
-                        backend.add_assign(dy, dx)?;
-                    } else {
-                        backend.copy(dy, dx)?;
-                    }
-                }
+                let learners: Vec<usize> = node.inputs.iter().filter_map(learner).collect();
+                let y = View::prefix(&acts[out], len(out + 1))?;
+                add_backward(backend, (out > i).then_some(y), dy, (below, written), &learners, len, grad_scratch.as_mut())?;
                 continue;
             };
             let t = node.inputs[0];
@@ -826,7 +827,8 @@ impl<B: Backend> Model<B> {
 /// Per node: whether the node before runs its op fused with its own: a
 /// bias-free conv and the op that alone reads its output, a max pool over
 /// non-overlapping windows (see [`Conv2dMaxPool::fuse`]) or a 2-D BatchNorm
-/// (see [`Conv2dBatchNorm::fuse`]).
+/// (see [`Conv2dBatchNorm::fuse`]); an add and the ReLU that alone reads its
+/// sum (a residual connection, [`Backend::add_relu`]).
 fn absorbed_nodes(graph: &Graph) -> Vec<bool> {
     let reads = graph.readers();
     let mut absorbed = vec![false; graph.nodes.len()];
@@ -835,8 +837,10 @@ fn absorbed_nodes(graph: &Graph) -> Vec<bool> {
         let conv = matches!(prev.op, Op::Conv2d { bias: false, .. });
         let pool = matches!(node.op, Op::MaxPool2d { kernel, stride, pad: 0, .. } if kernel == stride);
         let norm = matches!(node.op, Op::BatchNorm { dims: 2, .. });
-        // The conv's output (tensor i) is read by this node only.
-        absorbed[i] = conv && (pool || norm) && !absorbed[i - 1] && node.inputs == [NodeId(i)] && reads[i] == 1;
+        let add_relu = prev.op == Op::Add && node.op == Op::Relu;
+        // The first node's output (tensor i) is read by this node only.
+        let alone = !absorbed[i - 1] && node.inputs == [NodeId(i)] && reads[i] == 1;
+        absorbed[i] = alone && ((conv && (pool || norm)) || add_relu);
     }
     absorbed
 }
@@ -911,6 +915,67 @@ fn fused_pair<B: Backend>(
     layer.init_buffers(backend)?;
     layout.register(layer.as_mut(), (i, conv_node))?;
     Ok(layer)
+}
+
+/// The backward of an add (of an add+relu when `relu_y`, its output, is
+/// given): each learning input (tensor s: `dacts[s]`, lengths from `len`)
+/// receives dy, or dy masked by the ReLU, written by the first reader and
+/// summed in by the others (`written`).
+fn add_backward<B: Backend>(
+    backend: &B,
+    relu_y: Option<View<'_, B, f32>>,
+    dy: View<'_, B, f32>,
+    (dacts, written): (&mut [B::Buf<f32>], &mut [bool]),
+    learners: &[usize],
+    len: impl Fn(usize) -> usize,
+    scratch: Option<&mut B::Buf<f32>>,
+) -> Result<()> {
+    let give = |backend: &B, src: View<'_, B, f32>, dst: ViewMut<'_, B, f32>, seen: &mut bool| {
+        if std::mem::replace(seen, true) {
+            backend.add_assign(src, dst)
+        } else {
+            backend.copy(src, dst)
+        }
+    };
+    let Some(y) = relu_y else {
+        for &s in learners {
+            give(backend, dy, ViewMut::prefix(&mut dacts[s], len(s + 1))?, &mut written[s])?;
+        }
+        return Ok(());
+    };
+    match learners.split_first() {
+        // The ReLU's backward straight into the first input's gradient, copied on from there.
+        Some((&first, rest)) if !written[first] && !rest.contains(&first) => {
+            written[first] = true;
+            backend.relu_backward(y, dy, ViewMut::prefix(&mut dacts[first], len(first + 1))?)?;
+            for &s in rest {
+                let (src, dst) = two_mut(dacts, first, s);
+                give(backend, View::prefix(src, len(first + 1))?, ViewMut::prefix(dst, len(s + 1))?, &mut written[s])?;
+            }
+            Ok(())
+        }
+        None => Ok(()),
+        // Both inputs the same tensor, or one written already: the masked dy in the scratch first.
+        Some(_) => {
+            let scratch = scratch.ok_or_else(|| Error::shape("model backward", "gradient scratch", "allocated", "none"))?;
+            backend.relu_backward(y, dy, ViewMut::prefix(scratch, dy.len)?)?;
+            for &s in learners {
+                give(backend, View::prefix(scratch, dy.len)?, ViewMut::prefix(&mut dacts[s], len(s + 1))?, &mut written[s])?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `v[a]` to read and `v[b]` to write (`a != b`).
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&T, &mut T) {
+    if a < b {
+        let (lo, hi) = v.split_at_mut(b);
+        (&lo[a], &mut hi[0])
+    } else {
+        let (lo, hi) = v.split_at_mut(a);
+        (&hi[0], &mut lo[b])
+    }
 }
 
 /// Per node: the node whose output buffers hold its result (the next one when it absorbed it).

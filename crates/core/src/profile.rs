@@ -365,6 +365,9 @@ where
     fn add(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         self.timed("add", || self.inner.add(v(a), v(b), vm(y)))
     }
+    fn add_relu(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("add_relu", || self.inner.add_relu(v(a), v(b), vm(y)))
+    }
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         self.timed("add_assign", || self.inner.add_assign(v(x), vm(y)))
     }

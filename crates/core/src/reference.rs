@@ -315,6 +315,13 @@ pub fn add(a: &[f32], b: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `y = max(a + b, 0)`: a residual connection and the ReLU after it.
+pub fn add_relu(a: &[f32], b: &[f32], y: &mut [f32]) {
+    for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+        *y = (a + b).max(0.0);
+    }
+}
+
 /// `y += x`.
 pub fn add_assign(x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {

@@ -42,8 +42,12 @@ extern "C" __global__ void scale_to_norm(float* x, int n, float target, float ep
 }
 
 // y = a + b (residual connections)
-extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, int n) {
-    GRID_STRIDE(i, n) y[i] = a[i] + b[i];
+// y = a + b, then max(y, 0) when `relu` (a residual connection and the ReLU after it)
+extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y, int n, int relu) {
+    GRID_STRIDE(i, n) {
+        float v = a[i] + b[i];
+        y[i] = relu ? fmaxf(v, 0.0f) : v;
+    }
 }
 
 // y += x (gradient sums where an output feeds several nodes)

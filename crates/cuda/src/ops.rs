@@ -1092,7 +1092,15 @@ impl Backend for CudaBackend {
         if a.len == 0 {
             return Ok(());
         }
-        launch!(self, add, self.cfg(a.len), ptr(&a), ptr(&b), ptr_mut(&y), i32c(a.len)?)
+        launch!(self, add, self.cfg(a.len), ptr(&a), ptr(&b), ptr_mut(&y), i32c(a.len)?, 0i32)
+    }
+
+    fn add_relu(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add(a.len, b.len, y.len)?;
+        if a.len == 0 {
+            return Ok(());
+        }
+        launch!(self, add, self.cfg(a.len), ptr(&a), ptr(&b), ptr_mut(&y), i32c(a.len)?, 1i32)
     }
 
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {

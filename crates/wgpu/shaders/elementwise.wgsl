@@ -79,12 +79,16 @@ fn mul(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) g
 }
 
 //! kernel add
-// [a, b, y, n]: y = a + b
+// [a, b, y, n, relu]: y = a + b, then max(y, 0) when relu != 0
 @compute @workgroup_size(256)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>) {
     let i = flat(gid, groups);
     if (i < pu(3u)) {
-        w0[pu(2u) + i] = bitcast<u32>(bitcast<f32>(r0[pu(0u) + i]) + bitcast<f32>(r1[pu(1u) + i]));
+        var v = bitcast<f32>(r0[pu(0u) + i]) + bitcast<f32>(r1[pu(1u) + i]);
+        if (pu(4u) != 0u) {
+            v = max(v, 0.0);
+        }
+        w0[pu(2u) + i] = bitcast<u32>(v);
     }
 }
 

@@ -430,7 +430,16 @@ impl Backend for WgpuBackend {
         if a.len == 0 {
             return Ok(());
         }
-        let p = [u(a.offset)?, u(b.offset)?, u(y.offset)?, u(a.len)?];
+        let p = [u(a.offset)?, u(b.offset)?, u(y.offset)?, u(a.len)?, 0];
+        self.run("add", grid(a.len), &p, &[r(&a), r(&b), w(&y)])
+    }
+
+    fn add_relu(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add(a.len, b.len, y.len)?;
+        if a.len == 0 {
+            return Ok(());
+        }
+        let p = [u(a.offset)?, u(b.offset)?, u(y.offset)?, u(a.len)?, 1];
         self.run("add", grid(a.len), &p, &[r(&a), r(&b), w(&y)])
     }
 

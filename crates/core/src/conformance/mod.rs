@@ -1052,6 +1052,15 @@ pub fn add<B: Backend>(b: &B, tol: f32) {
         assert!(got[..2].iter().chain(&got[2 + len..]).all(|v| v.is_nan()), "add wrote outside its window (len {len})");
         assert_close(&format!("add len={len}"), &got[2..2 + len], &want, tol);
         drop((y, got));
+        // The same windows with the ReLU after the sum.
+        let mut y = poisoned(b, len + 3);
+        b.add_relu(va, vb, ViewMut::range(&mut y, 2, len).unwrap()).unwrap();
+        let got = down(b, &y);
+        assert!(got[..2].iter().chain(&got[2 + len..]).all(|v| v.is_nan()), "add_relu wrote outside its window (len {len})");
+        reference::add_relu(&a, &bv, &mut want);
+        assert!(len < 1000 || want.iter().filter(|&&v| v == 0.0).count() > len / 4, "add_relu: the inputs clamp too little");
+        assert_close(&format!("add_relu len={len}"), &got[2..2 + len], &want, tol);
+        drop((y, got));
         // y = b, then y += a twice; y is a window at offset 1 and the elements around it keep their values.
         let mut acc = b.upload(&[&[5.0f32][..], &bv, &[6.0]].concat()).unwrap();
         let mut want = bv;

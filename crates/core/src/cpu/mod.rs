@@ -440,6 +440,17 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn add_relu(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add(a.len, b.len, y.len)?;
+        let (a, b, y) = (s(a), s(b), sm(y));
+        self.pool.install(|| {
+            y.par_chunks_mut(1 << 14)
+                .zip(a.par_chunks(1 << 14).zip(b.par_chunks(1 << 14)))
+                .for_each(|(y, (a, b))| reference::add_relu(a, b, y))
+        });
+        Ok(())
+    }
+
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         checks::add_assign(x.len, y.len)?;
         let (x, y) = (s(x), sm(y));
