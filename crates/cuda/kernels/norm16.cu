@@ -73,6 +73,15 @@ __device__ __forceinline__ void block_channel_sums(double (&a)[8], double (&b)[8
     }
 }
 
+// xhat = (x + bias - mean) * invstd and z = gamma * xhat + beta, each step
+// rounded as written (no contraction into fused multiply-adds), so that the
+// backward recomputes exactly the z whose ReLU the forward wrote: a fused
+// ReLU's mask comes from z > 0, and y is never read.
+__device__ __forceinline__ float bn16_xhat(float v, float bias, float mean, float invstd) {
+    return __fmul_rn(__fsub_rn(__fadd_rn(v, bias), mean), invstd);
+}
+__device__ __forceinline__ float bn16_z(float xhat, float gamma, float beta) { return __fadd_rn(__fmul_rn(gamma, xhat), beta); }
+
 // Phase one of the training statistics (norm.cu's channel_partials mode 0):
 // block (t, s) of a (ceil(C/64), S) grid sums x + bias and its square, in
 // double, over its share s of the N * HW rows (positions) of x for channels
@@ -117,17 +126,16 @@ extern "C" __global__ void __launch_bounds__(256, 3) bn16_stat_partials(const un
 // Phase one of the gradient sums (norm.cu's channel_partials mode 1): block
 // (t, s) of a (ceil(C/64), S) grid sums dy' and dy' * xhat (dy' = bn_dz of the
 // fused activation) for channels [64t, 64t + 64) over its share s of the
-// N * ceil(HW/64) tiles of 64 positions, into partial[c][s][0..2]. y and dy
-// come through shared memory (transposed); each thread holds 8 channels
+// N * ceil(HW/64) tiles of 64 positions, into partial[c][s][0..2]. dy comes
+// through shared memory (transposed); each thread holds 8 channels
 // (tid % 8) at two positions of each tile (tid / 8 and tid / 8 + 32), summing
 // its few values in float, the rest in double.
 extern "C" __global__ void __launch_bounds__(256) bn16_grad_partials(const unsigned short* __restrict__ x, const float* __restrict__ bias,
-                                                                     const float* __restrict__ y, const float* __restrict__ dy,
+                                                                     const float* __restrict__ dy,
                                                                      const float* __restrict__ saved, const float* __restrict__ params,
                                                                      double* __restrict__ partial, int N, int C, int HW, int act,
                                                                      int half, int vec) {
     __shared__ float dy_t[T16][T16 + 1];
-    __shared__ float y_t[T16][T16 + 1];
     __shared__ float sp[5][T16];
     __shared__ double red[8][2][T16];
     const int c0 = blockIdx.x * T16, s = blockIdx.y, S = gridDim.y;
@@ -140,8 +148,8 @@ extern "C" __global__ void __launch_bounds__(256) bn16_grad_partials(const unsig
         bool on = c < C;
         sp[SP_MEAN][threadIdx.x] = on ? saved[c] : 0.0f;
         sp[SP_INVSTD][threadIdx.x] = on ? saved[C + c] : 0.0f;
-        sp[SP_GAMMA][threadIdx.x] = on && act == ACT_GELU ? params[c] : 0.0f;
-        sp[SP_BETA][threadIdx.x] = on && act == ACT_GELU ? params[C + c] : 0.0f;
+        sp[SP_GAMMA][threadIdx.x] = on ? params[c] : 0.0f;
+        sp[SP_BETA][threadIdx.x] = on ? params[C + c] : 0.0f;
         sp[SP_BIAS][threadIdx.x] = bias && on ? bias[c] : 0.0f;
     }
     float fa[8], fb[8];
@@ -159,7 +167,6 @@ extern "C" __global__ void __launch_bounds__(256) bn16_grad_partials(const unsig
         }
         __syncthreads();  // the previous tile's readers are done
         load_tile_nchw(dy + (long long)n * C * HW, dy_t, c0, p0, C, HW, vec);
-        if (act == ACT_RELU) load_tile_nchw(y + (long long)n * C * HW, y_t, c0, p0, C, HW, vec);
         __syncthreads();
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -168,8 +175,9 @@ extern "C" __global__ void __launch_bounds__(256) bn16_grad_partials(const unsig
 #pragma unroll
             for (int k = 0; k < 8; k++) {
                 const int cl = 8 * g + k;
-                float xhat = (v[h][k] + sp[SP_BIAS][cl] - sp[SP_MEAN][cl]) * sp[SP_INVSTD][cl];
-                float d = bn_dz(act, act == ACT_RELU ? y_t[cl][q] : 0.0f, dy_t[cl][q], xhat, sp[SP_GAMMA][cl], sp[SP_BETA][cl]);
+                const float gamma = sp[SP_GAMMA][cl], beta = sp[SP_BETA][cl];
+                float xhat = bn16_xhat(v[h][k], sp[SP_BIAS][cl], sp[SP_MEAN][cl], sp[SP_INVSTD][cl]);
+                float d = bn_dz(act, act == ACT_RELU ? bn16_z(xhat, gamma, beta) : 0.0f, dy_t[cl][q], xhat, gamma, beta);
                 fa[k] += d;
                 fb[k] += d * xhat;
             }
@@ -247,7 +255,7 @@ extern "C" __global__ void __launch_bounds__(256) bn16_apply(const unsigned shor
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             const int cl = g + k;
-            float z = sp[SP_GAMMA][cl] * ((v[k] + sp[SP_BIAS][cl] - sp[SP_MEAN][cl]) * sp[SP_INVSTD][cl]) + sp[SP_BETA][cl];
+            float z = bn16_z(bn16_xhat(v[k], sp[SP_BIAS][cl], sp[SP_MEAN][cl], sp[SP_INVSTD][cl]), sp[SP_GAMMA][cl], sp[SP_BETA][cl]);
             tile[cl][q] = act == ACT_RELU ? fmaxf(z, 0.0f) : act == ACT_GELU ? gelu_f(z) : z;
         }
     }
@@ -269,13 +277,11 @@ extern "C" __global__ void __launch_bounds__(256) bn16_apply(const unsigned shor
 // xhat * dgamma / M), dparams = [dgamma | dbeta] from bn16_grads_finish.
 // Block 256; grid (ceil(HW/64), ceil(C/64), N).
 extern "C" __global__ void __launch_bounds__(256) bn16_backward_dx(const unsigned short* __restrict__ x, const float* __restrict__ bias,
-                                                                   const float* __restrict__ y,
                                                                    const float* __restrict__ dy, const float* __restrict__ params,
                                                                    const float* __restrict__ saved, const float* __restrict__ dparams,
                                                                    unsigned short* __restrict__ dx, int N, int C, int HW, int act,
                                                                    int half, int vec) {
     __shared__ float dy_t[T16][T16 + 1];
-    __shared__ float y_t[T16][T16 + 1];
     __shared__ float sp[7][T16];
     const int n = blockIdx.z;
     const long long base = (long long)n * C * HW;
@@ -292,7 +298,6 @@ extern "C" __global__ void __launch_bounds__(256) bn16_backward_dx(const unsigne
         sp[SP_BIAS][threadIdx.x] = bias ? bias[c] : 0.0f;
     }
     load_tile_nchw(dy + base, dy_t, c0, p0, C, HW, vec);
-    if (act == ACT_RELU) load_tile_nchw(y + base, y_t, c0, p0, C, HW, vec);
     __syncthreads();
     for (int i = threadIdx.x; i < T16 * 8; i += blockDim.x) {
         int g = (i % 8) * 8, q = i / 8;
@@ -308,8 +313,8 @@ extern "C" __global__ void __launch_bounds__(256) bn16_backward_dx(const unsigne
             for (int j = 0; j < 2; j++) {
                 const int cl = g + k + j;
                 const float invstd = sp[SP_INVSTD][cl], gamma = sp[SP_GAMMA][cl];
-                float xhat = (v[k + j] + sp[SP_BIAS][cl] - sp[SP_MEAN][cl]) * invstd;
-                float d = bn_dz(act, act == ACT_RELU ? y_t[cl][q] : 0.0f, dy_t[cl][q], xhat, gamma, sp[SP_BETA][cl]);
+                float xhat = bn16_xhat(v[k + j], sp[SP_BIAS][cl], sp[SP_MEAN][cl], invstd);
+                float d = bn_dz(act, act == ACT_RELU ? bn16_z(xhat, gamma, sp[SP_BETA][cl]) : 0.0f, dy_t[cl][q], xhat, gamma, sp[SP_BETA][cl]);
                 out[j] = gamma * invstd * (d - sp[SP_MB][cl] - xhat * sp[SP_MG][cl]);
             }
             words[k / 2] = pack16x2(out[0], out[1], half);

@@ -877,7 +877,8 @@ impl Backend for CudaBackend {
         };
         let kept = kept.filter(|_| self.keeping(g).is_some()).map(|k| ptr(&k));
         let o = conv_bn::BnOperands { bias: ptr(&bias), params: ptr(&params), running: 0, saved: ptr(&saved) };
-        let tensors = [ptr(&stash), ptr(&y), ptr(&dy)];
+        // y is not read: a fused ReLU's mask is recomputed from the stash.
+        let tensors = [ptr(&stash), ptr(&dy)];
         let grads = (ptr_mut(&dweight), ptr_mut(&dparams));
         self.conv2d_batchnorm_backward_dnn(dnn, (g, bn), (&x, kept, &w), tensors, &o, ptr_mut(&dstash), dx.as_ref(), grads)
     }

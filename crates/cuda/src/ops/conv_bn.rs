@@ -65,14 +65,14 @@ impl CudaBackend {
         launch!(self, bn16_stats_finish, warps(g.c), partial, running, saved, c, slices, m, g.eps, g.momentum)
     }
 
-    /// [dgamma | dbeta] into `dparams` from the 16-bit conv output `x16` (+ `bias`),
-    /// the BatchNorm's output y and its gradient dy (as norm.cu's channel_partials mode 1).
-    fn bn16_grads(&self, p: Precision, g: &BatchNormGeom, [x16, bias, y, dy, saved, params]: [u64; 6], dparams: u64) -> Result<()> {
+    /// [dgamma | dbeta] into `dparams` from the 16-bit conv output `x16` (+ `bias`)
+    /// and the gradient dy of the BatchNorm's output (as norm.cu's channel_partials mode 1).
+    fn bn16_grads(&self, p: Precision, g: &BatchNormGeom, [x16, bias, dy, saved, params]: [u64; 5], dparams: u64) -> Result<()> {
         let tiles = g.n * g.hw.div_ceil(64);
         let (_guard, partial, cfg) = self.bn16_grid(g.c, tiles, 8)?;
         let (n, c, hw, act) = (i32c(g.n)?, i32c(g.c)?, i32c(g.hw)?, g.act.code() as i32);
-        let vec = vec4(g.hw, &[y, dy]);
-        launch!(self, bn16_grad_partials, cfg, x16, bias, y, dy, saved, params, partial, n, c, hw, act, half(p), vec)?;
+        let vec = vec4(g.hw, &[dy]);
+        launch!(self, bn16_grad_partials, cfg, x16, bias, dy, saved, params, partial, n, c, hw, act, half(p), vec)?;
         launch!(self, bn16_grads_finish, warps(g.c), partial, dparams, c, cfg.grid_dim.1 as i32)
     }
 
@@ -109,16 +109,17 @@ impl CudaBackend {
         (dnn, p): (&Cudnn, Precision),
         (g, bn): (&Conv2dGeom, &BatchNormGeom),
         (x, kept, w): (&View<'_, Self, f32>, Option<u64>, &View<'_, Self, f32>),
-        [stash, y, dy]: [u64; 3],
+        [stash, dy]: [u64; 2],
         o: &BnOperands,
         dstash: u64,
         dx: Option<&ViewMut<'_, Self, f32>>,
         (dweight, dparams): (u64, u64),
     ) -> Result<()> {
         let (n, c, hw, act) = (i32c(bn.n)?, i32c(bn.c)?, i32c(bn.hw)?, bn.act.code() as i32);
-        self.bn16_grads(p, bn, [stash, o.bias, y, dy, o.saved, o.params], dparams)?;
-        let (cfg, vec) = (tiles64(bn.n, bn.c, bn.hw), vec4(bn.hw, &[y, dy]));
-        launch!(self, bn16_backward_dx, cfg, stash, o.bias, y, dy, o.params, o.saved, dparams, dstash, n, c, hw, act, half(p), vec)?;
+        // A fused ReLU's mask is recomputed from the stash (see bn16_z in norm16.cu): y is not read.
+        self.bn16_grads(p, bn, [stash, o.bias, dy, o.saved, o.params], dparams)?;
+        let (cfg, vec) = (tiles64(bn.n, bn.c, bn.hw), vec4(bn.hw, &[dy]));
+        launch!(self, bn16_backward_dx, cfg, stash, o.bias, dy, o.params, o.saved, dparams, dstash, n, c, hw, act, half(p), vec)?;
         self.conv2d_backward_dnn(dnn, p, g, (x, kept), w, Dy::Narrow(dstash), dx, (dweight, None))
     }
 }
