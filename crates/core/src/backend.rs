@@ -981,7 +981,8 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// bias: overwrites the BatchNorm's `dparams` [dgamma | dbeta], `dweight`
     /// and dx (when given).
     /// `dstash` (`g.y_len()` floats) is room for the conv's output gradient,
-    /// `scratch` as [`Backend::conv2d_backward_no_bias`]'s.
+    /// `scratch` as [`Backend::conv2d_backward_no_bias`]'s. With `add_dx`, dx
+    /// is added into its window instead (only where [`Backend::conv2d_batchnorm_adds_dx`] says so).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_batchnorm_backward(
         &self,
@@ -990,10 +991,16 @@ pub trait Backend: Send + Sync + Sized + 'static {
         (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         dstash: ViewMut<'_, Self, f32>,
-        dx: Option<ViewMut<'_, Self, f32>>,
+        dx: (Option<ViewMut<'_, Self, f32>>, bool),
         grads: (ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
     ) -> Result<()> {
         conv2d_batchnorm_backward_unfused(self, geoms, (x, kept, w), (stash, y, dy), (bias, params, saved), dstash, dx, grads)
+    }
+    /// Whether [`Backend::conv2d_batchnorm_backward`] can add dx into its
+    /// window for `g` with this stash (a tensor with several readers, whose
+    /// gradient is a sum). The default: never (the model sums through a scratch buffer).
+    fn conv2d_batchnorm_adds_dx(&self, _g: &Conv2dGeom, _stash: View<'_, Self, f32>) -> bool {
+        false
     }
 
     /// Average pooling (padding counts as 0 and the divisor is always k*k, as
@@ -1193,10 +1200,13 @@ pub fn conv2d_batchnorm_backward_unfused<B: Backend>(
     (stash, y, dy): (View<'_, B, f32>, View<'_, B, f32>, View<'_, B, f32>),
     (_bias, params, saved): (View<'_, B, f32>, View<'_, B, f32>, View<'_, B, f32>),
     mut dstash: ViewMut<'_, B, f32>,
-    dx: Option<ViewMut<'_, B, f32>>,
+    (dx, add_dx): (Option<ViewMut<'_, B, f32>>, bool),
     (dweight, scratch, dparams): (ViewMut<'_, B, f32>, ViewMut<'_, B, f32>, ViewMut<'_, B, f32>),
 ) -> Result<()> {
     checks::conv2d_batchnorm(g, bn, stash.len)?;
+    if add_dx {
+        return Err(Error::shape("conv2d_batchnorm_backward", "add_dx", "false here (see conv2d_batchnorm_adds_dx)", "true"));
+    }
     check_len("conv2d_batchnorm_backward", "dstash", g.y_len(), dstash.len)?;
     backend.batchnorm_backward(bn, stash, y, dy, params, saved, Some(dstash.reborrow()), dparams)?;
     match kept {

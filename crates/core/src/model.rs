@@ -655,6 +655,11 @@ impl<B: Backend> Model<B> {
                     layer.backward(&ctx, &mut params.grads, input, output, dy, Some(dx))?
                 }
                 Some(s) => {
+                    // A second reader's gradient: added in place where the layer can, else through the scratch.
+                    let dx = ViewMut::prefix(&mut below[s], len(t.0))?;
+                    if layer.backward_adding_dx(&ctx, &mut params.grads, input, output, dy, dx)? {
+                        continue;
+                    }
                     let scratch =
                         grad_scratch.as_mut().ok_or_else(|| Error::shape("model backward", "gradient scratch", "allocated", "none"))?;
                     layer.backward(&ctx, &mut params.grads, input, output, dy, Some(ViewMut::prefix(scratch, len(t.0))?))?;

@@ -269,6 +269,9 @@ where
             self.inner.conv2d_batchnorm_forward(geoms, training, (v(x), v(w), v(bias)), keep.map(vm), bn, vm(stash), vm(y))
         })
     }
+    fn conv2d_batchnorm_adds_dx(&self, g: &Conv2dGeom, stash: View<'_, Self, f32>) -> bool {
+        self.inner.conv2d_batchnorm_adds_dx(g, v(stash))
+    }
     fn conv2d_batchnorm_backward(
         &self,
         geoms: (&Conv2dGeom, &BatchNormGeom),
@@ -276,7 +279,7 @@ where
         (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         dstash: ViewMut<'_, Self, f32>,
-        dx: Option<ViewMut<'_, Self, f32>>,
+        (dx, add_dx): (Option<ViewMut<'_, Self, f32>>, bool),
         (dweight, scratch, dparams): (ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
     ) -> Result<()> {
         let (inputs, grads) = ((v(x), kept.map(v), v(w)), (vm(dweight), vm(scratch), vm(dparams)));
@@ -287,7 +290,7 @@ where
                 (v(stash), v(y), v(dy)),
                 (v(bias), v(params), v(saved)),
                 vm(dstash),
-                dx.map(vm),
+                (dx.map(vm), add_dx),
                 grads,
             )
         })

@@ -43,9 +43,10 @@ extern "C" __global__ void narrow_to_nhwc(const float* __restrict__ x, unsigned 
     }
 }
 
-// x: (N, HW, C) 16-bit -> y: (N, C, HW) fp32, plus bias[c] when given.
+// x: (N, HW, C) 16-bit -> y: (N, C, HW) fp32, plus bias[c] when given; with
+// `add`, added into y (a gradient summed over a tensor's readers).
 extern "C" __global__ void widen_from_nhwc(const unsigned short* __restrict__ x, const float* __restrict__ bias, float* __restrict__ y,
-                                          int c, int hw, int half) {
+                                          int c, int hw, int half, int add) {
     __shared__ float tile[32][33];
     long long base = (long long)blockIdx.z * c * hw;
     int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
@@ -56,7 +57,10 @@ extern "C" __global__ void widen_from_nhwc(const unsigned short* __restrict__ x,
     __syncthreads();
     for (int j = threadIdx.y; j < 32; j += 8) {
         int ch = c0 + j, p = p0 + threadIdx.x;
-        if (ch < c && p < hw) y[base + (long long)ch * hw + p] = tile[threadIdx.x][j] + (bias ? bias[ch] : 0.0f);
+        if (ch >= c || p >= hw) continue;
+        float v = tile[threadIdx.x][j] + (bias ? bias[ch] : 0.0f);
+        long long o = base + (long long)ch * hw + p;
+        y[o] = add ? y[o] + v : v;
     }
 }
 
@@ -159,10 +163,12 @@ extern "C" __global__ void narrow_to_nhwc_strided(const float* __restrict__ x, u
 }
 
 // Back from those operands: src: (N, OH*OW, CP) 16-bit -> dst: (N, C, H, W) fp32, the value at
-// (oy*S, ox*S) and 0 everywhere else (every element of dst is written; padding channels dropped).
+// (oy*S, ox*S) and 0 everywhere else (every element of dst is written; padding channels dropped);
+// with `add`, the values are added into dst, which is left alone everywhere else.
 // Block (32, 8); grid (ceil(H*W/32), ceil(C/32), N).
 extern "C" __global__ void widen_to_nchw_strided(const unsigned short* __restrict__ src, float* __restrict__ dst, int c, int cp, int h,
-                                                 int w, int s, int oh, int ow, int half) {
+                                                 int w, int s, int oh, int ow, int half, int add) {
+    __shared__ bool taken[32][33];
     __shared__ float tile[32][33];
     int n = blockIdx.z, hw = h * w;
     int p0 = blockIdx.x * 32, c0 = blockIdx.y * 32;
@@ -173,11 +179,18 @@ extern "C" __global__ void widen_to_nchw_strided(const unsigned short* __restric
         bool sampled = iy % s == 0 && ix % s == 0 && iy / s < oh && ix / s < ow;
         long long q = (long long)(iy / s) * ow + ix / s;
         tile[j][threadIdx.x] = sampled ? f16_to_32(src[((long long)n * oh * ow + q) * cp + ch], half) : 0.0f;
+        taken[j][threadIdx.x] = sampled;
     }
     __syncthreads();
     for (int j = threadIdx.y; j < 32; j += 8) {
         int ch = c0 + j, p = p0 + threadIdx.x;
-        if (ch < c && p < hw) dst[((long long)n * c + ch) * hw + p] = tile[threadIdx.x][j];
+        if (ch >= c || p >= hw) continue;
+        long long o = ((long long)n * c + ch) * hw + p;
+        if (!add) {
+            dst[o] = tile[threadIdx.x][j];
+        } else if (taken[threadIdx.x][j]) {
+            dst[o] += tile[threadIdx.x][j];
+        }
     }
 }
 
@@ -218,9 +231,9 @@ extern "C" __global__ void narrow_to_nhwc_x8(const float* __restrict__ x, unsign
     }
 }
 
-// x: (N, HW, C) 16-bit -> y: (N, C, HW) fp32, plus bias[c] when given.
+// x: (N, HW, C) 16-bit -> y: (N, C, HW) fp32, plus bias[c] when given; with `add`, added into y.
 extern "C" __global__ void widen_from_nhwc_x8(const unsigned short* __restrict__ x, const float* __restrict__ bias, float* __restrict__ y,
-                                             int c, int hw, int half) {
+                                             int c, int hw, int half, int add) {
     __shared__ float tile[64][65];
     long long base = (long long)blockIdx.z * c * hw;
     int p0 = blockIdx.x * 64, c0 = blockIdx.y * 64;
@@ -240,7 +253,12 @@ extern "C" __global__ void widen_from_nhwc_x8(const unsigned short* __restrict__
         int r = i / 16, q = (i % 16) * 4;
         if (c0 + r < c && p0 + q < hw) {
             float4 v = make_float4(tile[r][q], tile[r][q + 1], tile[r][q + 2], tile[r][q + 3]);
-            *reinterpret_cast<float4*>(y + base + (long long)(c0 + r) * hw + p0 + q) = v;
+            float4* out = reinterpret_cast<float4*>(y + base + (long long)(c0 + r) * hw + p0 + q);
+            if (add) {
+                float4 o = *out;
+                v.x += o.x, v.y += o.y, v.z += o.z, v.w += o.w;
+            }
+            *out = v;
         }
     }
 }

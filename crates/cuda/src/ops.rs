@@ -34,7 +34,7 @@ macro_rules! launch {
 
 mod conv_bn;
 mod conv_dnn;
-use conv_dnn::Dy;
+use conv_dnn::{Dx, Dy};
 
 const BLOCK: u32 = 256;
 
@@ -659,7 +659,7 @@ impl Backend for CudaBackend {
                 (&x, None),
                 &w,
                 Dy::Wide(ptr(&dy)),
-                dx.as_ref(),
+                dx.as_ref().map(Dx::write),
                 (dw, Some(dw + 4 * g.w_len() as u64)),
             );
         }
@@ -706,9 +706,16 @@ impl Backend for CudaBackend {
         rr_core::error::check_len("conv2d_backward_no_bias", "dweight", g.w_len(), dweight.len)?;
         // cuDNN writes dW where it belongs and no bias sums are taken (a full pass over dy saved).
         match self.tensor_cores(g).filter(|_| g.n > 0 && g.out_h() * g.out_w() > 0) {
-            Some((dnn, p)) => {
-                self.conv2d_backward_dnn(dnn, p, g, (&x, None), &w, Dy::Wide(ptr(&dy)), dx.as_ref(), (ptr_mut(&dweight), None))
-            }
+            Some((dnn, p)) => self.conv2d_backward_dnn(
+                dnn,
+                p,
+                g,
+                (&x, None),
+                &w,
+                Dy::Wide(ptr(&dy)),
+                dx.as_ref().map(Dx::write),
+                (ptr_mut(&dweight), None),
+            ),
             None => rr_core::backend::conv2d_backward_through_scratch(self, g, x, w, dy, dx, dweight, scratch),
         }
     }
@@ -759,14 +766,23 @@ impl Backend for CudaBackend {
                     (&x, Some(ptr(&kept))),
                     &w,
                     Dy::Wide(ptr(&dy)),
-                    dx.as_ref(),
+                    dx.as_ref().map(Dx::write),
                     (dw, Some(dw + 4 * g.w_len() as u64)),
                 )
             }
             (Some((dnn, p)), ConvGrads::NoBias { dweight, scratch }) => {
                 wide(scratch.len)?;
                 check_len("conv2d_backward_kept", "dweight", g.w_len(), dweight.len)?;
-                self.conv2d_backward_dnn(dnn, p, g, (&x, Some(ptr(&kept))), &w, Dy::Wide(ptr(&dy)), dx.as_ref(), (ptr_mut(&dweight), None))
+                self.conv2d_backward_dnn(
+                    dnn,
+                    p,
+                    g,
+                    (&x, Some(ptr(&kept))),
+                    &w,
+                    Dy::Wide(ptr(&dy)),
+                    dx.as_ref().map(Dx::write),
+                    (ptr_mut(&dweight), None),
+                )
             }
             (None, ConvGrads::Bias(dparams)) => self.conv2d_backward(g, x, w, dy, dx, dparams),
             (None, ConvGrads::NoBias { dweight, scratch }) => self.conv2d_backward_no_bias(g, x, w, dy, dx, dweight, scratch),
@@ -851,7 +867,7 @@ impl Backend for CudaBackend {
         (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         dstash: ViewMut<'_, Self, f32>,
-        dx: Option<ViewMut<'_, Self, f32>>,
+        (dx, add_dx): (Option<ViewMut<'_, Self, f32>>, bool),
         (dweight, scratch, dparams): (ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
     ) -> Result<()> {
         checks::conv2d_batchnorm(g, bn, stash.len)?;
@@ -871,7 +887,7 @@ impl Backend for CudaBackend {
                 (stash, y, dy),
                 (bias, params, saved),
                 dstash,
-                dx,
+                (dx, add_dx),
                 grads,
             );
         };
@@ -880,7 +896,13 @@ impl Backend for CudaBackend {
         // y is not read: a fused ReLU's mask is recomputed from the stash.
         let tensors = [ptr(&stash), ptr(&dy)];
         let grads = (ptr_mut(&dweight), ptr_mut(&dparams));
-        self.conv2d_batchnorm_backward_dnn(dnn, (g, bn), (&x, kept, &w), tensors, &o, ptr_mut(&dstash), dx.as_ref(), grads)
+        let dx = dx.as_ref().map(|dx| Dx { addr: ptr_mut(dx), add: add_dx });
+        self.conv2d_batchnorm_backward_dnn(dnn, (g, bn), (&x, kept, &w), tensors, &o, ptr_mut(&dstash), dx, grads)
+    }
+
+    fn conv2d_batchnorm_adds_dx(&self, g: &Conv2dGeom, stash: View<'_, Self, f32>) -> bool {
+        // The fused path widens dx from 16 bits: the widening adds in as cheaply as it writes.
+        self.fuses_batchnorm(g, ptr(&stash)).is_some()
     }
 
     fn maxpool2d_forward(

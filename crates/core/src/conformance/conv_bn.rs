@@ -47,6 +47,8 @@ struct Outputs {
     eval_y: Vec<f32>,
     /// Whether the forward left the stash's second half alone (kept the conv's output in 16 bits).
     narrow_stash: bool,
+    /// Where the backend adds dx into its window: what it added (the window after, less before).
+    added: Option<Vec<f32>>,
 }
 
 const GUARD: f32 = -5.0;
@@ -102,16 +104,21 @@ impl<B: Backend> Buffers<B> {
         .unwrap();
     }
 
-    /// dx (when asked), dweight and [dgamma | dbeta] of the last training forward, whose output was `y`.
-    fn backward(&self, b: &B, c: Call<'_>, y: &B::Buf<f32>, with_dx: bool) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    /// dx (when asked; added onto `onto` when given), dweight and [dgamma | dbeta]
+    /// of the last training forward, whose output was `y`.
+    fn backward(&self, b: &B, c: Call<'_>, y: &B::Buf<f32>, with_dx: bool, onto: Option<&[f32]>) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (g, lead) = (c.g, c.lead);
-        let (mut dx, mut dw, mut dparams) = (guarded(b, g.x_len(), lead), guarded(b, g.w_len(), lead), guarded(b, 2 * c.bn.c, lead));
+        let mut dx = guarded(b, g.x_len(), lead);
+        if let Some(onto) = onto {
+            b.write(ViewMut::range(&mut dx, lead, g.x_len()).unwrap(), onto).unwrap();
+        }
+        let (mut dw, mut dparams) = (guarded(b, g.w_len(), lead), guarded(b, 2 * c.bn.c, lead));
         let (mut dstash, mut scratch) = (guarded(b, g.y_len(), lead), poisoned(b, g.w_len() + g.c_out));
         let inputs =
             (View::all(&self.x), self.keep.as_ref().map(|k| View::range(k, lead, g.x_len().div_ceil(2)).unwrap()), View::all(&self.w));
         let tensors = (View::range(&self.stash, lead, g.y_len()).unwrap(), View::range(y, lead, g.y_len()).unwrap(), View::all(&self.dy));
         let state = (View::all(&self.bias), View::all(&self.params), View::all(&self.saved));
-        let dxv = with_dx.then(|| ViewMut::range(&mut dx, lead, g.x_len()).unwrap());
+        let dxv = (with_dx.then(|| ViewMut::range(&mut dx, lead, g.x_len()).unwrap()), onto.is_some());
         let dsv = ViewMut::range(&mut dstash, lead, g.y_len()).unwrap();
         let grads = (
             ViewMut::range(&mut dw, lead, g.w_len()).unwrap(),
@@ -154,8 +161,12 @@ fn run<B: Backend>(b: &B, c: Call<'_>, input: &Inputs) -> Outputs {
     let mut y = guarded(b, g.y_len(), lead);
     bufs.forward(b, c, true, &mut y);
     let stash = unguarded(b, &bufs.stash, lead, "conv2d_batchnorm_forward stash");
-    let (dx, dw, dparams) = bufs.backward(b, c, &y, true);
-    let (_, dw_without_dx, _) = bufs.backward(b, c, &y, false);
+    let (dx, dw, dparams) = bufs.backward(b, c, &y, true, None);
+    let (_, dw_without_dx, _) = bufs.backward(b, c, &y, false, None);
+    // Where the backend adds dx into a window (a tensor with two readers), onto values already there.
+    let adds = c.fused && b.conv2d_batchnorm_adds_dx(g, View::range(&bufs.stash, lead, g.y_len()).unwrap());
+    let onto: Vec<f32> = (0..g.x_len()).map(|i| (i % 7) as f32 * 0.25 - 0.75).collect();
+    let dx_added = adds.then(|| bufs.backward(b, c, &y, true, Some(&onto)).0);
     let mut eval_y = guarded(b, g.y_len(), lead);
     let (running, saved) = (down(b, &bufs.running), down(b, &bufs.saved));
     bufs.forward(b, c, false, &mut eval_y);
@@ -169,6 +180,7 @@ fn run<B: Backend>(b: &B, c: Call<'_>, input: &Inputs) -> Outputs {
         dparams,
         eval_y: unguarded(b, &eval_y, lead, "conv2d_batchnorm_forward y (evaluation)"),
         narrow_stash: stash[g.y_len().div_ceil(2)..].iter().all(|v| v.is_nan()),
+        added: dx_added.map(|d| d.iter().zip(&onto).map(|(d, o)| d - o).collect()),
     }
 }
 
@@ -227,6 +239,9 @@ pub fn conv2d_batchnorm<B: Backend>(b: &B, tol: f32) {
                     ("dw", &got.dw, &want.dw, grad_bound),
                 ] {
                     assert_close(&format!("{what}: {name}"), got, want, bound);
+                }
+                if let Some(added) = &got.added {
+                    assert_close(&format!("{what}: dx added into a window"), added, &got.dx, grad_bound);
                 }
                 // cuDNN's weight gradient may sum in another order from one call to the next.
                 assert_close(&format!("{what}: dw without dx"), &got.dw_without_dx, &got.dw, grad_bound);

@@ -114,6 +114,37 @@ impl<B: Backend> Layer<B> for Conv2dBatchNorm<B> {
         dy: View<'_, B, f32>,
         dx: Option<ViewMut<'_, B, f32>>,
     ) -> Result<()> {
+        self.backward_into(ctx, grads, (x, y, dy), (dx, false))
+    }
+
+    fn backward_adding_dx(
+        &mut self,
+        ctx: &Ctx<'_, B>,
+        grads: &mut B::Buf<f32>,
+        x: View<'_, B, f32>,
+        y: View<'_, B, f32>,
+        dy: View<'_, B, f32>,
+        dx: ViewMut<'_, B, f32>,
+    ) -> Result<bool> {
+        let g = self.conv.geom(ctx.n);
+        let stash = self.stash.as_ref().map(|s| View::prefix(s, g.y_len())).transpose()?;
+        if !stash.is_some_and(|s| ctx.backend.conv2d_batchnorm_adds_dx(&g, s)) {
+            return Ok(false);
+        }
+        self.backward_into(ctx, grads, (x, y, dy), (Some(dx), true)).map(|_| true)
+    }
+}
+
+impl<B: Backend> Conv2dBatchNorm<B> {
+    /// The backward, dx written or (`add_dx`) added into.
+    #[allow(clippy::type_complexity)]
+    fn backward_into(
+        &mut self,
+        ctx: &Ctx<'_, B>,
+        grads: &mut B::Buf<f32>,
+        (x, y, dy): (View<'_, B, f32>, View<'_, B, f32>, View<'_, B, f32>),
+        dx: (Option<ViewMut<'_, B, f32>>, bool),
+    ) -> Result<()> {
         // dy: (N, C_out, OH, OW) -> dgamma, dbeta (C_out), dW (C_out, C_in, K, K), dx (N, C_in, H, W)
         let (g, bn_geom) = (self.conv.geom(ctx.n), self.bn.geom(ctx.n));
         if self.stash.is_none() || self.dstash.is_none() || self.dbn.is_none() {

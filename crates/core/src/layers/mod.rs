@@ -104,6 +104,22 @@ pub trait Layer<B: Backend>: Send {
     fn reserve_backward(&mut self, _backend: &B, _n: usize) -> Result<()> {
         Ok(())
     }
+    /// [`Layer::backward`] adding dL/dx into `dx` instead of overwriting it
+    /// (an input with several readers, whose gradient is a sum), where the
+    /// layer can; `Ok(false)`: it cannot here, and did nothing (the model then
+    /// sums through a scratch buffer).
+    #[allow(clippy::too_many_arguments)]
+    fn backward_adding_dx(
+        &mut self,
+        _ctx: &Ctx<'_, B>,
+        _grads: &mut B::Buf<f32>,
+        _x: View<'_, B, f32>,
+        _y: View<'_, B, f32>,
+        _dy: View<'_, B, f32>,
+        _dx: ViewMut<'_, B, f32>,
+    ) -> Result<bool> {
+        Ok(false)
+    }
     /// x: (n, input...) -> y: (n, output...)
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()>;
     /// Given dy = dL/dy, writes the parameter gradients into `grads` and, when

@@ -3,13 +3,13 @@
 //! norm16.cu read it there, so it is never widened to fp32; the backward writes
 //! the conv's output gradient 16-bit channels-last, as cuDNN reads it.
 
-use super::conv_dnn::{half, tiles64, Dy};
+use super::conv_dnn::{half, tiles64, Dx, Dy};
 use super::i32c;
 use crate::cudnn::Cudnn;
 use crate::{device_err, CudaBackend};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use rr_core::backend::{BatchNormGeom, Conv2dGeom};
-use rr_core::{Precision, Result, View, ViewMut};
+use rr_core::{Precision, Result, View};
 
 /// Threads of the per-channel kernels of norm16.cu.
 const BLOCK16: u32 = 256;
@@ -112,7 +112,7 @@ impl CudaBackend {
         [stash, dy]: [u64; 2],
         o: &BnOperands,
         dstash: u64,
-        dx: Option<&ViewMut<'_, Self, f32>>,
+        dx: Option<Dx>,
         (dweight, dparams): (u64, u64),
     ) -> Result<()> {
         let (n, c, hw, act) = (i32c(bn.n)?, i32c(bn.c)?, i32c(bn.hw)?, bn.act.code() as i32);

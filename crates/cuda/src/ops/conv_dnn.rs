@@ -54,6 +54,20 @@ pub(super) enum Dy {
     Narrow(u64),
 }
 
+/// Where a convolution's backward puts dx (N, C_in, H, W): its address, and
+/// whether it adds into what is there (the 16-bit paths only).
+#[derive(Clone, Copy)]
+pub(super) struct Dx {
+    pub addr: u64,
+    pub add: bool,
+}
+
+impl Dx {
+    pub fn write(dx: &ViewMut<'_, CudaBackend, f32>) -> Self {
+        Dx { addr: ptr_mut(dx), add: false }
+    }
+}
+
 impl Dy {
     fn addr(self) -> u64 {
         match self {
@@ -94,7 +108,8 @@ impl CudaBackend {
 
     /// The input gradient cuDNN computed for [`cudnn_geom`] (16-bit channels-last at
     /// `src`) -> dx: (N, C_in, H, W) fp32 at `dst` (zeros where a subsample skipped).
-    fn widen_input_grad(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
+    /// With `dst.add`, added into what is there (nothing where a subsample skipped).
+    fn widen_input_grad(&self, g: &Conv2dGeom, src: u64, dst: Dx, p: Precision) -> Result<()> {
         let e = cudnn_geom(g, p);
         if e == *g {
             return self.widen_nchw(src, 0, dst, (g.n, g.c_in, g.h * g.w), p);
@@ -114,8 +129,8 @@ impl CudaBackend {
     /// dW as cuDNN computed it, (C_out, K, K, C_in') 16-bit -> (C_out, C_in, K, K) fp32.
     fn widen_weight_grad(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
         match cudnn_geom(g, p).c_in {
-            cp if cp == g.c_in => self.widen_nchw(src, 0, dst, (g.c_out, g.c_in, g.k * g.k), p),
-            cp => self.widen_strided(src, dst, (g.c_out, g.c_in, cp), (g.k, g.k), 1, (g.k, g.k), p),
+            cp if cp == g.c_in => self.widen_nchw(src, 0, Dx { addr: dst, add: false }, (g.c_out, g.c_in, g.k * g.k), p),
+            cp => self.widen_strided(src, Dx { addr: dst, add: false }, (g.c_out, g.c_in, cp), (g.k, g.k), 1, (g.k, g.k), p),
         }
     }
 
@@ -135,12 +150,13 @@ impl CudaBackend {
         launch!(self, narrow_to_nhwc_strided, tiles(n, cp, oh * ow), src, dst, a.0, a.1, a.2, a.3, a.4, a.5, a.6, half(p))
     }
 
-    /// `widen_to_nchw_strided`: the inverse of [`Self::narrow_strided`], zeros where it skipped.
+    /// `widen_to_nchw_strided`: the inverse of [`Self::narrow_strided`], zeros where it skipped
+    /// (with `dst.add`: added into `dst`, left alone where it skipped).
     #[allow(clippy::too_many_arguments)]
     fn widen_strided(
         &self,
         src: u64,
-        dst: u64,
+        dst: Dx,
         (n, c, cp): (usize, usize, usize),
         (h, w): (usize, usize),
         s: usize,
@@ -148,7 +164,8 @@ impl CudaBackend {
         p: Precision,
     ) -> Result<()> {
         let a = (i32c(c)?, i32c(cp)?, i32c(h)?, i32c(w)?, i32c(s)?, i32c(oh)?, i32c(ow)?);
-        launch!(self, widen_to_nchw_strided, tiles(n, c, h * w), src, dst, a.0, a.1, a.2, a.3, a.4, a.5, a.6, half(p))
+        let add = dst.add as i32;
+        launch!(self, widen_to_nchw_strided, tiles(n, c, h * w), src, dst.addr, a.0, a.1, a.2, a.3, a.4, a.5, a.6, half(p), add)
     }
 
     /// (N, C, HW) fp32 at `src` -> (N, HW, C) 16-bit at `dst`.
@@ -159,12 +176,14 @@ impl CudaBackend {
         launch!(self, narrow_to_nhwc, tiles(n, c, hw), src, dst, i32c(c)?, i32c(hw)?, half(p))
     }
 
-    /// (N, HW, C) 16-bit at `src` -> (N, C, HW) fp32 at `dst`, plus `bias` (0: none) per channel.
-    fn widen_nchw(&self, src: u64, bias: u64, dst: u64, (n, c, hw): (usize, usize, usize), p: Precision) -> Result<()> {
+    /// (N, HW, C) 16-bit at `src` -> (N, C, HW) fp32 at `dst`, plus `bias` (0: none) per channel
+    /// (with `dst.add`: added into `dst`).
+    fn widen_nchw(&self, src: u64, bias: u64, dst: Dx, (n, c, hw): (usize, usize, usize), p: Precision) -> Result<()> {
+        let (add, dst) = (dst.add as i32, dst.addr);
         if vectorized(c, hw, [src, dst]) {
-            return launch!(self, widen_from_nhwc_x8, tiles64(n, c, hw), src, bias, dst, i32c(c)?, i32c(hw)?, half(p));
+            return launch!(self, widen_from_nhwc_x8, tiles64(n, c, hw), src, bias, dst, i32c(c)?, i32c(hw)?, half(p), add);
         }
-        launch!(self, widen_from_nhwc, tiles(n, c, hw), src, bias, dst, i32c(c)?, i32c(hw)?, half(p))
+        launch!(self, widen_from_nhwc, tiles(n, c, hw), src, bias, dst, i32c(c)?, i32c(hw)?, half(p), add)
     }
 
     pub(super) fn capturing(&self) -> bool {
@@ -212,7 +231,7 @@ impl CudaBackend {
         };
         self.dnn_forward(dnn, &plan, g, &o, beta)?;
         if sixteen {
-            self.widen_nchw(o.y, ptr(bias), ptr_mut(y), (g.n, g.c_out, ohw), p)?;
+            self.widen_nchw(o.y, ptr(bias), Dx::write(y), (g.n, g.c_out, ohw), p)?;
         }
         Ok(())
     }
@@ -331,7 +350,7 @@ impl CudaBackend {
             i32c(pool.out_w())?,
             half(p)
         )?;
-        self.conv2d_backward_dnn(dnn, p, g, (x, None), w, Dy::Narrow(ptr_mut(stash)), dx, (dweight, None))
+        self.conv2d_backward_dnn(dnn, p, g, (x, None), w, Dy::Narrow(ptr_mut(stash)), dx.map(Dx::write), (dweight, None))
     }
 
     /// dW (C_out, C_in, K, K) at `dw`, db (C_out) at `db` when the conv has a
@@ -346,12 +365,15 @@ impl CudaBackend {
         (x, kept): (&View<'_, Self, f32>, Option<u64>),
         w: &View<'_, Self, f32>,
         dy: Dy,
-        dx: Option<&ViewMut<'_, Self, f32>>,
+        dx: Option<Dx>,
         (dw, db): (u64, Option<u64>),
     ) -> Result<()> {
         let plan = dnn.plan(&cudnn_geom(g, p), p)?;
         let ohw = g.out_h() * g.out_w();
         let sixteen = plan.channels_last;
+        if dx.is_some_and(|dx| dx.add && !sixteen) {
+            return Err(device_err(format!("conv2d_backward {g:?}: dx is added into only on 16-bit operands, not {p}")));
+        }
         if let (Some(db), Dy::Wide(dy)) = (db, dy) {
             self.channel_sums(dy, db, (g.n, g.c_out, ohw))?;
         } else if db.is_some() || (!sixteen && matches!(dy, Dy::Narrow(_))) {
@@ -405,7 +427,7 @@ impl CudaBackend {
             self.widen_weight_grad(g, s[4], dw, p)?;
         }
         let Some(dx) = dx else { return Ok(()) };
-        let o = Operands { x: if sixteen { s[4] } else { ptr_mut(dx) }, w: ws, y: dys, workspace: s[0] };
+        let o = Operands { x: if sixteen { s[4] } else { dx.addr }, w: ws, y: dys, workspace: s[0] };
         unsafe {
             let algo = plan.backward_data_algo(dnn.handle(), &o, self.capturing())?;
             dnn::convolution_backward_data(
@@ -426,7 +448,7 @@ impl CudaBackend {
         }
         .map_err(|e| err("backward data", e))?;
         if sixteen {
-            self.widen_input_grad(g, s[4], ptr_mut(dx), p)?;
+            self.widen_input_grad(g, s[4], dx, p)?;
         }
         Ok(())
     }
