@@ -549,6 +549,19 @@ mod tests {
         // A checkpoint's tensors load back (the fused layer takes its BatchNorm's buffers).
         let state = model.state_dict(&backend).unwrap();
         model.load_state_dict(&backend, &state, std::path::Path::new("state")).unwrap();
+        // With the conv frozen, its BatchNorm still learns: the fused pair's backward runs.
+        model.freeze(|name| name.starts_with("conv1."));
+        let n = 2;
+        let input: Vec<f32> = (0..n * 3 * 8 * 8).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let x = crate::Backend::upload(&backend, &input).unwrap();
+        model.reserve_backward(&backend, n).unwrap();
+        model.forward_train(&backend, n, crate::View::all(&x)).unwrap();
+        let dlogits = crate::Backend::upload(&backend, &[0.5f32, -0.5, -0.25, 0.25]).unwrap();
+        crate::Backend::fill(&backend, crate::ViewMut::all(&mut model.params.grads), f32::NAN).unwrap();
+        model.backward(&backend, n, crate::View::all(&x), crate::View::all(&dlogits)).unwrap();
+        let grads = crate::Backend::download(&backend, crate::View::all(&model.params.grads)).unwrap();
+        let bn1 = model.params.entries.iter().find(|e| e.name == "bn1.weight").unwrap();
+        assert!(grads[bn1.offset..bn1.offset + bn1.len()].iter().all(|g| g.is_finite()), "bn1's gradients were not computed");
     }
 
     #[test]

@@ -626,11 +626,12 @@ impl<B: Backend> Model<B> {
         written.fill(false);
         let outputs = output_nodes(nodes);
         for (i, node) in nodes.iter_mut().enumerate().rev() {
-            // Nothing at or before this node learns: neither its parameter gradients nor dx are needed.
-            if !learns[i] || node.absorbed {
+            // Nothing at or before this node (a fused pair: its second node) learns: neither its
+            // parameter gradients nor dx are needed.
+            let out = outputs[i];
+            if !learns[out] || node.absorbed {
                 continue;
             }
-            let out = outputs[i];
             let (below, above) = dacts.split_at_mut(i.min(last));
             // dy: (n, output of node `out`: this one's, or the one it is fused with)
             let dy = if out == last { dlogits } else { View::prefix(&above[out - i], len(out + 1))? };
