@@ -548,8 +548,8 @@ impl<B: Backend> Model<B> {
         // A tensor read by several nodes gets its gradients summed through a scratch buffer.
         let reads = self.graph.readers();
         // (An add+relu masks its gradient there first where both inputs are one tensor.)
-        let is_add = |t: usize| self.graph.nodes[t - 1].op == Op::Add;
-        let fan_out = (1..self.shapes.len()).filter(|&t| reads[t] > 1 || is_add(t)).map(|t| self.tensor_len(t)).max();
+        let add_relu = |t: usize| self.graph.nodes[t - 1].op == Op::Add && self.nodes.get(t).is_some_and(|n| n.absorbed);
+        let fan_out = (1..self.shapes.len()).filter(|&t| reads[t] > 1 || add_relu(t)).map(|t| self.tensor_len(t)).max();
         self.grad_scratch = fan_out.map(|len| backend.alloc(n * len)).transpose()?;
         self.grad_capacity = n;
         self.generation += 1;
@@ -642,9 +642,14 @@ impl<B: Backend> Model<B> {
             // The node that computes tensor t, when something at or before it learns (else dx is not needed).
             let learner = |t: &NodeId| t.node().filter(|&s| learns[s]);
             let Some(layer) = node.layer.as_mut() else {
-                let learners: Vec<usize> = node.inputs.iter().filter_map(learner).collect();
+                // An add has two inputs: the learning ones, without allocating in the step.
+                let (mut learners, mut count) = ([0usize; 2], 0);
+                for s in node.inputs.iter().filter_map(learner) {
+                    (learners[count], count) = (s, count + 1);
+                }
                 let y = View::prefix(&acts[out], len(out + 1))?;
-                add_backward(backend, (out > i).then_some(y), dy, (below, written), &learners, len, grad_scratch.as_mut())?;
+                let relu_y = (out > i).then_some(y);
+                add_backward(backend, relu_y, dy, (below, written), &learners[..count], len, grad_scratch.as_mut())?;
                 continue;
             };
             let t = node.inputs[0];

@@ -4,8 +4,9 @@
 // at a time, C % 8 == 0 and x 16-byte aligned (the host checks); y and dy are
 // the BatchNorm's fp32 output and its gradient, (N, C, HW). Each block works on
 // 64x64 tiles of (positions, channels) of one sample, transposing the fp32
-// tensors through shared memory; `vec` (HW % 4 == 0, y and dy 16-byte aligned)
-// moves them four floats at a time. The arithmetic is norm.cu's, value for value.
+// tensors through shared memory; `vec` (HW % 4 == 0, y or dy 16-byte aligned)
+// moves them four floats at a time. The arithmetic is norm.cu's (a fused ReLU's
+// mask from the recomputed z, see bn16_z, where norm.cu reads y).
 
 #define T16 64
 

@@ -230,11 +230,7 @@ impl<B: Backend> Layer<B> for Conv2dMaxPool<B> {
 
     fn reserve(&mut self, backend: &B, n: usize) -> Result<()> {
         self.pool.reserve(backend, n)?;
-        let len = self.conv.geom(n).y_len();
-        if self.stash.as_ref().is_none_or(|s| crate::Storage::len(s) < len) {
-            self.stash = Some(backend.alloc(len)?);
-        }
-        Ok(())
+        super::ensure(backend, &mut self.stash, self.conv.geom(n).y_len())
     }
 
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {

@@ -1,4 +1,4 @@
-use super::{BatchNorm, Conv2d, Ctx, Layer, LayerBuffer, ParamSpec};
+use super::{ensure, BatchNorm, Conv2d, Ctx, Layer, LayerBuffer, ParamSpec};
 use crate::backend::{Activation, Backend, View, ViewMut};
 use crate::error::{Error, Result};
 
@@ -21,7 +21,7 @@ pub struct Conv2dBatchNorm<B: Backend> {
 impl<B: Backend> Conv2dBatchNorm<B> {
     /// `None` unless the pair can be fused: a bias-free conv and a 2-D BatchNorm over its channels.
     pub fn fuse(conv: Conv2d<B>, bn: BatchNorm<B>) -> Option<Self> {
-        let fits = !conv.bias && bn.channels == conv.c_out && bn.kind_name().starts_with("batchnorm2d");
+        let fits = !conv.bias && bn.channels == conv.c_out && bn.is_2d();
         fits.then_some(Conv2dBatchNorm { conv, bn, stash: None, dstash: None, dbn: None })
     }
 
@@ -33,14 +33,6 @@ impl<B: Backend> Conv2dBatchNorm<B> {
     fn missing(&self, what: &str) -> Error {
         Error::shape(self.kind(), what, "a training forward first", "none")
     }
-}
-
-/// Grows `buf` to at least `len` floats.
-fn ensure<B: Backend>(backend: &B, buf: &mut Option<B::Buf<f32>>, len: usize) -> Result<()> {
-    if buf.as_ref().is_none_or(|b| crate::Storage::len(b) < len) {
-        *buf = Some(backend.alloc(len)?);
-    }
-    Ok(())
 }
 
 impl<B: Backend> Layer<B> for Conv2dBatchNorm<B> {

@@ -24,6 +24,15 @@ pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 use crate::backend::{Backend, View, ViewMut};
 use crate::error::Result;
 
+/// Grows a layer's scratch buffer `buf` to at least `len` floats (allocated
+/// when a batch is larger than any before, never within a step of the same size).
+pub(crate) fn ensure<B: Backend>(backend: &B, buf: &mut Option<B::Buf<f32>>, len: usize) -> Result<()> {
+    if buf.as_ref().is_none_or(|b| crate::Storage::len(b) < len) {
+        *buf = Some(backend.alloc(len)?);
+    }
+    Ok(())
+}
+
 /// A parameter tensor a layer asks for. `fan_in` drives PyTorch's default init.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParamSpec {

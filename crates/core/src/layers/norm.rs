@@ -87,6 +87,11 @@ impl<B: Backend> BatchNorm<B> {
         Ok((View::range(ctx.params, self.off, 2 * self.channels)?, View::all(saved)))
     }
 
+    /// Over (C, H, W) inputs (`BatchNorm2d`), not (C).
+    pub(super) fn is_2d(&self) -> bool {
+        self.dims == 2
+    }
+
     /// Where its gradients [dgamma | dbeta] go in the gradient buffer.
     pub(super) fn param_offset(&self) -> usize {
         self.off

@@ -19,9 +19,9 @@ fn warps(c: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: ((32 * c).div_ceil(BLOCK16 as usize) as u32, 1, 1), block_dim: (BLOCK16, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// Whether the fp32 (N, C, HW) tensors at `addrs` (0: unused) may move four floats at a time.
+/// Whether the fp32 (N, C, HW) tensors at `addrs` may move four floats at a time, as the kernels take it.
 fn vec4(hw: usize, addrs: &[u64]) -> i32 {
-    (hw.is_multiple_of(4) && addrs.iter().all(|a| a.is_multiple_of(16))) as i32
+    super::vec4(hw, addrs) as i32
 }
 
 /// The pointers of the fused op's fp32 operands.
@@ -40,10 +40,9 @@ impl CudaBackend {
         self.sixteen_bit(g).filter(|_| g.n > 0 && g.c_out.is_multiple_of(8) && stash.is_multiple_of(16))
     }
 
-    /// `bn16_stat_partials` or `bn16_grad_partials` (`stats`) on a (channel
-    /// tiles, slices) grid of `waves` blocks per SM, each slice at most one of
-    /// `units` (rows or tiles); returns the partials' address and slice count,
-    /// valid while the guard is held.
+    /// The grid of `bn16_stat_partials` or `bn16_grad_partials`: (channel tiles,
+    /// slices), `waves` blocks per SM, each slice at least one of `units` (rows
+    /// or tiles); returns it with the partials' address, valid while the guard is held.
     fn bn16_grid(&self, c: usize, units: usize, waves: usize) -> Result<(std::sync::MutexGuard<'_, crate::Scratch>, u64, LaunchConfig)> {
         let channel_tiles = c.div_ceil(64);
         let slices = (waves * self.sms as usize).div_ceil(channel_tiles).clamp(1, units.max(1));
