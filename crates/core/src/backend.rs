@@ -278,6 +278,22 @@ pub struct BatchNormGeom {
     pub act: Activation,
 }
 
+/// Which of a fused conv + BatchNorm's x and y (and so dx and dy) travel as the
+/// backend's 16-bit channels-last tensors, (N, H, W, C) 16-bit values in the
+/// first half of the fp32 window, instead of fp32 (N, C, H, W): the model
+/// narrows an edge between two fused ops that both offer it (ResNet's conv1 ->
+/// conv2), so that it is never widened to fp32 and narrowed again (see
+/// [`Backend::conv2d_batchnorm_narrow`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NarrowEdges {
+    pub x: bool,
+    pub y: bool,
+}
+
+impl NarrowEdges {
+    pub const WIDE: NarrowEdges = NarrowEdges { x: false, y: false };
+}
+
 /// An activation fused into [`BatchNormGeom`]. The forward writes only
 /// y = act(z) for z = bn(x); backward gets dz = dy act'(z) from y (ReLU: y > 0)
 /// or, for GELU, by recomputing z from x and the saved statistics.
@@ -963,10 +979,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// backends that can keep it narrower than fp32 (CUDA's 16-bit channels-last)
     /// normalize it from there and never write it in fp32 (see
     /// [`conv2d_batchnorm_forward_unfused`], the default).
+    /// With `edges`, x and y are narrow (only sides [`Backend::conv2d_batchnorm_narrow`] offers).
     #[allow(clippy::too_many_arguments)]
     fn conv2d_batchnorm_forward(
         &self,
         geoms: (&Conv2dGeom, &BatchNormGeom),
+        edges: NarrowEdges,
         training: bool,
         (x, w, bias): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         keep: Option<ViewMut<'_, Self, f32>>,
@@ -974,6 +992,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         stash: ViewMut<'_, Self, f32>,
         y: ViewMut<'_, Self, f32>,
     ) -> Result<()> {
+        checks::wide(geoms.0, edges)?;
         conv2d_batchnorm_forward_unfused(self, geoms, training, (x, w, bias), keep, bn, stash, y)
     }
     /// The gradients of a training [`Backend::conv2d_batchnorm_forward`] of the
@@ -983,10 +1002,12 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// `dstash` (`g.y_len()` floats) is room for the conv's output gradient,
     /// `scratch` as [`Backend::conv2d_backward_no_bias`]'s. With `add_dx`, dx
     /// is added into its window instead (only where [`Backend::conv2d_batchnorm_adds_dx`] says so).
+    /// `edges` as the forward's: a narrow x is its own `kept`, dx and dy are narrow as x and y.
     #[allow(clippy::too_many_arguments)]
     fn conv2d_batchnorm_backward(
         &self,
         geoms: (&Conv2dGeom, &BatchNormGeom),
+        edges: NarrowEdges,
         (x, kept, w): KeptConvInputs<'_, Self>,
         (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
@@ -994,6 +1015,7 @@ pub trait Backend: Send + Sync + Sized + 'static {
         dx: (Option<ViewMut<'_, Self, f32>>, bool),
         grads: (ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>, ViewMut<'_, Self, f32>),
     ) -> Result<()> {
+        checks::wide(geoms.0, edges)?;
         conv2d_batchnorm_backward_unfused(self, geoms, (x, kept, w), (stash, y, dy), (bias, params, saved), dstash, dx, grads)
     }
     /// Whether [`Backend::conv2d_batchnorm_backward`] can add dx into its
@@ -1001,6 +1023,11 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// gradient is a sum). The default: never (the model sums through a scratch buffer).
     fn conv2d_batchnorm_adds_dx(&self, _g: &Conv2dGeom, _stash: View<'_, Self, f32>) -> bool {
         false
+    }
+    /// Which sides of a fused conv + BatchNorm over `g` (any batch size) can be
+    /// narrow at the current precision (see [`NarrowEdges`]). The default: neither.
+    fn conv2d_batchnorm_narrow(&self, _g: &Conv2dGeom) -> NarrowEdges {
+        NarrowEdges::WIDE
     }
 
     /// Average pooling (padding counts as 0 and the divisor is always k*k, as
@@ -1219,7 +1246,7 @@ pub fn conv2d_batchnorm_backward_unfused<B: Backend>(
 /// and the length of every window the same way, so a mismatch is the same
 /// [`Error::Shape`] on every device.
 pub mod checks {
-    use super::{AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, Pool2dGeom, MAX_CHANNELS};
+    use super::{AugmentSpec, BatchNormGeom, Conv2dGeom, CropSpec, DropoutSpec, Gather, NarrowEdges, Pool2dGeom, MAX_CHANNELS};
     use crate::error::{check_len, Error, Result};
 
     pub fn conv2d_forward(g: &Conv2dGeom, x: usize, w: usize, bias: usize, y: usize) -> Result<()> {
@@ -1258,6 +1285,14 @@ pub mod checks {
 
     /// A fused conv + 2-D BatchNorm: the BatchNorm reads exactly the conv's
     /// output; `stash` holds that output.
+    /// The unfused path takes fp32 tensors only (an empty batch has no layout).
+    pub fn wide(g: &Conv2dGeom, edges: NarrowEdges) -> Result<()> {
+        if g.n > 0 && edges != NarrowEdges::WIDE {
+            return Err(Error::shape("conv2d_batchnorm", "narrow edges", "none on this backend and precision", format!("{edges:?}")));
+        }
+        Ok(())
+    }
+
     pub fn conv2d_batchnorm(g: &Conv2dGeom, bn: &BatchNormGeom, stash: usize) -> Result<()> {
         g.validate()?;
         if (bn.n, bn.c, bn.hw) != (g.n, g.c_out, g.out_h() * g.out_w()) {

@@ -4,7 +4,7 @@
 //! parameters in one buffer and its activations preallocated. Models of your
 //! own are built with [`crate::graph::GraphBuilder`] and run the same way.
 
-use crate::backend::{Backend, View, ViewMut};
+use crate::backend::{Backend, NarrowEdges, Precision, View, ViewMut};
 use crate::error::{Error, Result};
 use crate::graph::{Conv, Graph, GraphBuilder, NodeId, Op};
 use crate::layers::{Conv2d, Conv2dBatchNorm, Conv2dMaxPool, Ctx, Layer, MaxPool2d};
@@ -402,6 +402,11 @@ pub struct Model<B: Backend> {
     generation: u64,
     /// Per node: it or a node before it has a parameter that trains (see [`Model::freeze`]).
     learns_upstream: Vec<bool>,
+    /// The precision the layers' narrow edges were chosen for (see [`Model::narrow_edges`]),
+    /// and whether any may be narrow (see [`Model::allow_narrow_edges`]).
+    edges_for: Option<Precision>,
+    narrow_allowed: bool,
+    narrow_count: usize,
 }
 
 impl<B: Backend> Model<B> {
@@ -482,6 +487,9 @@ impl<B: Backend> Model<B> {
             grad_capacity: 0,
             generation: 0,
             learns_upstream: vec![true; graph_len],
+            edges_for: None,
+            narrow_allowed: true,
+            narrow_count: 0,
         })
     }
 
@@ -572,6 +580,7 @@ impl<B: Backend> Model<B> {
     fn forward_mode(&mut self, backend: &B, n: usize, x: View<'_, B, f32>, training: bool) -> Result<()> {
         crate::error::check_len("model forward", "input", n * self.input_len(), x.len)?;
         self.reserve(backend, n)?;
+        self.narrow_edges(backend);
         let Model { nodes, acts, params, rng, tensor_lens, .. } = self;
         let len = |t: usize| n * tensor_lens[t];
         let ctx = Ctx { backend, n, params: &params.data, training, rng: View::all(rng) };
@@ -597,6 +606,48 @@ impl<B: Backend> Model<B> {
             }
         }
         Ok(())
+    }
+
+    /// Chooses, for the backend's current precision, the tensors that travel
+    /// narrow (see [`NarrowEdges`]): those whose producer offers a narrow output
+    /// and whose only reader a narrow input, so that neither side widens or
+    /// narrows them (ResNet's conv1 -> conv2 at 16 bits on CUDA).
+    fn narrow_edges(&mut self, backend: &B) {
+        if self.edges_for == Some(backend.precision()) {
+            return;
+        }
+        self.edges_for = Some(backend.precision());
+        let (reads, outputs) = (self.graph.readers(), output_nodes(&self.nodes));
+        let offer = |layer: &dyn Layer<B>| if self.narrow_allowed { layer.narrow_edges(backend) } else { NarrowEdges::WIDE };
+        let offered: Vec<NarrowEdges> = self.nodes.iter().map(|node| node.layer.as_deref().map_or(NarrowEdges::WIDE, offer)).collect();
+        let mut edges = vec![NarrowEdges::WIDE; self.nodes.len()];
+        for (j, node) in self.nodes.iter().enumerate() {
+            // The tensor node j reads, the node whose layer writes it (the one before, when absorbed).
+            let Some(t) = node.inputs[0].node().filter(|_| offered[j].x && node.inputs.len() == 1) else { continue };
+            let producer = if self.nodes[t].absorbed { t - 1 } else { t };
+            if outputs[producer] == t && reads[t + 1] == 1 && offered[producer].y {
+                (edges[j].x, edges[producer].y) = (true, true);
+            }
+        }
+        self.narrow_count = edges.iter().filter(|e| e.y).count();
+        for (node, e) in self.nodes.iter_mut().zip(edges) {
+            if let Some(layer) = node.layer.as_mut() {
+                layer.set_narrow_edges(e);
+            }
+        }
+        // Recorded steps ran the old kernels.
+        self.generation += 1;
+    }
+
+    /// Lets the backend keep the tensors between fused ops that offer it narrow
+    /// (the default, see [`NarrowEdges`]), or keeps every activation fp32 (N, C, H, W).
+    pub fn allow_narrow_edges(&mut self, allow: bool) {
+        (self.narrow_allowed, self.edges_for) = (allow, None);
+    }
+
+    /// How many tensors the last forward passed narrow.
+    pub fn narrow_tensors(&self) -> usize {
+        self.narrow_count
     }
 
     /// The logits of the last forward pass: (n, classes).

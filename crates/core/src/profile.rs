@@ -3,8 +3,8 @@
 //! profiled runs show each op separately.
 
 use crate::backend::{
-    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Elem, Gather, Gemm, KeptConvInputs, Pool2dGeom,
-    ScaleUpdate, UpdateRule, View, ViewMut,
+    AugmentSpec, Backend, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Elem, Gather, Gemm, KeptConvInputs, NarrowEdges,
+    Pool2dGeom, ScaleUpdate, UpdateRule, View, ViewMut,
 };
 use crate::error::Result;
 use std::sync::Mutex;
@@ -257,6 +257,7 @@ where
     fn conv2d_batchnorm_forward(
         &self,
         geoms: (&Conv2dGeom, &BatchNormGeom),
+        edges: NarrowEdges,
         training: bool,
         (x, w, bias): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         keep: Option<ViewMut<'_, Self, f32>>,
@@ -266,15 +267,19 @@ where
     ) -> Result<()> {
         let bn = (v(params), vm(running), vm(saved));
         self.timed("conv2d_batchnorm_forward", || {
-            self.inner.conv2d_batchnorm_forward(geoms, training, (v(x), v(w), v(bias)), keep.map(vm), bn, vm(stash), vm(y))
+            self.inner.conv2d_batchnorm_forward(geoms, edges, training, (v(x), v(w), v(bias)), keep.map(vm), bn, vm(stash), vm(y))
         })
     }
     fn conv2d_batchnorm_adds_dx(&self, g: &Conv2dGeom, stash: View<'_, Self, f32>) -> bool {
         self.inner.conv2d_batchnorm_adds_dx(g, v(stash))
     }
+    fn conv2d_batchnorm_narrow(&self, g: &Conv2dGeom) -> NarrowEdges {
+        self.inner.conv2d_batchnorm_narrow(g)
+    }
     fn conv2d_batchnorm_backward(
         &self,
         geoms: (&Conv2dGeom, &BatchNormGeom),
+        edges: NarrowEdges,
         (x, kept, w): KeptConvInputs<'_, Self>,
         (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
@@ -286,6 +291,7 @@ where
         self.timed("conv2d_batchnorm_backward", || {
             self.inner.conv2d_batchnorm_backward(
                 geoms,
+                edges,
                 inputs,
                 (v(stash), v(y), v(dy)),
                 (v(bias), v(params), v(saved)),

@@ -6,7 +6,9 @@
 // 64x64 tiles of (positions, channels) of one sample, transposing the fp32
 // tensors through shared memory; `vec` (HW % 4 == 0, y or dy 16-byte aligned)
 // moves them four floats at a time. The arithmetic is norm.cu's (a fused ReLU's
-// mask from the recomputed z, see bn16_z, where norm.cu reads y).
+// mask from the recomputed z, see bn16_z, where norm.cu reads y). Where the
+// model narrows the edge to the next fused op (NarrowEdges in rr-core), y and
+// dy are 16-bit channels-last like x instead (`narrow`): no transpose.
 
 #define T16 64
 
@@ -33,6 +35,14 @@ __device__ __forceinline__ void load8(const unsigned short* __restrict__ p, int 
     unsigned words[4] = {u.x, u.y, u.z, u.w};
 #pragma unroll
     for (int k = 0; k < 8; k++) v[k] = f16_to_32((unsigned short)(words[k / 2] >> (16 * (k % 2))), half);
+}
+
+// Rounds v to 16 bits and stores it at `p` (16 bytes).
+__device__ __forceinline__ void store8(unsigned short* __restrict__ p, const float (&v)[8], int half) {
+    unsigned words[4];
+#pragma unroll
+    for (int k = 0; k < 8; k += 2) words[k / 2] = pack16x2(v[k], v[k + 1], half);
+    *reinterpret_cast<uint4*>(p) = make_uint4(words[0], words[1], words[2], words[3]);
 }
 
 // Per-channel constants of a block's 64 channels, in shared memory: rows of
@@ -190,6 +200,64 @@ extern "C" __global__ void __launch_bounds__(256) bn16_grad_partials(const unsig
     block_channel_sums(a, b, red, partial, c0, C, s, S);
 }
 
+// bn16_grad_partials for a narrow dy, (N, HW, C) 16-bit like x: rows (positions)
+// as bn16_stat_partials reads them, two in flight, no tiles; each thread sums
+// its values in float, the block in double.
+extern "C" __global__ void __launch_bounds__(256, 3) bn16_grad_partials_nhwc(const unsigned short* __restrict__ x,
+                                                                          const float* __restrict__ bias,
+                                                                          const unsigned short* __restrict__ dy,
+                                                                          const float* __restrict__ saved,
+                                                                          const float* __restrict__ params, double* __restrict__ partial,
+                                                                          long long rows, int C, int act, int half) {
+    __shared__ double red[8][2][T16];
+    __shared__ float sp[5][T16];
+    const int c0 = blockIdx.x * T16, s = blockIdx.y, S = gridDim.y;
+    const int g = threadIdx.x % 8, r = threadIdx.x / 8, c = c0 + 8 * g;
+    const long long r0 = s * rows / S, r1 = (s + 1) * rows / S;
+    if (threadIdx.x < T16) {
+        const int ct = c0 + threadIdx.x;
+        const bool on = ct < C;
+        sp[SP_MEAN][threadIdx.x] = on ? saved[ct] : 0.0f;
+        sp[SP_INVSTD][threadIdx.x] = on ? saved[C + ct] : 0.0f;
+        sp[SP_GAMMA][threadIdx.x] = on ? params[ct] : 0.0f;
+        sp[SP_BETA][threadIdx.x] = on ? params[C + ct] : 0.0f;
+        sp[SP_BIAS][threadIdx.x] = bias && on ? bias[ct] : 0.0f;
+    }
+    __syncthreads();
+    float fa[8], fb[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) fa[k] = fb[k] = 0.0f;
+    if (c < C) {
+        for (long long row = r0 + r; row < r1; row += 2 * 32) {
+            float v[2][8], d[2][8];
+            const bool second = row + 32 < r1;
+            load8(x + row * C + c, half, v[0]);
+            load8(dy + row * C + c, half, d[0]);
+            if (second) {
+                load8(x + (row + 32) * C + c, half, v[1]);
+                load8(dy + (row + 32) * C + c, half, d[1]);
+            }
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                if (u == 1 && !second) break;
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    const int cl = 8 * g + k;
+                    const float gamma = sp[SP_GAMMA][cl], beta = sp[SP_BETA][cl];
+                    float xhat = bn16_xhat(v[u][k], sp[SP_BIAS][cl], sp[SP_MEAN][cl], sp[SP_INVSTD][cl]);
+                    float dz = bn_dz(act, act == ACT_RELU ? bn16_z(xhat, gamma, beta) : 0.0f, d[u][k], xhat, gamma, beta);
+                    fa[k] += dz;
+                    fb[k] += dz * xhat;
+                }
+            }
+        }
+    }
+    double a[8], b[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) a[k] = fa[k], b[k] = fb[k];
+    block_channel_sums(a, b, red, partial, c0, C, s, S);
+}
+
 // The sums of channel c's S partials, by one warp; valid in lane 0.
 __device__ __forceinline__ void partial_sums(const double* __restrict__ partial, int c, int S, double& a, double& b) {
     a = 0.0, b = 0.0;
@@ -230,11 +298,12 @@ extern "C" __global__ void bn16_grads_finish(const double* __restrict__ partial,
 
 // bn_apply (norm.cu) from the 16-bit channels-last x: y (N, C, HW) fp32 =
 // act(gamma * (x - mean) * invstd + beta), training with saved [mean | invstd],
-// evaluation with running [mean | var]. Block 256; grid (ceil(HW/64), ceil(C/64), N).
+// evaluation with running [mean | var]; `narrow`: y (N, HW, C) 16-bit like x.
+// Block 256; grid (ceil(HW/64), ceil(C/64), N).
 extern "C" __global__ void __launch_bounds__(256) bn16_apply(const unsigned short* __restrict__ x, const float* __restrict__ bias,
                                                              const float* __restrict__ params,
                                                              const float* __restrict__ stats, float* __restrict__ y, int C, int HW,
-                                                             float eps, int training, int act, int half, int vec) {
+                                                             float eps, int training, int act, int half, int vec, int narrow) {
     __shared__ float tile[T16][T16 + 1];
     __shared__ float sp[5][T16];
     const long long base = (long long)blockIdx.z * C * HW;
@@ -251,15 +320,19 @@ extern "C" __global__ void __launch_bounds__(256) bn16_apply(const unsigned shor
     for (int i = threadIdx.x; i < T16 * 8; i += blockDim.x) {
         int g = (i % 8) * 8, q = i / 8;
         if (c0 + g >= C || p0 + q >= HW) continue;
+        const long long at = base + (long long)(p0 + q) * C + c0 + g;
         float v[8];
-        load8(x + base + (long long)(p0 + q) * C + c0 + g, half, v);
+        load8(x + at, half, v);
 #pragma unroll
         for (int k = 0; k < 8; k++) {
             const int cl = g + k;
             float z = bn16_z(bn16_xhat(v[k], sp[SP_BIAS][cl], sp[SP_MEAN][cl], sp[SP_INVSTD][cl]), sp[SP_GAMMA][cl], sp[SP_BETA][cl]);
-            tile[cl][q] = act == ACT_RELU ? fmaxf(z, 0.0f) : act == ACT_GELU ? gelu_f(z) : z;
+            v[k] = act == ACT_RELU ? fmaxf(z, 0.0f) : act == ACT_GELU ? gelu_f(z) : z;
+            if (!narrow) tile[cl][q] = v[k];
         }
+        if (narrow) store8(reinterpret_cast<unsigned short*>(y) + at, v, half);
     }
+    if (narrow) return;  // the whole block: no transpose
     __syncthreads();
     for (int i = threadIdx.x; i < T16 * 16; i += blockDim.x) {
         int r = i / 16, q = (i % 16) * 4;
@@ -275,13 +348,13 @@ extern "C" __global__ void __launch_bounds__(256) bn16_apply(const unsigned shor
 
 // bn_backward_dx (norm.cu) into the 16-bit channels-last gradient the conv's
 // backward reads: dx (N, HW, C) 16-bit = gamma * invstd * (dy' - dbeta / M -
-// xhat * dgamma / M), dparams = [dgamma | dbeta] from bn16_grads_finish.
-// Block 256; grid (ceil(HW/64), ceil(C/64), N).
+// xhat * dgamma / M), dparams = [dgamma | dbeta] from bn16_grads_finish;
+// `narrow`: dy (N, HW, C) 16-bit like x. Block 256; grid (ceil(HW/64), ceil(C/64), N).
 extern "C" __global__ void __launch_bounds__(256) bn16_backward_dx(const unsigned short* __restrict__ x, const float* __restrict__ bias,
                                                                    const float* __restrict__ dy, const float* __restrict__ params,
                                                                    const float* __restrict__ saved, const float* __restrict__ dparams,
                                                                    unsigned short* __restrict__ dx, int N, int C, int HW, int act,
-                                                                   int half, int vec) {
+                                                                   int half, int vec, int narrow) {
     __shared__ float dy_t[T16][T16 + 1];
     __shared__ float sp[7][T16];
     const int n = blockIdx.z;
@@ -298,14 +371,20 @@ extern "C" __global__ void __launch_bounds__(256) bn16_backward_dx(const unsigne
         sp[SP_MG][threadIdx.x] = (float)(dparams[c] / m);
         sp[SP_BIAS][threadIdx.x] = bias ? bias[c] : 0.0f;
     }
-    load_tile_nchw(dy + base, dy_t, c0, p0, C, HW, vec);
+    if (!narrow) load_tile_nchw(dy + base, dy_t, c0, p0, C, HW, vec);
     __syncthreads();
     for (int i = threadIdx.x; i < T16 * 8; i += blockDim.x) {
         int g = (i % 8) * 8, q = i / 8;
         if (c0 + g >= C || p0 + q >= HW) continue;
         const long long at = base + (long long)(p0 + q) * C + c0 + g;
-        float v[8];
+        float v[8], dv[8];
         load8(x + at, half, v);
+        if (narrow) {
+            load8(reinterpret_cast<const unsigned short*>(dy) + at, half, dv);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) dv[k] = dy_t[g + k][q];
+        }
         unsigned words[4];
 #pragma unroll
         for (int k = 0; k < 8; k += 2) {
@@ -315,7 +394,7 @@ extern "C" __global__ void __launch_bounds__(256) bn16_backward_dx(const unsigne
                 const int cl = g + k + j;
                 const float invstd = sp[SP_INVSTD][cl], gamma = sp[SP_GAMMA][cl];
                 float xhat = bn16_xhat(v[k + j], sp[SP_BIAS][cl], sp[SP_MEAN][cl], invstd);
-                float d = bn_dz(act, act == ACT_RELU ? bn16_z(xhat, gamma, sp[SP_BETA][cl]) : 0.0f, dy_t[cl][q], xhat, gamma, sp[SP_BETA][cl]);
+                float d = bn_dz(act, act == ACT_RELU ? bn16_z(xhat, gamma, sp[SP_BETA][cl]) : 0.0f, dv[k + j], xhat, gamma, sp[SP_BETA][cl]);
                 out[j] = gamma * invstd * (d - sp[SP_MB][cl] - xhat * sp[SP_MG][cl]);
             }
             words[k / 2] = pack16x2(out[0], out[1], half);

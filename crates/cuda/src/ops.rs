@@ -6,8 +6,8 @@ use crate::{device_err, ptr, ptr_mut, CudaBackend, CudaBuf};
 use cudarc::cublas::sys::cublasOperation_t;
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use rr_core::backend::{
-    checks, Activation, AugmentSpec, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Gather, Gemm, KeptConvInputs, Padding,
-    Pool2dGeom, ScaleUpdate, UpdateRule, MAX_CHANNELS,
+    checks, Activation, AugmentSpec, BatchNormGeom, Conv2dGeom, ConvGrads, CropSpec, DropoutSpec, Gather, Gemm, KeptConvInputs,
+    NarrowEdges, Padding, Pool2dGeom, ScaleUpdate, UpdateRule, MAX_CHANNELS,
 };
 use rr_core::error::check_len;
 use rr_core::{Backend, Elem, Error, Precision, Result, View, ViewMut};
@@ -219,6 +219,21 @@ impl CudaBackend {
     /// 16-bit values a layer keeps for the backward (not the padded RGB stem).
     fn keeping(&self, g: &Conv2dGeom) -> Option<(&crate::cudnn::Cudnn, Precision)> {
         self.sixteen_bit(g).filter(|&(_, p)| conv_dnn::cudnn_geom(g, p).x_len() <= g.x_len())
+    }
+
+    /// Refuses narrow sides of a fused conv + BatchNorm that `conv2d_batchnorm_narrow`
+    /// does not offer, and narrow tensors (`addrs`: x or dx, y or dy; 0: none) not 16-byte aligned.
+    fn check_narrow(&self, g: &Conv2dGeom, edges: NarrowEdges, addrs: [u64; 2]) -> Result<()> {
+        let offered = self.conv2d_batchnorm_narrow(g);
+        if g.n > 0 && ((edges.x && !offered.x) || (edges.y && !offered.y)) {
+            let want = format!("at most {offered:?} for {g:?} at {}", self.precision());
+            return Err(Error::shape("conv2d_batchnorm", "narrow edges", want, format!("{edges:?}")));
+        }
+        let aligned = |on: bool, addr: u64| !on || addr.is_multiple_of(16);
+        if !(aligned(edges.x, addrs[0]) && aligned(edges.y, addrs[1])) {
+            return Err(Error::shape("conv2d_batchnorm", "narrow tensors", "16-byte aligned windows", format!("{addrs:x?}")));
+        }
+        Ok(())
     }
 
     /// cuDNN and the precision when a wide convolution runs on 16-bit channels-last operands.
@@ -836,6 +851,7 @@ impl Backend for CudaBackend {
     fn conv2d_batchnorm_forward(
         &self,
         (g, bn): (&Conv2dGeom, &BatchNormGeom),
+        edges: NarrowEdges,
         training: bool,
         (x, w, bias): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         keep: Option<ViewMut<'_, Self, f32>>,
@@ -849,20 +865,23 @@ impl Backend for CudaBackend {
         if let Some(keep) = &keep {
             check_len("conv2d_batchnorm_forward", "keep", g.x_len().div_ceil(2), keep.len)?;
         }
+        self.check_narrow(g, edges, [ptr(&x), ptr_mut(&y)])?;
         // 16-bit tensor cores: the conv's output stays 16-bit channels-last, in the stash.
         let Some(dnn) = self.fuses_batchnorm(g, ptr_mut(&stash)) else {
             let bn_state = (params, running, saved);
+            checks::wide(g, edges)?;
             return rr_core::backend::conv2d_batchnorm_forward_unfused(self, (g, bn), training, (x, w, bias), keep, bn_state, stash, y);
         };
         // x goes into `keep` only where the kept backward will read it there (see conv2d_forward_keep).
         let keep = keep.filter(|_| self.keeping(g).is_some()).map(|k| ptr_mut(&k));
         let o = conv_bn::BnOperands { bias: ptr(&bias), params: ptr(&params), running: ptr_mut(&running), saved: ptr_mut(&saved) };
-        self.conv2d_batchnorm_forward_dnn(dnn, (g, bn), training, (&x, &w), keep, &o, (ptr_mut(&stash), ptr_mut(&y)))
+        self.conv2d_batchnorm_forward_dnn(dnn, (g, bn, edges), training, (&x, &w), keep, &o, (ptr_mut(&stash), ptr_mut(&y)))
     }
 
     fn conv2d_batchnorm_backward(
         &self,
         (g, bn): (&Conv2dGeom, &BatchNormGeom),
+        edges: NarrowEdges,
         (x, kept, w): KeptConvInputs<'_, Self>,
         (stash, y, dy): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
         (bias, params, saved): (View<'_, Self, f32>, View<'_, Self, f32>, View<'_, Self, f32>),
@@ -877,9 +896,14 @@ impl Backend for CudaBackend {
         if let Some(kept) = &kept {
             check_len("conv2d_batchnorm_backward", "kept", g.x_len().div_ceil(2), kept.len)?;
         }
+        self.check_narrow(g, edges, [dx.as_ref().map_or(0, ptr_mut), ptr(&dy)])?;
+        if edges.x && add_dx {
+            return Err(Error::shape("conv2d_batchnorm_backward", "add_dx", "false with a narrow x (its dx is written)", "true"));
+        }
         // The same test as the forward's: the stash holds what that forward left there.
         let Some(dnn) = self.fuses_batchnorm(g, ptr(&stash)) else {
             let grads = (dweight, scratch, dparams);
+            checks::wide(g, edges)?;
             return rr_core::backend::conv2d_batchnorm_backward_unfused(
                 self,
                 (g, bn),
@@ -891,18 +915,27 @@ impl Backend for CudaBackend {
                 grads,
             );
         };
-        let kept = kept.filter(|_| self.keeping(g).is_some()).map(|k| ptr(&k));
+        // A narrow x is what cuDNN reads: it is its own kept copy.
+        let kept = if edges.x { Some(ptr(&x)) } else { kept.filter(|_| self.keeping(g).is_some()).map(|k| ptr(&k)) };
         let o = conv_bn::BnOperands { bias: ptr(&bias), params: ptr(&params), running: 0, saved: ptr(&saved) };
         // y is not read: a fused ReLU's mask is recomputed from the stash.
         let tensors = [ptr(&stash), ptr(&dy)];
         let grads = (ptr_mut(&dweight), ptr_mut(&dparams));
-        let dx = dx.as_ref().map(|dx| Dx { addr: ptr_mut(dx), add: add_dx });
-        self.conv2d_batchnorm_backward_dnn(dnn, (g, bn), (&x, kept, &w), tensors, &o, ptr_mut(&dstash), dx, grads)
+        let dx = dx.as_ref().map(|dx| Dx { addr: ptr_mut(dx), add: add_dx, narrow: edges.x });
+        self.conv2d_batchnorm_backward_dnn(dnn, (g, bn, edges.y), (&x, kept, &w), tensors, &o, ptr_mut(&dstash), dx, grads)
     }
 
     fn conv2d_batchnorm_adds_dx(&self, g: &Conv2dGeom, stash: View<'_, Self, f32>) -> bool {
         // The fused path widens dx from 16 bits: the widening adds in as cheaply as it writes.
         self.fuses_batchnorm(g, ptr(&stash)).is_some()
+    }
+
+    fn conv2d_batchnorm_narrow(&self, g: &Conv2dGeom) -> NarrowEdges {
+        // The fused path's test (see fuses_batchnorm) for any batch; x as cuDNN reads it.
+        match self.sixteen_bit(g).filter(|_| g.c_out.is_multiple_of(8)) {
+            Some((_, p)) => NarrowEdges { x: conv_dnn::cudnn_geom(g, p) == *g, y: true },
+            None => NarrowEdges::WIDE,
+        }
     }
 
     fn maxpool2d_forward(

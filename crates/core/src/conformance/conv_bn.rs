@@ -1,7 +1,7 @@
 //! The fused conv + BatchNorm op ([`Backend::conv2d_batchnorm_forward`]).
 
 use super::{assert_close, down, poisoned, rng, uniform, Restore};
-use crate::backend::{Activation, Backend, BatchNormGeom, Conv2dGeom, Precision, View, ViewMut};
+use crate::backend::{Activation, Backend, BatchNormGeom, Conv2dGeom, NarrowEdges, Precision, View, ViewMut};
 use crate::reference;
 
 /// Bias-free-style convs (given a bias here, which the op must add) and the
@@ -98,7 +98,7 @@ impl<B: Backend> Buffers<B> {
         let state = (View::all(&self.params), ViewMut::all(&mut self.running), ViewMut::all(&mut self.saved));
         let (sv, yv) = (ViewMut::range(&mut self.stash, lead, g.y_len()).unwrap(), ViewMut::range(y, lead, g.y_len()).unwrap());
         match c.fused {
-            true => b.conv2d_batchnorm_forward((g, c.bn), training, inputs, keep, state, sv, yv),
+            true => b.conv2d_batchnorm_forward((g, c.bn), NarrowEdges::WIDE, training, inputs, keep, state, sv, yv),
             false => crate::backend::conv2d_batchnorm_forward_unfused(b, (g, c.bn), training, inputs, keep, state, sv, yv),
         }
         .unwrap();
@@ -126,7 +126,7 @@ impl<B: Backend> Buffers<B> {
             ViewMut::range(&mut dparams, lead, 2 * c.bn.c).unwrap(),
         );
         match c.fused {
-            true => b.conv2d_batchnorm_backward((g, c.bn), inputs, tensors, state, dsv, dxv, grads),
+            true => b.conv2d_batchnorm_backward((g, c.bn), NarrowEdges::WIDE, inputs, tensors, state, dsv, dxv, grads),
             false => crate::backend::conv2d_batchnorm_backward_unfused(b, (g, c.bn), inputs, tensors, state, dsv, dxv, grads),
         }
         .unwrap();
@@ -252,6 +252,126 @@ pub fn conv2d_batchnorm<B: Backend>(b: &B, tol: f32) {
                 if sixteen && g.n > 0 && g.c_out >= 32 && g.c_out % 8 == 0 && lead == 4 {
                     assert!(got.narrow_stash, "{what}: the conv's output was not kept in 16 bits (the stash's second half was written)");
                 }
+            }
+        }
+    }
+}
+
+/// fp32 (N, C, HW) -> a narrow tensor as the op takes it: (N, HW, C) values
+/// rounded to 16 bits (`p`), two to a float, in the first half of a window of `v.len()` floats.
+fn narrowed(v: &[f32], (_, c, hw): (usize, usize, usize), p: Precision) -> Vec<f32> {
+    let to16 = |x: f32| if p == Precision::Fp16 { half::f16::from_f32(x).to_bits() } else { half::bf16::from_f32(x).to_bits() };
+    let mut h = vec![0u16; 2 * v.len()];
+    for (i, &x) in v.iter().enumerate() {
+        let (ni, ci, q) = (i / (c * hw), i / hw % c, i % hw);
+        h[(ni * hw + q) * c + ci] = to16(x);
+    }
+    h.chunks(2).map(|pair| f32::from_bits(pair[0] as u32 | (pair[1] as u32) << 16)).collect()
+}
+
+/// The inverse of [`narrowed`]: the window's first half widened back to fp32 (N, C, HW).
+fn widened(v: &[f32], (n, c, hw): (usize, usize, usize), p: Precision) -> Vec<f32> {
+    let h: Vec<u16> = v.iter().flat_map(|x| [x.to_bits() as u16, (x.to_bits() >> 16) as u16]).collect();
+    let to32 = |b: u16| if p == Precision::Fp16 { half::f16::from_bits(b).to_f32() } else { half::bf16::from_bits(b).to_f32() };
+    (0..n * c * hw).map(|i| to32(h[(i / (c * hw) * hw + i % hw) * c + i / hw % c])).collect()
+}
+
+/// The op with `edges` narrow on plain buffers: training forward, backward with
+/// dx, evaluation forward; narrow outputs widened back.
+fn run_narrow<B: Backend>(
+    b: &B,
+    (g, bn): (&Conv2dGeom, &BatchNormGeom),
+    edges: NarrowEdges,
+    input: &Inputs,
+    p: Precision,
+) -> crate::Result<Outputs> {
+    let (xs, ys) = ((g.n, g.c_in, g.h * g.w), (g.n, g.c_out, g.out_h() * g.out_w()));
+    let up = |v: &[f32]| b.upload(v).unwrap();
+    let x = up(&if edges.x { narrowed(&input.x, xs, p) } else { input.x.clone() });
+    let dy = up(&if edges.y { narrowed(&input.dy, ys, p) } else { input.dy.clone() });
+    let (w, bias, params, mut running) = (up(&input.w), up(&input.bias), up(&input.params), up(&input.running));
+    let (mut saved, mut stash, mut y, mut eval_y) =
+        (poisoned(b, 2 * bn.c), poisoned(b, g.y_len()), poisoned(b, g.y_len()), poisoned(b, g.y_len()));
+    let mut keep = b.conv2d_keeps(g).then(|| poisoned(b, g.x_len().div_ceil(2)));
+    let forward = |training: bool, [y, saved, running, stash]: [&mut B::Buf<f32>; 4], keep: &mut Option<B::Buf<f32>>| {
+        let inputs = (View::all(&x), View::all(&w), View::all(&bias));
+        let state = (View::all(&params), ViewMut::all(running), ViewMut::all(saved));
+        let keep = keep.as_mut().map(ViewMut::all);
+        b.conv2d_batchnorm_forward((g, bn), edges, training, inputs, keep, state, ViewMut::all(stash), ViewMut::all(y))
+    };
+    forward(true, [&mut y, &mut saved, &mut running, &mut stash], &mut keep)?;
+    let (running_after, saved_after) = (down(b, &running), down(b, &saved));
+    let (mut dx, mut dw, mut dparams) = (poisoned(b, g.x_len()), poisoned(b, g.w_len()), poisoned(b, 2 * bn.c));
+    let (mut dstash, mut scratch) = (poisoned(b, g.y_len()), poisoned(b, g.w_len() + g.c_out));
+    b.conv2d_batchnorm_backward(
+        (g, bn),
+        edges,
+        (View::all(&x), keep.as_ref().map(View::all), View::all(&w)),
+        (View::all(&stash), View::all(&y), View::all(&dy)),
+        (View::all(&bias), View::all(&params), View::all(&saved)),
+        ViewMut::all(&mut dstash),
+        (Some(ViewMut::all(&mut dx)), false),
+        (ViewMut::all(&mut dw), ViewMut::all(&mut scratch), ViewMut::all(&mut dparams)),
+    )?;
+    forward(false, [&mut eval_y, &mut saved, &mut running, &mut stash], &mut keep)?;
+    let out = |buf: &B::Buf<f32>, shape, narrow| if narrow { widened(&down(b, buf), shape, p) } else { down(b, buf) };
+    Ok(Outputs {
+        y: out(&y, ys, edges.y),
+        eval_y: out(&eval_y, ys, edges.y),
+        dx: out(&dx, xs, edges.x),
+        dw: down(b, &dw),
+        dparams: down(b, &dparams),
+        running: running_after,
+        saved: saved_after,
+        ..Outputs::default()
+    })
+}
+
+/// Narrow edges ([`NarrowEdges`]): where the backend offers them, the op with
+/// 16-bit channels-last x, y, dx and dy gives what the wide op gives on the
+/// same values (x and dy rounded to 16 bits first), up to a rounding of the
+/// format; sides it does not offer are refused.
+pub fn conv2d_batchnorm_narrow<B: Backend>(b: &B, _tol: f32) {
+    let _restore = Restore(b);
+    let mut r = rng(64);
+    for p in b.precisions() {
+        b.set_precision(p).unwrap();
+        for (g, act) in cases() {
+            let (bn, offered) = (bn_geom(&g, act), b.conv2d_batchnorm_narrow(&g));
+            let round = |v: Vec<f32>, shape| match offered == NarrowEdges::WIDE {
+                true => v,
+                false => widened(&narrowed(&v, shape, p), shape, p),
+            };
+            let input = Inputs {
+                x: round(uniform(&mut r, g.x_len(), -1.0, 1.0), (g.n, g.c_in, g.h * g.w)),
+                w: uniform(&mut r, g.w_len(), -1.0, 1.0),
+                bias: uniform(&mut r, g.c_out, -0.5, 0.5),
+                params: [uniform(&mut r, bn.c, 0.5, 1.5), uniform(&mut r, bn.c, -0.5, 0.5)].concat(),
+                running: [uniform(&mut r, bn.c, -0.2, 0.2), uniform(&mut r, bn.c, 0.5, 2.0)].concat(),
+                dy: round(uniform(&mut r, g.y_len(), -1.0, 1.0), (g.n, g.c_out, g.out_h() * g.out_w())),
+            };
+            let what = format!("conv2d_batchnorm narrow edges at {p} {g:?} {act:?} (offered {offered:?})");
+            for refused in [NarrowEdges { x: true, y: false }, NarrowEdges { x: false, y: true }] {
+                if g.n > 0 && ((refused.x && !offered.x) || (refused.y && !offered.y)) {
+                    assert!(run_narrow(b, (&g, &bn), refused, &input, p).is_err(), "{what}: {refused:?} was not refused");
+                }
+            }
+            if offered == NarrowEdges::WIDE {
+                continue;
+            }
+            assert!(matches!(p, Precision::Bf16 | Precision::Fp16), "{what}: narrow edges at {p}");
+            let want = run(b, Call { g: &g, bn: &bn, lead: 4, fused: true }, &input);
+            let got = run_narrow(b, (&g, &bn), offered, &input, p).unwrap();
+            let u = p.unit_roundoff();
+            for (name, got, want, bound) in [
+                ("y", &got.y, &want.y, 2.0 * u),
+                ("eval y", &got.eval_y, &want.eval_y, 2.0 * u),
+                ("running", &got.running, &want.running, 1e-4),
+                ("dparams", &got.dparams, &want.dparams, 4.0 * u),
+                ("dx", &got.dx, &want.dx, 4.0 * u),
+                ("dw", &got.dw, &want.dw, 4.0 * u),
+            ] {
+                assert_close(&format!("{what}: {name}"), got, want, bound);
             }
         }
     }

@@ -1,5 +1,5 @@
 use super::{ensure, BatchNorm, Conv2d, Ctx, Layer, LayerBuffer, ParamSpec};
-use crate::backend::{Activation, Backend, View, ViewMut};
+use crate::backend::{Activation, Backend, NarrowEdges, View, ViewMut};
 use crate::error::{Error, Result};
 
 /// A bias-free [`Conv2d`] and the 2-D [`BatchNorm`] that alone reads its
@@ -16,13 +16,15 @@ pub struct Conv2dBatchNorm<B: Backend> {
     /// before they are copied into the gradients (the conv's dweight goes there directly).
     dstash: Option<B::Buf<f32>>,
     dbn: Option<B::Buf<f32>>,
+    /// Whether x and y travel 16-bit channels-last (set by the model).
+    edges: NarrowEdges,
 }
 
 impl<B: Backend> Conv2dBatchNorm<B> {
     /// `None` unless the pair can be fused: a bias-free conv and a 2-D BatchNorm over its channels.
     pub fn fuse(conv: Conv2d<B>, bn: BatchNorm<B>) -> Option<Self> {
         let fits = !conv.bias && bn.channels == conv.c_out && bn.is_2d();
-        fits.then_some(Conv2dBatchNorm { conv, bn, stash: None, dstash: None, dbn: None })
+        fits.then_some(Conv2dBatchNorm { conv, bn, stash: None, dstash: None, dbn: None, edges: NarrowEdges::WIDE })
     }
 
     /// The two layers, to name and bind their parameters one by one.
@@ -86,15 +88,24 @@ impl<B: Backend> Layer<B> for Conv2dBatchNorm<B> {
         ensure(backend, &mut self.dbn, 2 * self.bn.channels)
     }
 
+    fn narrow_edges(&self, backend: &B) -> NarrowEdges {
+        backend.conv2d_batchnorm_narrow(&self.conv.geom(1))
+    }
+
+    fn set_narrow_edges(&mut self, edges: NarrowEdges) {
+        self.edges = edges;
+    }
+
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
         // x: (N, C_in, H, W) -> conv (N, C_out, OH, OW) in the stash -> y: (N, C_out, OH, OW)
+        // (x and y (N, H, W, C) 16-bit where narrow)
         self.reserve(ctx.backend, ctx.n)?;
-        let (g, bn_geom) = (self.conv.geom(ctx.n), self.bn.geom(ctx.n));
+        let (g, bn_geom, edges) = (self.conv.geom(ctx.n), self.bn.geom(ctx.n), self.edges);
         let Conv2dBatchNorm { conv, bn, stash, .. } = self;
         let stash = ViewMut::prefix(stash.as_mut().expect("reserved above"), g.y_len())?;
         let (w, zeros, keep) = conv.forward_operands(ctx)?;
         let state = bn.forward_state(ctx)?;
-        ctx.backend.conv2d_batchnorm_forward((&g, &bn_geom), ctx.training, (x, w, zeros), keep, state, stash, y)
+        ctx.backend.conv2d_batchnorm_forward((&g, &bn_geom), edges, ctx.training, (x, w, zeros), keep, state, stash, y)
     }
 
     fn backward(
@@ -142,8 +153,8 @@ impl<B: Backend> Conv2dBatchNorm<B> {
         if self.stash.is_none() || self.dstash.is_none() || self.dbn.is_none() {
             return Err(self.missing("stash"));
         }
-        let bn_off = self.bn.param_offset();
-        let Conv2dBatchNorm { conv, bn, stash, dstash, dbn } = self;
+        let (bn_off, edges) = (self.bn.param_offset(), self.edges);
+        let Conv2dBatchNorm { conv, bn, stash, dstash, dbn, .. } = self;
         let stash = View::prefix(stash.as_ref().expect("checked above"), g.y_len())?;
         let dstash = ViewMut::prefix(dstash.as_mut().expect("checked above"), g.y_len())?;
         let dbn = dbn.as_mut().expect("checked above");
@@ -156,6 +167,7 @@ impl<B: Backend> Conv2dBatchNorm<B> {
         let grads_out = (dweight, scratch, ViewMut::all(dbn));
         ctx.backend.conv2d_batchnorm_backward(
             (&g, &bn_geom),
+            edges,
             (x, kept, w),
             (stash, y, dy),
             (zeros, params, saved),

@@ -21,7 +21,7 @@ pub use linear::Linear;
 pub use norm::BatchNorm;
 pub use pool::{AvgPool2d, GlobalAvgPool, MaxPool2d};
 
-use crate::backend::{Backend, View, ViewMut};
+use crate::backend::{Backend, NarrowEdges, View, ViewMut};
 use crate::error::Result;
 
 /// Grows a layer's scratch buffer `buf` to at least `len` floats (allocated
@@ -129,6 +129,13 @@ pub trait Layer<B: Backend>: Send {
     ) -> Result<bool> {
         Ok(false)
     }
+    /// Which of its input and output this layer can read and write narrow on
+    /// `backend` (see [`NarrowEdges`]); the default: neither.
+    fn narrow_edges(&self, _backend: &B) -> NarrowEdges {
+        NarrowEdges::WIDE
+    }
+    /// Reads and writes them so from now on (sides [`Layer::narrow_edges`] offered).
+    fn set_narrow_edges(&mut self, _edges: NarrowEdges) {}
     /// x: (n, input...) -> y: (n, output...)
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()>;
     /// Given dy = dL/dy, writes the parameter gradients into `grads` and, when

@@ -54,17 +54,22 @@ pub(super) enum Dy {
     Narrow(u64),
 }
 
-/// Where a convolution's backward puts dx (N, C_in, H, W): its address, and
-/// whether it adds into what is there (the 16-bit paths only).
+/// Where a convolution's backward puts dx (N, C_in, H, W): its address,
+/// whether it adds into what is there (the 16-bit paths only), and whether it
+/// is narrow, (N, H, W, C_in) 16-bit as cuDNN writes it (never widened).
 #[derive(Clone, Copy)]
 pub(super) struct Dx {
     pub addr: u64,
     pub add: bool,
+    pub narrow: bool,
 }
 
 impl Dx {
     pub fn write(dx: &ViewMut<'_, CudaBackend, f32>) -> Self {
-        Dx { addr: ptr_mut(dx), add: false }
+        Dx::at(ptr_mut(dx))
+    }
+    pub fn at(addr: u64) -> Self {
+        Dx { addr, add: false, narrow: false }
     }
 }
 
@@ -129,8 +134,8 @@ impl CudaBackend {
     /// dW as cuDNN computed it, (C_out, K, K, C_in') 16-bit -> (C_out, C_in, K, K) fp32.
     fn widen_weight_grad(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
         match cudnn_geom(g, p).c_in {
-            cp if cp == g.c_in => self.widen_nchw(src, 0, Dx { addr: dst, add: false }, (g.c_out, g.c_in, g.k * g.k), p),
-            cp => self.widen_strided(src, Dx { addr: dst, add: false }, (g.c_out, g.c_in, cp), (g.k, g.k), 1, (g.k, g.k), p),
+            cp if cp == g.c_in => self.widen_nchw(src, 0, Dx::at(dst), (g.c_out, g.c_in, g.k * g.k), p),
+            cp => self.widen_strided(src, Dx::at(dst), (g.c_out, g.c_in, cp), (g.k, g.k), 1, (g.k, g.k), p),
         }
     }
 
@@ -261,25 +266,28 @@ impl CudaBackend {
         .map_err(|e| device_err(format!("cuDNN convolution forward {g:?}: {e:?}")))
     }
 
-    /// A conv on tensor cores in 16 bits into `out`, 16-bit channels-last, x narrowed into `keep` when given.
-    // x: (N, C_in, H, W), w: (C_out, C_in, K, K) fp32 -> out: (N, OH, OW, C_out) 16-bit
+    /// A conv on tensor cores in 16 bits into `out`, 16-bit channels-last, x narrowed
+    /// into `keep` when given, or already narrow (`x_narrow`, as cuDNN reads it).
+    // x: (N, C_in, H, W) fp32 or (N, H, W, C_in) 16-bit, w: (C_out, C_in, K, K) fp32 -> out: (N, OH, OW, C_out) 16-bit
     pub(super) fn conv_forward16(
         &self,
         (dnn, p): (&Cudnn, Precision),
         g: &Conv2dGeom,
-        (x, w): (u64, u64),
+        (x, x_narrow, w): (u64, bool, u64),
         keep: Option<u64>,
         out: u64,
     ) -> Result<()> {
         let plan = dnn.plan(&cudnn_geom(g, p), p)?;
-        if !plan.channels_last {
-            return Err(device_err(format!("conv {g:?}: the fused paths need 16-bit operands, not {p}")));
+        if !plan.channels_last || (x_narrow && cudnn_geom(g, p) != *g) {
+            return Err(device_err(format!("conv {g:?}: the fused paths need 16-bit operands as cuDNN reads them, not {p}")));
         }
         let e = cudnn_geom(g, p);
-        let x_bytes = if keep.is_some() { 0 } else { 2 * e.x_len() };
+        let x_bytes = if keep.is_some() || x_narrow { 0 } else { 2 * e.x_len() };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, x_bytes, 2 * e.w_len()])?;
-        let xs = keep.unwrap_or(s[1]);
-        self.narrow_input(g, x, xs, p)?;
+        let xs = if x_narrow { x } else { keep.unwrap_or(s[1]) };
+        if !x_narrow {
+            self.narrow_input(g, x, xs, p)?;
+        }
         self.narrow_weight(g, w, s[2], p)?;
         self.dnn_forward(dnn, &plan, g, &Operands { x: xs, w: s[2], y: out, workspace: s[0] }, &ZERO)
     }
@@ -299,7 +307,7 @@ impl CudaBackend {
         (y, argmax): (&ViewMut<'_, Self, f32>, &ViewMut<'_, Self, u32>),
         stash: &ViewMut<'_, Self, f32>,
     ) -> Result<()> {
-        self.conv_forward16((dnn, p), g, (ptr(x), ptr(w)), None, ptr_mut(stash))?;
+        self.conv_forward16((dnn, p), g, (ptr(x), false, ptr(w)), None, ptr_mut(stash))?;
         let (oh, ow) = (pool.out_h(), pool.out_w());
         launch!(
             self,
@@ -371,8 +379,11 @@ impl CudaBackend {
         let plan = dnn.plan(&cudnn_geom(g, p), p)?;
         let ohw = g.out_h() * g.out_w();
         let sixteen = plan.channels_last;
-        if dx.is_some_and(|dx| dx.add && !sixteen) {
-            return Err(device_err(format!("conv2d_backward {g:?}: dx is added into only on 16-bit operands, not {p}")));
+        if dx.is_some_and(|dx| (dx.add || dx.narrow) && !sixteen) {
+            return Err(device_err(format!("conv2d_backward {g:?}: dx is added into or narrow only on 16-bit operands, not {p}")));
+        }
+        if dx.is_some_and(|dx| dx.narrow && (dx.add || cudnn_geom(g, p) != *g)) {
+            return Err(device_err(format!("conv2d_backward {g:?}: a narrow dx is written as cuDNN computes it, not added")));
         }
         if let (Some(db), Dy::Wide(dy)) = (db, dy) {
             self.channel_sums(dy, db, (g.n, g.c_out, ohw))?;
@@ -427,7 +438,7 @@ impl CudaBackend {
             self.widen_weight_grad(g, s[4], dw, p)?;
         }
         let Some(dx) = dx else { return Ok(()) };
-        let o = Operands { x: if sixteen { s[4] } else { dx.addr }, w: ws, y: dys, workspace: s[0] };
+        let o = Operands { x: if sixteen && !dx.narrow { s[4] } else { dx.addr }, w: ws, y: dys, workspace: s[0] };
         unsafe {
             let algo = plan.backward_data_algo(dnn.handle(), &o, self.capturing())?;
             dnn::convolution_backward_data(
@@ -447,7 +458,7 @@ impl CudaBackend {
             )
         }
         .map_err(|e| err("backward data", e))?;
-        if sixteen {
+        if sixteen && !dx.narrow {
             self.widen_input_grad(g, s[4], dx, p)?;
         }
         Ok(())
