@@ -278,12 +278,13 @@ pub struct BatchNormGeom {
     pub act: Activation,
 }
 
-/// Which of a fused conv + BatchNorm's x and y (and so dx and dy) travel as the
+/// Which of a layer's x and y (a fused conv + BatchNorm's, say; and so dx and dy) travel as the
 /// backend's 16-bit channels-last tensors, (N, H, W, C) 16-bit values in the
 /// first half of the fp32 window, instead of fp32 (N, C, H, W): the model
-/// narrows an edge between two fused ops that both offer it (ResNet's conv1 ->
-/// conv2), so that it is never widened to fp32 and narrowed again (see
-/// [`Backend::conv2d_batchnorm_narrow`]).
+/// narrows a tensor whose writer and every reader offer it (ResNet's
+/// activations between fused conv + BatchNorm ops, adds + ReLU and the global
+/// average pool), so that it is never widened to fp32 and narrowed again (see
+/// [`Backend::conv2d_batchnorm_narrow`] and [`Backend::narrow_residuals`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NarrowEdges {
     pub x: bool,
@@ -829,6 +830,26 @@ pub trait Backend: Send + Sync + Sized + 'static {
     fn add_relu(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
     /// `y += x` (the same length): sums gradients where an output feeds several nodes.
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()>;
+    /// Whether the three ops below and the narrow global average pool take
+    /// narrow tensors at the current precision, so that a residual network's
+    /// activations between fused ops that offer narrow edges stay narrow (see
+    /// [`NarrowEdges`]). The default: no.
+    fn narrow_residuals(&self) -> bool {
+        false
+    }
+    /// [`Backend::add_relu`] on narrow tensors: each window of `len` floats holds
+    /// `len` 16-bit values in its first half, in any layout (all three the same).
+    fn add_relu_narrow(&self, _a: View<'_, Self, f32>, _b: View<'_, Self, f32>, _y: ViewMut<'_, Self, f32>) -> Result<()> {
+        Err(checks::no_narrow("add_relu"))
+    }
+    /// [`Backend::relu_backward`] on narrow tensors, as [`Backend::add_relu_narrow`]'s.
+    fn relu_backward_narrow(&self, _y: View<'_, Self, f32>, _dy: View<'_, Self, f32>, _dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        Err(checks::no_narrow("relu_backward"))
+    }
+    /// [`Backend::add_assign`] on narrow tensors (summed in fp32, rounded once), as [`Backend::add_relu_narrow`]'s.
+    fn add_assign_narrow(&self, _x: View<'_, Self, f32>, _y: ViewMut<'_, Self, f32>) -> Result<()> {
+        Err(checks::no_narrow("add_assign"))
+    }
     /// y = a * x + b * y, elementwise; x, y: (len). (Weight averages, test-time-augmentation sums.)
     /// As in BLAS, y is not read when b == 0 (whatever it held, NaN included, is overwritten).
     fn axpby(&self, a: f32, x: View<'_, Self, f32>, b: f32, y: ViewMut<'_, Self, f32>) -> Result<()>;
@@ -1028,6 +1049,26 @@ pub trait Backend: Send + Sync + Sized + 'static {
     /// narrow at the current precision (see [`NarrowEdges`]). The default: neither.
     fn conv2d_batchnorm_narrow(&self, _g: &Conv2dGeom) -> NarrowEdges {
         NarrowEdges::WIDE
+    }
+
+    /// The mean of each channel of a narrow x, (N, HW, C) 16-bit (see
+    /// [`Backend::narrow_residuals`]) -> y: (N, C) fp32. The default: refused.
+    fn global_avgpool_narrow_forward(
+        &self,
+        _nchw: (usize, usize, usize),
+        _x: View<'_, Self, f32>,
+        _y: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        Err(checks::no_narrow("global_avgpool"))
+    }
+    /// Its gradient: dy (N, C) fp32 -> dx narrow (N, HW, C) = dy / HW, written.
+    fn global_avgpool_narrow_backward(
+        &self,
+        _nchw: (usize, usize, usize),
+        _dy: View<'_, Self, f32>,
+        _dx: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        Err(checks::no_narrow("global_avgpool_backward"))
     }
 
     /// Average pooling (padding counts as 0 and the divisor is always k*k, as
@@ -1231,7 +1272,8 @@ pub fn conv2d_batchnorm_backward_unfused<B: Backend>(
     (dweight, scratch, dparams): (ViewMut<'_, B, f32>, ViewMut<'_, B, f32>, ViewMut<'_, B, f32>),
 ) -> Result<()> {
     checks::conv2d_batchnorm(g, bn, stash.len)?;
-    if add_dx {
+    // (An empty batch has nothing to add.)
+    if add_dx && g.n > 0 {
         return Err(Error::shape("conv2d_batchnorm_backward", "add_dx", "false here (see conv2d_batchnorm_adds_dx)", "true"));
     }
     check_len("conv2d_batchnorm_backward", "dstash", g.y_len(), dstash.len)?;
@@ -1281,6 +1323,11 @@ pub mod checks {
             ));
         }
         check_len("conv2d_maxpool", "stash", g.y_len(), stash)
+    }
+
+    /// The error of an op asked for narrow tensors on a backend or precision without them.
+    pub fn no_narrow(op: &'static str) -> Error {
+        Error::shape(op, "narrow tensors", "none on this backend and precision (see Backend::narrow_residuals)", "narrow")
     }
 
     /// A fused conv + 2-D BatchNorm: the BatchNorm reads exactly the conv's
@@ -1450,6 +1497,12 @@ pub mod checks {
     pub fn add(a: usize, b: usize, y: usize) -> Result<()> {
         check_len("add", "b", a, b)?;
         check_len("add", "y", a, y)
+    }
+
+    /// (N, C, HW) -> (N, C): `x` and `y` the lengths of the windows.
+    pub fn global_avgpool((n, c, hw): (usize, usize, usize), x: usize, y: usize) -> Result<()> {
+        check_len("global_avgpool", "x", n * c * hw, x)?;
+        check_len("global_avgpool", "y", n * c, y)
     }
 
     pub fn add_assign(x: usize, y: usize) -> Result<()> {

@@ -406,7 +406,8 @@ pub struct Model<B: Backend> {
     /// and whether any may be narrow (see [`Model::allow_narrow_edges`]).
     edges_for: Option<Precision>,
     narrow_allowed: bool,
-    narrow_count: usize,
+    /// Per tensor (0: the input, i + 1: node i's output): whether it travels narrow.
+    narrow: Vec<bool>,
 }
 
 impl<B: Backend> Model<B> {
@@ -489,7 +490,7 @@ impl<B: Backend> Model<B> {
             learns_upstream: vec![true; graph_len],
             edges_for: None,
             narrow_allowed: true,
-            narrow_count: 0,
+            narrow: vec![false; graph_len + 1],
         })
     }
 
@@ -581,7 +582,7 @@ impl<B: Backend> Model<B> {
         crate::error::check_len("model forward", "input", n * self.input_len(), x.len)?;
         self.reserve(backend, n)?;
         self.narrow_edges(backend);
-        let Model { nodes, acts, params, rng, tensor_lens, .. } = self;
+        let Model { nodes, acts, params, rng, tensor_lens, narrow, .. } = self;
         let len = |t: usize| n * tensor_lens[t];
         let ctx = Ctx { backend, n, params: &params.data, training, rng: View::all(rng) };
         let outputs = output_nodes(nodes);
@@ -601,6 +602,7 @@ impl<B: Backend> Model<B> {
             match node.layer.as_mut() {
                 Some(layer) => layer.forward(&ctx, a, y)?,
                 // add, or add+relu when it absorbed the ReLU after it
+                None if out > i && narrow[out + 1] => backend.add_relu_narrow(a, b()?, y)?,
                 None if out > i => backend.add_relu(a, b()?, y)?,
                 None => backend.add(a, b()?, y)?,
             }
@@ -609,31 +611,28 @@ impl<B: Backend> Model<B> {
     }
 
     /// Chooses, for the backend's current precision, the tensors that travel
-    /// narrow (see [`NarrowEdges`]): those whose producer offers a narrow output
-    /// and whose only reader a narrow input, so that neither side widens or
-    /// narrows them (ResNet's conv1 -> conv2 at 16 bits on CUDA).
+    /// narrow (see [`NarrowEdges`] and [`narrow_tensors`]), so that neither
+    /// side widens or narrows them (ResNet's activations at 16 bits on CUDA).
     fn narrow_edges(&mut self, backend: &B) {
         if self.edges_for == Some(backend.precision()) {
             return;
         }
         self.edges_for = Some(backend.precision());
-        let (reads, outputs) = (self.graph.readers(), output_nodes(&self.nodes));
-        let offer = |layer: &dyn Layer<B>| if self.narrow_allowed { layer.narrow_edges(backend) } else { NarrowEdges::WIDE };
-        let offered: Vec<NarrowEdges> = self.nodes.iter().map(|node| node.layer.as_deref().map_or(NarrowEdges::WIDE, offer)).collect();
-        let mut edges = vec![NarrowEdges::WIDE; self.nodes.len()];
-        for (j, node) in self.nodes.iter().enumerate() {
-            // The tensor node j reads, the node whose layer writes it (the one before, when absorbed).
-            let Some(t) = node.inputs[0].node().filter(|_| offered[j].x && node.inputs.len() == 1) else { continue };
-            let producer = if self.nodes[t].absorbed { t - 1 } else { t };
-            if outputs[producer] == t && reads[t + 1] == 1 && offered[producer].y {
-                (edges[j].x, edges[producer].y) = (true, true);
-            }
-        }
-        self.narrow_count = edges.iter().filter(|e| e.y).count();
-        for (node, e) in self.nodes.iter_mut().zip(edges) {
-            if let Some(layer) = node.layer.as_mut() {
-                layer.set_narrow_edges(e);
-            }
+        let outputs = output_nodes(&self.nodes);
+        let adds = self.narrow_allowed && backend.narrow_residuals();
+        let offer = |(j, node): (usize, &NodeRt<B>)| match &node.layer {
+            _ if !self.narrow_allowed || node.absorbed => NarrowEdges::WIDE,
+            Some(layer) => layer.narrow_edges(backend),
+            // An add + ReLU.
+            None if adds && outputs[j] > j => NarrowEdges { x: true, y: true },
+            None => NarrowEdges::WIDE,
+        };
+        let offered: Vec<NarrowEdges> = self.nodes.iter().enumerate().map(offer).collect();
+        self.narrow = narrow_tensors(&self.nodes, &offered);
+        let narrow = &self.narrow;
+        for (j, node) in self.nodes.iter_mut().enumerate() {
+            let (Some(layer), Some(input)) = (node.layer.as_mut(), node.inputs.first()) else { continue };
+            layer.set_narrow_edges(NarrowEdges { x: narrow[input.0], y: narrow[outputs[j] + 1] });
         }
         // Recorded steps ran the old kernels.
         self.generation += 1;
@@ -647,7 +646,7 @@ impl<B: Backend> Model<B> {
 
     /// How many tensors the last forward passed narrow.
     pub fn narrow_tensors(&self) -> usize {
-        self.narrow_count
+        self.narrow.iter().filter(|&&n| n).count()
     }
 
     /// The logits of the last forward pass: (n, classes).
@@ -671,7 +670,7 @@ impl<B: Backend> Model<B> {
             ));
         }
         let last = self.nodes.len() - 1;
-        let Model { nodes, acts, dacts, grad_scratch, params, rng, tensor_lens, written, learns_upstream: learns, .. } = self;
+        let Model { nodes, acts, dacts, grad_scratch, params, rng, tensor_lens, written, learns_upstream: learns, narrow, .. } = self;
         let len = |t: usize| n * tensor_lens[t];
         let ctx = Ctx { backend, n, params: &params.data, training: true, rng: View::all(rng) };
         written.fill(false);
@@ -700,7 +699,8 @@ impl<B: Backend> Model<B> {
                 }
                 let y = View::prefix(&acts[out], len(out + 1))?;
                 let relu_y = (out > i).then_some(y);
-                add_backward(backend, relu_y, dy, (below, written), &learners[..count], len, grad_scratch.as_mut())?;
+                let sums = Sums { narrow: narrow[out + 1] };
+                add_backward(backend, sums, relu_y, dy, (below, written), &learners[..count], len, grad_scratch.as_mut())?;
                 continue;
             };
             let t = node.inputs[0];
@@ -720,7 +720,8 @@ impl<B: Backend> Model<B> {
                     let scratch =
                         grad_scratch.as_mut().ok_or_else(|| Error::shape("model backward", "gradient scratch", "allocated", "none"))?;
                     layer.backward(&ctx, &mut params.grads, input, output, dy, Some(ViewMut::prefix(scratch, len(t.0))?))?;
-                    backend.add_assign(View::prefix(scratch, len(t.0))?, ViewMut::prefix(&mut below[s], len(t.0))?)?;
+                    let sum = ViewMut::prefix(&mut below[s], len(t.0))?;
+                    Sums { narrow: narrow[t.0] }.give(backend, View::prefix(scratch, len(t.0))?, sum, &mut true)?;
                 }
             }
         }
@@ -979,12 +980,77 @@ fn fused_pair<B: Backend>(
     Ok(layer)
 }
 
+/// Per tensor (0: the input, i + 1: node i's output): whether it travels
+/// narrow, given what each node `offered`. A tensor is narrow where the node
+/// that writes it offers a narrow output and every node that reads it a narrow
+/// input (never the logits: the loss reads them). An add + ReLU takes narrow
+/// tensors only as a whole: its inputs and output all narrow, or all wide.
+fn narrow_tensors<B: Backend>(nodes: &[NodeRt<B>], offered: &[NarrowEdges]) -> Vec<bool> {
+    let outputs = output_nodes(nodes);
+    let mut narrow = vec![false; nodes.len() + 1];
+    // (An absorbed node neither writes nor reads a tensor outside its fused op.)
+    let running = || nodes.iter().enumerate().filter(|(_, node)| !node.absorbed);
+    for (j, _) in running() {
+        narrow[outputs[j] + 1] = offered[j].y;
+    }
+    narrow[nodes.len()] = false;
+    for (j, node) in running() {
+        node.inputs.iter().filter(|_| !offered[j].x).for_each(|t| narrow[t.0] = false);
+    }
+    let adds: Vec<(usize, &NodeRt<B>)> = running().filter(|(_, node)| node.layer.is_none()).collect();
+    loop {
+        let mut changed = false;
+        for &(j, node) in &adds {
+            let tensors = || node.inputs.iter().map(|t| t.0).chain([outputs[j] + 1]);
+            if tensors().any(|t| narrow[t]) && tensors().any(|t| !narrow[t]) {
+                tensors().for_each(|t| narrow[t] = false);
+                changed = true;
+            }
+        }
+        if !changed {
+            return narrow;
+        }
+    }
+}
+
+/// The element-wise ops of a gradient sum, on fp32 tensors or on narrow ones.
+#[derive(Clone, Copy)]
+struct Sums {
+    narrow: bool,
+}
+
+impl Sums {
+    fn relu_backward<B: Backend>(self, b: &B, y: View<'_, B, f32>, dy: View<'_, B, f32>, dx: ViewMut<'_, B, f32>) -> Result<()> {
+        if self.narrow {
+            b.relu_backward_narrow(y, dy, dx)
+        } else {
+            b.relu_backward(y, dy, dx)
+        }
+    }
+
+    /// dst = src, or dst += src once `seen` (which this sets).
+    fn give<B: Backend>(self, b: &B, src: View<'_, B, f32>, dst: ViewMut<'_, B, f32>, seen: &mut bool) -> Result<()> {
+        match (std::mem::replace(seen, true), self.narrow) {
+            (true, false) => b.add_assign(src, dst),
+            (true, true) => b.add_assign_narrow(src, dst),
+            (false, false) => b.copy(src, dst),
+            // The 16-bit values: the windows' first halves.
+            (false, true) => {
+                let half = src.len.div_ceil(2);
+                b.copy(View { len: half, ..src }, ViewMut { len: half, ..dst })
+            }
+        }
+    }
+}
+
 /// The backward of an add (of an add+relu when `relu_y`, its output, is
 /// given): each learning input (tensor s: `dacts[s]`, lengths from `len`)
 /// receives dy, or dy masked by the ReLU, written by the first reader and
 /// summed in by the others (`written`).
+#[allow(clippy::too_many_arguments)]
 fn add_backward<B: Backend>(
     backend: &B,
+    sums: Sums,
     relu_y: Option<View<'_, B, f32>>,
     dy: View<'_, B, f32>,
     (dacts, written): (&mut [B::Buf<f32>], &mut [bool]),
@@ -992,16 +1058,9 @@ fn add_backward<B: Backend>(
     len: impl Fn(usize) -> usize,
     scratch: Option<&mut B::Buf<f32>>,
 ) -> Result<()> {
-    let give = |backend: &B, src: View<'_, B, f32>, dst: ViewMut<'_, B, f32>, seen: &mut bool| {
-        if std::mem::replace(seen, true) {
-            backend.add_assign(src, dst)
-        } else {
-            backend.copy(src, dst)
-        }
-    };
     let Some(y) = relu_y else {
         for &s in learners {
-            give(backend, dy, ViewMut::prefix(&mut dacts[s], len(s + 1))?, &mut written[s])?;
+            sums.give(backend, dy, ViewMut::prefix(&mut dacts[s], len(s + 1))?, &mut written[s])?;
         }
         return Ok(());
     };
@@ -1009,10 +1068,10 @@ fn add_backward<B: Backend>(
         // The ReLU's backward straight into the first input's gradient, copied on from there.
         Some((&first, rest)) if !written[first] && !rest.contains(&first) => {
             written[first] = true;
-            backend.relu_backward(y, dy, ViewMut::prefix(&mut dacts[first], len(first + 1))?)?;
+            sums.relu_backward(backend, y, dy, ViewMut::prefix(&mut dacts[first], len(first + 1))?)?;
             for &s in rest {
                 let (src, dst) = two_mut(dacts, first, s);
-                give(backend, View::prefix(src, len(first + 1))?, ViewMut::prefix(dst, len(s + 1))?, &mut written[s])?;
+                sums.give(backend, View::prefix(src, len(first + 1))?, ViewMut::prefix(dst, len(s + 1))?, &mut written[s])?;
             }
             Ok(())
         }
@@ -1020,9 +1079,9 @@ fn add_backward<B: Backend>(
         // Both inputs the same tensor, or one written already: the masked dy in the scratch first.
         Some(_) => {
             let scratch = scratch.ok_or_else(|| Error::shape("model backward", "gradient scratch", "allocated", "none"))?;
-            backend.relu_backward(y, dy, ViewMut::prefix(scratch, dy.len)?)?;
+            sums.relu_backward(backend, y, dy, ViewMut::prefix(scratch, dy.len)?)?;
             for &s in learners {
-                give(backend, View::prefix(scratch, dy.len)?, ViewMut::prefix(&mut dacts[s], len(s + 1))?, &mut written[s])?;
+                sums.give(backend, View::prefix(scratch, dy.len)?, ViewMut::prefix(&mut dacts[s], len(s + 1))?, &mut written[s])?;
             }
             Ok(())
         }
@@ -1073,4 +1132,57 @@ fn initial_values(entries: &[ParamEntry], total: usize, seed: u64, init: Init) -
         }
     }
     host
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuBackend;
+
+    /// ResNet-18's tensors as [`narrow_tensors`] plans them when every layer
+    /// offers narrow sides, the global average pool reading narrow or not.
+    fn planned(pool_reads_narrow: bool) -> (Model<CpuBackend>, Vec<bool>) {
+        let backend = CpuBackend::new(1).unwrap();
+        let model = Model::new(&backend, &ModelConfig::Resnet18, &[3, 8, 8], 10, 0).unwrap();
+        let offer = |node: &NodeRt<CpuBackend>| match node.kind {
+            _ if node.absorbed => NarrowEdges::WIDE,
+            "global-avgpool" => NarrowEdges { x: pool_reads_narrow, y: false },
+            _ => NarrowEdges { x: true, y: true },
+        };
+        let offered: Vec<NarrowEdges> = model.nodes.iter().map(offer).collect();
+        let narrow = narrow_tensors(&model.nodes, &offered);
+        (model, narrow)
+    }
+
+    /// Whether the output of the node named `name` is narrow.
+    fn narrow_output(model: &Model<CpuBackend>, narrow: &[bool], name: &str) -> bool {
+        let i = model.nodes.iter().position(|node| node.name.as_deref() == Some(name)).unwrap_or_else(|| panic!("no node {name}"));
+        narrow[i + 1]
+    }
+
+    #[test]
+    fn a_residual_network_travels_narrow_where_every_reader_takes_it() {
+        let (model, narrow) = planned(true);
+        assert!(!narrow[0] && !narrow[narrow.len() - 1], "the input and the logits stay fp32");
+        for name in ["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer2.0.downsample.1", "layer4.1.bn2"] {
+            assert!(narrow_output(&model, &narrow, name), "{name}'s output is not narrow");
+        }
+        // The adds' outputs (each block's), read by the next block or the pool.
+        let adds = model.nodes.iter().enumerate().filter(|(_, node)| node.kind == "add+relu");
+        assert!(adds.clone().count() == 8 && adds.clone().all(|(j, _)| narrow[j + 2]), "{narrow:?}");
+    }
+
+    #[test]
+    fn an_add_is_narrow_as_a_whole_or_not_at_all() {
+        // The pool takes fp32: the last block's sum is wide, so are its inputs, and the
+        // block before's sum they include, and its inputs; the third stage's output
+        // feeds only convs and stays narrow.
+        let (model, narrow) = planned(false);
+        for name in ["layer4.1.bn2", "layer4.0.bn2", "layer4.0.downsample.1"] {
+            assert!(!narrow_output(&model, &narrow, name), "{name}'s output is narrow");
+        }
+        for name in ["layer4.1.bn1", "layer4.0.bn1", "layer3.1.bn2", "bn1"] {
+            assert!(narrow_output(&model, &narrow, name), "{name}'s output is not narrow");
+        }
+    }
 }

@@ -380,6 +380,29 @@ where
     fn add_assign(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
         self.timed("add_assign", || self.inner.add_assign(v(x), vm(y)))
     }
+    fn narrow_residuals(&self) -> bool {
+        self.inner.narrow_residuals()
+    }
+    fn global_avgpool_narrow_forward(&self, nchw: (usize, usize, usize), x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("global_avgpool_narrow_forward", || self.inner.global_avgpool_narrow_forward(nchw, v(x), vm(y)))
+    }
+    fn global_avgpool_narrow_backward(
+        &self,
+        nchw: (usize, usize, usize),
+        dy: View<'_, Self, f32>,
+        dx: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        self.timed("global_avgpool_narrow_backward", || self.inner.global_avgpool_narrow_backward(nchw, v(dy), vm(dx)))
+    }
+    fn add_relu_narrow(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("add_relu_narrow", || self.inner.add_relu_narrow(v(a), v(b), vm(y)))
+    }
+    fn relu_backward_narrow(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("relu_backward_narrow", || self.inner.relu_backward_narrow(v(y), v(dy), vm(dx)))
+    }
+    fn add_assign_narrow(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        self.timed("add_assign_narrow", || self.inner.add_assign_narrow(v(x), vm(y)))
+    }
     fn softmax_cross_entropy(
         &self,
         n: usize,

@@ -221,6 +221,21 @@ impl CudaBackend {
         self.sixteen_bit(g).filter(|&(_, p)| conv_dnn::cudnn_geom(g, p).x_len() <= g.x_len())
     }
 
+    /// The 16-bit precision narrow tensors take (that of the fused conv + BatchNorm), if any.
+    fn narrow_precision(&self) -> Option<Precision> {
+        let p = self.precision();
+        (self.dnn.is_some() && matches!(p, Precision::Bf16 | Precision::Fp16)).then_some(p)
+    }
+
+    /// The launch of an element-wise op on `len` narrow values at `addrs`: its
+    /// grid, fp16 or bf16, and whether it moves eight values (16 bytes) at a time.
+    fn narrow_elementwise(&self, op: &'static str, len: usize, addrs: [u64; 3]) -> Result<(LaunchConfig, i32, i32)> {
+        let p = self.narrow_precision().ok_or_else(|| checks::no_narrow(op))?;
+        let vec = len.is_multiple_of(8) && addrs.iter().all(|a| a.is_multiple_of(16));
+        let cfg = self.cfg(if vec { len / 8 } else { len });
+        Ok((cfg, conv_dnn::half(p), vec as i32))
+    }
+
     /// Refuses narrow sides of a fused conv + BatchNorm that `conv2d_batchnorm_narrow`
     /// does not offer, and narrow tensors (`addrs`: x or dx, y or dy; 0: none) not 16-byte aligned.
     fn check_narrow(&self, g: &Conv2dGeom, edges: NarrowEdges, addrs: [u64; 2]) -> Result<()> {
@@ -897,9 +912,6 @@ impl Backend for CudaBackend {
             check_len("conv2d_batchnorm_backward", "kept", g.x_len().div_ceil(2), kept.len)?;
         }
         self.check_narrow(g, edges, [dx.as_ref().map_or(0, ptr_mut), ptr(&dy)])?;
-        if edges.x && add_dx {
-            return Err(Error::shape("conv2d_batchnorm_backward", "add_dx", "false with a narrow x (its dx is written)", "true"));
-        }
         // The same test as the forward's: the stash holds what that forward left there.
         let Some(dnn) = self.fuses_batchnorm(g, ptr(&stash)) else {
             let grads = (dweight, scratch, dparams);
@@ -915,8 +927,19 @@ impl Backend for CudaBackend {
                 grads,
             );
         };
-        // A narrow x is what cuDNN reads: it is its own kept copy.
-        let kept = if edges.x { Some(ptr(&x)) } else { kept.filter(|_| self.keeping(g).is_some()).map(|k| ptr(&k)) };
+        // A narrow x is what cuDNN reads, its own kept copy, or a strided conv's subsample the forward kept.
+        let kept = match kept.filter(|_| self.keeping(g).is_some()) {
+            _ if edges.x && conv_dnn::cudnn_geom(g, dnn.1) == *g => Some(ptr(&x)),
+            None if edges.x => {
+                return Err(Error::shape(
+                    "conv2d_batchnorm_backward",
+                    "kept",
+                    "the subsample of a narrow x from a training forward",
+                    "none",
+                ))
+            }
+            kept => kept.map(|k| ptr(&k)),
+        };
         let o = conv_bn::BnOperands { bias: ptr(&bias), params: ptr(&params), running: 0, saved: ptr(&saved) };
         // y is not read: a fused ReLU's mask is recomputed from the stash.
         let tensors = [ptr(&stash), ptr(&dy)];
@@ -933,7 +956,7 @@ impl Backend for CudaBackend {
     fn conv2d_batchnorm_narrow(&self, g: &Conv2dGeom) -> NarrowEdges {
         // The fused path's test (see fuses_batchnorm) for any batch; x as cuDNN reads it.
         match self.sixteen_bit(g).filter(|_| g.c_out.is_multiple_of(8)) {
-            Some((_, p)) => NarrowEdges { x: conv_dnn::cudnn_geom(g, p) == *g, y: true },
+            Some((_, p)) => NarrowEdges { x: conv_dnn::reads_narrow(g, p), y: true },
             None => NarrowEdges::WIDE,
         }
     }
@@ -1165,6 +1188,47 @@ impl Backend for CudaBackend {
             return Ok(());
         }
         launch!(self, add_assign, self.cfg(x.len), ptr(&x), ptr_mut(&y), i32c(x.len)?)
+    }
+
+    fn narrow_residuals(&self) -> bool {
+        self.narrow_precision().is_some()
+    }
+
+    fn global_avgpool_narrow_forward(&self, nchw: (usize, usize, usize), x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::global_avgpool(nchw, x.len, y.len)?;
+        let p = self.narrow_precision().ok_or_else(|| checks::no_narrow("global_avgpool"))?;
+        let (n, c, hw) = (i32c(nchw.0)?, i32c(nchw.1)?, i32c(nchw.2)?);
+        launch!(self, global_avgpool16, self.cfg(y.len), ptr(&x), ptr_mut(&y), n, c, hw, conv_dnn::half(p))
+    }
+
+    fn global_avgpool_narrow_backward(
+        &self,
+        nchw: (usize, usize, usize),
+        dy: View<'_, Self, f32>,
+        dx: ViewMut<'_, Self, f32>,
+    ) -> Result<()> {
+        checks::global_avgpool(nchw, dx.len, dy.len)?;
+        let p = self.narrow_precision().ok_or_else(|| checks::no_narrow("global_avgpool_backward"))?;
+        let (n, c, hw) = (i32c(nchw.0)?, i32c(nchw.1)?, i32c(nchw.2)?);
+        launch!(self, global_avgpool16_backward, self.cfg(dx.len), ptr(&dy), ptr_mut(&dx), n, c, hw, conv_dnn::half(p))
+    }
+
+    fn add_relu_narrow(&self, a: View<'_, Self, f32>, b: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add(a.len, b.len, y.len)?;
+        let (cfg, half, vec) = self.narrow_elementwise("add_relu", a.len, [ptr(&a), ptr(&b), ptr_mut(&y)])?;
+        launch!(self, add_relu16, cfg, ptr(&a), ptr(&b), ptr_mut(&y), i32c(a.len)?, half, vec)
+    }
+
+    fn relu_backward_narrow(&self, y: View<'_, Self, f32>, dy: View<'_, Self, f32>, dx: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::relu_backward(y.len, dy.len, dx.len)?;
+        let (cfg, half, vec) = self.narrow_elementwise("relu_backward", y.len, [ptr(&y), ptr(&dy), ptr_mut(&dx)])?;
+        launch!(self, relu_backward16, cfg, ptr(&y), ptr(&dy), ptr_mut(&dx), i32c(y.len)?, half, vec)
+    }
+
+    fn add_assign_narrow(&self, x: View<'_, Self, f32>, y: ViewMut<'_, Self, f32>) -> Result<()> {
+        checks::add_assign(x.len, y.len)?;
+        let (cfg, half, vec) = self.narrow_elementwise("add_assign", x.len, [ptr(&x), ptr_mut(&y), ptr_mut(&y)])?;
+        launch!(self, add_assign16, cfg, ptr(&x), ptr_mut(&y), i32c(x.len)?, half, vec)
     }
 
     fn softmax_cross_entropy(

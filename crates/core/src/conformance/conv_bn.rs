@@ -259,7 +259,7 @@ pub fn conv2d_batchnorm<B: Backend>(b: &B, tol: f32) {
 
 /// fp32 (N, C, HW) -> a narrow tensor as the op takes it: (N, HW, C) values
 /// rounded to 16 bits (`p`), two to a float, in the first half of a window of `v.len()` floats.
-fn narrowed(v: &[f32], (_, c, hw): (usize, usize, usize), p: Precision) -> Vec<f32> {
+pub(super) fn narrowed(v: &[f32], (_, c, hw): (usize, usize, usize), p: Precision) -> Vec<f32> {
     let to16 = |x: f32| if p == Precision::Fp16 { half::f16::from_f32(x).to_bits() } else { half::bf16::from_f32(x).to_bits() };
     let mut h = vec![0u16; 2 * v.len()];
     for (i, &x) in v.iter().enumerate() {
@@ -270,19 +270,20 @@ fn narrowed(v: &[f32], (_, c, hw): (usize, usize, usize), p: Precision) -> Vec<f
 }
 
 /// The inverse of [`narrowed`]: the window's first half widened back to fp32 (N, C, HW).
-fn widened(v: &[f32], (n, c, hw): (usize, usize, usize), p: Precision) -> Vec<f32> {
+pub(super) fn widened(v: &[f32], (n, c, hw): (usize, usize, usize), p: Precision) -> Vec<f32> {
     let h: Vec<u16> = v.iter().flat_map(|x| [x.to_bits() as u16, (x.to_bits() >> 16) as u16]).collect();
     let to32 = |b: u16| if p == Precision::Fp16 { half::f16::from_bits(b).to_f32() } else { half::bf16::from_bits(b).to_f32() };
     (0..n * c * hw).map(|i| to32(h[(i / (c * hw) * hw + i % hw) * c + i / hw % c])).collect()
 }
 
 /// The op with `edges` narrow on plain buffers: training forward, backward with
-/// dx, evaluation forward; narrow outputs widened back.
+/// dx (added into `prior` (N, C_in, H, W) where given), evaluation forward;
+/// narrow outputs widened back.
 fn run_narrow<B: Backend>(
     b: &B,
     (g, bn): (&Conv2dGeom, &BatchNormGeom),
     edges: NarrowEdges,
-    input: &Inputs,
+    (input, prior): (&Inputs, Option<&[f32]>),
     p: Precision,
 ) -> crate::Result<Outputs> {
     let (xs, ys) = ((g.n, g.c_in, g.h * g.w), (g.n, g.c_out, g.out_h() * g.out_w()));
@@ -301,7 +302,11 @@ fn run_narrow<B: Backend>(
     };
     forward(true, [&mut y, &mut saved, &mut running, &mut stash], &mut keep)?;
     let (running_after, saved_after) = (down(b, &running), down(b, &saved));
-    let (mut dx, mut dw, mut dparams) = (poisoned(b, g.x_len()), poisoned(b, g.w_len()), poisoned(b, 2 * bn.c));
+    let mut dx = match prior {
+        Some(v) => up(&if edges.x { narrowed(v, xs, p) } else { v.to_vec() }),
+        None => poisoned(b, g.x_len()),
+    };
+    let (mut dw, mut dparams) = (poisoned(b, g.w_len()), poisoned(b, 2 * bn.c));
     let (mut dstash, mut scratch) = (poisoned(b, g.y_len()), poisoned(b, g.w_len() + g.c_out));
     b.conv2d_batchnorm_backward(
         (g, bn),
@@ -310,7 +315,7 @@ fn run_narrow<B: Backend>(
         (View::all(&stash), View::all(&y), View::all(&dy)),
         (View::all(&bias), View::all(&params), View::all(&saved)),
         ViewMut::all(&mut dstash),
-        (Some(ViewMut::all(&mut dx)), false),
+        (Some(ViewMut::all(&mut dx)), prior.is_some()),
         (ViewMut::all(&mut dw), ViewMut::all(&mut scratch), ViewMut::all(&mut dparams)),
     )?;
     forward(false, [&mut eval_y, &mut saved, &mut running, &mut stash], &mut keep)?;
@@ -353,7 +358,7 @@ pub fn conv2d_batchnorm_narrow<B: Backend>(b: &B, _tol: f32) {
             let what = format!("conv2d_batchnorm narrow edges at {p} {g:?} {act:?} (offered {offered:?})");
             for refused in [NarrowEdges { x: true, y: false }, NarrowEdges { x: false, y: true }] {
                 if g.n > 0 && ((refused.x && !offered.x) || (refused.y && !offered.y)) {
-                    assert!(run_narrow(b, (&g, &bn), refused, &input, p).is_err(), "{what}: {refused:?} was not refused");
+                    assert!(run_narrow(b, (&g, &bn), refused, (&input, None), p).is_err(), "{what}: {refused:?} was not refused");
                 }
             }
             if offered == NarrowEdges::WIDE {
@@ -361,8 +366,13 @@ pub fn conv2d_batchnorm_narrow<B: Backend>(b: &B, _tol: f32) {
             }
             assert!(matches!(p, Precision::Bf16 | Precision::Fp16), "{what}: narrow edges at {p}");
             let want = run(b, Call { g: &g, bn: &bn, lead: 4, fused: true }, &input);
-            let got = run_narrow(b, (&g, &bn), offered, &input, p).unwrap();
+            let got = run_narrow(b, (&g, &bn), offered, (&input, None), p).unwrap();
             let u = p.unit_roundoff();
+            // dx added into a gradient another reader wrote (a residual network's shortcut).
+            let prior = round(uniform(&mut r, g.x_len(), -1.0, 1.0), (g.n, g.c_in, g.h * g.w));
+            let sum: Vec<f32> = prior.iter().zip(&want.dx).map(|(a, d)| a + d).collect();
+            let added = run_narrow(b, (&g, &bn), offered, (&input, Some(&prior)), p).unwrap();
+            assert_close(&format!("{what}: dx added in"), &added.dx, &sum, 4.0 * u);
             for (name, got, want, bound) in [
                 ("y", &got.y, &want.y, 2.0 * u),
                 ("eval y", &got.eval_y, &want.eval_y, 2.0 * u),

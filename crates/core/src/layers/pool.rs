@@ -1,5 +1,5 @@
 use super::{Ctx, Layer};
-use crate::backend::{Backend, Pool2dGeom, View, ViewMut};
+use crate::backend::{Backend, NarrowEdges, Pool2dGeom, View, ViewMut};
 use crate::error::{Error, Result};
 
 /// Max pooling with a square window; remembers the argmax of each output for
@@ -156,12 +156,20 @@ impl<B: Backend> Layer<B> for AvgPool2d {
 /// (`AdaptiveAvgPool2d(1)` then `Flatten` in PyTorch). Square inputs only.
 pub struct GlobalAvgPool {
     pool: AvgPool2d,
+    /// Whether x comes narrow (set by the model, see [`NarrowEdges`]).
+    narrow: bool,
 }
 
 impl GlobalAvgPool {
     #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
-        GlobalAvgPool { pool: AvgPool2d::new(1, 1, 0) }
+        GlobalAvgPool { pool: AvgPool2d::new(1, 1, 0), narrow: false }
+    }
+
+    /// (N, C, HW) of a batch of `n`.
+    fn nchw(&self, n: usize) -> (usize, usize, usize) {
+        let (c, h, w) = self.pool.chw;
+        (n, c, h * w)
     }
 }
 
@@ -181,8 +189,19 @@ impl<B: Backend> Layer<B> for GlobalAvgPool {
         }
     }
 
+    fn narrow_edges(&self, backend: &B) -> NarrowEdges {
+        NarrowEdges { x: backend.narrow_residuals(), y: false }
+    }
+
+    fn set_narrow_edges(&mut self, edges: NarrowEdges) {
+        self.narrow = edges.x;
+    }
+
     fn forward(&mut self, ctx: &Ctx<'_, B>, x: View<'_, B, f32>, y: ViewMut<'_, B, f32>) -> Result<()> {
-        // x: (N, C, H, H) -> y: (N, C)
+        // x: (N, C, H, H) (narrow: (N, H, H, C) 16-bit) -> y: (N, C)
+        if self.narrow {
+            return ctx.backend.global_avgpool_narrow_forward(self.nchw(ctx.n), x, y);
+        }
         <AvgPool2d as Layer<B>>::forward(&mut self.pool, ctx, x, y)
     }
 
@@ -195,6 +214,9 @@ impl<B: Backend> Layer<B> for GlobalAvgPool {
         dy: View<'_, B, f32>,
         dx: Option<ViewMut<'_, B, f32>>,
     ) -> Result<()> {
-        <AvgPool2d as Layer<B>>::backward(&mut self.pool, ctx, grads, x, y, dy, dx)
+        match dx {
+            Some(dx) if self.narrow => ctx.backend.global_avgpool_narrow_backward(self.nchw(ctx.n), dy, dx),
+            dx => <AvgPool2d as Layer<B>>::backward(&mut self.pool, ctx, grads, x, y, dy, dx),
+        }
     }
 }

@@ -99,7 +99,33 @@ pub(super) fn cudnn_geom(g: &Conv2dGeom, p: Precision) -> Conv2dGeom {
     e
 }
 
+/// Whether a narrow x, (N, H, W, C_in) 16-bit, is what cuDNN reads at 16 bits
+/// (see [`cudnn_geom`]), or its strided subsample: no channels to pad.
+pub(super) fn reads_narrow(g: &Conv2dGeom, p: Precision) -> bool {
+    cudnn_geom(g, p).c_in == g.c_in
+}
+
+/// A strided 1x1 convolution's narrow (N, H, W, C) input and its subsample (N, OH, OW, C), as the kernels take them.
+fn sample_geom(g: &Conv2dGeom) -> Result<[i32; 7]> {
+    Ok([i32c(g.n)?, i32c(g.c_in)?, i32c(g.h)?, i32c(g.w)?, i32c(g.stride)?, i32c(g.out_h())?, i32c(g.out_w())?])
+}
+
 impl CudaBackend {
+    /// `subsample_nhwc16`: a narrow x at `x` -> the pixels a strided 1x1 conv reads, (N, OH, OW, C_in) at `dst`.
+    fn subsample(&self, g: &Conv2dGeom, x: u64, dst: u64) -> Result<u64> {
+        let [n, c, h, w, s, oh, ow] = sample_geom(g)?;
+        let cfg = self.cfg(g.n * g.out_h() * g.out_w() * g.c_in / 8);
+        launch!(self, subsample_nhwc16, cfg, x, dst, n, c, h, w, s, oh, ow).map(|_| dst)
+    }
+
+    /// `unsample_nhwc16`: the subsample's gradient at `src` -> the narrow dx, zeros where it skipped
+    /// (with `dst.add`: added into `dst`, left alone where it skipped).
+    fn unsample(&self, g: &Conv2dGeom, src: u64, dst: Dx, p: Precision) -> Result<()> {
+        let [n, c, h, w, s, oh, ow] = sample_geom(g)?;
+        let cfg = self.cfg(g.x_len() / 8);
+        launch!(self, unsample_nhwc16, cfg, src, dst.addr, n, c, h, w, s, oh, ow, dst.add as i32, half(p))
+    }
+
     /// A convolution's input as cuDNN reads it at 16 bits (see [`cudnn_geom`]):
     /// x: (N, C_in, H, W) fp32 at `src` -> (N, H'W', C_in') 16-bit at `dst`.
     fn narrow_input(&self, g: &Conv2dGeom, src: u64, dst: u64, p: Precision) -> Result<()> {
@@ -278,16 +304,21 @@ impl CudaBackend {
         out: u64,
     ) -> Result<()> {
         let plan = dnn.plan(&cudnn_geom(g, p), p)?;
-        if !plan.channels_last || (x_narrow && cudnn_geom(g, p) != *g) {
+        if !plan.channels_last || (x_narrow && !reads_narrow(g, p)) {
             return Err(device_err(format!("conv {g:?}: the fused paths need 16-bit operands as cuDNN reads them, not {p}")));
         }
         let e = cudnn_geom(g, p);
-        let x_bytes = if keep.is_some() || x_narrow { 0 } else { 2 * e.x_len() };
+        let x_bytes = if keep.is_some() || (x_narrow && e == *g) { 0 } else { 2 * e.x_len() };
         let (_guard, s) = dnn.slots(self, &[WORKSPACE, x_bytes, 2 * e.w_len()])?;
-        let xs = if x_narrow { x } else { keep.unwrap_or(s[1]) };
-        if !x_narrow {
-            self.narrow_input(g, x, xs, p)?;
-        }
+        let xs = match (x_narrow, e == *g) {
+            (true, true) => x,
+            (true, false) => self.subsample(g, x, keep.unwrap_or(s[1]))?,
+            (false, _) => {
+                let xs = keep.unwrap_or(s[1]);
+                self.narrow_input(g, x, xs, p)?;
+                xs
+            }
+        };
         self.narrow_weight(g, w, s[2], p)?;
         self.dnn_forward(dnn, &plan, g, &Operands { x: xs, w: s[2], y: out, workspace: s[0] }, &ZERO)
     }
@@ -382,8 +413,8 @@ impl CudaBackend {
         if dx.is_some_and(|dx| (dx.add || dx.narrow) && !sixteen) {
             return Err(device_err(format!("conv2d_backward {g:?}: dx is added into or narrow only on 16-bit operands, not {p}")));
         }
-        if dx.is_some_and(|dx| dx.narrow && (dx.add || cudnn_geom(g, p) != *g)) {
-            return Err(device_err(format!("conv2d_backward {g:?}: a narrow dx is written as cuDNN computes it, not added")));
+        if dx.is_some_and(|dx| dx.narrow && !reads_narrow(g, p)) {
+            return Err(device_err(format!("conv2d_backward {g:?}: a narrow dx needs C_in % 8 == 0 at 16 bits")));
         }
         if let (Some(db), Dy::Wide(dy)) = (db, dy) {
             self.channel_sums(dy, db, (g.n, g.c_out, ohw))?;
@@ -438,9 +469,14 @@ impl CudaBackend {
             self.widen_weight_grad(g, s[4], dw, p)?;
         }
         let Some(dx) = dx else { return Ok(()) };
-        let o = Operands { x: if sixteen && !dx.narrow { s[4] } else { dx.addr }, w: ws, y: dys, workspace: s[0] };
+        // cuDNN writes a narrow dx itself, adding in (beta 1) where asked; other dx through s[4].
+        let direct = dx.narrow && e == *g;
+        let o = Operands { x: if sixteen && !direct { s[4] } else { dx.addr }, w: ws, y: dys, workspace: s[0] };
+        let add_in = direct && dx.add;
         unsafe {
-            let algo = plan.backward_data_algo(dnn.handle(), &o, self.capturing())?;
+            // The first call's algorithm search writes trial results into its output: not into a sum.
+            let trial = Operands { x: if add_in { s[4] } else { o.x }, ..o };
+            let algo = plan.backward_data_algo(dnn.handle(), &trial, self.capturing())?;
             dnn::convolution_backward_data(
                 dnn.handle(),
                 scalar(&ONE),
@@ -452,15 +488,16 @@ impl CudaBackend {
                 algo,
                 vm(o.workspace),
                 WORKSPACE,
-                scalar(&ZERO),
+                scalar(if add_in { &ONE } else { &ZERO }),
                 plan.x,
                 vm(o.x),
             )
         }
         .map_err(|e| err("backward data", e))?;
-        if sixteen && !dx.narrow {
-            self.widen_input_grad(g, s[4], dx, p)?;
+        match (sixteen, direct, dx.narrow) {
+            (true, false, false) => self.widen_input_grad(g, s[4], dx, p),
+            (true, false, true) => self.unsample(g, s[4], dx, p),
+            _ => Ok(()),
         }
-        Ok(())
     }
 }
