@@ -707,9 +707,19 @@ pub fn gradcheck_loss<B: Backend>(b: &B, _tol: f32) {
 pub fn model_narrow_edges<B: Backend>(b: &B, _tol: f32) {
     use crate::model::{Model, ModelConfig};
     let _restore = Restore(b);
-    let (n, input) = (8, [3, 16, 16]);
+    let probe = Conv2dGeom { n: 1, c_in: 64, h: 8, w: 8, c_out: 64, k: 3, stride: 1, pad: 1 };
+    let offers_at = |p| {
+        b.set_precision(p).unwrap();
+        let offers = b.conv2d_batchnorm_narrow(&probe);
+        offers.x && offers.y
+    };
+    // Narrow runs need enough pixels for the last stage's BatchNorm; wide-only backends a quick check.
+    let any_narrow = b.precisions().into_iter().any(offers_at);
+    b.set_precision(crate::backend::Precision::Fp32).unwrap();
+    let (n, side) = if any_narrow { (8, 16) } else { (4, 8) };
+    let input = [3, side, side];
     let mut r = rng(14);
-    let x = b.upload(&uniform(&mut r, n * 3 * 256, -1.0, 1.0)).unwrap();
+    let x = b.upload(&uniform(&mut r, n * 3 * side * side, -1.0, 1.0)).unwrap();
     let labels = b.upload(&(0..n as u32).map(|i| i * 3 % 10).collect::<Vec<u32>>()).unwrap();
     let run = |allow: bool| {
         let mut model = Model::new(b, &ModelConfig::Resnet18, &input, 10, 5).unwrap();
@@ -722,7 +732,7 @@ pub fn model_narrow_edges<B: Backend>(b: &B, _tol: f32) {
         model.backward(b, n, View::all(&x), View::all(&dlogits)).unwrap();
         (b.download(model.logits(n).unwrap()).unwrap(), down(b, &model.params.grads), model.narrow_tensors())
     };
-    let (exact_logits, exact_grads, _) = run(false);
+    let (exact_logits, exact_grads, _) = if any_narrow { run(false) } else { Default::default() };
     let rel = |got: &[f32], want: &[f32]| {
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
         got.iter().zip(want).fold(0.0f32, |m, (g, w)| m.max((g - w).abs())) / scale
@@ -731,7 +741,7 @@ pub fn model_narrow_edges<B: Backend>(b: &B, _tol: f32) {
         b.set_precision(p).unwrap();
         let ((logits, grads, narrow), (wide_logits, wide_grads, wide)) = (run(true), run(false));
         assert_eq!(wide, 0, "resnet18 at {p}: tensors passed narrow though not allowed");
-        let offers = b.conv2d_batchnorm_narrow(&Conv2dGeom { n: 1, c_in: 64, h: 8, w: 8, c_out: 64, k: 3, stride: 1, pad: 1 });
+        let offers = b.conv2d_batchnorm_narrow(&probe);
         assert_eq!(narrow > 0, offers.x && offers.y, "resnet18 at {p}: {narrow} narrow tensors where the backend offers {offers:?}");
         let u = p.unit_roundoff().max(1e-6);
         if narrow == 0 {
